@@ -1,0 +1,42 @@
+"""physim: a differentiable physics simulator for robot manipulation and soft robotics.
+
+Importing physim initializes nothing; call :func:`physim.init` (or let the first
+scene do it with the defaults / ``PHYSIM_ARCH``).
+"""
+
+from .backend import init
+from .effectors import BoxTool, CapsuleTool, CylinderTool, Effector, SphereTool
+from .geometry import Box, Cylinder, Mesh, Shape, Sphere
+from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
+from .scene import Gradients, GradientError, Scene, SimulationError
+from .tape import Tape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init",
+    "Scene",
+    "Gradients",
+    "SimulationError",
+    "GradientError",
+    "Tape",
+    "Shape",
+    "Box",
+    "Sphere",
+    "Cylinder",
+    "Mesh",
+    "Material",
+    "Elastic",
+    "NeoHookean",
+    "Plasticine",
+    "Sand",
+    "Snow",
+    "Fluid",
+    "Viscoplastic",
+    "Muscle",
+    "Effector",
+    "SphereTool",
+    "BoxTool",
+    "CapsuleTool",
+    "CylinderTool",
+]

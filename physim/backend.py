@@ -1,0 +1,140 @@
+"""The Taichi runtime: the only place in physim that calls ``ti.init``.
+
+Importing physim initializes nothing. The first solver that needs Taichi calls
+:func:`ensure_init`, which initializes with the defaults (or ``PHYSIM_ARCH`` /
+``PHYSIM_PRECISION`` from the environment); call :func:`init` yourself to choose.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import taichi as ti
+
+__all__ = ["init", "ensure_init", "config", "BackendConfig", "real"]
+
+_ARCHES = {
+    "cpu": ti.cpu,
+    "cuda": ti.cuda,
+    "vulkan": ti.vulkan,
+    "metal": ti.metal,
+    "opengl": ti.opengl,
+}
+_PRECISIONS = {"f32": ti.f32, "f64": ti.f64}
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """What :func:`init` chose. ``arch`` is the name actually running (never ``auto``)."""
+
+    arch: str
+    precision: str
+    seed: int
+    debug: bool
+    fast_compile: bool = False
+
+    @property
+    def real(self):
+        """Taichi float type of every simulated quantity."""
+        return _PRECISIONS[self.precision]
+
+    @property
+    def np_real(self):
+        return np.float64 if self.precision == "f64" else np.float32
+
+
+_config: BackendConfig | None = None
+
+
+def _cuda_available() -> bool:
+    try:
+        from taichi._lib import core as _core
+
+        return bool(_core.with_cuda())
+    except Exception:  # pragma: no cover - depends on the wheel
+        return False
+
+
+def init(
+    arch: str | None = None,
+    precision: str | None = None,
+    seed: int = 0,
+    debug: bool = False,
+    fast_compile: bool | None = None,
+    verbose: bool = True,
+) -> BackendConfig:
+    """Start the Taichi runtime.
+
+    Args:
+        arch: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
+            ``"vulkan"``, ``"metal"`` or ``"opengl"``. Defaults to ``$PHYSIM_ARCH``
+            or ``"auto"``.
+        precision: ``"f32"`` (fast) or ``"f64"`` (gradient checks). Defaults to
+            ``$PHYSIM_PRECISION`` or ``"f32"``.
+        seed: seeds Taichi's, NumPy's and Python's random generators.
+        debug: Taichi debug mode (bounds checks; slow).
+        fast_compile: turn off Taichi's advanced IR optimizations: reverse-mode
+            kernels compile 3-5x faster, run somewhat slower. Good for tests and
+            short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``.
+        verbose: print which arch was chosen.
+
+    Calling ``init`` again with different settings restarts Taichi; every scene
+    built before becomes invalid.
+    """
+    global _config
+    arch = (arch or os.environ.get("PHYSIM_ARCH", "auto")).lower()
+    precision = (precision or os.environ.get("PHYSIM_PRECISION", "f32")).lower()
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'f32' or 'f64', got {precision!r}")
+    if arch not in _ARCHES and arch != "auto":
+        raise ValueError(f"arch must be 'auto' or one of {sorted(_ARCHES)}, got {arch!r}")
+    if arch == "auto":
+        arch = "cuda" if _cuda_available() else "cpu"
+    if fast_compile is None:
+        fast_compile = os.environ.get("PHYSIM_FAST_COMPILE", "0") == "1"
+    new = BackendConfig(arch=arch, precision=precision, seed=int(seed), debug=bool(debug),
+                        fast_compile=bool(fast_compile))
+    if _config == new:
+        return _config
+    if _config is not None:
+        ti.reset()
+        from . import solvers
+
+        solvers._forget_engines()
+    ti.init(
+        arch=_ARCHES[arch],
+        default_fp=_PRECISIONS[precision],
+        random_seed=int(seed),
+        debug=bool(debug),
+        advanced_optimization=not fast_compile,
+        log_level=ti.WARN,
+    )
+    np.random.seed(int(seed) % (2**32))
+    random.seed(int(seed))
+    got = "cuda" if ti.lang.impl.current_cfg().arch == ti.cuda else arch
+    if got != arch:
+        warnings.warn(f"physim: asked for arch {arch!r}, Taichi fell back to {got!r}")
+    _config = BackendConfig(arch=got, precision=precision, seed=int(seed), debug=bool(debug),
+                            fast_compile=bool(fast_compile))
+    if verbose:
+        print(f"[physim] backend: arch={_config.arch} precision={precision}")
+    return _config
+
+
+def ensure_init() -> BackendConfig:
+    """Initialize with defaults if :func:`init` was not called yet."""
+    return _config if _config is not None else init()
+
+
+def config() -> BackendConfig | None:
+    """The running configuration, or ``None`` before :func:`init`."""
+    return _config
+
+
+def real():
+    """The Taichi float type in use (initializes with defaults if needed)."""
+    return ensure_init().real

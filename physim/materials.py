@@ -1,0 +1,228 @@
+"""Constitutive models for the MPM solver, as small dataclasses.
+
+Units are SI-like but the default scene lives in a unit cube: E and yield stress
+in Pa, density in kg/m^3 (relative units are fine as long as they are consistent:
+the defaults follow PlasticineLab/DiffTaichi, density 1, E in the hundreds to
+thousands). Each material maps to a model id used inside the solver's kernels; the
+differentiable parameters (``E``, ``nu``, ``yield_stress``, ``friction_angle``,
+``viscosity``) live in Taichi fields with gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+__all__ = [
+    "Material",
+    "Elastic",
+    "NeoHookean",
+    "Plasticine",
+    "Sand",
+    "Snow",
+    "Fluid",
+    "Viscoplastic",
+    "Muscle",
+    "MODEL_IDS",
+    "DIFF_PARAMS",
+]
+
+# model ids used by the kernels (keep in sync with physim.solvers.mpm)
+MODEL_IDS = {
+    "corotated": 0,
+    "neohookean": 1,
+    "von_mises": 2,
+    "drucker_prager": 3,
+    "snow": 4,
+    "fluid": 5,
+    "bingham": 6,
+}
+
+#: parameters with gradients, in the order of the solver's ``material_params`` columns
+DIFF_PARAMS = ("E", "nu", "yield_stress", "friction_angle", "viscosity")
+#: every per-material column the solver stores
+PARAM_COLUMNS = DIFF_PARAMS + ("density", "hardening", "theta_c", "theta_s", "actuation_strength")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+
+
+@dataclass
+class Material:
+    """Base class: every material has a density (kg/m^3)."""
+
+    density: float = 1.0
+
+    model: str = field(default="corotated", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _positive("density", self.density)
+        for f in fields(self):
+            if f.name in ("E", "bulk_modulus"):
+                _positive(f"{type(self).__name__}.{f.name}", getattr(self, f.name))
+            elif f.name == "nu":
+                nu = float(self.nu)
+                if not (-1.0 < nu < 0.5):
+                    raise ValueError(
+                        f"{type(self).__name__}.nu (Poisson ratio) must be in (-1, 0.5), got {nu!r}"
+                    )
+            elif f.name in ("yield_stress", "viscosity", "hardening", "actuation_strength"):
+                _positive(f"{type(self).__name__}.{f.name}", getattr(self, f.name), allow_zero=True)
+            elif f.name == "friction_angle":
+                a = float(self.friction_angle)
+                if not (0.0 < a < 90.0):
+                    raise ValueError(f"friction_angle must be in (0, 90) degrees, got {a!r}")
+
+    # --- what the solver needs -------------------------------------------------
+    def lame(self) -> tuple[float, float]:
+        """(mu, lambda) of the elastic part."""
+        E, nu = self.param("E"), self.param("nu")
+        return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
+
+    def param(self, name: str) -> float:
+        if name == "E":
+            return float(getattr(self, "E", getattr(self, "bulk_modulus", 0.0)))
+        return float(getattr(self, name, 0.0))
+
+    def wave_speed(self) -> float:
+        """Fastest elastic (P-)wave speed sqrt((lambda + 2 mu) / rho), for the time-step limit."""
+        mu, lam = self.lame()
+        return math.sqrt(max(lam + 2 * mu, 0.0) / self.density)
+
+    def row(self) -> np.ndarray:
+        """This material's values for :data:`PARAM_COLUMNS`."""
+        vals = []
+        for name in PARAM_COLUMNS:
+            if name == "friction_angle":
+                vals.append(math.radians(self.param(name)) if hasattr(self, name) else 0.0)
+            else:
+                vals.append(self.param(name))
+        return np.array(vals, dtype=np.float64)
+
+
+@dataclass
+class Elastic(Material):
+    """Fixed-corotated hyperelastic solid (jelly, rubber)."""
+
+    E: float = 1e3
+    nu: float = 0.2
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "corotated"
+
+
+@dataclass
+class NeoHookean(Material):
+    """Compressible neo-Hookean solid: tau = mu (F F^T - I) + lambda log(J) I."""
+
+    E: float = 1e3
+    nu: float = 0.3
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "neohookean"
+
+
+@dataclass
+class Plasticine(Material):
+    """Elastoplastic clay: fixed-corotated elasticity + von Mises return mapping
+    in log (Hencky) strain; ``yield_stress`` in Pa (PlasticineLab: E 5e3, nu 0.2, yield 50-200)."""
+
+    E: float = 5e3
+    nu: float = 0.2
+    yield_stress: float = 50.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "von_mises"
+
+
+@dataclass
+class Sand(Material):
+    """Drucker-Prager sand (Klar et al. 2016), St. Venant-Kirchhoff in Hencky strain.
+    ``friction_angle`` in degrees."""
+
+    E: float = 3.5e3
+    nu: float = 0.3
+    friction_angle: float = 30.0
+    density: float = 1.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "drucker_prager"
+
+
+@dataclass
+class Snow(Material):
+    """Snow (Stomakhin et al. 2013): singular values clamped to [1-theta_c, 1+theta_s],
+    Lame parameters scaled by exp(hardening * (1 - J_plastic))."""
+
+    E: float = 1.4e3
+    nu: float = 0.2
+    theta_c: float = 2.5e-2
+    theta_s: float = 7.5e-3
+    hardening: float = 10.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (0 < self.theta_c < 1 and 0 < self.theta_s):
+            raise ValueError(f"Snow needs 0 < theta_c < 1 and theta_s > 0, got {self.theta_c}, {self.theta_s}")
+        self.model = "snow"
+
+
+@dataclass
+class Fluid(Material):
+    """Weakly compressible Newtonian fluid: pressure from bulk modulus K,
+    viscous Kirchhoff stress J * viscosity * (grad v + grad v^T). F is reset to J^(1/d) I."""
+
+    bulk_modulus: float = 400.0
+    viscosity: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "fluid"
+
+    def lame(self) -> tuple[float, float]:
+        return 0.0, float(self.bulk_modulus)
+
+    def param(self, name: str) -> float:
+        if name == "nu":
+            return 0.0
+        return super().param(name)
+
+
+@dataclass
+class Viscoplastic(Material):
+    """Bingham viscoplastic (ice cream, toothpaste): von Mises yield in log strain;
+    the over-stress beyond ``yield_stress`` relaxes with time constant viscosity / (2 mu)."""
+
+    E: float = 2e3
+    nu: float = 0.3
+    yield_stress: float = 30.0
+    viscosity: float = 5.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "bingham"
+
+
+@dataclass
+class Muscle(Material):
+    """Actuated soft material (ChainQueen/DiffTaichi walker): fixed-corotated
+    elasticity plus an active Kirchhoff stress a * strength * (F d)(F d)^T along the
+    fiber direction d, where a is the actuation signal of the particle's group (an
+    action in [-1, 1] per step)."""
+
+    E: float = 1e3
+    nu: float = 0.2
+    actuation_strength: float = 400.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = "corotated"

@@ -1,0 +1,519 @@
+"""Differentiable MLS-MPM (Hu et al. 2018), 2D and 3D, several materials in one scene.
+
+One substep is eight launches, each one phase of the method:
+
+    clear_grid -> trial_deformation -> svd -> plasticity -> stress -> p2g -> grid_update -> g2p
+    (+ advance_effectors)
+
+Particle state (x, v, C, F, Jp) and effector poses live in fields with a leading
+*slot* axis of length K+1: substep ``l`` of a checkpoint chunk reads slot ``l`` and
+writes slot ``l+1``. The grid and the SVD factors are scratch, recomputed by the tape
+before their substep is differentiated (see :mod:`physim.tape`).
+
+Every value that changes between scenes of the same layout (dt, gravity, boundary,
+materials, tools) is a field, not a compile-time constant, so a compiled engine is
+reused by every scene with the same layout (dim, grid, particle capacity, K, ...).
+"""
+
+
+import taichi as ti
+
+from ..materials import MODEL_IDS, PARAM_COLUMNS
+from ._linalg import diag_matrix, prod, rotation_matrix, safe_norm, svd_adjoint, tool_sdf
+
+COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
+BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
+BOUND = 3  # cells of wall on each side of the grid
+
+# reasons the health check flags a slot
+BAD_NONFINITE, BAD_OUTSIDE, BAD_CFL = 1, 2, 4
+
+
+@ti.data_oriented
+class MPMEngine:
+    """Fields and kernels of one MPM layout. Build through :class:`physim.Scene`."""
+
+    def __init__(self, layout: tuple, real):
+        # every entry is a capacity; the scene sets the counts in use at run time
+        (self.dim, self.res, self.capacity, self.K, self.max_steps, self.eff_capacity,
+         self.action_capacity, self.n_mat) = layout
+        self.layout = layout
+        self.real = real
+        dim, S, N = self.dim, self.K + 1, self.capacity
+        self.dx = 1.0 / self.res
+        self.inv_dx = float(self.res)
+        self.rot_dim = 1 if dim == 2 else 3
+        self.eff_action_dim = dim + self.rot_dim
+
+        vec = lambda: ti.Vector.field(dim, real, shape=(S, N), needs_grad=True)  # noqa: E731
+        mat = lambda: ti.Matrix.field(dim, dim, real, shape=(S, N), needs_grad=True)  # noqa: E731
+        self.x, self.v, self.C, self.F = vec(), vec(), mat(), mat()
+        self.Jp = ti.field(real, shape=(S, N), needs_grad=True)
+        self.state_fields = [self.x, self.v, self.C, self.F, self.Jp]
+
+        # scratch, overwritten every substep
+        self.F_trial = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
+        self.U = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
+        self.V = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
+        self.sig = ti.Vector.field(dim, real, shape=N, needs_grad=True)
+        self.sig_elastic = ti.Vector.field(dim, real, shape=N, needs_grad=True)
+        self.affine = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
+        gshape = (self.res,) * dim
+        self.grid_mv = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
+        self.grid_m = ti.field(real, shape=gshape, needs_grad=True)
+        self.grid_v = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
+        self.scratch_fields = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine, self.grid_mv, self.grid_m, self.grid_v]
+
+        # per-particle constants
+        self.material = ti.field(ti.i32, shape=N)
+        self.p_mass = ti.field(real, shape=N)
+        self.act_group = ti.field(ti.i32, shape=N)
+        self.fiber = ti.Vector.field(dim, real, shape=N)
+
+        # materials: one row per material, columns PARAM_COLUMNS
+        self.mat_model = ti.field(ti.i32, shape=self.n_mat)
+        self.mat_params = ti.field(real, shape=(self.n_mat, len(PARAM_COLUMNS)), needs_grad=True)
+
+        # effectors
+        E = self.eff_capacity
+        self.n_eff = ti.field(ti.i32, shape=())
+        self.eff_pos = ti.Vector.field(dim, real, shape=(S, E), needs_grad=True)
+        self.eff_rot = ti.Vector.field(4, real, shape=(S, E), needs_grad=True)
+        self.eff_shape = ti.field(ti.i32, shape=E)
+        self.eff_size = ti.Vector.field(3, real, shape=E)
+        self.eff_friction = ti.field(real, shape=E, needs_grad=True)
+        self.eff_softness = ti.field(real, shape=E)
+        self.slot_fields = self.state_fields + [self.eff_pos, self.eff_rot]
+
+        # actions, one row per step
+        self.action = ti.field(real, shape=(self.max_steps, self.action_capacity), needs_grad=True)
+
+        # run-time scalars
+        self.n_particles = ti.field(ti.i32, shape=())
+        self.dt = ti.field(real, shape=())
+        self.p_vol = ti.field(real, shape=())
+        self.gravity = ti.Vector.field(dim, real, shape=())
+        self.boundary = ti.field(ti.i32, shape=())
+        self.wall_friction = ti.field(real, shape=())
+        self.act_offset = ti.field(ti.i32, shape=())
+        self.bad = ti.field(ti.i32, shape=S)
+
+    # ------------------------------------------------------------------ substep
+    @ti.kernel
+    def clear_grid(self):
+        for I in ti.grouped(self.grid_m):
+            self.grid_mv[I] = self.grid_mv[I] * 0.0
+            self.grid_m[I] = 0.0
+            self.grid_v[I] = self.grid_v[I] * 0.0
+
+    @ti.kernel
+    def trial_deformation(self, l: ti.i32):
+        for p in range(self.n_particles[None]):
+            identity = ti.Matrix.identity(self.real, self.dim)
+            self.F_trial[p] = (identity + self.dt[None] * self.C[l, p]) @ self.F[l, p]
+
+    @ti.kernel
+    def svd(self):
+        for p in range(self.n_particles[None]):
+            U, S, V = ti.svd(self.F_trial[p], self.real)
+            self.U[p] = U
+            self.V[p] = V
+            for i in ti.static(range(self.dim)):
+                self.sig[p][i] = S[i, i]
+
+    @ti.kernel
+    def svd_grad(self):
+        for p in range(self.n_particles[None]):
+            self.F_trial.grad[p] += svd_adjoint(
+                self.U[p], self.sig[p], self.V[p], self.U.grad[p], self.sig.grad[p], self.V.grad[p], self.dim
+            )
+
+    @ti.func
+    def _return_mapping(self, model, m, U, sig, V, F_trial, jp, mu, la):
+        """Plastic projection: returns (elastic F, its singular values, new J_plastic)."""
+        dim = ti.static(self.dim)
+        sig_new = ti.max(sig, 1e-6)
+        jp_new = jp
+        projected = 0
+        if model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]:
+            eps = ti.log(sig_new)
+            eps_hat = eps - eps.sum() / dim
+            norm = safe_norm(eps_hat)
+            excess = norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu)
+            if excess > 0:
+                if model == MODEL_IDS["bingham"]:
+                    # over-stress relaxes: keep the fraction eta / (eta + 2 mu dt) of the excess
+                    eta = self.mat_params[m, COL["viscosity"]]
+                    excess *= 2 * mu * self.dt[None] / (eta + 2 * mu * self.dt[None])
+                sig_new = ti.exp(eps - excess / norm * eps_hat)
+                projected = 1
+        elif model == MODEL_IDS["drucker_prager"]:
+            eps = ti.log(sig_new)
+            tr = eps.sum()
+            eps_hat = eps - tr / dim
+            norm = safe_norm(eps_hat)
+            sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
+            alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
+            dgamma = norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha
+            if tr >= 0:  # separating: no tensile strength
+                sig_new = sig_new * 0.0 + 1.0
+                projected = 1
+            elif dgamma > 0:
+                sig_new = ti.exp(eps - dgamma / norm * eps_hat)
+                projected = 1
+        elif model == MODEL_IDS["snow"]:
+            lo = 1.0 - self.mat_params[m, COL["theta_c"]]
+            hi = 1.0 + self.mat_params[m, COL["theta_s"]]
+            clamped = ti.min(ti.max(sig, lo), hi)
+            jp_new = jp * prod(sig) / prod(clamped)
+            sig_new = clamped
+            projected = 1
+        F_new = F_trial
+        if projected:
+            F_new = U @ diag_matrix(sig_new, F_trial) @ V.transpose()
+        if model == MODEL_IDS["fluid"]:
+            J = ti.max(prod(sig), 1e-6)
+            F_new = diag_matrix(sig_new * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
+        return F_new, sig_new, jp_new
+
+    @ti.func
+    def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
+        dim = ti.static(self.dim)
+        identity = ti.Matrix.identity(self.real, dim)
+        J = F.determinant()
+        tau = identity * 0.0
+        if model == MODEL_IDS["neohookean"]:
+            tau = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
+        elif model == MODEL_IDS["fluid"]:
+            eta = self.mat_params[m, COL["viscosity"]]
+            tau = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
+        elif model == MODEL_IDS["drucker_prager"]:
+            eps = ti.log(sig)
+            tau = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
+        else:  # fixed-corotated family: corotated, von Mises, Bingham, snow
+            if model == MODEL_IDS["snow"]:
+                h = ti.exp(self.mat_params[m, COL["hardening"]] * (1.0 - jp))
+                mu, la = mu * h, la * h
+            R = U @ V.transpose()
+            tau = 2 * mu * (F - R) @ F.transpose() + la * (J - 1) * J * identity
+        g = self.act_group[p]
+        if g >= 0:
+            a = self.action[t, self.act_offset[None] + g]
+            d = F @ self.fiber[p]
+            tau += a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
+        return tau
+
+    @ti.func
+    def _lame(self, m):
+        E = self.mat_params[m, COL["E"]]
+        nu = self.mat_params[m, COL["nu"]]
+        return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
+
+    @ti.kernel
+    def plasticity(self, l: ti.i32):
+        """Return mapping: writes the elastic F[l+1], its singular values and Jp[l+1]."""
+        for p in range(self.n_particles[None]):
+            m = self.material[p]
+            mu, la = self._lame(m)
+            F_new, sig_new, jp_new = self._return_mapping(
+                self.mat_model[m], m, self.U[p], self.sig[p], self.V[p], self.F_trial[p], self.Jp[l, p], mu, la)
+            self.F[l + 1, p] = F_new
+            self.sig_elastic[p] = sig_new
+            self.Jp[l + 1, p] = jp_new
+
+    @ti.kernel
+    def stress(self, l: ti.i32, t: ti.i32):
+        """Kirchhoff stress of F[l+1]; stores each particle's MLS affine matrix."""
+        inv_dx = ti.static(self.inv_dx)
+        for p in range(self.n_particles[None]):
+            m = self.material[p]
+            mu, la = self._lame(m)
+            C = self.C[l, p]
+            tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, self.U[p], self.V[p], self.F[l + 1, p],
+                                         self.sig_elastic[p], self.Jp[l + 1, p], C, mu, la)
+            self.affine[p] = -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + self.p_mass[p] * C
+
+    @ti.kernel
+    def p2g(self, l: ti.i32):
+        """Scatter mass and momentum (with the affine/stress term) to the grid."""
+        dim, inv_dx = ti.static(self.dim, self.inv_dx)
+        for p in range(self.n_particles[None]):
+            mass = self.p_mass[p]
+            affine = self.affine[p]
+            xp = self.x[l, p] * inv_dx
+            base = ti.min(ti.max(ti.cast(xp - 0.5, ti.i32), 0), self.res - 3)
+            fx = xp - ti.cast(base, self.real)
+            w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
+            mv = mass * self.v[l, p]
+            for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
+                weight = 1.0
+                for d in ti.static(range(dim)):
+                    weight *= w[offset[d]][d]
+                dpos = (ti.cast(offset, self.real) - fx) * self.dx
+                self.grid_mv[base + offset] += weight * (mv + affine @ dpos)
+                self.grid_m[base + offset] += weight * mass
+
+    @ti.func
+    def _effector_velocity(self, e, t, r):
+        k0 = e * self.eff_action_dim
+        lin = r * 0.0
+        for d in ti.static(range(self.dim)):
+            lin[d] = self.action[t, k0 + d]
+        vel = lin
+        if ti.static(self.dim == 2):
+            w = self.action[t, k0 + 2]
+            vel = lin + w * ti.Vector([-r[1], r[0]])
+        else:
+            w = ti.Vector([self.action[t, k0 + 3], self.action[t, k0 + 4], self.action[t, k0 + 5]])
+            vel = lin + w.cross(r)
+        return vel
+
+    @ti.func
+    def _effector_contact(self, e, l, t, xg, v):
+        c = self.eff_pos[l, e]
+        R = rotation_matrix(self.eff_rot[l, e], self.dim)
+        r = xg - c
+        phi, n_local = tool_sdf(self.eff_shape[e], self.eff_size[e], R.transpose() @ r, self.dim)
+        n = R @ n_local
+        softness = self.eff_softness[e]
+        influence = phi * 0.0
+        if softness > 0:
+            influence = ti.min(ti.exp(-phi * softness), 1.0)
+        elif phi <= 0:
+            influence = 1.0
+        out = v
+        if influence > 0:
+            v_tool = self._effector_velocity(e, t, r)
+            v_rel = v - v_tool
+            vn = v_rel.dot(n)
+            if vn < 0:
+                v_t = v_rel - vn * n
+                vt_norm = safe_norm(v_t)
+                mu = self.eff_friction[e]
+                v_rel_new = v_t * 0.0
+                if vt_norm > -mu * vn:
+                    v_rel_new = v_t * (1 + mu * vn / vt_norm)
+                out = v + influence * (v_tool + v_rel_new - v)
+        return out
+
+    @ti.kernel
+    def grid_update(self, l: ti.i32, t: ti.i32):
+        for I in ti.grouped(self.grid_m):
+            m = self.grid_m[I]
+            if m > 0:
+                v = self.grid_mv[I] / m + self.dt[None] * self.gravity[None]
+                xg = ti.cast(I, self.real) * self.dx
+                for e in ti.static(range(self.eff_capacity)):
+                    if e < self.n_eff[None]:
+                        v = self._effector_contact(e, l, t, xg, v)
+                kind = self.boundary[None]
+                for d in ti.static(range(self.dim)):
+                    into_wall = (I[d] < BOUND and v[d] < 0) or (I[d] > self.res - BOUND and v[d] > 0)
+                    if into_wall:
+                        if kind == BOUNDARY_IDS["sticky"]:
+                            v = v * 0.0
+                        else:
+                            normal = ti.Vector.unit(self.dim, d, self.real)
+                            vn = v.dot(normal)
+                            v = v - vn * normal
+                            if kind == BOUNDARY_IDS["friction"]:
+                                vt = safe_norm(v)
+                                scale = ti.max(1.0 - self.wall_friction[None] * ti.abs(vn) / vt, 0.0)
+                                v = v * scale
+                self.grid_v[I] = v
+
+    @ti.kernel
+    def g2p(self, l: ti.i32):
+        dim, inv_dx = ti.static(self.dim, self.inv_dx)
+        for p in range(self.n_particles[None]):
+            xp = self.x[l, p] * inv_dx
+            base = ti.min(ti.max(ti.cast(xp - 0.5, ti.i32), 0), self.res - 3)
+            fx = xp - ti.cast(base, self.real)
+            w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
+            new_v = self.v[l, p] * 0.0
+            new_C = self.C[l, p] * 0.0
+            for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
+                weight = 1.0
+                for d in ti.static(range(dim)):
+                    weight *= w[offset[d]][d]
+                dpos = ti.cast(offset, self.real) - fx
+                g_v = self.grid_v[base + offset]
+                new_v += weight * g_v
+                new_C += 4 * inv_dx * weight * g_v.outer_product(dpos)
+            self.v[l + 1, p] = new_v
+            self.C[l + 1, p] = new_C
+            self.x[l + 1, p] = self.x[l, p] + self.dt[None] * new_v
+
+    @ti.kernel
+    def advance_effectors(self, l: ti.i32, t: ti.i32):
+        for e in range(self.n_eff[None]):
+            k0 = e * self.eff_action_dim
+            pos = self.eff_pos[l, e]
+            for d in ti.static(range(self.dim)):
+                pos[d] += self.dt[None] * self.action[t, k0 + d]
+            self.eff_pos[l + 1, e] = pos
+            rot = self.eff_rot[l, e]
+            if ti.static(self.dim == 2):
+                rot[0] += self.dt[None] * self.action[t, k0 + 2]
+            else:
+                w = ti.Vector([0.0, self.action[t, k0 + 3], self.action[t, k0 + 4], self.action[t, k0 + 5]])
+                # dq/dt = 0.5 * (0, w) x q  (world-frame angular velocity)
+                q = rot
+                wq = ti.Vector([
+                    -w[1] * q[1] - w[2] * q[2] - w[3] * q[3],
+                    w[1] * q[0] + w[2] * q[3] - w[3] * q[2],
+                    -w[1] * q[3] + w[2] * q[0] + w[3] * q[1],
+                    w[1] * q[2] - w[2] * q[1] + w[3] * q[0],
+                ])
+                rot = q + 0.5 * self.dt[None] * wq
+                rot = rot / ti.sqrt(rot.dot(rot))
+            self.eff_rot[l + 1, e] = rot
+
+    # ------------------------------------------------------------ bookkeeping
+    @ti.kernel
+    def copy_slot(self, src: ti.i32, dst: ti.i32):
+        for p in range(self.n_particles[None]):
+            self.x[dst, p] = self.x[src, p]
+            self.v[dst, p] = self.v[src, p]
+            self.C[dst, p] = self.C[src, p]
+            self.F[dst, p] = self.F[src, p]
+            self.Jp[dst, p] = self.Jp[src, p]
+        for e in range(self.n_eff[None]):
+            self.eff_pos[dst, e] = self.eff_pos[src, e]
+            self.eff_rot[dst, e] = self.eff_rot[src, e]
+
+    @ti.kernel
+    def move_grad_slot(self, src: ti.i32, dst: ti.i32):
+        """Move slot ``src``'s gradients to slot ``dst`` and zero every other slot's."""
+        for s, p in self.x:
+            if s != dst:
+                val_x, val_v, val_C, val_F, val_J = (
+                    self.x.grad[s, p], self.v.grad[s, p], self.C.grad[s, p], self.F.grad[s, p], self.Jp.grad[s, p])
+                if s == src:
+                    self.x.grad[dst, p] = val_x
+                    self.v.grad[dst, p] = val_v
+                    self.C.grad[dst, p] = val_C
+                    self.F.grad[dst, p] = val_F
+                    self.Jp.grad[dst, p] = val_J
+                self.x.grad[s, p] = val_x * 0.0
+                self.v.grad[s, p] = val_v * 0.0
+                self.C.grad[s, p] = val_C * 0.0
+                self.F.grad[s, p] = val_F * 0.0
+                self.Jp.grad[s, p] = 0.0
+        for s, e in self.eff_pos:
+            if s != dst:
+                gp, gr = self.eff_pos.grad[s, e], self.eff_rot.grad[s, e]
+                if s == src:
+                    self.eff_pos.grad[dst, e] = gp
+                    self.eff_rot.grad[dst, e] = gr
+                self.eff_pos.grad[s, e] = gp * 0.0
+                self.eff_rot.grad[s, e] = gr * 0.0
+
+    @ti.kernel
+    def health_check(self, first: ti.i32, last: ti.i32, max_cells: ti.f64):
+        """Flag slots first..last whose particles are non-finite, outside the domain,
+        or move more than ``max_cells`` grid cells in one substep."""
+        for s in range(first, last + 1):
+            self.bad[s] = 0
+        for s, p in ti.ndrange((first, last + 1), self.n_particles[None]):
+            x, v = self.x[s, p], self.v[s, p]
+            finite = 1
+            for i in ti.static(range(self.dim)):
+                if not (ti.abs(x[i]) < 1e30 and ti.abs(v[i]) < 1e30):  # false for NaN and inf
+                    finite = 0
+            flag = 0
+            if finite == 0:
+                flag = BAD_NONFINITE
+            elif x.min() < self.dx or x.max() > 1.0 - self.dx:
+                flag = BAD_OUTSIDE
+            elif v.norm() * self.dt[None] > max_cells * self.dx:
+                flag = BAD_CFL
+            if flag != 0:
+                ti.atomic_or(self.bad[s], flag)
+
+    @ti.kernel
+    def export_slot(self, l: ti.i32, x: ti.types.ndarray(), v: ti.types.ndarray(), C: ti.types.ndarray(),
+                    F: ti.types.ndarray(), Jp: ti.types.ndarray(), pos: ti.types.ndarray(), rot: ti.types.ndarray(),
+                    grad: ti.template()):
+        for p in range(self.n_particles[None]):
+            for i in ti.static(range(self.dim)):
+                if ti.static(grad):
+                    x[p, i] = self.x.grad[l, p][i]
+                    v[p, i] = self.v.grad[l, p][i]
+                else:
+                    x[p, i] = self.x[l, p][i]
+                    v[p, i] = self.v[l, p][i]
+                for j in ti.static(range(self.dim)):
+                    if ti.static(grad):
+                        C[p, i, j] = self.C.grad[l, p][i, j]
+                        F[p, i, j] = self.F.grad[l, p][i, j]
+                    else:
+                        C[p, i, j] = self.C[l, p][i, j]
+                        F[p, i, j] = self.F[l, p][i, j]
+            Jp[p] = self.Jp.grad[l, p] if ti.static(grad) else self.Jp[l, p]
+        for e in range(self.n_eff[None]):
+            for i in ti.static(range(self.dim)):
+                pos[e, i] = self.eff_pos.grad[l, e][i] if ti.static(grad) else self.eff_pos[l, e][i]
+            for i in ti.static(range(4)):
+                rot[e, i] = self.eff_rot.grad[l, e][i] if ti.static(grad) else self.eff_rot[l, e][i]
+
+    @ti.kernel
+    def import_slot(self, l: ti.i32, x: ti.types.ndarray(), v: ti.types.ndarray(), C: ti.types.ndarray(),
+                    F: ti.types.ndarray(), Jp: ti.types.ndarray(), pos: ti.types.ndarray(), rot: ti.types.ndarray(),
+                    grad: ti.template()):
+        for p in range(self.n_particles[None]):
+            for i in ti.static(range(self.dim)):
+                if ti.static(grad):
+                    self.x.grad[l, p][i] = x[p, i]
+                    self.v.grad[l, p][i] = v[p, i]
+                else:
+                    self.x[l, p][i] = x[p, i]
+                    self.v[l, p][i] = v[p, i]
+                for j in ti.static(range(self.dim)):
+                    if ti.static(grad):
+                        self.C.grad[l, p][i, j] = C[p, i, j]
+                        self.F.grad[l, p][i, j] = F[p, i, j]
+                    else:
+                        self.C[l, p][i, j] = C[p, i, j]
+                        self.F[l, p][i, j] = F[p, i, j]
+            if ti.static(grad):
+                self.Jp.grad[l, p] = Jp[p]
+            else:
+                self.Jp[l, p] = Jp[p]
+        for e in range(self.n_eff[None]):
+            for i in ti.static(range(self.dim)):
+                if ti.static(grad):
+                    self.eff_pos.grad[l, e][i] = pos[e, i]
+                else:
+                    self.eff_pos[l, e][i] = pos[e, i]
+            for i in ti.static(range(4)):
+                if ti.static(grad):
+                    self.eff_rot.grad[l, e][i] = rot[e, i]
+                else:
+                    self.eff_rot[l, e][i] = rot[e, i]
+
+    def zero_scratch_grads(self) -> None:
+        for f in self.scratch_fields:
+            f.grad.fill(0)
+
+    def zero_all_grads(self) -> None:
+        for f in self.slot_fields + self.scratch_fields:
+            f.grad.fill(0)
+        self.mat_params.grad.fill(0)
+        self.eff_friction.grad.fill(0)
+        self.action.grad.fill(0)
+
+    # ------------------------------------------------------------------ step
+    def substep(self, tape, l: int, t: int) -> None:
+        """Record one substep on ``tape``: reads slot ``l``, writes slot ``l + 1``, actions row ``t``."""
+        tape.begin_substep()
+        tape.launch(self.clear_grid, grad=None)
+        tape.launch(self.trial_deformation, l)
+        tape.launch(self.svd, grad=self.svd_grad)
+        tape.launch(self.plasticity, l)
+        tape.launch(self.stress, l, t)
+        tape.launch(self.p2g, l)
+        tape.launch(self.grid_update, l, t)
+        tape.launch(self.g2p, l, replay=False)
+        tape.launch(self.advance_effectors, l, t, replay=False)
+        tape.end_substep()
