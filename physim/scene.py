@@ -411,6 +411,18 @@ class Scene:
         self._slot = 0
         self._rollout = None
 
+    def set_initial_state(self, x=None, v=None) -> None:
+        """Replace the initial particle positions and/or velocities used by :meth:`reset`."""
+        self._check_built()
+        for name, value in (("x", x), ("v", v)):
+            if value is None:
+                continue
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.shape != (self.n_particles, self.dim) or not np.isfinite(arr).all():
+                raise ValueError(f"initial {name} must be a finite ({self.n_particles}, {self.dim}) array, got {arr.shape}")
+            self._initial[name] = arr
+        self.reset()
+
     def reset(self, x=None, v=None) -> None:
         """Return to the initial state (optionally with new initial positions/velocities)."""
         self._check_built()

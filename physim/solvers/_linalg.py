@@ -3,8 +3,9 @@
 
 import taichi as ti
 
-# Singular values closer than this are treated as this far apart in the SVD adjoint.
-SVD_GAP_EPS = 1e-6
+# Singular values closer than this are treated as this far apart in the SVD adjoint
+# (per precision: the gap must stay well above round-off of the numerator).
+SVD_GAP_EPS = {"f32": 1e-6, "f64": 1e-10}
 
 
 @ti.func
@@ -17,21 +18,18 @@ def diag_matrix(vec, like):
 
 
 @ti.func
-def _safe_gap(d):
-    out = d
-    if ti.abs(d) < SVD_GAP_EPS:
-        out = SVD_GAP_EPS if d >= 0 else -SVD_GAP_EPS
-    return out
+def _safe_gap(d, eps: ti.template()):
+    return ti.select(ti.abs(d) < eps, ti.select(d >= 0, eps, -eps), d)
 
 
 @ti.func
-def svd_adjoint(U, sig, V, gU, gsig, gV, dim: ti.template()):
+def svd_adjoint(U, sig, V, gU, gsig, gV, dim: ti.template(), gap_eps: ti.template()):
     """Adjoint of F = U diag(sig) V^T: returns dL/dF given dL/dU, dL/dsig, dL/dV.
 
     Uses the split 1/(s_j - s_i) for the symmetric part and 1/(s_j + s_i) for the
     antisymmetric part of the rotation terms, so rotation-invariant uses (e.g. the
     polar rotation U V^T) stay finite at repeated singular values; the remaining
-    1/(s_j - s_i) factor is clamped at SVD_GAP_EPS.
+    1/(s_j - s_i) factor is clamped at ``gap_eps``.
     """
     A = U.transpose() @ gU
     B = V.transpose() @ gV
@@ -42,7 +40,8 @@ def svd_adjoint(U, sig, V, gU, gsig, gV, dim: ti.template()):
         else:
             a = A[i, j] - A[j, i]
             b = B[i, j] - B[j, i]
-            X[i, j] = 0.5 * (a + b) / _safe_gap(sig[j] - sig[i]) + 0.5 * (a - b) / _safe_gap(sig[j] + sig[i])
+            X[i, j] = 0.5 * (a + b) / _safe_gap(sig[j] - sig[i], gap_eps) + 0.5 * (a - b) / _safe_gap(
+                sig[j] + sig[i], gap_eps)
     return U @ X @ V.transpose()
 
 
@@ -139,3 +138,79 @@ def prod(vec):
     for i in ti.static(range(1, vec.n)):
         out *= vec[i]
     return out
+
+
+@ti.func
+def _rot2(angle):
+    c, s = ti.cos(angle), ti.sin(angle)
+    return ti.Matrix([[c, -s], [s, c]])
+
+
+@ti.func
+def svd2(F):
+    """Closed-form 2x2 SVD F = U diag(sig) V^T with det U = det V = 1 (sig[1] < 0 when
+    det F < 0). Exact to round-off, unlike ti.svd for nearly diagonal matrices."""
+    E = 0.5 * (F[0, 0] + F[1, 1])
+    Fh = 0.5 * (F[0, 0] - F[1, 1])
+    G = 0.5 * (F[1, 0] + F[0, 1])
+    H = 0.5 * (F[1, 0] - F[0, 1])
+    Q = ti.sqrt(E * E + H * H)
+    R = ti.sqrt(Fh * Fh + G * G)
+    a1 = ti.atan2(G, Fh)
+    a2 = ti.atan2(H, E)
+    theta = 0.5 * (a2 - a1)
+    phi = 0.5 * (a2 + a1)
+    U = _rot2(phi)
+    V = _rot2(-theta)
+    return U, ti.Vector([Q + R, Q - R]), V
+
+
+@ti.func
+def svd3(F, sweeps: ti.template()):
+    """3x3 SVD by cyclic Jacobi on F^T F, then U from F V (Gram-Schmidt, det U = 1;
+    sig[2] < 0 when det F < 0). Accurate to round-off in the reconstruction F = U S V^T."""
+    A = F.transpose() @ F
+    V = A * 0.0
+    for i in ti.static(range(3)):
+        V[i, i] = 1.0
+    for _ in range(sweeps):
+        for p, q in ti.static([(0, 1), (0, 2), (1, 2)]):
+            apq = A[p, q]
+            if ti.abs(apq) > 1e-300:
+                theta = 0.5 * ti.atan2(2 * apq, A[q, q] - A[p, p])
+                c, s = ti.cos(theta), ti.sin(theta)
+                J = A * 0.0
+                for i in ti.static(range(3)):
+                    J[i, i] = 1.0
+                J[p, p] = c
+                J[q, q] = c
+                J[p, q] = s
+                J[q, p] = -s
+                A = J.transpose() @ A @ J
+                V = V @ J
+    # sort by eigenvalue, descending (keeps the smallest last for the inversion sign)
+    for k in ti.static(range(2)):
+        for j in ti.static(range(2 - k)):
+            if A[j, j] < A[j + 1, j + 1]:
+                tmp = A[j, j]
+                A[j, j] = A[j + 1, j + 1]
+                A[j + 1, j + 1] = tmp
+                for r in ti.static(range(3)):
+                    t2 = V[r, j]
+                    V[r, j] = V[r, j + 1]
+                    V[r, j + 1] = -t2  # swap columns and flip one sign: det V stays +1
+    if V.determinant() < 0:
+        for r in ti.static(range(3)):
+            V[r, 2] = -V[r, 2]
+    FV = F @ V
+    u0 = ti.Vector([FV[0, 0], FV[1, 0], FV[2, 0]])
+    u1 = ti.Vector([FV[0, 1], FV[1, 1], FV[2, 1]])
+    u0 = u0 / ti.sqrt(u0.dot(u0) + 1e-300)
+    u1 = u1 - u1.dot(u0) * u0
+    u1 = u1 / ti.sqrt(u1.dot(u1) + 1e-300)
+    u2 = u0.cross(u1)
+    U = ti.Matrix.cols([u0, u1, u2])
+    sig = ti.Vector([u0.dot(ti.Vector([FV[0, 0], FV[1, 0], FV[2, 0]])),
+                     u1.dot(ti.Vector([FV[0, 1], FV[1, 1], FV[2, 1]])),
+                     u2.dot(ti.Vector([FV[0, 2], FV[1, 2], FV[2, 2]]))])
+    return U, sig, V

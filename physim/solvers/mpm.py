@@ -19,7 +19,7 @@ reused by every scene with the same layout (dim, grid, particle capacity, K, ...
 import taichi as ti
 
 from ..materials import MODEL_IDS, PARAM_COLUMNS
-from ._linalg import diag_matrix, prod, rotation_matrix, safe_norm, svd_adjoint, tool_sdf
+from ._linalg import SVD_GAP_EPS, diag_matrix, prod, rotation_matrix, safe_norm, svd2, svd3, svd_adjoint, tool_sdf
 
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
@@ -39,6 +39,7 @@ class MPMEngine:
          self.action_capacity, self.n_mat) = layout
         self.layout = layout
         self.real = real
+        self.svd_gap_eps = SVD_GAP_EPS["f64" if real == ti.f64 else "f32"]
         dim, S, N = self.dim, self.K + 1, self.capacity
         self.dx = 1.0 / self.res
         self.inv_dx = float(self.res)
@@ -114,94 +115,96 @@ class MPMEngine:
 
     @ti.kernel
     def svd(self):
+        """F_trial = U diag(sig) V^T (physim's own SVD: ti.svd loses ~1e-6 on nearly
+        diagonal matrices, which corrupts f64 gradients). Differentiated by svd_grad."""
         for p in range(self.n_particles[None]):
-            U, S, V = ti.svd(self.F_trial[p], self.real)
-            self.U[p] = U
-            self.V[p] = V
-            for i in ti.static(range(self.dim)):
-                self.sig[p][i] = S[i, i]
+            if ti.static(self.dim == 2):
+                U, sig, V = svd2(self.F_trial[p])
+                self.U[p], self.sig[p], self.V[p] = U, sig, V
+            else:
+                U, sig, V = svd3(self.F_trial[p], 8)
+                self.U[p], self.sig[p], self.V[p] = U, sig, V
 
     @ti.kernel
     def svd_grad(self):
         for p in range(self.n_particles[None]):
             self.F_trial.grad[p] += svd_adjoint(
-                self.U[p], self.sig[p], self.V[p], self.U.grad[p], self.sig.grad[p], self.V.grad[p], self.dim
+                self.U[p], self.sig[p], self.V[p], self.U.grad[p], self.sig.grad[p], self.V.grad[p], self.dim,
+                self.svd_gap_eps,
             )
 
     @ti.func
     def _return_mapping(self, model, m, U, sig, V, F_trial, jp, mu, la):
-        """Plastic projection: returns (elastic F, its singular values, new J_plastic)."""
+        """Plastic projection: returns (elastic F, its singular values, new J_plastic).
+
+        Written branch-free (every model's projection is computed, ``ti.select`` picks
+        one) so Taichi's reverse mode sees no mutation inside data-dependent branches.
+        """
         dim = ti.static(self.dim)
-        sig_new = ti.max(sig, 1e-6)
-        jp_new = jp
-        projected = 0
-        if model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]:
-            eps = ti.log(sig_new)
-            eps_hat = eps - eps.sum() / dim
-            norm = safe_norm(eps_hat)
-            excess = norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu)
-            if excess > 0:
-                if model == MODEL_IDS["bingham"]:
-                    # over-stress relaxes: keep the fraction eta / (eta + 2 mu dt) of the excess
-                    eta = self.mat_params[m, COL["viscosity"]]
-                    excess *= 2 * mu * self.dt[None] / (eta + 2 * mu * self.dt[None])
-                sig_new = ti.exp(eps - excess / norm * eps_hat)
-                projected = 1
-        elif model == MODEL_IDS["drucker_prager"]:
-            eps = ti.log(sig_new)
-            tr = eps.sum()
-            eps_hat = eps - tr / dim
-            norm = safe_norm(eps_hat)
-            sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
-            alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
-            dgamma = norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha
-            if tr >= 0:  # separating: no tensile strength
-                sig_new = sig_new * 0.0 + 1.0
-                projected = 1
-            elif dgamma > 0:
-                sig_new = ti.exp(eps - dgamma / norm * eps_hat)
-                projected = 1
-        elif model == MODEL_IDS["snow"]:
-            lo = 1.0 - self.mat_params[m, COL["theta_c"]]
-            hi = 1.0 + self.mat_params[m, COL["theta_s"]]
-            clamped = ti.min(ti.max(sig, lo), hi)
-            jp_new = jp * prod(sig) / prod(clamped)
-            sig_new = clamped
-            projected = 1
-        F_new = F_trial
-        if projected:
-            F_new = U @ diag_matrix(sig_new, F_trial) @ V.transpose()
-        if model == MODEL_IDS["fluid"]:
-            J = ti.max(prod(sig), 1e-6)
-            F_new = diag_matrix(sig_new * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
+        sig_c = ti.max(sig, 1e-6)
+        eps = ti.log(sig_c)
+        tr = eps.sum()
+        eps_hat = eps - tr / dim
+        norm = safe_norm(eps_hat)
+        direction = eps_hat / norm
+        dt = self.dt[None]
+        # von Mises / Bingham: shrink the deviatoric log strain onto the yield surface;
+        # Bingham keeps the fraction eta / (eta + 2 mu dt) of the excess (viscous relaxation)
+        excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
+        eta = self.mat_params[m, COL["viscosity"]]
+        relax = ti.select(model == MODEL_IDS["bingham"], 2 * mu * dt / (eta + 2 * mu * dt), 1.0)
+        sig_vm = ti.exp(eps - excess * relax * direction)
+        # Drucker-Prager (Klar et al. 2016): cone projection, apex when expanding
+        sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
+        alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
+        dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
+        sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
+        # snow (Stomakhin et al. 2013): clamp the singular values, move the rest to Jp
+        sig_snow = ti.min(ti.max(sig_c, 1.0 - self.mat_params[m, COL["theta_c"]]),
+                          1.0 + self.mat_params[m, COL["theta_s"]])
+        is_vm = model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]
+        is_dp = model == MODEL_IDS["drucker_prager"]
+        is_snow = model == MODEL_IDS["snow"]
+        sig_new = ti.select(is_vm, sig_vm, ti.select(is_dp, sig_dp, ti.select(is_snow, sig_snow, sig_c)))
+        jp_new = ti.select(is_snow, jp * prod(sig_c) / prod(sig_snow), jp)
+        F_proj = U @ diag_matrix(sig_new, F_trial) @ V.transpose()
+        J = prod(sig_c)
+        F_fluid = diag_matrix(sig_c * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
+        # Only particles whose state is actually projected take the U diag(sig) V^T route:
+        # for the rest F_new = F_trial exactly, and differentiating through the SVD would
+        # lose the symmetric off-diagonal derivative where singular values coincide (F = I).
+        projected = (is_vm and excess > 0) or (is_dp and (tr >= 0 or dgamma > 0)) or (
+            is_snow and (sig_snow - sig_c).norm_sqr() > 0)
+        F_new = ti.select(projected, F_proj, ti.select(model == MODEL_IDS["fluid"], F_fluid, F_trial))
+        sig_new = ti.select(projected, sig_new, sig_c)
         return F_new, sig_new, jp_new
 
     @ti.func
     def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
+        """Kirchhoff stress tau = P F^T of every model, branch-free (``ti.select``)."""
         dim = ti.static(self.dim)
         identity = ti.Matrix.identity(self.real, dim)
         J = F.determinant()
-        tau = identity * 0.0
-        if model == MODEL_IDS["neohookean"]:
-            tau = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
-        elif model == MODEL_IDS["fluid"]:
-            eta = self.mat_params[m, COL["viscosity"]]
-            tau = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
-        elif model == MODEL_IDS["drucker_prager"]:
-            eps = ti.log(sig)
-            tau = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
-        else:  # fixed-corotated family: corotated, von Mises, Bingham, snow
-            if model == MODEL_IDS["snow"]:
-                h = ti.exp(self.mat_params[m, COL["hardening"]] * (1.0 - jp))
-                mu, la = mu * h, la * h
-            R = U @ V.transpose()
-            tau = 2 * mu * (F - R) @ F.transpose() + la * (J - 1) * J * identity
+        # neo-Hookean
+        tau_nh = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
+        # weakly compressible Newtonian fluid: E column holds the bulk modulus
+        eta = self.mat_params[m, COL["viscosity"]]
+        tau_fluid = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
+        # Drucker-Prager: St. Venant-Kirchhoff in Hencky strain
+        eps = ti.log(ti.max(sig, 1e-6))
+        tau_dp = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
+        # fixed-corotated family (corotated, von Mises, Bingham, snow with hardening)
+        h = ti.select(model == MODEL_IDS["snow"], ti.exp(self.mat_params[m, COL["hardening"]] * (1.0 - jp)), 1.0)
+        R = U @ V.transpose()
+        tau_fc = 2 * mu * h * (F - R) @ F.transpose() + la * h * (J - 1) * J * identity
+        tau = ti.select(model == MODEL_IDS["neohookean"], tau_nh,
+                        ti.select(model == MODEL_IDS["fluid"], tau_fluid,
+                                  ti.select(model == MODEL_IDS["drucker_prager"], tau_dp, tau_fc)))
+        # active stress along the fiber (muscle groups; group -1 means passive)
         g = self.act_group[p]
-        if g >= 0:
-            a = self.action[t, self.act_offset[None] + g]
-            d = F @ self.fiber[p]
-            tau += a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
-        return tau
+        a = ti.select(g >= 0, self.action[t, self.act_offset[None] + ti.max(g, 0)], 0.0)
+        d = F @ self.fiber[p]
+        return tau + a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
 
     @ti.func
     def _lame(self, m):

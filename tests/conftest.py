@@ -1,0 +1,42 @@
+"""Shared set-up: one f64 Taichi runtime for the whole session (gradient checks need
+f64), fast compilation, and scene builders whose layouts coincide so compiled
+engines are shared across tests (see physim.solvers.get_engine)."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PYVISTA_OFF_SCREEN", "true")
+
+import physim as ps  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime():
+    ps.init(arch="cpu", precision="f64", fast_compile=True, verbose=False)
+    yield
+
+
+def small_scene(dim, material, *, effector=True, softness=50.0, friction=0.4, actuator=None,
+                gravity=None, checkpoint_every=8, substeps=4, velocity=None, boundary="slip", dt=2e-4):
+    """A small scene (grid 32 in 2D / 16 in 3D, a few hundred particles) whose layout is the
+    same for every material, so all gradient tests of one dimension share compiled kernels."""
+    res = 32 if dim == 2 else 16
+    scene = ps.Scene(dim=dim, grid_res=res, dt=dt, substeps_per_step=substeps, gravity=gravity,
+                     checkpoint_every=checkpoint_every, boundary=boundary)
+    center = [0.5, 0.3, 0.5][:dim]
+    size = [0.16, 0.12, 0.16][:dim] if dim == 2 else [0.2, 0.2, 0.2]
+    scene.add_body(ps.Box(center=center, size=size), material,
+                   velocity=velocity if velocity is not None else [0.2] + [0.0] * (dim - 1),
+                   actuator=actuator, jitter=0.3, seed=1)
+    if effector:
+        pos = [0.38, 0.34, 0.5][:dim]
+        scene.add_effector(ps.SphereTool(position=pos, radius=0.05, softness=softness, friction=friction))
+    scene.build(max_steps=8)
+    return scene
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
