@@ -4,6 +4,7 @@ Importing physim initializes nothing; call :func:`physim.init` (or let the first
 scene do it with the defaults / ``PHYSIM_ARCH``).
 """
 
+from . import backend
 from .backend import init
 from .effectors import BoxTool, CapsuleTool, CylinderTool, Effector, SphereTool
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere

@@ -111,7 +111,7 @@ def init(
         random_seed=int(seed),
         debug=bool(debug),
         advanced_optimization=not fast_compile,
-        log_level=ti.WARN,
+        log_level=ti.WARN if debug else ti.ERROR,
     )
     np.random.seed(int(seed) % (2**32))
     random.seed(int(seed))

@@ -88,7 +88,7 @@ class _State:
 
 
 def _next_pow2(n: int, minimum: int) -> int:
-    return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
 class Scene:
@@ -479,6 +479,15 @@ class Scene:
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"effector friction must be >= 0, got {value!r}")
         self.engine.eff_friction[index] = float(value)
+
+    def set_checkpoint_every(self, k: int) -> None:
+        """Change K (substeps per checkpoint chunk) of a built scene, up to the engine's
+        slot capacity. Takes effect at the next :meth:`forward`."""
+        self._check_built()
+        if not (isinstance(k, int) and 1 <= k <= self.engine.K):
+            raise ValueError(f"checkpoint_every must be an integer in [1, {self.engine.K}] for this scene, got {k!r}")
+        self.checkpoint_every = k
+        self._rollout = None
 
     # ------------------------------------------------------------------ stepping
     def _check_actions(self, actions) -> np.ndarray:

@@ -134,9 +134,9 @@ def tool_sdf(shape: ti.i32, size, p, dim: ti.template()):
 @ti.func
 def prod(vec):
     """Product of a vector's entries."""
-    out = vec[0]
-    for i in ti.static(range(1, vec.n)):
-        out *= vec[i]
+    out = vec[0] * vec[1]
+    if ti.static(vec.n == 3):
+        out = vec[0] * vec[1] * vec[2]
     return out
 
 

@@ -1,0 +1,36 @@
+"""Backend selection, in fresh processes (Taichi initializes once per process)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code, env=None):
+    import os
+
+    full_env = dict(os.environ)
+    full_env.pop("PHYSIM_ARCH", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def test_import_initializes_nothing():
+    r = _run("import physim, physim.backend as b; assert b.config() is None; print('ok')")
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "[Taichi] Starting" not in r.stdout + r.stderr
+
+
+def test_auto_says_which_arch_and_env_var_selects():
+    r = _run("import physim; c = physim.init(); print(c.arch)")
+    assert r.returncode == 0, r.stderr
+    assert "[physim] backend: arch=" in r.stdout
+    r = _run("import physim; print(physim.init().arch, physim.init().precision)",
+             {"PHYSIM_ARCH": "cpu", "PHYSIM_PRECISION": "f64"})
+    assert r.stdout.strip().splitlines()[-1] == "cpu f64"
+
+
+@pytest.mark.parametrize("kw, match", [("arch='tpu'", "arch must be"), ("precision='f16'", "precision must be")])
+def test_bad_backend_arguments(kw, match):
+    r = _run(f"import physim; physim.init({kw})")
+    assert r.returncode != 0 and match in r.stderr
