@@ -111,6 +111,7 @@ def init(
         random_seed=int(seed),
         debug=bool(debug),
         advanced_optimization=not fast_compile,
+        offline_cache=os.environ.get("PHYSIM_OFFLINE_CACHE", "1") == "1",
         log_level=ti.WARN if debug else ti.ERROR,
     )
     np.random.seed(int(seed) % (2**32))

@@ -301,7 +301,7 @@ class Scene:
             _next_pow2(self.checkpoint_every, 16),
             _next_pow2(max_steps, 8),
             _next_pow2(len(self.effectors), 1),
-            _next_pow2(self.action_dim, 4),
+            _next_pow2(self.action_dim, 8),
             _next_pow2(len(self.materials), 4),
         )
         self.engine = eng = get_engine(MPMEngine, layout, self, cfg.real)

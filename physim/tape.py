@@ -26,12 +26,14 @@ Overwrites
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = ["Launch", "Tape"]
 
 AUTO = "auto"
+_TRACE = os.environ.get("PHYSIM_TRACE_TAPE") == "1"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Launch:
     def run_backward(self) -> None:
         if self.grad is None:
             return
+        if _TRACE:
+            print("[tape] grad of", getattr(self.kernel, "__name__", self.kernel), self.args, flush=True)
         if self.grad == AUTO:
             self.kernel.grad(*self.args)
         else:

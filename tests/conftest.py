@@ -14,7 +14,8 @@ import physim as ps  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _runtime():
-    ps.init(arch="cpu", precision="f64", fast_compile=True, verbose=False)
+    # PHYSIM_TEST_ARCH=cuda runs the suite on a GPU (CI has none: cpu)
+    ps.init(arch=os.environ.get("PHYSIM_TEST_ARCH", "cpu"), precision="f64", fast_compile=True, verbose=False)
     yield
 
 
