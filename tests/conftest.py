@@ -20,7 +20,8 @@ def _runtime():
 
 
 def small_scene(dim, material, *, effector=True, softness=50.0, friction=0.4, actuator=None,
-                gravity=None, checkpoint_every=8, substeps=4, velocity=None, boundary="slip", dt=2e-4):
+                gravity=None, checkpoint_every=8, substeps=4, velocity=None, boundary="slip", dt=2e-4,
+                tool_x=0.38):
     """A small scene (grid 32 in 2D / 16 in 3D, a few hundred particles) whose layout is the
     same for every material, so all gradient tests of one dimension share compiled kernels."""
     res = 32 if dim == 2 else 16
@@ -32,7 +33,7 @@ def small_scene(dim, material, *, effector=True, softness=50.0, friction=0.4, ac
                    velocity=velocity if velocity is not None else [0.2] + [0.0] * (dim - 1),
                    actuator=actuator, jitter=0.3, seed=1)
     if effector:
-        pos = [0.38, 0.34, 0.5][:dim]
+        pos = [tool_x, 0.34, 0.5][:dim]
         scene.add_effector(ps.SphereTool(position=pos, radius=0.05, softness=softness, friction=friction))
     scene.build(max_steps=8)
     return scene

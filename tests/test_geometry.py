@@ -86,9 +86,9 @@ def test_tool_sdf_and_normal(dim, shape):
 
 
 @pytest.mark.parametrize("tool", [
-    ps.BoxTool(position=(0.5, 0.45), half_extents=(0.05, 0.03)),
-    ps.CapsuleTool(position=(0.5, 0.45), radius=0.03, half_length=0.03, rotation=np.pi / 2),
-    ps.CylinderTool(position=(0.5, 0.45), radius=0.05, half_height=0.03),
+    ps.BoxTool(position=(0.5, 0.42), half_extents=(0.05, 0.03)),
+    ps.CapsuleTool(position=(0.5, 0.42), radius=0.03, half_length=0.03, rotation=np.pi / 2),
+    ps.CylinderTool(position=(0.5, 0.42), radius=0.05, half_height=0.03),
 ])
 def test_every_tool_pushes_material(tool):
     scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=10, gravity=(0, 0))
@@ -96,18 +96,18 @@ def test_every_tool_pushes_material(tool):
     scene.add_effector(tool)
     scene.build(max_steps=16)
     y0 = scene.particle_positions()[:, 1].mean()
-    scene.forward(np.tile([0.0, -1.0, 0.0], (12, 1)), requires_grad=False)
-    assert scene.particle_positions()[:, 1].mean() < y0 - 0.005
+    scene.forward(np.tile([0.0, -1.0, 0.0], (16, 1)), requires_grad=False)
+    assert scene.particle_positions()[:, 1].mean() < y0 - 0.003
 
 
 def test_soft_contact_gives_gradient_before_touching():
     grads = {}
     for softness in (0.0, 60.0):
-        scene = small_scene(2, ps.Elastic(E=2e3, nu=0.3), softness=softness, velocity=[0.0, 0.0], gravity=[0, 0])
-        state = scene.get_state()
-        scene.forward(np.zeros((2, 3)))  # the tool (edge at x=0.43) stays clear of the body (x >= 0.42 + gap)
+        # the body drifts towards the tool but stays more than a grid cell away from it
+        scene = small_scene(2, ps.Elastic(E=2e3, nu=0.3), softness=softness, velocity=[-0.3, 0.0],
+                            gravity=[0, 0], tool_x=0.30)
+        scene.forward(np.zeros((2, 3)))
         x = scene.particle_positions()
-        assert np.allclose(x, state["x"], atol=1e-9) or softness > 0
         grads[softness] = scene.backward(grad_x=np.ones_like(x)).actions
     assert np.abs(grads[0.0]).max() == 0.0
     assert np.abs(grads[60.0][:, 0]).max() > 0.0
@@ -116,7 +116,7 @@ def test_soft_contact_gives_gradient_before_touching():
 def test_muscle_actuation_deforms_the_body():
     heights = []
     for signal in (-1.0, 1.0):
-        scene = small_scene(2, ps.Muscle(E=2e3, nu=0.2, actuation_strength=2000.0), effector=False,
+        scene = small_scene(2, ps.Muscle(E=2e3, nu=0.2, actuation_strength=200.0), effector=False,
                             actuator=0, gravity=[0, 0], velocity=[0, 0])
         scene.forward(np.full((8, 1), signal), requires_grad=False)
         heights.append(np.ptp(scene.particle_positions()[:, 1]))
