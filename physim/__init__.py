@@ -9,13 +9,14 @@ from .backend import init
 from .effectors import BoxTool, CapsuleTool, CylinderTool, Effector, SphereTool
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
-from .scene import Gradients, GradientError, Scene, SimulationError
+from .scene import GradientError, Gradients, Scene, SimulationError
 from .tape import Tape
 
 __version__ = "0.1.0"
 
 __all__ = [
     "init",
+    "backend",
     "Scene",
     "Gradients",
     "SimulationError",

@@ -112,13 +112,14 @@ def init(
         debug=bool(debug),
         advanced_optimization=not fast_compile,
         offline_cache=os.environ.get("PHYSIM_OFFLINE_CACHE", "1") == "1",
+        fast_math=os.environ.get("PHYSIM_FAST_MATH", "1") == "1",
         log_level=ti.WARN if debug else ti.ERROR,
     )
     np.random.seed(int(seed) % (2**32))
     random.seed(int(seed))
     got = "cuda" if ti.lang.impl.current_cfg().arch == ti.cuda else arch
     if got != arch:
-        warnings.warn(f"physim: asked for arch {arch!r}, Taichi fell back to {got!r}")
+        warnings.warn(f"physim: asked for arch {arch!r}, Taichi fell back to {got!r}", stacklevel=2)
     _config = BackendConfig(arch=got, precision=precision, seed=int(seed), debug=bool(debug),
                             fast_compile=bool(fast_compile))
     if verbose:

@@ -7,8 +7,8 @@ the effector's local frame; capsules and cylinders have their axis along local y
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,8 @@ class Effector:
         if hasattr(self, "half_extents"):
             self.half_extents = np.asarray(self.half_extents, dtype=np.float64).reshape(-1)
             if self.half_extents.size != self.dim or np.any(self.half_extents <= 0):
-                raise ValueError(f"BoxTool.half_extents must be {self.dim} positive values, got {self.half_extents.tolist()}")
+                raise ValueError(
+                    f"BoxTool.half_extents must be {self.dim} positive values, got {self.half_extents.tolist()}")
 
     @property
     def dim(self) -> int:

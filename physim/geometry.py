@@ -7,8 +7,8 @@ Works in 2D and 3D: a shape's dimension is the length of its ``center``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Shape:
     def sample(self, spacing: float, jitter: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
         """Lattice points (spacing ``spacing``) inside the shape, shape (n, dim)."""
         lo, hi = self.bounds()
-        axes = [np.arange(l + 0.5 * spacing, h, spacing) for l, h in zip(lo, hi)]
+        axes = [np.arange(l + 0.5 * spacing, h, spacing) for l, h in zip(lo, hi, strict=True)]
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, self.dim)
         if jitter > 0:
             rng = rng or np.random.default_rng(0)

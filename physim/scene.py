@@ -15,6 +15,7 @@ Ten lines::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ from .effectors import SHAPE_IDS, Effector
 from .geometry import Shape
 from .materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS, Material
 from .solvers import get_engine
-from .solvers.mpm import BAD_CFL, BAD_NONFINITE, BAD_OUTSIDE, BOUND, BOUNDARY_IDS, MPMEngine
+from .solvers.mpm import BAD_NONFINITE, BAD_OUTSIDE, BOUND, BOUNDARY_IDS, MPMEngine
 from .tape import Tape
 
 __all__ = ["Scene", "Gradients", "SimulationError", "GradientError"]
@@ -109,6 +110,8 @@ class Scene:
             each chunk once in backward. ``None``: 50.
         particle_spacing: lattice spacing of sampled particles (default dx / 2).
     """
+
+    _warned_gpu_grad = False
 
     def __init__(
         self,
@@ -230,7 +233,8 @@ class Scene:
         if not isinstance(effector, Effector):
             raise TypeError(f"expected a physim effector, got {type(effector).__name__}")
         if effector.dim != self.dim:
-            raise ValueError(f"effector at {effector.position.tolist()} is {effector.dim}D but the scene is {self.dim}D")
+            raise ValueError(
+                f"effector at {effector.position.tolist()} is {effector.dim}D but the scene is {self.dim}D")
         self.effectors.append(effector)
         return len(self.effectors) - 1
 
@@ -267,7 +271,7 @@ class Scene:
     def max_wave_speed(self) -> float:
         return max((m.wave_speed() for m in self.materials), default=0.0)
 
-    def build(self, max_steps: int = 100) -> "Scene":
+    def build(self, max_steps: int = 100) -> Scene:
         """Allocate (or reuse) the compiled engine and load the initial state.
 
         Args:
@@ -370,7 +374,8 @@ class Scene:
 
     def _export(self, slot: int, grad: bool = False) -> dict[str, np.ndarray]:
         s = self._empty_state()
-        self.engine.export_slot(slot, s["x"], s["v"], s["C"], s["F"], s["Jp"], s["effector_pos"], s["effector_rot"], grad)
+        self.engine.export_slot(slot, s["x"], s["v"], s["C"], s["F"], s["Jp"], s["effector_pos"], s["effector_rot"],
+                                grad)
         if not self.effectors:
             s["effector_pos"] = s["effector_pos"][:0]
             s["effector_rot"] = s["effector_rot"][:0]
@@ -419,7 +424,8 @@ class Scene:
                 continue
             arr = np.asarray(value, dtype=np.float64)
             if arr.shape != (self.n_particles, self.dim) or not np.isfinite(arr).all():
-                raise ValueError(f"initial {name} must be a finite ({self.n_particles}, {self.dim}) array, got {arr.shape}")
+                raise ValueError(
+                    f"initial {name} must be a finite ({self.n_particles}, {self.dim}) array, got {arr.shape}")
             self._initial[name] = arr
         self.reset()
 
@@ -607,6 +613,15 @@ class Scene:
         r = self._rollout
         if r is None:
             raise RuntimeError("backward() needs a forward(..., requires_grad=True) first (and no step/reset since)")
+        if backend.config().arch != "cpu" and not Scene._warned_gpu_grad:
+            Scene._warned_gpu_grad = True
+            warnings.warn(
+                "physim: reverse mode on GPU backends does not yet pass the finite-difference gradient checks "
+                "that pass on CPU (errors of several percent, NaN without fast-math); use arch='cpu' for "
+                "gradients you rely on. Forward simulation on GPU is fine.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         eng, K, ns = self.engine, self.checkpoint_every, self.substeps_per_step
         total = r["total"]
         n_chunks = -(-total // K)

@@ -27,8 +27,9 @@ Overwrites
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Launch", "Tape"]
 

@@ -1,7 +1,6 @@
 """Physics sanity against laws and measured behaviour."""
 
 import numpy as np
-import pytest
 
 import physim as ps
 

@@ -63,7 +63,8 @@ class MPMEngine:
         self.grid_mv = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
         self.grid_m = ti.field(real, shape=gshape, needs_grad=True)
         self.grid_v = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
-        self.scratch_fields = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine, self.grid_mv, self.grid_m, self.grid_v]
+        self.scratch_fields = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine,
+                               self.grid_mv, self.grid_m, self.grid_v]
 
         # per-particle constants
         self.material = ti.field(ti.i32, shape=N)
