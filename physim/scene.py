@@ -334,6 +334,7 @@ class Scene:
             models[i] = MODEL_IDS[m.model]
             params[i] = m.row()
         eng.mat_model.from_numpy(models)
+        eng.needs_svd = any(m.model not in ("fluid", "neohookean") for m in self.materials)
         eng.mat_params.from_numpy(params)
         dens = params[mat_id, PARAM_COLUMNS.index("density")]
         eng.p_mass.from_numpy((dens * self.spacing**self.dim).astype(self._np_real))

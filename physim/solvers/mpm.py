@@ -99,6 +99,7 @@ class MPMEngine:
         self.wall_friction = ti.field(real, shape=())
         self.act_offset = ti.field(ti.i32, shape=())
         self.bad = ti.field(ti.i32, shape=S)
+        self.needs_svd = True  # set by the scene from its materials
 
     # ------------------------------------------------------------------ substep
     @ti.kernel
@@ -169,7 +170,7 @@ class MPMEngine:
         sig_new = ti.select(is_vm, sig_vm, ti.select(is_dp, sig_dp, ti.select(is_snow, sig_snow, sig_c)))
         jp_new = ti.select(is_snow, jp * prod(sig_c) / prod(sig_snow), jp)
         F_proj = U @ diag_matrix(sig_new, F_trial) @ V.transpose()
-        J = prod(sig_c)
+        J = ti.max(F_trial.determinant(), 1e-6)  # from F, not sig: fluid-only scenes skip the SVD
         F_fluid = diag_matrix(sig_c * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
         # Only particles whose state is actually projected take the U diag(sig) V^T route:
         # for the rest F_new = F_trial exactly, and differentiating through the SVD would
@@ -513,7 +514,8 @@ class MPMEngine:
         tape.begin_substep()
         tape.launch(self.clear_grid, grad=None)
         tape.launch(self.trial_deformation, l)
-        tape.launch(self.svd, grad=self.svd_grad)
+        if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
+            tape.launch(self.svd, grad=self.svd_grad)
         tape.launch(self.plasticity, l)
         tape.launch(self.stress, l, t)
         tape.launch(self.p2g, l)
