@@ -246,9 +246,12 @@ class MPMEngine:
             mass = self.p_mass[p]
             affine = self.affine[p]
             xp = self.x[l, p] * inv_dx
-            base = ti.min(ti.max(ti.cast(xp - 0.5, ti.i32), 0), self.res - 3)
+            # clamp in floating point (an escaped particle must not index outside the grid; the
+            # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
+            base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
             fx = xp - ti.cast(base, self.real)
-            w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
+            # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
+            w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
             mv = mass * self.v[l, p]
             for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
                 weight = 1.0
@@ -332,9 +335,12 @@ class MPMEngine:
         dim, inv_dx = ti.static(self.dim, self.inv_dx)
         for p in range(self.n_particles[None]):
             xp = self.x[l, p] * inv_dx
-            base = ti.min(ti.max(ti.cast(xp - 0.5, ti.i32), 0), self.res - 3)
+            # clamp in floating point (an escaped particle must not index outside the grid; the
+            # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
+            base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
             fx = xp - ti.cast(base, self.real)
-            w = [0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2]
+            # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
+            w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
             new_v = self.v[l, p] * 0.0
             new_C = self.C[l, p] * 0.0
             for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
