@@ -53,6 +53,7 @@ def main(argv=None):
     actions[:, 0] = 0.5  # start by moving towards the block
     actions.requires_grad_(True)
     opt = torch.optim.Adam([actions], lr=args.lr)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.92)  # calmer steps near the optimum
     target_t = torch.as_tensor(target)
     x_start = scene.particle_positions()
     losses = []
@@ -65,6 +66,7 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_([actions], 10.0)
         opt.step()
+        schedule.step()
         with torch.no_grad():
             actions.clamp_(-2.0, 2.0)
         losses.append(loss.item())
