@@ -11,7 +11,8 @@ differentiable parameters (``E``, ``nu``, ``yield_stress``, ``friction_angle``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -58,7 +59,8 @@ class Material:
 
     density: float = 1.0
 
-    model: str = field(default="corotated", init=False, repr=False)
+    #: constitutive model id (a key of MODEL_IDS) used by the kernels
+    model: ClassVar[str] = "corotated"
 
     def __post_init__(self) -> None:
         _positive("density", self.density)
@@ -112,9 +114,7 @@ class Elastic(Material):
     E: float = 1e3
     nu: float = 0.2
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "corotated"
+    model: ClassVar[str] = "corotated"
 
 
 @dataclass
@@ -124,9 +124,7 @@ class NeoHookean(Material):
     E: float = 1e3
     nu: float = 0.3
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "neohookean"
+    model: ClassVar[str] = "neohookean"
 
 
 @dataclass
@@ -138,9 +136,7 @@ class Plasticine(Material):
     nu: float = 0.2
     yield_stress: float = 50.0
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "von_mises"
+    model: ClassVar[str] = "von_mises"
 
 
 @dataclass
@@ -153,9 +149,7 @@ class Sand(Material):
     friction_angle: float = 30.0
     density: float = 1.5
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "drucker_prager"
+    model: ClassVar[str] = "drucker_prager"
 
 
 @dataclass
@@ -168,12 +162,12 @@ class Snow(Material):
     theta_c: float = 2.5e-2
     theta_s: float = 7.5e-3
     hardening: float = 10.0
+    model: ClassVar[str] = "snow"
 
     def __post_init__(self):
         super().__post_init__()
         if not (0 < self.theta_c < 1 and 0 < self.theta_s):
             raise ValueError(f"Snow needs 0 < theta_c < 1 and theta_s > 0, got {self.theta_c}, {self.theta_s}")
-        self.model = "snow"
 
 
 @dataclass
@@ -184,9 +178,7 @@ class Fluid(Material):
     bulk_modulus: float = 400.0
     viscosity: float = 0.0
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "fluid"
+    model: ClassVar[str] = "fluid"
 
     def lame(self) -> tuple[float, float]:
         return 0.0, float(self.bulk_modulus)
@@ -207,9 +199,7 @@ class Viscoplastic(Material):
     yield_stress: float = 30.0
     viscosity: float = 5.0
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "bingham"
+    model: ClassVar[str] = "bingham"
 
 
 @dataclass
@@ -223,6 +213,4 @@ class Muscle(Material):
     nu: float = 0.2
     actuation_strength: float = 400.0
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.model = "corotated"
+    model: ClassVar[str] = "corotated"
