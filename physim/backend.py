@@ -52,9 +52,9 @@ _config: BackendConfig | None = None
 
 def _cuda_available() -> bool:
     try:
-        from taichi._lib import core as _core
-
         import ctypes
+
+        from taichi._lib import core as _core
 
         ctypes.CDLL("libcuda.so.1")  # the driver, not just a CUDA-enabled wheel
         return bool(_core.with_cuda())
