@@ -1,0 +1,45 @@
+"""Helpers shared by the benchmark workers: peak memory, timing and result files."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib) * (1 if sys.platform == "darwin" else 1024)
+
+
+def time_runs(run: Callable[[], None], prepare: Callable[[], None], sync: Callable[[], None],
+              repeats: int) -> dict[str, float]:
+    """Time ``run`` ``repeats`` times, calling ``prepare`` (untimed) before each run.
+
+    ``sync`` waits for the device (``ti.sync``) so asynchronous launches are counted.
+    Returns the best (``seconds``, the least disturbed by other load on a shared
+    machine), the median and every individual time.
+    """
+    times = []
+    for _ in range(repeats):
+        prepare()
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times), "seconds_median": statistics.median(times), "seconds_all": times}
+
+
+def write_result(path: str | None, record: dict) -> None:
+    """Write one JSON record to ``path`` (stdout when ``None``)."""
+    text = json.dumps(record, indent=1)
+    if path is None:
+        print(text)
+        return
+    with open(path, "w") as f:
+        f.write(text)
