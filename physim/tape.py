@@ -22,6 +22,9 @@ Overwrites
     backward pass needs is overwritten; scratch fields are recomputed as above.
     Gradients accumulate (``+=``) into input fields, as Taichi adjoints do; the
     scene zeroes them before each backward pass.
+
+Debugging
+    ``PHYSIM_TRACE_TAPE=1`` prints every adjoint launch as it runs.
 """
 
 from __future__ import annotations
