@@ -4,6 +4,8 @@ The case is a JSON object (``--spec``); :mod:`run` builds these. Keys:
 
 * ``dim``, ``grid``, ``dt``, ``substeps`` (timed horizon), ``substeps_per_step``,
   ``checkpoint_every`` (K), ``gravity``, ``boundary``, ``arch``, ``repeats``;
+* ``build_steps``: build for at least this many steps (cases with the same value share
+  a compiled layout, see :func:`build_scene`);
 * ``material``: ``{"kind": "fluid", "bulk_modulus": ...}`` or ``{"kind": "elastic", "E": ..., "nu": ...}``;
 * the particles, either ``"random": {"n": N, "lo": a, "hi": b, "velocity": [...], "seed": s}``
   (exactly N particles uniformly random in the cube [a, b]^dim, like Taichi's
@@ -44,6 +46,7 @@ def lattice_shape(n: int, dim: int) -> list[int]:
 
 
 def make_material(ps, spec: dict):
+    """A physim material from ``{"kind": "fluid" | "elastic", **parameters}``."""
     kind = spec["kind"]
     params = {k: v for k, v in spec.items() if k != "kind"}
     if kind == "fluid":

@@ -338,6 +338,9 @@ class Scene:
         eng.mat_params.from_numpy(params)
         dens = params[mat_id, PARAM_COLUMNS.index("density")]
         eng.p_mass.from_numpy((dens * self.spacing**self.dim).astype(self._np_real))
+        # f32: 1/m^2 in the adjoint must stay finite; f64 has the range to keep (almost) every node
+        rel = 1e-9 if cfg.precision == "f32" else 1e-14
+        eng.min_node_mass[None] = rel * float(dens[:n].min()) * self.spacing**self.dim
         E = eng.eff_capacity
         shapes = np.zeros(E, np.int32)
         sizes = np.zeros((E, 3), self._np_real)

@@ -98,6 +98,7 @@ class MPMEngine:
         self.boundary = ti.field(ti.i32, shape=())
         self.wall_friction = ti.field(real, shape=())
         self.act_offset = ti.field(ti.i32, shape=())
+        self.min_node_mass = ti.field(real, shape=())
         self.bad = ti.field(ti.i32, shape=S)
         self.needs_svd = True  # set by the scene from its materials
 
@@ -308,7 +309,9 @@ class MPMEngine:
     def grid_update(self, l: ti.i32, t: ti.i32):
         for I in ti.grouped(self.grid_m):
             m = self.grid_m[I]
-            if m > 0:
+            # nodes at the very edge of a stencil get ~1e-20 of a particle's mass; treating them as
+            # empty keeps the adjoint of v = mv / m (which has 1 / m^2) from overflowing in f32
+            if m > self.min_node_mass[None]:
                 v = self.grid_mv[I] / m + self.dt[None] * self.gravity[None]
                 xg = ti.cast(I, self.real) * self.dx
                 for e in ti.static(range(self.eff_capacity)):
