@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,13 +79,6 @@ class _Body:
     actuator: int | None
     start: int
     count: int
-
-
-@dataclass
-class _State:
-    """Host copy of one slot."""
-
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _next_pow2(n: int, minimum: int) -> int:
