@@ -6,7 +6,7 @@ scene do it with the defaults / ``PHYSIM_ARCH``).
 
 from . import backend
 from .backend import init
-from .effectors import BoxTool, CapsuleTool, CylinderTool, Effector, SphereTool
+from .effectors import BoxTool, CapsuleTool, CupTool, CylinderTool, Effector, SphereTool
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
 from .scene import GradientError, Gradients, Scene, SimulationError
@@ -41,4 +41,5 @@ __all__ = [
     "BoxTool",
     "CapsuleTool",
     "CylinderTool",
+    "CupTool",
 ]

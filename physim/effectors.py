@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Effector", "SphereTool", "BoxTool", "CapsuleTool", "CylinderTool", "SHAPE_IDS"]
+__all__ = ["Effector", "SphereTool", "BoxTool", "CapsuleTool", "CylinderTool", "CupTool", "SHAPE_IDS"]
 
-SHAPE_IDS = {"sphere": 0, "box": 1, "capsule": 2, "cylinder": 3}
+SHAPE_IDS = {"sphere": 0, "box": 1, "capsule": 2, "cylinder": 3, "cup": 4}
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Effector:
             raise ValueError(f"effector friction must be >= 0, got {self.friction!r}")
         if not (np.isfinite(self.softness) and self.softness >= 0):
             raise ValueError(f"effector softness must be >= 0, got {self.softness!r}")
-        for name in ("radius", "half_length", "half_height"):
+        for name in ("radius", "half_length", "half_height", "thickness"):
             if hasattr(self, name) and not getattr(self, name) > 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)!r}")
         if hasattr(self, "half_extents"):
@@ -125,3 +125,27 @@ class CylinderTool(Effector):
 
     def size_params(self):
         return np.array([self.radius, self.half_height, 0.0])
+
+
+@dataclass
+class CupTool(Effector):
+    """Open-top container (a glass, a cup; a U-shaped vessel in 2D): a hollow cylinder with
+    axis along local y, inner radius ``radius``, outer half height ``half_height`` and walls
+    and bottom ``thickness`` thick. Fluid inside it is carried and poured by rotating it."""
+
+    radius: float = 0.08
+    half_height: float = 0.08
+    thickness: float = 0.02
+
+    def __post_init__(self):
+        self.shape = "cup"
+        super().__post_init__()
+        if not self.thickness < 2 * self.half_height:
+            raise ValueError(f"CupTool.thickness ({self.thickness}) must be less than its height ({2 * self.half_height})")
+
+    def size_params(self):
+        return np.array([self.radius, self.half_height, self.thickness])
+
+    def inner_bounds(self) -> tuple[float, float]:
+        """(bottom, top) of the cavity along the local y axis."""
+        return -self.half_height + self.thickness, self.half_height

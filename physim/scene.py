@@ -426,14 +426,15 @@ class Scene:
             self._initial[name] = arr
         self.reset()
 
-    def reset(self, x=None, v=None) -> None:
-        """Return to the initial state (optionally with new initial positions/velocities)."""
+    def reset(self, x=None, v=None, effector_pos=None, effector_rot=None) -> None:
+        """Return to the initial state, optionally with other initial particle positions /
+        velocities or effector poses ((E, dim) positions, (E, 4) rotations as in
+        :meth:`effector_poses`). Gradients w.r.t. all of them come from :meth:`backward`."""
         self._check_built()
         init = dict(self._initial)
-        if x is not None:
-            init["x"] = np.asarray(x, dtype=np.float64)
-        if v is not None:
-            init["v"] = np.asarray(v, dtype=np.float64)
+        for name, value in (("x", x), ("v", v), ("effector_pos", effector_pos), ("effector_rot", effector_rot)):
+            if value is not None:
+                init[name] = np.asarray(value, dtype=np.float64)
         self.set_state(init)
         self.time = 0.0
 

@@ -1,0 +1,157 @@
+"""Differentiable trajectory problems: a built Scene + a task loss of its state.
+
+Every optimizer in :mod:`physim.optim` talks to a *problem*: anything with
+
+* ``horizon`` (T steps), ``action_dim`` (A), ``action_low`` / ``action_high`` ((A,) bounds),
+* ``sim_steps``: simulated steps used so far (a gradient evaluation counts its steps twice:
+  the forward pass and the reverse pass, which recomputes it),
+* ``loss(actions)`` and ``loss_and_grad(actions)`` for an action array of 1..T rows: the task
+  loss of the state reached after those steps, from the problem's start state.
+
+:class:`SceneProblem` implements it for any scene and any torch loss of the final state; the
+Gymnasium environments in :mod:`physim.envs` expose the same attributes on ``env.unwrapped``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SceneProblem", "Evaluation"]
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a problem: the loss and (if requested) its gradients."""
+
+    loss: float
+    grad_actions: np.ndarray | None = None  #: (t, A) d loss / d actions
+    grad_effector_pos0: np.ndarray | None = None  #: (E, dim) d loss / d initial effector positions
+    grad_effector_rot0: np.ndarray | None = None  #: (E, 4) d loss / d initial effector rotations
+    action_grad_norm: float = 0.0
+    state: dict | None = None  #: the final state (numpy, as Scene.get_state) when kept
+
+
+class SceneProblem:
+    """A differentiable trajectory problem on a built :class:`physim.Scene`.
+
+    Args:
+        scene: a built scene (``max_steps >= horizon``).
+        loss_fn: ``loss_fn(x, v, effector_pos) -> scalar tensor``, torch float64 tensors of the
+            state after the actions ((n, dim), (n, dim), (E, dim)). Must be differentiable.
+        horizon: T, the number of steps of a full trajectory.
+        action_low, action_high: per-step action bounds, scalars or (A,) arrays.
+        action_map: (A, scene.action_dim) matrix M; the scene is driven by ``actions @ M``
+            (e.g. to scale normalized actions to tool velocities or to hide fixed tools).
+            Default: the identity (A = scene.action_dim).
+        start_state: the state every evaluation starts from (as :meth:`Scene.get_state`);
+            default: the scene's state now. Assign ``problem.start_state`` to change it.
+    """
+
+    def __init__(
+        self,
+        scene,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        horizon: int,
+        action_low=-1.0,
+        action_high=1.0,
+        action_map=None,
+        start_state: dict | None = None,
+    ):
+        scene._check_built()
+        if not (isinstance(horizon, int) and 1 <= horizon <= scene.max_steps):
+            raise ValueError(f"horizon must be an integer in [1, {scene.max_steps}] (scene max_steps), got {horizon!r}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.scene = scene
+        self.loss_fn = loss_fn
+        self.horizon = horizon
+        if action_map is None:
+            action_map = np.eye(scene.action_dim)
+        self.action_map = np.asarray(action_map, dtype=np.float64)
+        if self.action_map.ndim != 2 or self.action_map.shape[1] != scene.action_dim:
+            raise ValueError(
+                f"action_map must have shape (A, {scene.action_dim}) for this scene, got {self.action_map.shape}")
+        self.action_dim = int(self.action_map.shape[0])
+        self.action_low = np.broadcast_to(np.asarray(action_low, dtype=np.float64), (self.action_dim,)).copy()
+        self.action_high = np.broadcast_to(np.asarray(action_high, dtype=np.float64), (self.action_dim,)).copy()
+        if not np.all(self.action_low < self.action_high):
+            raise ValueError(f"action_low must be below action_high, got {self.action_low} and {self.action_high}")
+        self.start_state = scene.get_state() if start_state is None else start_state
+        self.sim_steps = 0
+
+    # ------------------------------------------------------------------ checks
+    def check_actions(self, actions) -> np.ndarray:
+        """Validate an action array: (t, A) with 1 <= t <= T, finite, within the bounds."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != self.action_dim or not (1 <= a.shape[0] <= self.horizon):
+            raise ValueError(
+                f"actions must have shape (t, {self.action_dim}) with 1 <= t <= {self.horizon}, got {a.shape}")
+        if not np.isfinite(a).all():
+            t, k = np.argwhere(~np.isfinite(a))[0]
+            raise ValueError(f"actions contain NaN or inf (step {t}, column {k})")
+        tol = 1e-9 * (1 + np.abs(self.action_high - self.action_low))
+        low, high = a < self.action_low - tol, a > self.action_high + tol
+        if low.any() or high.any():
+            t, k = np.argwhere(low | high)[0]
+            raise ValueError(
+                f"action {a[t, k]:.4g} at step {t}, column {k} is outside the bounds "
+                f"[{self.action_low[k]:g}, {self.action_high[k]:g}]")
+        return a
+
+    def zero_actions(self) -> np.ndarray:
+        """A (T, A) array of the action closest to zero inside the bounds (a neutral start)."""
+        return np.tile(np.clip(0.0, self.action_low, self.action_high), (self.horizon, 1))
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, actions, grad: bool = True, keep_state: bool = False) -> Evaluation:
+        """Run ``actions`` from the start state; the loss, and its gradients when ``grad``.
+
+        The scene's state before the call is restored afterwards, so a running episode
+        (e.g. of a Gymnasium env built on the same scene) is not disturbed.
+        """
+        a = self.check_actions(actions)
+        scene = self.scene
+        saved = scene.get_state()
+        try:
+            scene.set_state(self.start_state)
+            scene.forward(a @ self.action_map, requires_grad=grad)
+            s = scene.get_state()
+            x = torch.tensor(s["x"], dtype=torch.float64, requires_grad=grad)
+            v = torch.tensor(s["v"], dtype=torch.float64, requires_grad=grad)
+            p = torch.tensor(s["effector_pos"], dtype=torch.float64, requires_grad=grad)
+            loss = self.loss_fn(x, v, p)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError("loss_fn must return a scalar torch tensor")
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise FloatingPointError(f"the task loss is {value} (NaN/inf) after {len(a)} steps")
+            self.sim_steps += len(a)
+            out = Evaluation(loss=value, state=s if keep_state else None)
+            if grad:
+                loss.backward()
+
+                def g(t):
+                    return None if t.grad is None else t.grad.numpy()
+
+                grads = scene.backward(grad_x=g(x), grad_v=g(v), grad_effector_pos=g(p))
+                self.sim_steps += len(a)
+                out.grad_actions = grads.actions @ self.action_map.T
+                out.grad_effector_pos0 = grads.effector_pos0
+                out.grad_effector_rot0 = grads.effector_rot0
+                out.action_grad_norm = float(np.linalg.norm(out.grad_actions))
+            return out
+        finally:
+            scene.set_state(saved)
+
+    def loss(self, actions) -> float:
+        """Task loss after running ``actions`` (t <= T rows) from the start state; no gradient."""
+        return self.evaluate(actions, grad=False).loss
+
+    def loss_and_grad(self, actions) -> tuple[float, np.ndarray]:
+        """(loss, d loss / d actions) for ``actions`` (t <= T rows) from the start state."""
+        e = self.evaluate(actions, grad=True)
+        return e.loss, e.grad_actions
