@@ -1,0 +1,216 @@
+"""CMA-ES over action sequences (optionally through keyframes), and CMA-ES followed by Adam."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..scene import GradientError, SimulationError
+from .adam import adam
+from .result import (
+    OptimResult,
+    check_callback,
+    check_positive_float,
+    check_positive_int,
+    check_problem,
+    initial_actions,
+)
+
+__all__ = ["cmaes", "hybrid", "keyframe_matrix"]
+
+
+def keyframe_matrix(T: int, k: int) -> np.ndarray:
+    """(T, k) linear-interpolation weights: ``actions = W @ keyframes`` puts keyframe ``j`` at step
+    ``round(j (T - 1) / (k - 1))`` and interpolates linearly in between (k = 1: a constant).
+    Rows are convex combinations, so keyframes inside the bounds give actions inside them."""
+    T = check_positive_int("horizon", T)
+    k = check_positive_int("keyframes", k)
+    if k > T:
+        raise ValueError(f"keyframes={k} exceeds the horizon T={T}")
+    if k == 1:
+        return np.ones((T, 1))
+    pos = np.arange(T) * (k - 1) / max(T - 1, 1)  # each step's position in keyframe units
+    W = np.zeros((T, k))
+    j = np.minimum(np.floor(pos).astype(int), k - 2)
+    frac = pos - j
+    W[np.arange(T), j] = 1.0 - frac
+    W[np.arange(T), j + 1] = frac
+    return W
+
+
+def cmaes(
+    problem,
+    iters: int = 20,
+    popsize: int | None = None,
+    sigma0: float = 0.3,
+    keyframes: int | None = None,
+    init=None,
+    seed: int | None = None,
+    progress: bool = True,
+    callback=None,
+) -> OptimResult:
+    """CMA-ES (the ``cma`` package) on the action sequence of ``problem``; gradient free.
+
+    The search runs in normalized coordinates ``z in [-1, 1]`` per action value, mapped to
+    ``low + (z + 1) (high - low) / 2``, with cma's bound handling on [-1, 1], so every candidate
+    respects the action bounds (which must be finite). With ``keyframes=k`` the search space is
+    ``k`` control points per action column, linearly interpolated to the T steps
+    (:func:`keyframe_matrix`): k A instead of T A dimensions. Each candidate costs one forward
+    rollout (``problem.loss``); a candidate whose simulation blows up (``SimulationError``, NaN
+    loss) gets a loss worse than every finite one of its generation.
+
+    Args:
+        problem: anything with the problem protocol (a Gymnasium env: its ``unwrapped``).
+        iters: generations.
+        popsize: candidates per generation (default cma's ``4 + 3 ln(dimension)``).
+        sigma0: initial step size in normalized units (a fraction of the half-range of the bounds).
+        keyframes: number of control points per action column (None: every step is free).
+        init: starting mean, (T, A) or an (A,) row (fitted to the keyframes by least squares);
+            default the point of the bounds closest to zero.
+        seed: random seed (None: time-based). cma seeds numpy's global generator with it.
+        progress: show a tqdm progress bar.
+        callback: ``callback(generation, best_loss_of_generation, its_actions)``; returning True stops.
+
+    Returns:
+        :class:`OptimResult` (method "cmaes"); ``extras``: ``evaluations`` (rollouts),
+        ``popsize``, ``dimension``, ``keyframes`` and ``failed`` (candidates whose simulation failed).
+    """
+    import cma
+
+    prob, T, A, low, high = check_problem(problem)
+    iters = check_positive_int("iters", iters)
+    sigma0 = check_positive_float("sigma0", sigma0)
+    if popsize is not None:
+        popsize = check_positive_int("popsize", popsize, minimum=2)
+    if seed is not None:
+        seed = check_positive_int("seed", seed, minimum=0)
+    check_callback(callback)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f"cmaes needs finite action bounds, got action_low={low}, action_high={high}")
+    k = T if keyframes is None else check_positive_int("keyframes", keyframes)
+    W = np.eye(T) if keyframes is None else keyframe_matrix(T, k)
+    mid, half = (low + high) / 2, (high - low) / 2
+    safe_half = np.where(half > 0, half, 1.0)
+    a0 = initial_actions(init, T, A, low, high)
+    P0 = a0 if keyframes is None else np.linalg.lstsq(W, a0, rcond=None)[0]
+    z0 = np.clip((P0 - mid) / safe_half, -1.0, 1.0).ravel()
+    dim = z0.size
+
+    def decode(z) -> np.ndarray:
+        P = mid + half * np.clip(np.asarray(z, dtype=np.float64).reshape(k, A), -1.0, 1.0)
+        return np.clip(W @ P, low, high)
+
+    opts = {"bounds": [-1.0, 1.0], "verbose": -9, "verb_disp": 0, "verb_log": 0,
+            "seed": (seed + 1) if seed is not None else None}  # cma treats seed 0 as "time"
+    if popsize is not None:
+        opts["popsize"] = popsize
+    t0 = time.perf_counter()
+    steps0 = prob.sim_steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cma warns about 1-D problems and bound-adjacent starts
+        es = cma.CMAEvolutionStrategy(z0, sigma0, opts)
+    initial_loss = float(prob.loss(decode(z0)))
+    best_loss, best_actions = initial_loss, decode(z0)
+    losses: list[float] = []
+    evaluations, failed = 1, 0
+    bar = tqdm(range(iters), desc="CMA-ES", disable=not progress, leave=False)
+    try:
+        for gen in bar:
+            Z = es.ask()
+            fit = []
+            for z in Z:
+                try:
+                    fit.append(float(prob.loss(decode(z))))
+                except (SimulationError, GradientError, FloatingPointError):
+                    fit.append(math.nan)
+                    failed += 1
+                evaluations += 1
+            f = np.asarray(fit)
+            finite = np.isfinite(f)
+            if not finite.any():
+                raise SimulationError(f"every candidate of CMA-ES generation {gen} failed to simulate")
+            worst = f[finite].max()
+            f[~finite] = worst + abs(worst) + 1.0
+            es.tell(Z, f.tolist())
+            i = int(np.argmin(f))
+            losses.append(float(f[i]))
+            if f[i] < best_loss:
+                best_loss, best_actions = float(f[i]), decode(Z[i])
+            bar.set_postfix(loss=f"{f[i]:.4e}", best=f"{best_loss:.4e}")
+            if callback is not None and callback(gen, float(f[i]), decode(Z[i])):
+                break
+    finally:
+        bar.close()
+    return OptimResult(
+        actions=best_actions,
+        loss=best_loss,
+        losses=losses,
+        initial_loss=initial_loss,
+        sim_steps=int(prob.sim_steps - steps0),
+        wall_seconds=time.perf_counter() - t0,
+        method="cmaes",
+        extras={"evaluations": evaluations, "popsize": int(es.popsize), "dimension": dim, "keyframes": keyframes,
+                "failed": failed, "sigma": float(es.sigma)},
+    )
+
+
+def hybrid(
+    problem,
+    cma_iters: int = 10,
+    adam_iters: int = 30,
+    keyframes: int | None = 4,
+    popsize: int | None = None,
+    sigma0: float = 0.3,
+    lr: float = 0.05,
+    lr_schedule: str = "cosine",
+    clip_norm: float | None = None,
+    expand: int | None = None,
+    init=None,
+    seed: int | None = None,
+    progress: bool = True,
+    callback=None,
+) -> OptimResult:
+    """CMA-ES (global, gradient free, through ``keyframes``) then Adam (local, gradients) from
+    CMA-ES's best sequence, in one call.
+
+    Args:
+        cma_iters, popsize, sigma0, keyframes, seed: passed to :func:`cmaes`.
+        adam_iters, lr, lr_schedule, clip_norm, expand: passed to :func:`adam` (``lr`` in action units).
+        init: CMA-ES's starting mean ((T, A) or (A,)).
+        callback: ``callback(iteration, loss, actions)`` with the iteration counted over both
+            stages (CMA-ES generations first); returning True stops the current stage.
+
+    Returns:
+        :class:`OptimResult` (method "hybrid"): ``losses`` is CMA-ES's per-generation best losses
+        followed by Adam's per-iteration losses; ``stage_boundary`` the index of Adam's first entry;
+        ``stages`` one record per stage; ``extras["cma"]`` and ``extras["adam"]`` the two results.
+    """
+    check_problem(problem)
+    cma_iters = check_positive_int("cma_iters", cma_iters)
+    adam_iters = check_positive_int("adam_iters", adam_iters)
+    check_callback(callback)
+    t0 = time.perf_counter()
+    r1 = cmaes(problem, iters=cma_iters, popsize=popsize, sigma0=sigma0, keyframes=keyframes, init=init, seed=seed,
+               progress=progress, callback=callback)
+    offset = len(r1.losses)
+    cb2 = None if callback is None else (lambda i, loss, a: callback(offset + i, loss, a))
+    r2 = adam(problem, iters=adam_iters, lr=lr, init=r1.actions, lr_schedule=lr_schedule, clip_norm=clip_norm,
+              expand=expand, seed=seed, progress=progress, callback=cb2)
+    best = r2 if r2.loss <= r1.loss else r1
+    return OptimResult(
+        actions=best.actions,
+        loss=best.loss,
+        losses=r1.losses + r2.losses,
+        initial_loss=r1.initial_loss,
+        sim_steps=r1.sim_steps + r2.sim_steps,
+        wall_seconds=time.perf_counter() - t0,
+        method="hybrid",
+        stages=[{"method": "cmaes", "start_iter": 0, "iters": offset, "loss": r1.loss},
+                {"method": "adam", "start_iter": offset, "iters": len(r2.losses), "loss": r2.loss}],
+        stage_boundary=offset,
+        extras={"cma": r1, "adam": r2},
+    )
