@@ -76,8 +76,9 @@ def init(
         arch: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
             ``"vulkan"``, ``"metal"`` or ``"opengl"``. Defaults to ``$PHYSIM_ARCH``
             or ``"auto"``.
-        precision: ``"f32"`` (fast) or ``"f64"`` (gradient checks). Defaults to
-            ``$PHYSIM_PRECISION`` or ``"f32"``.
+        precision: ``"f32"``, ``"f64"`` or ``"auto"``: f64 on the CPU (reverse mode through
+            plastic flow is not stable in f32 there: gradients grow without bound within a few
+            dozen substeps), f32 on GPUs. Defaults to ``$PHYSIM_PRECISION`` or ``"auto"``.
         seed: seeds Taichi's, NumPy's and Python's random generators.
         debug: Taichi debug mode (bounds checks; slow).
         fast_compile: turn off Taichi's advanced IR optimizations: reverse-mode
@@ -90,13 +91,15 @@ def init(
     """
     global _config
     arch = (arch or os.environ.get("PHYSIM_ARCH", "auto")).lower()
-    precision = (precision or os.environ.get("PHYSIM_PRECISION", "f32")).lower()
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be 'f32' or 'f64', got {precision!r}")
+    precision = (precision or os.environ.get("PHYSIM_PRECISION", "auto")).lower()
+    if precision not in _PRECISIONS and precision != "auto":
+        raise ValueError(f"precision must be 'f32', 'f64' or 'auto', got {precision!r}")
     if arch not in _ARCHES and arch != "auto":
         raise ValueError(f"arch must be 'auto' or one of {sorted(_ARCHES)}, got {arch!r}")
     if arch == "auto":
         arch = "cuda" if _cuda_available() else "cpu"
+    if precision == "auto":
+        precision = "f64" if arch == "cpu" else "f32"
     if fast_compile is None:
         fast_compile = os.environ.get("PHYSIM_FAST_COMPILE", "0") == "1"
     new = BackendConfig(arch=arch, precision=precision, seed=int(seed), debug=bool(debug),

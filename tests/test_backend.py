@@ -28,6 +28,9 @@ def test_auto_says_which_arch_and_env_var_selects():
     r = _run("import physim; print(physim.init().arch, physim.init().precision)",
              {"PHYSIM_ARCH": "cpu", "PHYSIM_PRECISION": "f64"})
     assert r.stdout.strip().splitlines()[-1] == "cpu f64"
+    # precision "auto" (the default): f64 on the CPU, where f32 reverse mode through plasticity is unstable
+    r = _run("import physim; print(physim.init().arch, physim.init().precision)", {"PHYSIM_ARCH": "cpu"})
+    assert r.stdout.strip().splitlines()[-1] == "cpu f64"
 
 
 @pytest.mark.parametrize("kw, match", [("arch='tpu'", "arch must be"), ("precision='f16'", "precision must be")])

@@ -1,0 +1,49 @@
+"""physim's Gymnasium environments, registered as ``physim/<Task>-v0``.
+
+    import gymnasium as gym
+    import physim.envs  # registers the tasks
+    env = gym.make("physim/Pinch-v0", render_mode="rgb_array")
+
+Every env's ``unwrapped`` also offers the differentiable rollout API of
+:class:`physim.envs.base.PhysimEnv` (``loss``, ``loss_and_grad``, ``evaluate``).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from .base import PhysimEnv
+
+__all__ = ["PhysimEnv", "ENVS", "describe"]
+
+#: id -> (entry point, one-line description)
+ENVS: dict[str, tuple[str, str]] = {
+    "physim/Pouring-v0": ("physim.envs.pouring:PouringEnv",
+                          "3D water: tilt and move a held cup to pour its water into a target container (FluidLab)"),
+    "physim/LatteArt-v0": ("physim.envs.latte_art:LatteArtEnv",
+                           "3D two fluids: pour milk onto coffee to draw a target pattern on the surface (FluidLab)"),
+    "physim/IceCream-v0": ("physim.envs.ice_cream:IceCreamEnv",
+                           "3D viscoplastic: shape soft-serve ice cream into a target shape with a tool (FluidLab)"),
+    "physim/Gathering-v0": ("physim.envs.gathering:GatheringEnv",
+                            "3D water + floating stiff bodies: gather them in a target region with a paddle (FluidLab)"),
+    "physim/Pinch-v0": ("physim.envs.pinch:PinchEnv",
+                        "3D plasticine: press a dent matching a target with a sphere finger (PlasticineLab)"),
+    "physim/RollingPin-v0": ("physim.envs.rolling_pin:RollingPinEnv",
+                             "3D plasticine: flatten dough to a target sheet with a rolling pin (PlasticineLab)"),
+    "physim/Writer-v0": ("physim.envs.writer:WriterEnv",
+                         "3D plasticine: carve a target stroke into a plasticine slab with a pen tool (PlasticineLab)"),
+    "physim/Walker2D-v0": ("physim.envs.walker:Walker2DEnv",
+                           "2D actuated soft robot that must walk forward (DiffTaichi / ChainQueen walker)"),
+    "physim/Walker3D-v0": ("physim.envs.walker:Walker3DEnv",
+                           "3D four-legged actuated soft robot that must walk forward (ChainQueen)"),
+}
+
+
+def describe() -> list[tuple[str, str]]:
+    """(id, one-line description) of every registered environment."""
+    return [(k, v[1]) for k, v in ENVS.items()]
+
+
+for _id, (_entry, _doc) in ENVS.items():
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry)
