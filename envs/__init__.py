@@ -25,7 +25,7 @@ ENVS: dict[str, tuple[str, str]] = {
     "physim/IceCream-v0": ("physim.envs.ice_cream:IceCreamEnv",
                            "3D viscoplastic: shape soft-serve ice cream into a target shape with a tool (FluidLab)"),
     "physim/Gathering-v0": ("physim.envs.gathering:GatheringEnv",
-                            "3D water + floating stiff bodies: gather them in a target region with a paddle (FluidLab)"),
+                            "3D water + floating stiff bodies: gather them in a target region with a paddle"),
     "physim/Pinch-v0": ("physim.envs.pinch:PinchEnv",
                         "3D plasticine: press a dent matching a target with a sphere finger (PlasticineLab)"),
     "physim/RollingPin-v0": ("physim.envs.rolling_pin:RollingPinEnv",
