@@ -1,0 +1,178 @@
+"""The ``physim`` command.
+
+    physim list                                   # registered environments
+    physim optimize physim/Pinch-v0               # Adam through the simulator; writes out/Pinch-v0/
+    physim optimize physim/Walker2D-v0 --method policy --iters 20
+    physim demo sculpt_plasticine                 # interactive PyVista window (--offscreen --out f.mp4)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "optimize"]
+
+METHODS = ("adam", "cma", "hybrid", "policy")
+DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker")
+
+#: iterations per method when --iters is not given: a few minutes on 2 CPU cores
+DEFAULT_ITERS = {"adam": 20, "cma": 8, "hybrid": 16, "policy": 15}
+
+
+def _env_id(name: str) -> str:
+    from physim.envs import ENVS
+
+    if name in ENVS:
+        return name
+    full = name if name.startswith("physim/") else f"physim/{name}"
+    if not full.endswith("-v0"):
+        full += "-v0"
+    if full not in ENVS:
+        raise SystemExit(f"physim: unknown environment {name!r}; `physim list` shows the registered ones")
+    return full
+
+
+def _cmd_list(args) -> int:
+    from physim.envs import describe
+
+    rows = describe()
+    width = max(len(k) for k, _ in rows)
+    for env_id, doc in rows:
+        print(f"{env_id:<{width}}  {doc}")
+    return 0
+
+
+def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: int = 0, out: str | None = None,
+             horizon: int | None = None, lr: float | None = None, video: bool = True, progress: bool = True
+             ) -> dict:
+    """Optimize an environment's action sequence (or a policy) and write the results.
+
+    Writes to ``out`` (default ``out/<Task>-v0``): ``result.json`` (env, method, iters, losses,
+    initial_loss, final_loss, wall_seconds, sim_steps, ...), ``actions.npy``, ``loss.png`` and
+    ``rollout.mp4`` (the optimized rollout, unless ``video=False``). Returns the result dict.
+    """
+    import gymnasium as gym
+
+    import physim.envs  # noqa: F401  (registers the environments)
+    from physim import optim
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    env_id = _env_id(env_id)
+    iters = DEFAULT_ITERS[method] if iters is None else int(iters)
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    out_dir = Path(out or Path("out") / env_id.split("/")[-1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {} if horizon is None else {"horizon": int(horizon)}
+    env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    task = env.unwrapped
+    env.reset(seed=seed)
+    t0 = time.perf_counter()
+    opts = {"seed": seed, "progress": progress}
+    if lr is not None and method in ("adam", "policy"):
+        opts["lr"] = lr
+    if method == "adam":
+        res = optim.adam(task, iters=iters, **opts)
+    elif method == "cma":
+        res = optim.cmaes(task, iters=iters, **opts)
+    elif method == "hybrid":
+        cma_iters = max(1, iters // 3)
+        res = optim.hybrid(task, cma_iters=cma_iters, adam_iters=max(1, iters - cma_iters), **opts)
+    else:
+        res = optim.train_policy(env, iters=iters, **opts)
+    wall = time.perf_counter() - t0
+    env.reset(seed=seed)
+    actions = np.asarray(res.actions, dtype=np.float64)
+    record = {
+        "env": env_id,
+        "method": method,
+        "iters": iters,
+        "seed": seed,
+        "horizon": task.horizon,
+        "losses": [float(v) for v in res.losses],
+        "initial_loss": float(res.initial_loss),
+        "final_loss": float(res.loss),
+        "wall_seconds": round(wall, 2),
+        "sim_steps": int(res.sim_steps),
+        "backend": _backend_name(),
+    }
+    np.save(out_dir / "actions.npy", actions)
+    optim.plot_losses({f"{env_id} ({method})": res}, out_dir / "loss.png")
+    if video:
+        from physim.render import record_video
+
+        losses, frames = task.rollout(actions, render=True)
+        record["replayed_final_loss"] = float(losses[-1])
+        record_video(frames, out_dir / "rollout.mp4", fps=env.metadata.get("render_fps", 15))
+    env.close()
+    (out_dir / "result.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _backend_name() -> str:
+    from physim import backend
+
+    c = backend.config()
+    return f"{c.arch}/{c.precision}" if c else "none"
+
+
+def _cmd_optimize(args) -> int:
+    import physim
+
+    if physim.backend.config() is None:
+        physim.init(arch=args.arch, fast_compile=not args.full_compile)
+    rec = optimize(args.env, method=args.method, iters=args.iters, seed=args.seed, out=args.out,
+                   horizon=args.horizon, lr=args.lr, video=not args.no_video)
+    out = args.out or str(Path("out") / rec["env"].split("/")[-1])
+    print(f"{rec['env']} [{rec['method']}]: loss {rec['initial_loss']:.5g} -> {rec['final_loss']:.5g} "
+          f"in {rec['iters']} iterations, {rec['wall_seconds']:.1f} s; results in {out}/")
+    return 0
+
+
+def _cmd_demo(args, rest) -> int:
+    if args.name not in DEMOS:
+        raise SystemExit(f"physim: unknown demo {args.name!r}; choose from {', '.join(DEMOS)}")
+    module = importlib.import_module(f"physim.demos.{args.name}")
+    return int(module.main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="physim", description="physim: differentiable physics for robot learning")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the registered environments")
+    p = sub.add_parser("optimize", help="optimize an environment's actions through the simulator")
+    p.add_argument("env", help="environment id, e.g. physim/Pinch-v0 (or just Pinch)")
+    p.add_argument("--method", choices=METHODS, default="adam")
+    p.add_argument("--iters", type=int, default=None, help=f"iterations (default per method: {DEFAULT_ITERS})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (default out/<Task>-v0)")
+    p.add_argument("--horizon", type=int, default=None, help="episode length in steps (default: the env's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (adam, policy)")
+    p.add_argument("--arch", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--no-video", action="store_true", help="skip the rollout video")
+    p.add_argument("--full-compile", action="store_true",
+                   help="Taichi's full kernel optimization: faster kernels, much slower first compile")
+    d = sub.add_parser("demo", help=f"interactive demo: {', '.join(DEMOS)} (extra options go to the demo)")
+    d.add_argument("name")
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "demo" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    os.environ.setdefault("PYVISTA_OFF_SCREEN", "false")
+    if args.command == "list":
+        return _cmd_list(args)
+    if args.command == "optimize":
+        return _cmd_optimize(args)
+    return _cmd_demo(args, rest)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

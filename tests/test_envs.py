@@ -1,0 +1,180 @@
+"""Every registered environment: Gymnasium's checker, vector envs, bad actions, reward =
+loss decrease, seeded goals, and the differentiable API (finite differences on Pinch).
+
+Envs are made with ``horizon=8`` everywhere so each task compiles one engine layout."""
+
+import importlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from physim.envs import ENVS
+
+H = 8
+_cache: dict[str, gym.Env] = {}
+
+
+def _available(env_id):
+    module = ENVS[env_id][0].split(":")[0]
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+IDS = [e for e in ENVS if _available(e)]
+
+
+def make(env_id):
+    if env_id not in _cache:
+        _cache[env_id] = gym.make(env_id, horizon=H)
+    return _cache[env_id]
+
+
+def test_every_registered_env_exists():
+    assert IDS == list(ENVS), f"registered but missing: {sorted(set(ENVS) - set(IDS))}"
+    assert len(ENVS) >= 9
+    for env_id, (_, doc) in ENVS.items():
+        assert env_id.startswith("physim/") and env_id.endswith("-v0") and doc
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_check_env_and_docstring(env_id):
+    env = make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    doc = type(env.unwrapped).__doc__
+    for word in ("Action space", "Observation space", "Reward", "Start state", "Episode end"):
+        assert word in doc, f"{env_id} docstring lacks its {word!r} row"
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_reward_is_loss_decrease_and_episode_truncates(env_id):
+    env = make(env_id)
+    _, info = env.reset(seed=3)
+    prev = info["loss"]
+    rng = np.random.default_rng(0)
+    for t in range(H):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        assert np.isfinite(obs).all() and env.observation_space.contains(obs)
+        assert reward == pytest.approx(prev - info["loss"], rel=1e-9, abs=1e-12)
+        prev = info["loss"]
+        assert not terminated and truncated == (t == H - 1)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(env.action_space.shape))
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_goal_is_seeded(env_id):
+    env = make(env_id).unwrapped
+    o1, _ = env.reset(seed=1)
+    g1 = np.asarray(env._goal_features()).copy()
+    o2, _ = env.reset(seed=2)
+    g2 = np.asarray(env._goal_features()).copy()
+    o3, _ = env.reset(seed=1)
+    np.testing.assert_allclose(o1, o3)
+    # the same seed and actions replay the same episode (to round-off: parallel atomics)
+    a = np.linspace(-0.5, 0.5, env.action_dim)
+    r1 = [env.reset(seed=4) and env.step(a)[1] for _ in range(2)]
+    assert r1[0] == pytest.approx(r1[1], rel=1e-8, abs=1e-12)
+    changed = g1.size == 0 or not np.allclose(g1, g2) or not np.allclose(o1, o2)
+    assert changed, f"{env_id}: the seed does not change the goal"
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_bad_actions_are_named(env_id):
+    env = make(env_id)
+    env.reset(seed=0)
+    n = env.action_space.shape[0]
+    with pytest.raises(ValueError, match=r"shape"):
+        env.step(np.zeros(n + 1))
+    bad = np.zeros(n)
+    bad[0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(bad)
+    bad[0] = 3.0
+    with pytest.raises(ValueError, match=r"action\[0\] = 3 is outside"):
+        env.step(bad)
+    with pytest.raises(ValueError, match="shape"):
+        env.unwrapped.loss(np.zeros((H + 1, n)))
+    with pytest.raises(ValueError, match="outside the bounds"):
+        env.unwrapped.loss(np.full((H, n), 2.0))
+
+
+def test_sync_vector_env():
+    env_id = IDS[0]
+    venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="sync", horizon=H)
+    obs, info = venv.reset(seed=[0, 1])
+    assert obs.shape == (2,) + venv.single_observation_space.shape
+    obs, rew, term, trunc, info = venv.step(venv.action_space.sample())
+    assert rew.shape == (2,) and np.isfinite(obs).all()
+    venv.close()
+
+
+def test_async_vector_env(monkeypatch):
+    # subprocesses start their own Taichi runtime (spawn: a forked runtime is not safe)
+    monkeypatch.setenv("PHYSIM_FAST_COMPILE", "1")
+    env_id = "physim/Walker2D-v0" if "physim/Walker2D-v0" in IDS else IDS[0]
+    venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="async", vector_kwargs={"context": "spawn"},
+                        horizon=H)
+    try:
+        obs, _ = venv.reset(seed=[0, 1])
+        obs, rew, term, trunc, _ = venv.step(venv.action_space.sample())
+        assert obs.shape[0] == 2 and rew.shape == (2,) and np.isfinite(obs).all()
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_loss_api_matches_stepping_and_leaves_episode_alone(env_id):
+    env = make(env_id)
+    task = env.unwrapped
+    env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    actions = rng.uniform(-0.5, 0.5, (H, task.action_dim))
+    env.step(actions[0])
+    before = task.scene.get_state()
+    loss = task.loss(actions)
+    after = task.scene.get_state()
+    np.testing.assert_array_equal(before["x"], after["x"])  # the running episode is untouched
+    losses, _ = task.rollout(actions)
+    assert losses[-1] == pytest.approx(loss, rel=1e-6, abs=1e-9)
+
+
+def test_pinch_gradient_matches_finite_differences():
+    env = make("physim/Pinch-v0")
+    task = env.unwrapped
+    env.reset(seed=0)
+    rng = np.random.default_rng(2)
+    a = np.clip(rng.normal(0.0, 0.3, (H, task.action_dim)) + np.array([0.0, -0.6, 0.0]), -0.9, 0.9)
+    ev = task.evaluate(a, grad=True)
+    d = rng.normal(size=a.shape)
+    d /= np.linalg.norm(d)
+    eps = 1e-4
+    fd = (task.loss(a + eps * d) - task.loss(a - eps * d)) / (2 * eps)
+    analytic = float((ev.grad_actions * d).sum())
+    assert abs(analytic - fd) <= 2e-3 * max(abs(fd), 1e-6) + 1e-9, (analytic, fd)
+    # initial tool position
+    g = ev.grad_effector_pos0[0]
+    p0 = task._start_state["effector_pos"].copy()
+    for k in range(3):
+        e = np.zeros_like(p0)
+        e[0, k] = 1e-5
+        task.set_initial_effector_pos(p0 + e)
+        lp = task.loss(a)
+        task.set_initial_effector_pos(p0 - e)
+        lm = task.loss(a)
+        fd_k = (lp - lm) / 2e-5
+        assert abs(g[k] - fd_k) <= 5e-3 * max(abs(fd_k), np.abs(g).max()) + 1e-9, (k, g[k], fd_k)
+    task.set_initial_effector_pos(p0)
+
+
+def test_adam_lowers_a_real_task_loss():
+    from physim import optim
+
+    env = make("physim/Pinch-v0")
+    env.reset(seed=0)
+    res = optim.adam(env.unwrapped, iters=6, lr=0.3, progress=False)
+    assert res.loss < 0.9 * res.initial_loss, res.losses
+
