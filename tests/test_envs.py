@@ -3,6 +3,7 @@ loss decrease, seeded goals, and the differentiable API (finite differences on P
 
 Envs are made with ``horizon=8`` everywhere so each task compiles one engine layout."""
 
+import gc
 import importlib
 
 import gymnasium as gym
@@ -13,6 +14,17 @@ from physim.envs import ENVS
 
 H = 8
 _cache: dict[str, gym.Env] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_envs():
+    """Free the envs at the end of the module so later tests reuse their compiled engines
+    (an engine is shared only once its scene is gone)."""
+    yield
+    for env in _cache.values():
+        env.close()
+    _cache.clear()
+    gc.collect()
 
 
 def _available(env_id):
