@@ -143,6 +143,8 @@ class PhysimEnv(gym.Env):
         self.scene.reset()
         if seed is not None:
             self._sample_goal(self.np_random)
+            if self._renderer is not None:
+                self._draw_goal()
         self._start_state = self.scene.get_state()
         self.problem.start_state = self._start_state
         self._t = 0
@@ -177,14 +179,21 @@ class PhysimEnv(gym.Env):
         if self._renderer is None:
             from physim.render import Renderer
 
-            self._renderer = Renderer(self.scene, off_screen=self.render_mode != "human")
-            goal = self._goal_points()
-            if goal is not None:
-                self._renderer.add_points(goal, color=(0.2, 0.7, 0.3), name="goal")
+            self._renderer = Renderer(self.scene, off_screen=self.render_mode != "human", **self.camera_kwargs())
+            self._draw_goal()
         if self.render_mode == "rgb_array":
             return self._renderer.frame()
         self._renderer.update()
         return None
+
+    def camera_kwargs(self) -> dict:
+        """Extra keyword arguments for :class:`physim.render.Renderer` (e.g. ``camera``)."""
+        return {}
+
+    def _draw_goal(self) -> None:
+        goal = self._goal_points()
+        if goal is not None:
+            self._renderer.add_points(goal, color=(0.2, 0.7, 0.3), name="goal")
 
     def close(self):
         if self._renderer is not None:
