@@ -1,0 +1,233 @@
+"""Real-time control of a scene from the keyboard, and the loop shared by the demos.
+
+:class:`KeyControl` keeps the set of keys held down in a :class:`~physim.render.Renderer`'s
+window (press/release events, robust to key auto-repeat); the demo maps held keys to an
+action row. :class:`DemoLoop` steps the scene with that action once per frame, either
+in an interactive window or headless, where a scripted timeline of held keys replaces
+the keyboard and the frames go to a video.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["KeyControl", "DemoLoop", "normalize_key", "scripted_keys", "ensure_runtime"]
+
+#: keys VTK / PyVista bind by default that the demos use (or that would exit or zoom)
+_DEFAULT_BINDINGS = ("Up", "Down", "q", "v", "b", "plus", "minus", "C")
+
+
+def normalize_key(key: str) -> str:
+    """Key names as VTK's key symbols, letters lower case ('A' and 'a' are one key)."""
+    return key.lower() if len(key) == 1 else key
+
+
+class KeyControl:
+    """Which keys are held down.
+
+    Args:
+        renderer: a :class:`~physim.render.Renderer` (or ``None`` to drive the keys only
+            from code with :meth:`press` / :meth:`release` / :meth:`hold_only`).
+        grace_s: a release followed by a press within this many seconds (key auto-repeat)
+            does not count as letting go.
+
+    Attaching frees the keys VTK and PyVista bind by default (``w`` wireframe, ``s`` surface,
+    ``e`` / ``q`` exit, arrow-key zoom, ...) for the demo's own use; ``Escape`` closes the window.
+    """
+
+    def __init__(self, renderer=None, grace_s: float = 0.08):
+        self.grace_s = float(grace_s)
+        self._down: dict[str, float] = {}
+        self._released: dict[str, float] = {}
+        self._callbacks: dict[str, list[Callable[[], object]]] = {}
+        self.plotter = None
+        if renderer is not None:
+            self.attach(renderer.plotter)
+
+    def attach(self, plotter) -> None:
+        """Listen to key events of a ``pyvista.Plotter``."""
+        iren = plotter.iren
+        if iren is None:
+            return
+        self.plotter = plotter
+        iren.interactor.RemoveObservers("CharEvent")  # VTK's single-letter shortcuts
+        for key in _DEFAULT_BINDINGS:
+            iren.clear_events_for_key(key)
+        iren.add_observer("KeyPressEvent", lambda *_: self.press(iren.interactor.GetKeySym() or ""))
+        iren.add_observer("KeyReleaseEvent", lambda *_: self.release(iren.interactor.GetKeySym() or ""))
+        self.on_key("Escape", self._quit)
+
+    def _quit(self) -> None:
+        if self.plotter is not None and self.plotter.iren is not None:
+            self.plotter.iren.terminate_app()
+
+    def on_key(self, key: str, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` whenever ``key`` is pressed (auto-repeat calls it again)."""
+        self._callbacks.setdefault(normalize_key(key), []).append(callback)
+
+    def press(self, key: str) -> None:
+        """Register a key press (what the window's event does)."""
+        key = normalize_key(key)
+        if not key:
+            return
+        self._down[key] = time.monotonic()
+        self._released.pop(key, None)
+        for cb in self._callbacks.get(key, ()):
+            cb()
+
+    def release(self, key: str, immediate: bool = False) -> None:
+        """Register a key release; ``immediate`` skips the auto-repeat grace period."""
+        key = normalize_key(key)
+        if immediate:
+            self._down.pop(key, None)
+            self._released.pop(key, None)
+        elif key in self._down:
+            self._released[key] = time.monotonic()
+
+    def hold_only(self, keys: Iterable[str]) -> None:
+        """Hold exactly ``keys`` (scripted control): release the others at once, press new ones."""
+        keys = {normalize_key(k) for k in keys}
+        for k in list(self._down):
+            if k not in keys:
+                self.release(k, immediate=True)
+        for k in keys:
+            if k not in self._down:
+                self.press(k)
+
+    def held(self, *keys: str) -> bool:
+        """Whether any of ``keys`` is down."""
+        now = time.monotonic()
+        for key in keys:
+            key = normalize_key(key)
+            if key not in self._down:
+                continue
+            t = self._released.get(key)
+            if t is None or now - t < self.grace_s:
+                return True
+            self._down.pop(key, None)  # released for longer than the grace period
+            self._released.pop(key, None)
+        return False
+
+    def axis(self, negative: str | Sequence[str], positive: str | Sequence[str]) -> float:
+        """-1, 0 or +1 from two groups of keys (e.g. ``axis(("Left", "a"), ("Right", "d"))``)."""
+        neg = (negative,) if isinstance(negative, str) else tuple(negative)
+        pos = (positive,) if isinstance(positive, str) else tuple(positive)
+        return float(self.held(*pos)) - float(self.held(*neg))
+
+    @property
+    def down(self) -> set[str]:
+        """The keys held now."""
+        return {k for k in list(self._down) if self.held(k)}
+
+
+class DemoLoop:
+    """Step a scene once per frame with an action computed from the held keys.
+
+    Args:
+        scene: a built scene.
+        renderer: its :class:`~physim.render.Renderer`.
+        keys: the :class:`KeyControl` the action reads.
+        action: ``action() -> (action_dim,)`` array, called once per frame.
+        help_text: shown in the upper left corner.
+        status: ``status() -> str`` shown in the lower left corner, refreshed every frame.
+        on_reset: called after the scene is reset (``r`` key, or after a blow-up).
+        on_step: called after every step, before the frame is drawn (e.g. to recolor particles).
+    """
+
+    def __init__(self, scene, renderer, keys: KeyControl, action: Callable[[], np.ndarray], help_text: str = "",
+                 status: Callable[[], str] | None = None, on_reset: Callable[[], object] | None = None,
+                 on_step: Callable[[], object] | None = None):
+        self.scene = scene
+        self.renderer = renderer
+        self.keys = keys
+        self.action = action
+        self.status = status
+        self.on_reset = on_reset
+        self.on_step = on_step
+        self.frame_index = 0
+        self.message = ""
+        self._message_until = 0
+        if on_step is not None:
+            on_step()
+        renderer.plotter.add_text(help_text, position="upper_left", font_size=9, color="#27303a", name="help")
+        self._status_actor = renderer.plotter.add_text(status() if status is not None else "", position="lower_left",
+                                                       font_size=9, color="#27303a", name="status")
+        keys.on_key("r", self.reset)
+
+    def reset(self, message: str = "reset") -> None:
+        """Back to the scene's initial state."""
+        self.scene.reset()
+        if self.on_reset is not None:
+            self.on_reset()
+        self.message = message
+        self._message_until = self.frame_index + 40
+
+    def tick(self) -> None:
+        """One frame: compute the action, step the scene (reset it if it blows up), refresh the status."""
+        from ..scene import SimulationError
+
+        a = np.asarray(self.action(), dtype=np.float64)
+        try:
+            self.scene.step(a)
+        except SimulationError:
+            self.reset("the simulation blew up (too fast?) -- reset")
+        if self.on_step is not None:
+            self.on_step()
+        self.frame_index += 1
+        text = self.status() if self.status is not None else ""
+        if self.message and self.frame_index < self._message_until:
+            text = f"{text}\n{self.message}" if text else self.message
+        self._status_actor.set_text("lower_left", text)
+
+    def run_interactive(self, interval_ms: int = 10, title: str = "physim") -> None:
+        """Open the window and run until it is closed (Escape or the window button)."""
+        self.renderer.show(on_tick=self.tick, interval_ms=interval_ms, title=title)
+
+    def run_scripted(self, frames: int, script: Sequence[tuple[int, Iterable[str]]],
+                     period: int | None = None) -> list[np.ndarray]:
+        """Play ``frames`` frames headless; returns the images (the first shows the initial state).
+
+        Args:
+            frames: number of simulated frames.
+            script: (start frame, keys) pairs sorted by start: from that frame on exactly
+                ``keys`` are held (until the next entry).
+            period: repeat the script every ``period`` frames (``None``: play it once; after
+                its last entry those keys stay held).
+        """
+        images = [self.renderer.frame()]
+        for f in range(frames):
+            self.keys.hold_only(scripted_keys(script, f, period))
+            self.tick()
+            images.append(self.renderer.frame())
+        return images
+
+
+def scripted_keys(script: Sequence[tuple[int, Iterable[str]]], frame: int, period: int | None = None) -> set[str]:
+    """The keys a (start frame, keys) timeline holds at ``frame``."""
+    f = frame % period if period else frame
+    held: Iterable[str] = ()
+    for start, keys in script:
+        if f >= start:
+            held = keys
+    return set(held)
+
+
+def ensure_runtime(arch: str | None = None):
+    """Start physim's runtime for a demo unless one is already running.
+
+    A new runtime uses ``arch`` (``None``: ``$PHYSIM_ARCH`` or auto) and f32, enough for
+    forward simulation. A running one (a test session, a notebook) is kept as it is; an
+    ``arch`` that differs from it only gives a warning.
+    """
+    from .. import backend
+
+    cfg = backend.config()
+    if cfg is None:
+        return backend.init(arch=arch, precision="f32")
+    if arch is not None and arch != "auto" and arch != cfg.arch:
+        warnings.warn(f"physim is already running on {cfg.arch!r}; ignoring arch={arch!r}", stacklevel=2)
+    return cfg

@@ -1,0 +1,331 @@
+"""PyVista view of a built :class:`physim.Scene`: particles as spheres colored by material,
+effectors as posed meshes, a floor and the domain outline.
+
+The renderer only reads the scene (``particle_positions``, ``effector_poses``); it never
+steps or resets it. Actors are created once and updated in place on every frame.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pyvista as pv
+
+from ..solvers.mpm import BOUND
+from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
+
+__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "EFFECTOR_COLOR"]
+
+#: RGB (0-1) per material class name
+MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
+    "Fluid": (0.16, 0.47, 0.88),
+    "Plasticine": (0.86, 0.52, 0.30),
+    "Elastic": (0.33, 0.72, 0.38),
+    "NeoHookean": (0.24, 0.64, 0.56),
+    "Muscle": (0.84, 0.22, 0.22),
+    "Viscoplastic": (0.96, 0.89, 0.72),
+    "Sand": (0.80, 0.67, 0.44),
+    "Snow": (0.95, 0.97, 1.00),
+}
+#: color of particles whose material class (and bases) has no entry above
+DEFAULT_COLOR = (0.6, 0.6, 0.6)
+#: color of effector meshes
+EFFECTOR_COLOR = (0.55, 0.60, 0.68)
+#: the cup is drawn as translucent glass in 3D, so what it holds stays visible
+GLASS_COLOR = (0.70, 0.82, 0.90)
+
+
+def material_color(material) -> tuple[float, float, float]:
+    """Default RGB (0-1) of a physim material, chosen by its class (or a base class) name."""
+    for cls in type(material).__mro__:
+        if cls.__name__ in MATERIAL_COLORS:
+            return MATERIAL_COLORS[cls.__name__]
+    return DEFAULT_COLOR
+
+
+def _rgb255(color) -> np.ndarray:
+    """Any color PyVista understands, or an RGB triple in 0-1 or 0-255, as 3 uint8."""
+    if isinstance(color, (tuple, list, np.ndarray)) and len(color) == 3 and not isinstance(color[0], str):
+        c = np.asarray(color, dtype=np.float64)
+        if c.max() <= 1.0:
+            c = c * 255.0
+        return np.clip(np.round(c), 0, 255).astype(np.uint8)
+    return np.asarray(pv.Color(color).int_rgb, dtype=np.uint8)
+
+
+class Renderer:
+    """Draws the current state of a built scene with PyVista.
+
+    Args:
+        scene: a built :class:`physim.Scene` (2D or 3D).
+        window_size: (width, height) in pixels.
+        camera: anything ``pyvista.Plotter.camera_position`` accepts, e.g.
+            ``[(position), (focal point), (view up)]``; ``None``: a default per dimension
+            (3D: from the front-upper side towards (0.5, 0.3, 0.5); 2D: straight along -z
+            at the x-y plane with a parallel projection).
+        colors: {material index: color} overriding the per-class defaults; a color is an
+            RGB triple in 0-1 or 0-255 or a name PyVista knows.
+        off_screen: render without a window (``None``: ``pyvista.OFF_SCREEN`` or
+            ``$PYVISTA_OFF_SCREEN``).
+        particle_radius: sphere radius of a particle in world units (default
+            0.6 * ``scene.spacing`` in 3D, 0.7 in 2D, so neighbouring spheres touch); drawn with
+            ``render_points_as_spheres`` at the matching size in pixels.
+        floor: draw the floor at the bottom wall and the outline of the domain.
+        background: (bottom, top) colors of the background gradient.
+        color_fn: optional ``color_fn(positions) -> (n, 3)`` RGB (0-1) called on every frame
+            with the (n, dim) particle positions, e.g. to shade by height or speed; it
+            replaces the material colors.
+
+    Attributes:
+        plotter: the ``pyvista.Plotter`` (add key events, text, ... to it).
+        particles: the ``pyvista.PolyData`` of the particles (points updated in place).
+        effector_actors: one actor per effector.
+    """
+
+    def __init__(
+        self,
+        scene,
+        window_size: Sequence[int] = (640, 480),
+        camera=None,
+        colors: Mapping[int, object] | None = None,
+        off_screen: bool | None = None,
+        particle_radius: float | None = None,
+        floor: bool = True,
+        background: Sequence[object] = ("#fbfbfc", "#cfd9e4"),
+        color_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        if getattr(scene, "engine", None) is None:
+            raise RuntimeError("the scene is not built; call scene.build() before creating a Renderer")
+        self.scene = scene
+        self.dim = int(scene.dim)
+        self.color_fn = color_fn
+        if off_screen is None:
+            off_screen = bool(pv.OFF_SCREEN) or os.environ.get("PYVISTA_OFF_SCREEN", "").lower() in ("1", "true")
+        self.off_screen = bool(off_screen)
+        self.particle_radius = float(particle_radius) if particle_radius is not None else (
+            (0.6 if self.dim == 3 else 0.7) * float(scene.spacing))
+        if not (math.isfinite(self.particle_radius) and self.particle_radius > 0):
+            raise ValueError(f"particle_radius must be positive, got {particle_radius!r}")
+        self.window_size = (int(window_size[0]), int(window_size[1]))
+        self.plotter = pv.Plotter(off_screen=self.off_screen, window_size=list(self.window_size))
+        self.plotter.set_background(background[0], top=background[1])
+        self._shown = False
+        self._closed = False
+        self._extra: dict[str, object] = {}
+
+        # particles: one PolyData whose points are replaced every frame
+        mats = np.asarray(scene.particle_materials(), dtype=np.int64)
+        palette = np.array([material_color(m) for m in scene.materials], dtype=np.float64) * 255.0
+        palette = np.clip(np.round(palette), 0, 255).astype(np.uint8).reshape(-1, 3)
+        for index, color in (colors or {}).items():
+            if not 0 <= int(index) < len(palette):
+                raise ValueError(f"colors has material index {index}, the scene has {len(palette)} materials")
+            palette[int(index)] = _rgb255(color)
+        self.palette = palette
+        self.particles = pv.PolyData(embed(scene.particle_positions(), self.dim))
+        self.particles.point_data["rgb"] = palette[mats]
+        self.particle_actor = self.plotter.add_mesh(
+            self.particles, scalars="rgb", rgb=True, style="points", render_points_as_spheres=True,
+            point_size=4, ambient=0.25, diffuse=0.8, specular=0.25, specular_power=20,
+            show_scalar_bar=False, name="particles", reset_camera=False,
+        )
+
+        # effectors: meshes built once, posed through the actor's user matrix
+        self.effector_actors = []
+        for i, eff in enumerate(scene.effectors):
+            mesh = tool_mesh(eff, self.dim)
+            kw = dict(color=EFFECTOR_COLOR, smooth_shading=True, split_sharp_edges=True, specular=0.5,
+                      specular_power=30, ambient=0.15)
+            if eff.shape == "cup" and self.dim == 3:
+                kw.update(color=GLASS_COLOR, opacity=0.35, specular=0.8)
+            actor = self.plotter.add_mesh(mesh, name=f"effector{i}", reset_camera=False, **kw)
+            self.effector_actors.append(actor)
+
+        if floor:
+            self._add_floor()
+        self._set_camera(camera)
+        self.sync()
+
+    # ------------------------------------------------------------------ set-up
+    def _add_floor(self) -> None:
+        """Floor at the bottom wall (the solver's walls are ``BOUND`` cells thick) and the
+        outline of the region particles can occupy."""
+        lo = BOUND / self.scene.grid_res
+        hi = 1.0 - lo
+        if self.dim == 3:
+            floor = pv.Plane(center=(0.5, lo, 0.5), direction=(0, 1, 0), i_size=hi - lo, j_size=hi - lo,
+                             i_resolution=10, j_resolution=10)
+            self.plotter.add_mesh(floor, color="#e4e1db", show_edges=True, edge_color="#c4bdb1", ambient=0.35,
+                                  diffuse=0.6, name="floor", reset_camera=False)
+            box = pv.Box(bounds=(lo, hi, lo, hi, lo, hi)).outline()
+        else:
+            band = pv.Box(bounds=(-0.02, 1.02, -0.02, lo, PLANE_Z - SLAB_DEPTH, PLANE_Z - SLAB_DEPTH / 2))
+            self.plotter.add_mesh(band, color="#cbc3b4", lighting=False, name="floor", reset_camera=False)
+            z = PLANE_Z - SLAB_DEPTH / 2
+            ticks = np.array([[(x, lo, z), (x, lo - 0.015, z)] for x in np.arange(0.1, 0.95, 0.1)]).reshape(-1, 3)
+            self.plotter.add_mesh(pv.line_segments_from_points(ticks), color="#8f877a", line_width=2, name="ticks",
+                                  reset_camera=False)  # every 10 cm, so motion along the floor shows
+            box = pv.lines_from_points(np.array([(lo, lo, z), (hi, lo, z), (hi, hi, z), (lo, hi, z), (lo, lo, z)]))
+        self.plotter.add_mesh(box, color="#7d8794", line_width=1.5, name="domain", reset_camera=False)
+
+    def _set_camera(self, camera) -> None:
+        if camera is not None:
+            self.plotter.camera_position = camera
+            return
+        if self.dim == 3:
+            self.plotter.camera_position = [(1.3, 1.15, 2.35), (0.5, 0.35, 0.5), (0.0, 1.0, 0.0)]
+            self.plotter.camera.view_angle = 30.0
+        else:
+            aspect = self.window_size[0] / self.window_size[1]
+            self.view_2d((0.5, 0.5), 0.53 * max(1.0, 1.0 / aspect))
+
+    def view_2d(self, center: Sequence[float], half_height: float) -> None:
+        """Look straight along -z at the x-y plane with a parallel projection, centered on
+        ``center`` (x, y) and showing ``half_height`` world units above and below it."""
+        cx, cy = float(center[0]), float(center[1])
+        self.plotter.camera_position = [(cx, cy, PLANE_Z + 3.0), (cx, cy, PLANE_Z), (0.0, 1.0, 0.0)]
+        self.plotter.enable_parallel_projection()
+        self.plotter.camera.parallel_scale = float(half_height)
+        self._resize_points()
+
+    # ------------------------------------------------------------------ extra geometry
+    def add_points(self, points, color=(0.2, 0.2, 0.2), name: str = "points", opacity: float = 0.3,
+                   radius: float | None = None):
+        """Draw fixed points (e.g. a target shape) as small translucent spheres.
+
+        Args:
+            points: (m, dim) positions in the scene's coordinates.
+            color: any color (see ``colors``).
+            name: actor name; adding again with the same name replaces the points.
+            opacity: 0-1.
+            radius: sphere radius in world units (default half a particle's).
+        """
+        cloud = pv.PolyData(embed(points, self.dim))
+        rgb = _rgb255(color) / 255.0
+        actor = self.plotter.add_mesh(cloud, color=rgb, style="points", render_points_as_spheres=True,
+                                      opacity=float(opacity), point_size=3, name=name, reset_camera=False)
+        self._extra[name] = (actor, 0.5 * self.particle_radius if radius is None else float(radius))
+        self._resize_points()
+        return actor
+
+    def add_mesh(self, mesh, **kwargs):
+        """Add any PyVista mesh in render coordinates (2D scenes live in the plane z = 0.5);
+        keyword arguments go to ``pyvista.Plotter.add_mesh``. Returns the actor."""
+        kwargs.setdefault("reset_camera", False)
+        return self.plotter.add_mesh(mesh, **kwargs)
+
+    def set_particle_colors(self, rgb) -> None:
+        """Per-particle colors for the next frames: (n, 3), floats in 0-1 or integers in
+        0-255; ``None`` goes back to the material colors."""
+        if rgb is None:
+            self.particles.point_data["rgb"] = self.palette[np.asarray(self.scene.particle_materials())]
+            return
+        c = np.asarray(rgb)
+        if c.shape != (self.particles.n_points, 3):
+            raise ValueError(f"particle colors must have shape ({self.particles.n_points}, 3), got {c.shape}")
+        if np.issubdtype(c.dtype, np.floating):
+            c = c * 255.0
+        self.particles.point_data["rgb"] = np.clip(np.round(c), 0, 255).astype(np.uint8)
+
+    # ------------------------------------------------------------------ per frame
+    def pixels_per_unit(self) -> float:
+        """Screen pixels per world unit at the camera's focal point."""
+        cam = self.plotter.camera
+        height = self.plotter.window_size[1]
+        if cam.parallel_projection:
+            return height / (2.0 * cam.parallel_scale)
+        dist = float(np.linalg.norm(np.subtract(cam.position, cam.focal_point)))
+        return height / (2.0 * dist * math.tan(math.radians(cam.view_angle) / 2.0))
+
+    def _resize_points(self) -> None:
+        ppu = self.pixels_per_unit()
+        self.particle_actor.prop.point_size = max(1.0, 2.0 * self.particle_radius * ppu)
+        for actor, radius in self._extra.values():
+            actor.prop.point_size = max(1.0, 2.0 * radius * ppu)
+
+    def sync(self) -> None:
+        """Copy the scene's particle positions and effector poses into the actors (no render)."""
+        state = self.scene.get_state()  # one read of the device state (particle_positions + effector_poses)
+        x = state["x"]
+        self.particles.points = embed(x, self.dim)
+        if self.color_fn is not None:
+            self.set_particle_colors(self.color_fn(x))
+        for i, actor in enumerate(self.effector_actors):
+            actor.user_matrix = pose_matrix(state["effector_pos"][i], state["effector_rot"][i], self.dim)
+        self._resize_points()
+        self.plotter.renderer.ResetCameraClippingRange()  # nothing that moved gets clipped
+
+    def frame(self) -> np.ndarray:
+        """Render the current state; returns an (H, W, 3) uint8 image."""
+        self.sync()
+        self.plotter.render()
+        img = self.plotter.screenshot(return_img=True)
+        return np.ascontiguousarray(np.asarray(img)[..., :3], dtype=np.uint8)
+
+    # ------------------------------------------------------------------ interactive
+    @property
+    def is_open(self) -> bool:
+        """Whether an interactive window is showing (False off screen, before show, after close)."""
+        return self._shown and not self._closed and getattr(self.plotter, "render_window", None) is not None
+
+    def show(self, on_tick: Callable[[], object] | None = None, interval_ms: int = 30, block: bool = True,
+             title: str = "physim") -> None:
+        """Open an interactive window.
+
+        Args:
+            on_tick: called every ``interval_ms`` milliseconds while the window is open
+                (typically ``scene.step(action)``); the view is synced and redrawn after it.
+                Only with ``block=True``.
+            interval_ms: timer period.
+            block: ``True``: run the window's event loop until it is closed. ``False``:
+                open the window and return; call :meth:`update` in your own loop while
+                :attr:`is_open`.
+            title: window title.
+        """
+        if self.off_screen:
+            raise RuntimeError("this Renderer renders off screen; create it with off_screen=False to show a window")
+        if on_tick is not None and not block:
+            raise ValueError("on_tick needs block=True; with block=False call update() in your own loop")
+        self.sync()
+        self._shown = True
+        if not block:
+            self.plotter.show(title=title, interactive_update=True, auto_close=False)
+            self.plotter.iren.add_observer("ExitEvent", lambda *_: self._mark_closed())
+            return
+        if on_tick is not None:
+            def tick(_step):
+                if self._closed:
+                    return
+                on_tick()
+                self.sync()
+                self.plotter.render()
+
+            self.plotter.add_timer_event(max_steps=2**31 - 1, duration=int(interval_ms), callback=tick)
+        self.plotter.show(title=title, auto_close=False)
+        self._closed = True
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+
+    def update(self) -> None:
+        """Sync the actors with the scene and redraw; in a non-blocking window also
+        process pending window events (keys, mouse)."""
+        self.sync()
+        if self.is_open:
+            self.plotter.update(force_redraw=True)
+        else:
+            self.plotter.render()
+
+    def close(self) -> None:
+        """Close the window / free the render context."""
+        self._closed = True
+        self.plotter.close()
+
+    def __enter__(self) -> Renderer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
