@@ -269,7 +269,8 @@ class Renderer:
     @property
     def is_open(self) -> bool:
         """Whether an interactive window is showing (False off screen, before show, after close)."""
-        return self._shown and not self._closed and getattr(self.plotter, "render_window", None) is not None
+        return (self._shown and not self._closed and self.plotter is not None
+                and getattr(self.plotter, "render_window", None) is not None)
 
     def show(self, on_tick: Callable[[], object] | None = None, interval_ms: int = 30, block: bool = True,
              title: str = "physim") -> None:
@@ -320,9 +321,17 @@ class Renderer:
             self.plotter.render()
 
     def close(self) -> None:
-        """Close the window / free the render context."""
+        """Close the window and free the render context (the renderer is unusable afterwards)."""
         self._closed = True
+        if self.plotter is None:
+            return
         self.plotter.close()
+        self.plotter.deep_clean()
+        # drop the VTK objects now: left to the interpreter's exit, PyVista's finalizers fail noisily
+        self.particle_actor = None
+        self.effector_actors = []
+        self._extra.clear()
+        self.plotter = None
 
     def __enter__(self) -> Renderer:
         return self
