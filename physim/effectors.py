@@ -141,7 +141,8 @@ class CupTool(Effector):
         self.shape = "cup"
         super().__post_init__()
         if not self.thickness < 2 * self.half_height:
-            raise ValueError(f"CupTool.thickness ({self.thickness}) must be less than its height ({2 * self.half_height})")
+            raise ValueError(
+                f"CupTool.thickness ({self.thickness}) must be less than its height ({2 * self.half_height})")
 
     def size_params(self):
         return np.array([self.radius, self.half_height, self.thickness])
