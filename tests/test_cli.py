@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from physim.envs import ENVS
 
 from physim import cli
+from physim.envs import ENVS
 
 
 def test_list_prints_every_env():

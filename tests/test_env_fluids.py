@@ -6,6 +6,7 @@ fall); the seeding checks use ``horizon=8`` like tests/test_envs.py (shared kern
 
 import numpy as np
 import pytest
+
 from physim.envs.gathering import GatheringEnv
 from physim.envs.latte_art import LatteArtEnv
 from physim.envs.pouring import PouringEnv

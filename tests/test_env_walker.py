@@ -8,8 +8,9 @@ import gc
 
 import gymnasium as gym
 import numpy as np
-import physim.envs  # noqa: F401  (registers the ids)
 import pytest
+
+import physim.envs  # noqa: F401  (registers the ids)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,14 @@ Envs are made with ``horizon=8`` everywhere so each task compiles one engine lay
 
 import gc
 import importlib
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
 from physim.envs import ENVS
 
 H = 8
@@ -154,39 +157,45 @@ def test_loss_api_matches_stepping_and_leaves_episode_alone(env_id):
     assert losses[-1] == pytest.approx(loss, rel=1e-6, abs=1e-9)
 
 
-def test_pinch_gradient_matches_finite_differences():
-    env = make("physim/Pinch-v0")
-    task = env.unwrapped
-    env.reset(seed=0)
-    rng = np.random.default_rng(2)
-    a = np.clip(rng.normal(0.0, 0.3, (H, task.action_dim)) + np.array([0.0, -0.6, 0.0]), -0.9, 0.9)
-    ev = task.evaluate(a, grad=True)
-    d = rng.normal(size=a.shape)
-    d /= np.linalg.norm(d)
-    eps = 1e-4
-    fd = (task.loss(a + eps * d) - task.loss(a - eps * d)) / (2 * eps)
-    analytic = float((ev.grad_actions * d).sum())
-    assert abs(analytic - fd) <= 2e-3 * max(abs(fd), 1e-6) + 1e-9, (analytic, fd)
-    # initial tool position
-    g = ev.grad_effector_pos0[0]
-    p0 = task._start_state["effector_pos"].copy()
-    for k in range(3):
-        e = np.zeros_like(p0)
-        e[0, k] = 1e-5
-        task.set_initial_effector_pos(p0 + e)
-        lp = task.loss(a)
-        task.set_initial_effector_pos(p0 - e)
-        lm = task.loss(a)
-        fd_k = (lp - lm) / 2e-5
-        assert abs(g[k] - fd_k) <= 5e-3 * max(abs(fd_k), np.abs(g).max()) + 1e-9, (k, g[k], fd_k)
-    task.set_initial_effector_pos(p0)
+_GRAD_SCRIPT = r"""
+import numpy as np, gymnasium as gym, physim as ps
+ps.init(arch="cpu", precision="f64", fast_compile=True, verbose=False)
+import physim.envs
+from physim import optim
+H = 8
+env = gym.make("physim/Pinch-v0", horizon=H)
+task = env.unwrapped
+env.reset(seed=0)
+rng = np.random.default_rng(2)
+a = np.clip(rng.normal(0.0, 0.3, (H, task.action_dim)) + np.array([0.0, -0.6, 0.0]), -0.9, 0.9)
+ev = task.evaluate(a, grad=True)
+d = rng.normal(size=a.shape)
+d /= np.linalg.norm(d)
+eps = 1e-4
+fd = (task.loss(a + eps * d) - task.loss(a - eps * d)) / (2 * eps)
+analytic = float((ev.grad_actions * d).sum())
+assert abs(analytic - fd) <= 2e-3 * max(abs(fd), 1e-6) + 1e-9, (analytic, fd)
+g = ev.grad_effector_pos0[0]
+p0 = task._start_state["effector_pos"].copy()
+for k in range(3):
+    e = np.zeros_like(p0)
+    e[0, k] = 1e-5
+    task.set_initial_effector_pos(p0 + e)
+    lp = task.loss(a)
+    task.set_initial_effector_pos(p0 - e)
+    lm = task.loss(a)
+    fd_k = (lp - lm) / 2e-5
+    assert abs(g[k] - fd_k) <= 5e-3 * max(abs(fd_k), np.abs(g).max()) + 1e-9, (k, g[k], fd_k)
+task.set_initial_effector_pos(p0)
+res = optim.adam(task, iters=6, lr=0.3, progress=False)
+assert res.loss < 0.9 * res.initial_loss, res.losses
+print("GRAD-OK", analytic, fd)
+"""
 
 
-def test_adam_lowers_a_real_task_loss():
-    from physim import optim
-
-    env = make("physim/Pinch-v0")
-    env.reset(seed=0)
-    res = optim.adam(env.unwrapped, iters=6, lr=0.3, progress=False)
-    assert res.loss < 0.9 * res.initial_loss, res.losses
-
+def test_pinch_gradients_match_finite_differences_and_adam_lowers_the_loss():
+    """FD check of d loss / d actions and d loss / d initial tool pose on a real 3D task, then
+    Adam on it. In a fresh process: Taichi 1.7.4 has segfaulted in a grad launch when a
+    process already holds many 3D engines of other layouts (the other envs' tests)."""
+    r = subprocess.run([sys.executable, "-c", _GRAD_SCRIPT], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0 and "GRAD-OK" in r.stdout, r.stderr[-3000:]

@@ -1,0 +1,167 @@
+"""Writer (PlasticineLab): carve a target stroke into a plasticine slab with a pen."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import physim as ps
+from physim import losses
+
+from ._floor import FLOOR, sink_into_floor
+from .base import PhysimEnv
+
+__all__ = ["WriterEnv"]
+
+STROKES = ("line", "arc", "L")
+#: the slab is sunk this deep into the floor's wall band (see ``sink_into_floor``)
+SINK = 0.02
+
+
+class WriterEnv(PhysimEnv):
+    """Carve a stroke into the top of a plasticine slab with a pen until the slab matches a
+    target.
+
+    The pen is a vertical capsule that the agent moves in 3D. The target is made by the
+    simulator itself: a scripted pen path (seeded by ``reset(seed=...)``: a straight line, a
+    quarter-circle arc or an L of random direction, length (0.14-0.19) and depth, centered
+    on the slab) carves a groove into the slab, so every goal is reachable.
+
+    ==================  =====================================================================
+    Action space        ``Box(-1, 1, (3,))``: pen velocity, x 1.5 m/s
+    Observation space   ``Box(-inf, inf, (N,))``: 128 sampled particles (x, v), pen pose,
+                        goal features (stroke kind one-hot, 5 (x, z) points along the stroke,
+                        pen depth), episode phase t / T
+    Reward              decrease of the task loss in the step
+    Loss                grid-mass L1 to the target density + 5 x target-SDF-weighted mass
+                        + 0.5 x pen-tip-to-plasticine distance (PlasticineLab's three terms)
+    Start state         slab 0.28 x 0.1 x 0.28 (1,944 particles, ``ps.Plasticine(E=1e3,
+                        nu=0.38, yield_stress=8)``) on a sticky table, sunk 2 cm into the floor
+                        band so the table holds it; the pen (radius 0.04, frictionless) 1 cm
+                        above the center of its top
+    Episode end         truncated after ``horizon`` steps (default 50); never terminates
+    Info                ``loss``, ``iou`` (occupied-cell intersection over union with the
+                        target), ``groove_iou`` (IoU of the carved cells: where at least 30 %
+                        of the start slab's peak cell mass is gone, in the state vs the target)
+    ==================  =====================================================================
+
+    Defaults: 3D grid 32, 1,944 particles, 20 substeps per step, dt 2.9e-4 s (5.8 ms per
+    step), horizon 50. Speed (2-core CPU shared with other jobs, f64): ~6 env steps/s, one
+    ``loss_and_grad`` at the default horizon ~21 s. The pen is as thin as the 32-cell grid
+    resolves (a 2.5-cell wide groove); thinner tools let material slip through them.
+    """
+
+    default_horizon = 50
+    substeps = 20
+    grid_res = 32
+    speed = 1.5  # m/s per unit action
+    slab_size = (0.28, 0.1, 0.28)
+    pen_radius = 0.04
+    pen_half_length = 0.1
+    gap = 0.01
+    yield_stress = 8.0
+    pen_friction = 0.0
+    nu = 0.38
+    depth_lo = 0.05
+
+    def _build_scene(self):
+        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky")
+        sy = self.slab_size[1]
+        scene.add_body(ps.Box(center=(0.5, FLOOR + 0.001 + sy / 2, 0.5), size=self.slab_size),
+                       ps.Plasticine(E=1e3, nu=self.nu, yield_stress=self.yield_stress))
+        self._top = FLOOR + 0.001 + sy - SINK
+        self._pen_y0 = self._top + self.gap + self.pen_radius + self.pen_half_length
+        scene.add_effector(ps.CapsuleTool(position=(0.5, self._pen_y0, 0.5), radius=self.pen_radius,
+                                          half_length=self.pen_half_length, friction=self.pen_friction, softness=100.0))
+        scene.build(max_steps=self.horizon)
+        sink_into_floor(scene, SINK)
+        return scene
+
+    def _action_map(self):
+        M = np.zeros((3, self.scene.action_dim))
+        M[:, :3] = np.eye(3) * self.speed
+        return M
+
+    @staticmethod
+    def stroke_points(kind: str, angle: float, length: float, n: int) -> np.ndarray:
+        """(n, 2) (x, z) points along a stroke, centered (bounding box) on the slab's center."""
+        s = np.linspace(0.0, 1.0, n)
+        d = np.array([np.cos(angle), np.sin(angle)])
+        perp = np.array([-d[1], d[0]])
+        if kind == "line":
+            pts = s[:, None] * length * d
+        elif kind == "arc":
+            # a quarter circle of arc length ``length``, bending to the left of ``d``
+            radius = length / (0.5 * np.pi)
+            phi = s * 0.5 * np.pi
+            pts = radius * (np.sin(phi)[:, None] * d + (1 - np.cos(phi))[:, None] * perp)
+        elif kind == "L":
+            first = np.minimum(s, 0.5) * length
+            second = np.maximum(s - 0.5, 0.0) * length
+            pts = first[:, None] * d + second[:, None] * perp
+        else:
+            raise ValueError(f"unknown stroke kind {kind!r}, expected one of {STROKES}")
+        return np.array([0.5, 0.5]) + pts - 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+
+    def _script(self, kind: str, angle: float, length: float, depth: float) -> np.ndarray:
+        """Normalized actions of the scripted pen path that makes the goal: move down to the
+        stroke's start point ``depth`` into the slab, trace the stroke, lift."""
+        T = self.horizon
+        step = self.scene.substeps_per_step * self.scene.dt * self.speed
+        t1 = max(int(round(0.24 * T)), 1)
+        t2 = min(max(int(round(0.84 * T)), t1 + 1), T)
+        a = np.zeros((T, 3))
+        down = self.gap + depth
+        pts = self.stroke_points(kind, angle, length, t2 - t1 + 1)
+        a[:t1, [0, 2]] = (pts[0] - 0.5) / (t1 * step)
+        a[:t1, 1] = -down / (t1 * step)
+        if t2 > t1:
+            a[t1:t2, [0, 2]] = np.diff(pts, axis=0) / step
+        if T > t2:
+            a[t2:, 1] = down / ((T - t2) * step)
+        return np.clip(a, -1, 1)
+
+    def _sample_goal(self, rng):
+        self.stroke_kind = STROKES[int(rng.integers(len(STROKES)))]
+        angle = rng.uniform(0, 2 * np.pi)
+        length = rng.uniform(0.14, 0.19)
+        depth = rng.uniform(self.depth_lo, self.depth_lo + 0.015)
+        self.stroke_params = (self.stroke_kind, angle, length, depth)
+        self._goal_actions = self._script(*self.stroke_params)
+        onehot = np.eye(len(STROKES))[STROKES.index(self.stroke_kind)]
+        self.goal_params = np.concatenate([onehot, self.stroke_points(self.stroke_kind, angle, length, 5).reshape(-1),
+                                           [depth]])
+        self.scene.reset()
+        m = self.scene.particle_mass().astype(np.float64)
+        self._start_grid = losses.grid_mass_numpy(self.scene.particle_positions(), m, self.grid_res)
+        self.scene.forward(self._goal_actions @ self._action_map(), requires_grad=False)
+        x = self.scene.particle_positions()
+        self.scene.reset()
+        self._target_x = x
+        tg = losses.grid_mass_numpy(x, m, self.grid_res)
+        self._target_grid = torch.as_tensor(tg)
+        self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
+
+    def _loss(self, x, v, effector_pos):
+        g = losses.grid_mass(x, self.mass, self.grid_res)
+        tip = effector_pos[0] - torch.tensor([0.0, self.pen_half_length, 0.0], dtype=x.dtype)
+        return (losses.density_l1(g, self._target_grid)
+                + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
+                + 0.5 * losses.contact_distance(x, tip, radius=self.pen_radius))
+
+    def _goal_features(self):
+        return self.goal_params
+
+    def _groove(self, grid: np.ndarray) -> np.ndarray:
+        """Cells where at least 30 % of the start slab's mass has been carved away."""
+        return (self._start_grid - grid) > 0.3 * self._start_grid.max()
+
+    def _metrics(self, state):
+        g = losses.grid_mass_numpy(state["x"], self.mass.numpy(), self.grid_res)
+        a, b = self._groove(g), self._groove(self._target_grid.numpy())
+        union = np.logical_or(a, b).sum()
+        groove_iou = float(np.logical_and(a, b).sum() / union) if union else 1.0
+        return {"iou": losses.iou(g, self._target_grid.numpy()), "groove_iou": groove_iou}
+
+    def _goal_points(self):
+        return self._target_x
