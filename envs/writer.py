@@ -46,9 +46,11 @@ class WriterEnv(PhysimEnv):
     ==================  =====================================================================
 
     Defaults: 3D grid 32, 1,944 particles, 20 substeps per step, dt 2.9e-4 s (5.8 ms per
-    step), horizon 50. Speed (2-core CPU shared with other jobs, f64): ~6 env steps/s, one
-    ``loss_and_grad`` at the default horizon ~21 s. The pen is as thin as the 32-cell grid
-    resolves (a 2.5-cell wide groove); thinner tools let material slip through them.
+    step), horizon 50. Speed (2-core CPU, f64, warm kernels): 11 env steps/s, one
+    ``loss_and_grad`` at the default horizon 14.7 s. Gradient check: 15 Adam steps (lr 0.1)
+    from zero actions take the loss from 0.14 to 0.047 (the scripted stroke: 0.004). The pen
+    is as thin as the 32-cell grid resolves (a 2.5-cell wide groove); thinner tools let
+    material slip through them.
     """
 
     default_horizon = 50
