@@ -49,6 +49,11 @@ def _numpy_sdf(shape, size, p):
         c = np.zeros_like(p)
         c[1] = np.clip(p[1], -size[1], size[1])
         return np.linalg.norm(p - c) - size[0]
+    if shape == "cup":  # outer cylinder minus the cavity shifted up by the wall thickness
+        outer = _numpy_sdf("cylinder", [size[0] + size[2], size[1]], p)
+        q = p.copy()
+        q[1] -= size[2]
+        return max(outer, -_numpy_sdf("cylinder", size, q))
     radial = np.delete(p, 1)
     d = np.array([np.linalg.norm(radial) - size[0], abs(p[1]) - size[1]])
     return min(d.max(), 0) + np.linalg.norm(np.maximum(d, 0))
