@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 import physim as ps
-from physim.render import Renderer, record_video
+from physim.render import Renderer
 from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
 
 HELP = ("Pour water\n"
@@ -124,17 +124,7 @@ def main(argv=None) -> list[np.ndarray] | None:
                 f"tilt {math.degrees(cup.tilt):4.0f} deg   poured {100 * spilled:3.0f}%")
 
     loop = DemoLoop(scene, renderer, keys, cup.action, help_text=HELP, status=status, on_reset=cup.reset)
-    try:
-        if not args.offscreen:
-            print(f"[physim] {scene.n_particles} particles; keys: A/D, W/S, Q/E, R, Esc")
-            loop.run_interactive(title="physim: pour water")
-            return None
-        frames = loop.run_scripted(args.frames, SCRIPT)
-        record_video(frames, args.out, fps=args.fps)
-        print(f"[physim] wrote {len(frames)} frames to {args.out}")
-        return frames
-    finally:
-        renderer.close()
+    return loop.run_demo(args, SCRIPT, title="physim: pour water", keys_help="A/D, W/S, Q/E, R, Esc")
 
 
 if __name__ == "__main__":

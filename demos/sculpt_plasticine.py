@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 
 import physim as ps
-from physim.render import Renderer, material_color, record_video
+from physim.render import Renderer, material_color
 from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
 
 HELP = ("Sculpt plasticine\n"
@@ -112,17 +112,7 @@ def main(argv=None) -> list[np.ndarray] | None:
         return f"t = {scene.time:5.2f} s   tool at ({p[0]:.2f}, {p[1]:.2f}, {p[2]:.2f})"
 
     loop = DemoLoop(scene, renderer, keys, tool.action, help_text=HELP, status=status, on_reset=tool.reset)
-    try:
-        if not args.offscreen:
-            print(f"[physim] {scene.n_particles} particles; keys: WASD/arrows, E/Q, R, Esc")
-            loop.run_interactive(title="physim: sculpt plasticine")
-            return None
-        frames = loop.run_scripted(args.frames, SCRIPT)
-        record_video(frames, args.out, fps=args.fps)
-        print(f"[physim] wrote {len(frames)} frames to {args.out}")
-        return frames
-    finally:
-        renderer.close()
+    return loop.run_demo(args, SCRIPT, title="physim: sculpt plasticine", keys_help="WASD/arrows, E/Q, R, Esc")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 import physim as ps
-from physim.render import Renderer, material_color, record_video
+from physim.render import Renderer, material_color
 from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
 
 HELP = ("Soft walker\n"
@@ -175,17 +175,7 @@ def main(argv=None) -> list[np.ndarray] | None:
 
     loop = DemoLoop(scene, renderer, keys, gait_ctl.action, help_text=HELP, status=status, on_reset=gait_ctl.reset,
                     on_step=after_step)
-    try:
-        if not args.offscreen:
-            print(f"[physim] {scene.n_particles} particles; keys: Left/Right (A/D), Up/Down, W/S, R, Esc")
-            loop.run_interactive(title="physim: soft walker")
-            return None
-        frames = loop.run_scripted(args.frames, SCRIPT)
-        record_video(frames, args.out, fps=args.fps)
-        print(f"[physim] wrote {len(frames)} frames to {args.out}")
-        return frames
-    finally:
-        renderer.close()
+    return loop.run_demo(args, SCRIPT, title="physim: soft walker", keys_help="Left/Right (A/D), Up/Down, W/S, R, Esc")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,25 @@ class DemoLoop:
             images.append(self.renderer.frame())
         return images
 
+    def run_demo(self, args, script: Sequence[tuple[int, Iterable[str]]], title: str, keys_help: str
+                 ) -> list[np.ndarray] | None:
+        """A demo's main loop: the interactive window, or (``args.offscreen``) ``args.frames``
+        scripted frames written to ``args.out`` at ``args.fps``; closes the renderer either way.
+        Returns the frames when headless."""
+        from .video import record_video
+
+        try:
+            if not args.offscreen:
+                print(f"[physim] {self.scene.n_particles} particles; keys: {keys_help}")
+                self.run_interactive(title=title)
+                return None
+            frames = self.run_scripted(args.frames, script)
+            record_video(frames, args.out, fps=args.fps)
+            print(f"[physim] wrote {len(frames)} frames to {args.out}")
+            return frames
+        finally:
+            self.renderer.close()
+
 
 def scripted_keys(script: Sequence[tuple[int, Iterable[str]]], frame: int, period: int | None = None) -> set[str]:
     """The keys a (start frame, keys) timeline holds at ``frame``."""
