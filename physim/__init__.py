@@ -4,7 +4,9 @@ Importing physim initializes nothing; call :func:`physim.init` (or let the first
 scene do it with the defaults / ``PHYSIM_ARCH``).
 """
 
-from . import backend
+from pathlib import Path as _Path
+
+from . import _source_tree, backend
 from .backend import init
 from .effectors import BoxTool, CapsuleTool, CupTool, CylinderTool, Effector, SphereTool
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
@@ -13,6 +15,8 @@ from .scene import GradientError, Gradients, Scene, SimulationError
 from .tape import Tape
 
 __version__ = "0.1.0"
+
+_source_tree.install(_Path(__file__).parent)
 
 __all__ = [
     "init",
