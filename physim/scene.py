@@ -26,6 +26,7 @@ from .geometry import Shape
 from .materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS, Material
 from .solvers import get_engine
 from .solvers.mpm import BAD_NONFINITE, BAD_OUTSIDE, BOUND, BOUNDARY_IDS, MPMEngine
+from .checkpoints import CheckpointStore
 from .tape import Tape
 
 __all__ = ["Scene", "Gradients", "SimulationError", "GradientError"]
@@ -101,6 +102,12 @@ class Scene:
         checkpoint_every: K, substeps per checkpoint chunk. Reverse mode stores K + 1
             states on the device plus one host checkpoint per chunk, and recomputes
             each chunk once in backward. ``None``: 50.
+        checkpoint_ram_mb: host RAM for those per-chunk checkpoints; beyond it they are
+            written to a temporary directory, so RAM does not grow with the horizon
+            (``None``: keep all in RAM). Default 64.
+        specialize: compile kernels for only the constitutive models this scene uses
+            (faster); ``False`` uses generic kernels shared with scenes of other materials
+            (fewer compilations when a script builds many small scenes of different materials).
         particle_spacing: lattice spacing of sampled particles (default dx / 2).
     """
 
@@ -117,6 +124,8 @@ class Scene:
         wall_friction: float = 0.3,
         checkpoint_every: int | None = None,
         particle_spacing: float | None = None,
+        checkpoint_ram_mb: float | None = 64.0,
+        specialize: bool = True,
     ):
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim!r}")
@@ -130,6 +139,8 @@ class Scene:
             raise ValueError(f"substeps_per_step must be a positive integer, got {substeps_per_step!r}")
         if checkpoint_every is not None and not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
             raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+        if checkpoint_ram_mb is not None and not (math.isfinite(checkpoint_ram_mb) and checkpoint_ram_mb >= 0):
+            raise ValueError(f"checkpoint_ram_mb must be >= 0 or None, got {checkpoint_ram_mb!r}")
         if not (math.isfinite(wall_friction) and wall_friction >= 0):
             raise ValueError(f"wall_friction must be >= 0, got {wall_friction!r}")
         self.dim = dim
@@ -146,6 +157,8 @@ class Scene:
         self.boundary = boundary
         self.wall_friction = float(wall_friction)
         self.checkpoint_every = checkpoint_every or 50
+        self.checkpoint_ram_mb = checkpoint_ram_mb
+        self.specialize = bool(specialize)
         self.spacing = particle_spacing or self.dx / 2
         self.materials: list[Material] = []
         self.bodies: list[_Body] = []
@@ -300,6 +313,8 @@ class Scene:
             _next_pow2(len(self.effectors), 1),
             _next_pow2(self.action_dim, 8),
             _next_pow2(len(self.materials), 4),
+            tuple(sorted({m.model for m in self.materials})) if self.specialize else None,
+            self.n_actuators > 0 if self.specialize else True,
         )
         self.engine = eng = get_engine(MPMEngine, layout, self, cfg.real)
         self._np_real = cfg.np_real
@@ -411,7 +426,7 @@ class Scene:
             raise ValueError(f"particle {i} at {x[i].tolist()} is outside the domain [{lo:g}, {hi:g}]^{self.dim}")
         self._import(0, state)
         self._slot = 0
-        self._rollout = None
+        self._drop_rollout()
 
     def set_initial_state(self, x=None, v=None) -> None:
         """Replace the initial particle positions and/or velocities used by :meth:`reset`."""
@@ -491,7 +506,7 @@ class Scene:
         if not (isinstance(k, int) and 1 <= k <= self.engine.K):
             raise ValueError(f"checkpoint_every must be an integer in [1, {self.engine.K}] for this scene, got {k!r}")
         self.checkpoint_every = k
-        self._rollout = None
+        self._drop_rollout()
 
     # ------------------------------------------------------------------ stepping
     def _check_actions(self, actions) -> np.ndarray:
@@ -536,7 +551,7 @@ class Scene:
             f"lower dt, slow the effectors, or soften the materials"
         )
 
-    def _run(self, actions: np.ndarray, record: bool, checkpoints: list | None) -> None:
+    def _run(self, actions: np.ndarray, record: bool, checkpoints: CheckpointStore | None) -> None:
         """Run len(actions) steps from slot 0, in chunks of K substeps."""
         eng, K, ns = self.engine, self.checkpoint_every, self.substeps_per_step
         total = actions.shape[0] * ns
@@ -559,6 +574,13 @@ class Scene:
         self.time += total * self.dt
         self._substeps_done += total
 
+    def _drop_rollout(self) -> None:
+        """Forget the recorded rollout and delete its checkpoints (incl. spilled files)."""
+        r = getattr(self, "_rollout", None)
+        if r is not None and r["checkpoints"] is not None:
+            r["checkpoints"].close()
+        self._rollout = None
+
     def _to_slot0(self) -> None:
         if self._slot != 0:
             self.engine.copy_slot(self._slot, 0)
@@ -573,7 +595,7 @@ class Scene:
         self._to_slot0()
         self._substeps_done = 0
         self._run(a, record=False, checkpoints=None)
-        self._rollout = None
+        self._drop_rollout()
 
     def forward(self, actions, requires_grad: bool = True) -> None:
         """Simulate ``len(actions)`` steps from the current state.
@@ -587,13 +609,17 @@ class Scene:
         self._to_slot0()
         self._substeps_done = 0
         total = a.shape[0] * self.substeps_per_step
-        checkpoints = [] if (requires_grad and total > self.checkpoint_every) else None
+        self._drop_rollout()
+        checkpoints = None
+        if requires_grad and total > self.checkpoint_every:
+            ram = None if self.checkpoint_ram_mb is None else int(self.checkpoint_ram_mb * 2**20)
+            checkpoints = CheckpointStore(ram)
         self._run(a, record=requires_grad, checkpoints=checkpoints)
         if requires_grad:
             final = self._export(self._slot) if checkpoints is not None else None
             self._rollout = {"actions": a, "checkpoints": checkpoints, "final": final, "total": total}
         else:
-            self._rollout = None
+            self._drop_rollout()
 
     def backward(self, grad_x=None, grad_v=None, grad_effector_pos=None, grad_effector_rot=None,
                  clip_norm: float | None = None) -> Gradients:
@@ -670,7 +696,7 @@ class Scene:
             self._import(0, r["final"])
             self._slot = 0
             self.tape.clear()
-            self._rollout = None  # the last chunk's tape is gone; run forward again to differentiate again
+            self._drop_rollout()  # the last chunk's tape is gone; run forward again to differentiate again
         return grads
 
     # ------------------------------------------------------------------ physics

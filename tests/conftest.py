@@ -21,12 +21,13 @@ def _runtime():
 
 def small_scene(dim, material, *, effector=True, softness=50.0, friction=0.4, actuator=None,
                 gravity=None, checkpoint_every=8, substeps=4, velocity=None, boundary="slip", dt=2e-4,
-                tool_x=0.38):
+                tool_x=0.38, specialize=False):
     """A small scene (grid 32 in 2D / 16 in 3D, a few hundred particles) whose layout is the
-    same for every material, so all gradient tests of one dimension share compiled kernels."""
+    same for every material, so all gradient tests of one dimension share compiled kernels
+    (generic kernels: ``specialize=False``; tests of the specialized kernels pass True)."""
     res = 32 if dim == 2 else 16
     scene = ps.Scene(dim=dim, grid_res=res, dt=dt, substeps_per_step=substeps, gravity=gravity,
-                     checkpoint_every=checkpoint_every, boundary=boundary)
+                     checkpoint_every=checkpoint_every, boundary=boundary, specialize=specialize)
     center = [0.5, 0.3, 0.5][:dim]
     size = [0.16, 0.12, 0.16][:dim] if dim == 2 else [0.2, 0.2, 0.2]
     scene.add_body(ps.Box(center=center, size=size), material,

@@ -29,9 +29,9 @@ MATERIALS = {
 H = 1e-6
 
 
-def _setup(dim, name):
+def _setup(dim, name, specialize=False):
     make, params = MATERIALS[name]
-    scene = small_scene(dim, make(), actuator=0 if name == "muscle" else None)
+    scene = small_scene(dim, make(), actuator=0 if name == "muscle" else None, specialize=specialize)
     rng = np.random.default_rng(zlib.crc32(f"{dim}{name}".encode()))
     steps = 4
     actions = rng.normal(scale=0.3, size=(steps, scene.action_dim))
@@ -48,7 +48,26 @@ def _setup(dim, name):
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("name", list(MATERIALS))
 def test_gradients_match_finite_differences(dim, name):
-    scene, params, actions, weights = _setup(dim, name)
+    """Generic kernels (every constitutive model compiled in, shared by all materials)."""
+    _check_gradients(dim, name, specialize=False)
+
+
+@pytest.mark.parametrize(("dim", "name"), [(2, name) for name in MATERIALS] + [(3, "elastic")])
+def test_specialized_kernels_gradients_match_finite_differences(dim, name):
+    """Kernels compiled for the scene's one model (Scene's default), same checks; and their
+    forward pass agrees with the generic kernels'."""
+    _check_gradients(dim, name, specialize=True)
+    scene_s, _, actions, _ = _setup(dim, name, specialize=True)
+    scene_g, _, _, _ = _setup(dim, name, specialize=False)
+    assert scene_s.engine is not scene_g.engine and scene_s.engine.models == (MATERIALS[name][0]().model,)
+    for scene in (scene_s, scene_g):
+        scene.forward(actions, requires_grad=False)
+    xs, xg = scene_s.particle_positions(), scene_g.particle_positions()
+    assert np.abs(xs - xg).max() < 1e-9, f"{name}: specialized and generic kernels disagree"
+
+
+def _check_gradients(dim, name, specialize):
+    scene, params, actions, weights = _setup(dim, name, specialize)
     _, g = loss_and_grad(scene, actions, weights)
     f = lambda a: loss_only(scene, a, weights)  # noqa: E731
 

@@ -177,7 +177,7 @@ class MuscleWalker(gym.Env):
     Observation: centroid and mean velocity of each body (float32)."""
 
     def __init__(self):
-        scene = ps.Scene(dim=2, grid_res=32, dt=5e-4, substeps_per_step=10, checkpoint_every=8,
+        scene = ps.Scene(dim=2, grid_res=32, dt=5e-4, substeps_per_step=10, checkpoint_every=8, specialize=False,
                          boundary="friction", wall_friction=0.8)
         muscle = ps.Muscle(E=1e3, nu=0.2, actuation_strength=400.0)
         scene.add_body(ps.Box(center=(0.3, 0.2), size=(0.2, 0.05)), ps.Elastic(E=1e3, nu=0.2))

@@ -51,7 +51,7 @@ def _scene(dim, material, effector=None, center=None, size=0.16):
     """A small scene with the engine layout of conftest.small_scene (grid 32 / 16, at most
     256 particles, K = 8, 8 steps), so it reuses the kernels the other tests compiled."""
     res = 32 if dim == 2 else 16
-    scene = ps.Scene(dim=dim, grid_res=res, substeps_per_step=4, dt=2e-4, checkpoint_every=8)
+    scene = ps.Scene(dim=dim, grid_res=res, substeps_per_step=4, dt=2e-4, checkpoint_every=8, specialize=False)
     center = center or [0.35, 0.3, 0.5][:dim]
     scene.add_body(ps.Box(center=center, size=[size] * dim), material)
     if effector is not None:
@@ -80,7 +80,7 @@ def test_frame_shows_particles_in_material_color_where_they_are(dim):
 
 
 def test_colors_per_material_and_override():
-    scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=4, dt=2e-4, checkpoint_every=8)
+    scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=4, dt=2e-4, checkpoint_every=8, specialize=False)
     scene.add_body(ps.Box(center=(0.3, 0.3), size=(0.12, 0.12)), ps.Fluid())
     scene.add_body(ps.Box(center=(0.7, 0.3), size=(0.12, 0.12)), ps.Elastic())
     scene.build(max_steps=8)
@@ -210,7 +210,7 @@ def test_add_points_draws_a_translucent_target():
 
 
 def test_renderer_needs_a_built_scene_and_rejects_bad_colors():
-    scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=4, dt=2e-4, checkpoint_every=8)
+    scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=4, dt=2e-4, checkpoint_every=8, specialize=False)
     scene.add_body(ps.Box(center=(0.5, 0.3), size=(0.1, 0.1)), ps.Elastic())
     with pytest.raises(RuntimeError, match="build"):
         Renderer(scene, off_screen=True)

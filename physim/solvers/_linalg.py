@@ -5,6 +5,8 @@ import taichi as ti
 
 # Singular values closer than this are treated as this far apart in the SVD adjoint
 # (per precision: the gap must stay well above round-off of the numerator).
+# svd3: early-exit threshold on (off-diagonal / diagonal)^2 of F^T F, about (machine eps)^2
+SVD_TOL = {"f64": 1e-32, "f32": 4e-15}
 SVD_GAP_EPS = {"f32": 1e-6, "f64": 1e-10}
 
 
@@ -187,28 +189,45 @@ def svd2(F):
 
 
 @ti.func
-def svd3(F, sweeps: ti.template()):
+def svd3(F, sweeps: ti.template(), tol: ti.template()):
     """3x3 SVD by cyclic Jacobi on F^T F, then U from F V (Gram-Schmidt, det U = 1;
-    sig[2] < 0 when det F < 0). Accurate to round-off in the reconstruction F = U S V^T."""
+    sig[2] < 0 when det F < 0). Accurate to round-off in the reconstruction F = U S V^T.
+
+    At most ``sweeps`` sweeps (4 reach round-off on random and nearly degenerate matrices in
+    f32 and f64); stops early once the off-diagonal of F^T F is below ``tol`` relative to its
+    diagonal (squared norms), which a nearly undeformed or already diagonal F reaches at once."""
     A = F.transpose() @ F
     V = A * 0.0
     for i in ti.static(range(3)):
         V[i, i] = 1.0
     for _ in range(sweeps):
+        off = A[0, 1] * A[0, 1] + A[0, 2] * A[0, 2] + A[1, 2] * A[1, 2]
+        diag = A[0, 0] * A[0, 0] + A[1, 1] * A[1, 1] + A[2, 2] * A[2, 2]
+        if off <= tol * diag:
+            break
         for p, q in ti.static([(0, 1), (0, 2), (1, 2)]):
             apq = A[p, q]
             if ti.abs(apq) > 1e-300:
-                theta = 0.5 * ti.atan2(2 * apq, A[q, q] - A[p, p])
-                c, s = ti.cos(theta), ti.sin(theta)
-                J = A * 0.0
+                # Jacobi rotation J (J[p,p] = J[q,q] = c, J[p,q] = s, J[q,p] = -s) that zeroes
+                # (J^T A J)[p,q]: t = tan(theta) from the quadratic t^2 + 2 tau t - 1 = 0, the
+                # smaller root (no trigonometry; Golub & Van Loan, sec. 8.5)
+                tau = (A[q, q] - A[p, p]) / (2 * apq)
+                t = 1.0 / (ti.abs(tau) + ti.sqrt(1.0 + tau * tau))
+                t = ti.select(tau < 0, -t, t)
+                c = 1.0 / ti.sqrt(1.0 + t * t)
+                s = t * c
+                # A <- J^T (A J) and V <- V J touch only rows / columns p and q
                 for i in ti.static(range(3)):
-                    J[i, i] = 1.0
-                J[p, p] = c
-                J[q, q] = c
-                J[p, q] = s
-                J[q, p] = -s
-                A = J.transpose() @ A @ J
-                V = V @ J
+                    aip, aiq = A[i, p], A[i, q]
+                    A[i, p] = c * aip - s * aiq
+                    A[i, q] = s * aip + c * aiq
+                    vip, viq = V[i, p], V[i, q]
+                    V[i, p] = c * vip - s * viq
+                    V[i, q] = s * vip + c * viq
+                for j in ti.static(range(3)):
+                    apj, aqj = A[p, j], A[q, j]
+                    A[p, j] = c * apj - s * aqj
+                    A[q, j] = s * apj + c * aqj
     # sort by eigenvalue, descending (keeps the smallest last for the inversion sign)
     for k in ti.static(range(2)):
         for j in ti.static(range(2 - k)):

@@ -13,13 +13,17 @@ before their substep is differentiated (see :mod:`physim.tape`).
 Every value that changes between scenes of the same layout (dt, gravity, boundary,
 materials, tools) is a field, not a compile-time constant, so a compiled engine is
 reused by every scene with the same layout (dim, grid, particle capacity, K, ...).
+The exception is the set of constitutive models: a layout either names the models its
+scenes use (``models``, a sorted tuple; the kernels then contain only those, which makes
+a single-material scene's forward and reverse passes several times cheaper) or is
+generic (``models=None``: every model, shared by scenes of any materials).
 """
 
 
 import taichi as ti
 
 from ..materials import MODEL_IDS, PARAM_COLUMNS
-from ._linalg import SVD_GAP_EPS, diag_matrix, prod, rotation_matrix, safe_norm, svd2, svd3, svd_adjoint, tool_sdf
+from ._linalg import SVD_GAP_EPS, SVD_TOL, diag_matrix, prod, rotation_matrix, safe_norm, svd2, svd3, svd_adjoint, tool_sdf
 
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
@@ -36,10 +40,11 @@ class MPMEngine:
     def __init__(self, layout: tuple, real):
         # every entry is a capacity; the scene sets the counts in use at run time
         (self.dim, self.res, self.capacity, self.K, self.max_steps, self.eff_capacity,
-         self.action_capacity, self.n_mat) = layout
+         self.action_capacity, self.n_mat, self.models, self.has_actuators) = layout
         self.layout = layout
         self.real = real
         self.svd_gap_eps = SVD_GAP_EPS["f64" if real == ti.f64 else "f32"]
+        self.svd_tol = SVD_TOL["f64" if real == ti.f64 else "f32"]
         dim, S, N = self.dim, self.K + 1, self.capacity
         self.dx = 1.0 / self.res
         self.inv_dx = float(self.res)
@@ -125,7 +130,7 @@ class MPMEngine:
                 U, sig, V = svd2(self.F_trial[p])
                 self.U[p], self.sig[p], self.V[p] = U, sig, V
             else:
-                U, sig, V = svd3(self.F_trial[p], 8)
+                U, sig, V = svd3(self.F_trial[p], 5, self.svd_tol)
                 self.U[p], self.sig[p], self.V[p] = U, sig, V
 
     @ti.kernel
@@ -136,78 +141,106 @@ class MPMEngine:
                 self.svd_gap_eps,
             )
 
+    def has(self, *models: str) -> bool:
+        """Whether kernels of this engine include any of ``models`` (compile-time)."""
+        return self.models is None or any(m in self.models for m in models)
+
     @ti.func
     def _return_mapping(self, model, m, U, sig, V, F_trial, jp, mu, la):
         """Plastic projection: returns (elastic F, its singular values, new J_plastic).
 
-        Written branch-free (every model's projection is computed, ``ti.select`` picks
-        one) so Taichi's reverse mode sees no mutation inside data-dependent branches.
+        Written branch-free (every model present in the layout is computed, ``ti.select``
+        picks one) so Taichi's reverse mode sees no mutation inside data-dependent branches.
+        Models absent from the layout are removed at compile time (``ti.static``).
         """
         dim = ti.static(self.dim)
         sig_c = ti.max(sig, 1e-6)
-        eps = ti.log(sig_c)
-        tr = eps.sum()
-        eps_hat = eps - tr / dim
-        norm = safe_norm(eps_hat)
-        direction = eps_hat / norm
-        dt = self.dt[None]
-        # von Mises / Bingham: shrink the deviatoric log strain onto the yield surface;
-        # Bingham keeps the fraction eta / (eta + 2 mu dt) of the excess (viscous relaxation)
-        excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
-        eta = self.mat_params[m, COL["viscosity"]]
-        relax = ti.select(model == MODEL_IDS["bingham"], 2 * mu * dt / (eta + 2 * mu * dt), 1.0)
-        sig_vm = ti.exp(eps - excess * relax * direction)
-        # Drucker-Prager (Klar et al. 2016): cone projection, apex when expanding
-        sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
-        alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
-        dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
-        sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
-        # snow (Stomakhin et al. 2013): clamp the singular values, move the rest to Jp
-        sig_snow = ti.min(ti.max(sig_c, 1.0 - self.mat_params[m, COL["theta_c"]]),
-                          1.0 + self.mat_params[m, COL["theta_s"]])
-        is_vm = model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]
-        is_dp = model == MODEL_IDS["drucker_prager"]
-        is_snow = model == MODEL_IDS["snow"]
-        sig_new = ti.select(is_vm, sig_vm, ti.select(is_dp, sig_dp, ti.select(is_snow, sig_snow, sig_c)))
-        jp_new = ti.select(is_snow, jp * prod(sig_c) / prod(sig_snow), jp)
-        F_proj = U @ diag_matrix(sig_new, F_trial) @ V.transpose()
-        J = ti.max(F_trial.determinant(), 1e-6)  # from F, not sig: fluid-only scenes skip the SVD
-        F_fluid = diag_matrix(sig_c * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
-        # Only particles whose state is actually projected take the U diag(sig) V^T route:
-        # for the rest F_new = F_trial exactly, and differentiating through the SVD would
-        # lose the symmetric off-diagonal derivative where singular values coincide (F = I).
-        projected = (is_vm and excess > 0) or (is_dp and (tr >= 0 or dgamma > 0)) or (
-            is_snow and (sig_snow - sig_c).norm_sqr() > 0)
-        F_new = ti.select(projected, F_proj, ti.select(model == MODEL_IDS["fluid"], F_fluid, F_trial))
-        sig_new = ti.select(projected, sig_new, sig_c)
+        F_new = F_trial
+        sig_new = sig_c
+        jp_new = jp
+        if ti.static(self.has("von_mises", "bingham", "drucker_prager", "snow")):
+            eps = ti.log(sig_c)
+            tr = eps.sum()
+            eps_hat = eps - tr / dim
+            norm = safe_norm(eps_hat)
+            direction = eps_hat / norm
+            sig_p = sig_c
+            projected = 0
+            if ti.static(self.has("von_mises", "bingham")):
+                # von Mises / Bingham: shrink the deviatoric log strain onto the yield surface;
+                # Bingham keeps the fraction eta / (eta + 2 mu dt) of the excess (viscous relaxation)
+                dt = self.dt[None]
+                excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
+                eta = self.mat_params[m, COL["viscosity"]]
+                relax = ti.select(model == MODEL_IDS["bingham"], 2 * mu * dt / (eta + 2 * mu * dt), 1.0)
+                sig_vm = ti.exp(eps - excess * relax * direction)
+                is_vm = model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]
+                sig_p = ti.select(is_vm, sig_vm, sig_p)
+                projected = ti.select(is_vm and excess > 0, 1, projected)
+            if ti.static(self.has("drucker_prager")):
+                # Drucker-Prager (Klar et al. 2016): cone projection, apex when expanding
+                sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
+                alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
+                dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
+                sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
+                is_dp = model == MODEL_IDS["drucker_prager"]
+                sig_p = ti.select(is_dp, sig_dp, sig_p)
+                projected = ti.select(is_dp and (tr >= 0 or dgamma > 0), 1, projected)
+            if ti.static(self.has("snow")):
+                # snow (Stomakhin et al. 2013): clamp the singular values, move the rest to Jp
+                sig_snow = ti.min(ti.max(sig_c, 1.0 - self.mat_params[m, COL["theta_c"]]),
+                                  1.0 + self.mat_params[m, COL["theta_s"]])
+                is_snow = model == MODEL_IDS["snow"]
+                sig_p = ti.select(is_snow, sig_snow, sig_p)
+                jp_new = ti.select(is_snow, jp * prod(sig_c) / prod(sig_snow), jp)
+                projected = ti.select(is_snow and (sig_snow - sig_c).norm_sqr() > 0, 1, projected)
+            # Only particles whose state is actually projected take the U diag(sig) V^T route:
+            # for the rest F_new = F_trial exactly, and differentiating through the SVD would
+            # lose the symmetric off-diagonal derivative where singular values coincide (F = I).
+            F_proj = U @ diag_matrix(sig_p, F_trial) @ V.transpose()
+            F_new = ti.select(projected != 0, F_proj, F_new)
+            sig_new = ti.select(projected != 0, sig_p, sig_c)
+        if ti.static(self.has("fluid")):
+            J = ti.max(F_trial.determinant(), 1e-6)  # from F, not sig: fluid-only scenes skip the SVD
+            F_fluid = diag_matrix(sig_c * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
+            F_new = ti.select(model == MODEL_IDS["fluid"], F_fluid, F_new)
         return F_new, sig_new, jp_new
 
     @ti.func
     def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
-        """Kirchhoff stress tau = P F^T of every model, branch-free (``ti.select``)."""
+        """Kirchhoff stress tau = P F^T of every model present, branch-free (``ti.select``)."""
         dim = ti.static(self.dim)
         identity = ti.Matrix.identity(self.real, dim)
         J = F.determinant()
-        # neo-Hookean
-        tau_nh = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
-        # weakly compressible Newtonian fluid: E column holds the bulk modulus
-        eta = self.mat_params[m, COL["viscosity"]]
-        tau_fluid = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
-        # Drucker-Prager: St. Venant-Kirchhoff in Hencky strain
-        eps = ti.log(ti.max(sig, 1e-6))
-        tau_dp = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
-        # fixed-corotated family (corotated, von Mises, Bingham, snow with hardening)
-        h = ti.select(model == MODEL_IDS["snow"], ti.exp(self.mat_params[m, COL["hardening"]] * (1.0 - jp)), 1.0)
-        R = U @ V.transpose()
-        tau_fc = 2 * mu * h * (F - R) @ F.transpose() + la * h * (J - 1) * J * identity
-        tau = ti.select(model == MODEL_IDS["neohookean"], tau_nh,
-                        ti.select(model == MODEL_IDS["fluid"], tau_fluid,
-                                  ti.select(model == MODEL_IDS["drucker_prager"], tau_dp, tau_fc)))
-        # active stress along the fiber (muscle groups; group -1 means passive)
-        g = self.act_group[p]
-        a = ti.select(g >= 0, self.action[t, self.act_offset[None] + ti.max(g, 0)], 0.0)
-        d = F @ self.fiber[p]
-        return tau + a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
+        tau = F * 0.0
+        if ti.static(self.has("corotated", "von_mises", "bingham", "snow")):
+            # fixed-corotated family (corotated, von Mises, Bingham, snow with hardening)
+            h = 1.0
+            if ti.static(self.has("snow")):
+                h = ti.select(model == MODEL_IDS["snow"],
+                              ti.exp(self.mat_params[m, COL["hardening"]] * (1.0 - jp)), 1.0)
+            R = U @ V.transpose()
+            tau = 2 * mu * h * (F - R) @ F.transpose() + la * h * (J - 1) * J * identity
+        if ti.static(self.has("drucker_prager")):
+            # Drucker-Prager: St. Venant-Kirchhoff in Hencky strain
+            eps = ti.log(ti.max(sig, 1e-6))
+            tau_dp = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
+            tau = ti.select(model == MODEL_IDS["drucker_prager"], tau_dp, tau)
+        if ti.static(self.has("fluid")):
+            # weakly compressible Newtonian fluid: E column holds the bulk modulus
+            eta = self.mat_params[m, COL["viscosity"]]
+            tau_fluid = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
+            tau = ti.select(model == MODEL_IDS["fluid"], tau_fluid, tau)
+        if ti.static(self.has("neohookean")):
+            tau_nh = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
+            tau = ti.select(model == MODEL_IDS["neohookean"], tau_nh, tau)
+        if ti.static(self.has_actuators):
+            # active stress along the fiber (muscle groups; group -1 means passive)
+            g = self.act_group[p]
+            a = ti.select(g >= 0, self.action[t, self.act_offset[None] + ti.max(g, 0)], 0.0)
+            d = F @ self.fiber[p]
+            tau += a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
+        return tau
 
     @ti.func
     def _lame(self, m):
