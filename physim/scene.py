@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend
+from .checkpoints import CheckpointStore
 from .effectors import SHAPE_IDS, Effector
 from .geometry import Shape
 from .materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS, Material
 from .solvers import get_engine
 from .solvers.mpm import BAD_NONFINITE, BAD_OUTSIDE, BOUND, BOUNDARY_IDS, MPMEngine
-from .checkpoints import CheckpointStore
 from .tape import Tape
 
 __all__ = ["Scene", "Gradients", "SimulationError", "GradientError"]

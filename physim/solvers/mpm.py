@@ -23,7 +23,18 @@ generic (``models=None``: every model, shared by scenes of any materials).
 import taichi as ti
 
 from ..materials import MODEL_IDS, PARAM_COLUMNS
-from ._linalg import SVD_GAP_EPS, SVD_TOL, diag_matrix, prod, rotation_matrix, safe_norm, svd2, svd3, svd_adjoint, tool_sdf
+from ._linalg import (
+    SVD_GAP_EPS,
+    SVD_TOL,
+    diag_matrix,
+    prod,
+    rotation_matrix,
+    safe_norm,
+    svd2,
+    svd3,
+    svd_adjoint,
+    tool_sdf,
+)
 
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
