@@ -89,6 +89,13 @@ class Tape:
         if self.recording and self._current is not None:
             self._current.append(Launch(kernel, tuple(args), grad, replay))
 
+    def record(self, kernel: Callable, *args, grad: Any = AUTO, replay: bool = True) -> None:
+        """Record ``kernel(*args)`` for reverse mode without running it: for solvers whose
+        forward pass computes the same outputs with a fused kernel. Launches recorded this
+        way must be replayable (``replay=True``) or write only what the fused kernel wrote."""
+        if self.recording and self._current is not None:
+            self._current.append(Launch(kernel, tuple(args), grad, replay))
+
     def backward_substep(self, index: int, zero_scratch_grads: Callable[[], None]) -> None:
         """Differentiate recorded substep ``index`` (gradients of its outputs must be set)."""
         launches = self.substeps[index]

@@ -1,9 +1,13 @@
 """Differentiable MLS-MPM (Hu et al. 2018), 2D and 3D, several materials in one scene.
 
-One substep is eight launches, each one phase of the method:
+One substep is these phases, each a kernel of its own for reverse mode:
 
     clear_grid -> trial_deformation -> svd -> plasticity -> stress -> p2g -> grid_update -> g2p
     (+ advance_effectors)
+
+The forward pass runs them fused into one launch (``substep_fused``: launch overhead is
+~0.1 ms per kernel on the CPU, as much as a whole small substep); the tape records the
+phase kernels and replays them when it differentiates a substep.
 
 Particle state (x, v, C, F, Jp) and effector poses live in fields with a leading
 *slot* axis of length K+1: substep ``l`` of a checkpoint chunk reads slot ``l`` and
@@ -119,30 +123,43 @@ class MPMEngine:
         self.needs_svd = True  # set by the scene from its materials
 
     # ------------------------------------------------------------------ substep
+    @ti.func
+    def _clear_node(self, I):
+        self.grid_mv[I] = self.grid_mv[I] * 0.0
+        self.grid_m[I] = 0.0
+        self.grid_v[I] = self.grid_v[I] * 0.0
+
     @ti.kernel
     def clear_grid(self):
         for I in ti.grouped(self.grid_m):
-            self.grid_mv[I] = self.grid_mv[I] * 0.0
-            self.grid_m[I] = 0.0
-            self.grid_v[I] = self.grid_v[I] * 0.0
+            self._clear_node(I)
+
+    @ti.func
+    def _trial_F(self, l, p):
+        identity = ti.Matrix.identity(self.real, self.dim)
+        return (identity + self.dt[None] * self.C[l, p]) @ self.F[l, p]
 
     @ti.kernel
     def trial_deformation(self, l: ti.i32):
         for p in range(self.n_particles[None]):
-            identity = ti.Matrix.identity(self.real, self.dim)
-            self.F_trial[p] = (identity + self.dt[None] * self.C[l, p]) @ self.F[l, p]
+            self.F_trial[p] = self._trial_F(l, p)
 
     @ti.kernel
     def svd(self):
         """F_trial = U diag(sig) V^T (physim's own SVD: ti.svd loses ~1e-6 on nearly
         diagonal matrices, which corrupts f64 gradients). Differentiated by svd_grad."""
         for p in range(self.n_particles[None]):
-            if ti.static(self.dim == 2):
-                U, sig, V = svd2(self.F_trial[p])
-                self.U[p], self.sig[p], self.V[p] = U, sig, V
-            else:
-                U, sig, V = svd3(self.F_trial[p], 5, self.svd_tol)
-                self.U[p], self.sig[p], self.V[p] = U, sig, V
+            U, sig, V = self._svd(self.F_trial[p])
+            self.U[p], self.sig[p], self.V[p] = U, sig, V
+
+    @ti.func
+    def _svd(self, F):
+        U, sig, V = F * 0.0, ti.Vector.zero(self.real, self.dim), F * 0.0
+        if ti.static(self.dim == 2):
+            U, sig, V = svd2(F)
+        else:
+            U, sig, V = svd3(F, 5, self.svd_tol)
+        return U, sig, V
 
     @ti.kernel
     def svd_grad(self):
@@ -274,37 +291,44 @@ class MPMEngine:
     @ti.kernel
     def stress(self, l: ti.i32, t: ti.i32):
         """Kirchhoff stress of F[l+1]; stores each particle's MLS affine matrix."""
-        inv_dx = ti.static(self.inv_dx)
         for p in range(self.n_particles[None]):
             m = self.material[p]
             mu, la = self._lame(m)
             C = self.C[l, p]
             tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, self.U[p], self.V[p], self.F[l + 1, p],
                                          self.sig_elastic[p], self.Jp[l + 1, p], C, mu, la)
-            self.affine[p] = -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + self.p_mass[p] * C
+            self.affine[p] = self._affine(p, tau, C)
+
+    @ti.func
+    def _affine(self, p, tau, C):
+        inv_dx = ti.static(self.inv_dx)
+        return -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + self.p_mass[p] * C
 
     @ti.kernel
     def p2g(self, l: ti.i32):
         """Scatter mass and momentum (with the affine/stress term) to the grid."""
-        dim, inv_dx = ti.static(self.dim, self.inv_dx)
         for p in range(self.n_particles[None]):
-            mass = self.p_mass[p]
-            affine = self.affine[p]
-            xp = self.x[l, p] * inv_dx
-            # clamp in floating point (an escaped particle must not index outside the grid; the
-            # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
-            base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
-            fx = xp - ti.cast(base, self.real)
-            # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
-            w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
-            mv = mass * self.v[l, p]
-            for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
-                weight = 1.0
-                for d in ti.static(range(dim)):
-                    weight *= w[offset[d]][d]
-                dpos = (ti.cast(offset, self.real) - fx) * self.dx
-                self.grid_mv[base + offset] += weight * (mv + affine @ dpos)
-                self.grid_m[base + offset] += weight * mass
+            self._scatter(l, p, self.affine[p])
+
+    @ti.func
+    def _scatter(self, l, p, affine):
+        dim, inv_dx = ti.static(self.dim, self.inv_dx)
+        mass = self.p_mass[p]
+        xp = self.x[l, p] * inv_dx
+        # clamp in floating point (an escaped particle must not index outside the grid; the
+        # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
+        base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
+        fx = xp - ti.cast(base, self.real)
+        # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
+        w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
+        mv = mass * self.v[l, p]
+        for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
+            weight = 1.0
+            for d in ti.static(range(dim)):
+                weight *= w[offset[d]][d]
+            dpos = (ti.cast(offset, self.real) - fx) * self.dx
+            self.grid_mv[base + offset] += weight * (mv + affine @ dpos)
+            self.grid_m[base + offset] += weight * mass
 
     @ti.func
     def _effector_velocity(self, e, t, r):
@@ -352,80 +376,122 @@ class MPMEngine:
     @ti.kernel
     def grid_update(self, l: ti.i32, t: ti.i32):
         for I in ti.grouped(self.grid_m):
-            m = self.grid_m[I]
-            # nodes at the very edge of a stencil get ~1e-20 of a particle's mass; treating them as
-            # empty keeps the adjoint of v = mv / m (which has 1 / m^2) from overflowing in f32
-            if m > self.min_node_mass[None]:
-                v = self.grid_mv[I] / m + self.dt[None] * self.gravity[None]
-                xg = ti.cast(I, self.real) * self.dx
-                for e in ti.static(range(self.eff_capacity)):
-                    if e < self.n_eff[None]:
-                        v = self._effector_contact(e, l, t, xg, v)
-                kind = self.boundary[None]
-                for d in ti.static(range(self.dim)):
-                    into_wall = (I[d] < BOUND and v[d] < 0) or (I[d] > self.res - BOUND and v[d] > 0)
-                    if into_wall:
-                        if kind == BOUNDARY_IDS["sticky"]:
-                            v = v * 0.0
-                        else:
-                            normal = ti.Vector.unit(self.dim, d, self.real)
-                            vn = v.dot(normal)
-                            v = v - vn * normal
-                            if kind == BOUNDARY_IDS["friction"]:
-                                vt = safe_norm(v)
-                                scale = ti.max(1.0 - self.wall_friction[None] * ti.abs(vn) / vt, 0.0)
-                                v = v * scale
-                self.grid_v[I] = v
+            self._update_node(I, l, t)
+
+    @ti.func
+    def _update_node(self, I, l, t):
+        m = self.grid_m[I]
+        # nodes at the very edge of a stencil get ~1e-20 of a particle's mass; treating them as
+        # empty keeps the adjoint of v = mv / m (which has 1 / m^2) from overflowing in f32
+        if m > self.min_node_mass[None]:
+            v = self.grid_mv[I] / m + self.dt[None] * self.gravity[None]
+            xg = ti.cast(I, self.real) * self.dx
+            for e in ti.static(range(self.eff_capacity)):
+                if e < self.n_eff[None]:
+                    v = self._effector_contact(e, l, t, xg, v)
+            kind = self.boundary[None]
+            for d in ti.static(range(self.dim)):
+                into_wall = (I[d] < BOUND and v[d] < 0) or (I[d] > self.res - BOUND and v[d] > 0)
+                if into_wall:
+                    if kind == BOUNDARY_IDS["sticky"]:
+                        v = v * 0.0
+                    else:
+                        normal = ti.Vector.unit(self.dim, d, self.real)
+                        vn = v.dot(normal)
+                        v = v - vn * normal
+                        if kind == BOUNDARY_IDS["friction"]:
+                            vt = safe_norm(v)
+                            scale = ti.max(1.0 - self.wall_friction[None] * ti.abs(vn) / vt, 0.0)
+                            v = v * scale
+            self.grid_v[I] = v
 
     @ti.kernel
     def g2p(self, l: ti.i32):
-        dim, inv_dx = ti.static(self.dim, self.inv_dx)
         for p in range(self.n_particles[None]):
-            xp = self.x[l, p] * inv_dx
-            # clamp in floating point (an escaped particle must not index outside the grid; the
-            # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
-            base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
-            fx = xp - ti.cast(base, self.real)
-            # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
-            w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
-            new_v = self.v[l, p] * 0.0
-            new_C = self.C[l, p] * 0.0
-            for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
-                weight = 1.0
-                for d in ti.static(range(dim)):
-                    weight *= w[offset[d]][d]
-                dpos = ti.cast(offset, self.real) - fx
-                g_v = self.grid_v[base + offset]
-                new_v += weight * g_v
-                new_C += 4 * inv_dx * weight * g_v.outer_product(dpos)
-            self.v[l + 1, p] = new_v
-            self.C[l + 1, p] = new_C
-            self.x[l + 1, p] = self.x[l, p] + self.dt[None] * new_v
+            self._gather(l, p)
+
+    @ti.func
+    def _gather(self, l, p):
+        dim, inv_dx = ti.static(self.dim, self.inv_dx)
+        xp = self.x[l, p] * inv_dx
+        # clamp in floating point (an escaped particle must not index outside the grid; the
+        # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
+        base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
+        fx = xp - ti.cast(base, self.real)
+        # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
+        w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
+        new_v = self.v[l, p] * 0.0
+        new_C = self.C[l, p] * 0.0
+        for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
+            weight = 1.0
+            for d in ti.static(range(dim)):
+                weight *= w[offset[d]][d]
+            dpos = ti.cast(offset, self.real) - fx
+            g_v = self.grid_v[base + offset]
+            new_v += weight * g_v
+            new_C += 4 * inv_dx * weight * g_v.outer_product(dpos)
+        self.v[l + 1, p] = new_v
+        self.C[l + 1, p] = new_C
+        self.x[l + 1, p] = self.x[l, p] + self.dt[None] * new_v
 
     @ti.kernel
     def advance_effectors(self, l: ti.i32, t: ti.i32):
         for e in range(self.n_eff[None]):
-            k0 = e * self.eff_action_dim
-            pos = self.eff_pos[l, e]
-            for d in ti.static(range(self.dim)):
-                pos[d] += self.dt[None] * self.action[t, k0 + d]
-            self.eff_pos[l + 1, e] = pos
-            rot = self.eff_rot[l, e]
-            if ti.static(self.dim == 2):
-                rot[0] += self.dt[None] * self.action[t, k0 + 2]
-            else:
-                w = ti.Vector([0.0, self.action[t, k0 + 3], self.action[t, k0 + 4], self.action[t, k0 + 5]])
-                # dq/dt = 0.5 * (0, w) x q  (world-frame angular velocity)
-                q = rot
-                wq = ti.Vector([
-                    -w[1] * q[1] - w[2] * q[2] - w[3] * q[3],
-                    w[1] * q[0] + w[2] * q[3] - w[3] * q[2],
-                    -w[1] * q[3] + w[2] * q[0] + w[3] * q[1],
-                    w[1] * q[2] - w[2] * q[1] + w[3] * q[0],
-                ])
-                rot = q + 0.5 * self.dt[None] * wq
-                rot = rot / ti.sqrt(rot.dot(rot))
-            self.eff_rot[l + 1, e] = rot
+            self._advance_effector(l, t, e)
+
+    @ti.func
+    def _advance_effector(self, l, t, e):
+        k0 = e * self.eff_action_dim
+        pos = self.eff_pos[l, e]
+        for d in ti.static(range(self.dim)):
+            pos[d] += self.dt[None] * self.action[t, k0 + d]
+        self.eff_pos[l + 1, e] = pos
+        rot = self.eff_rot[l, e]
+        if ti.static(self.dim == 2):
+            rot[0] += self.dt[None] * self.action[t, k0 + 2]
+        else:
+            w = ti.Vector([0.0, self.action[t, k0 + 3], self.action[t, k0 + 4], self.action[t, k0 + 5]])
+            # dq/dt = 0.5 * (0, w) x q  (world-frame angular velocity)
+            q = rot
+            wq = ti.Vector([
+                -w[1] * q[1] - w[2] * q[2] - w[3] * q[3],
+                w[1] * q[0] + w[2] * q[3] - w[3] * q[2],
+                -w[1] * q[3] + w[2] * q[0] + w[3] * q[1],
+                w[1] * q[2] - w[2] * q[1] + w[3] * q[0],
+            ])
+            rot = q + 0.5 * self.dt[None] * wq
+            rot = rot / ti.sqrt(rot.dot(rot))
+        self.eff_rot[l + 1, e] = rot
+
+    # ------------------------------------------------------------ fused forward
+    @ti.kernel
+    def substep_fused(self, l: ti.i32, t: ti.i32, svd: ti.template()):
+        """One whole substep in one launch (the phases above as consecutive loops of one
+        kernel), keeping per-particle intermediates in registers. Forward only: it writes
+        slot ``l + 1`` exactly as the phase kernels do, but not their scratch fields, which
+        the tape restores by replaying the phase kernels before differentiating."""
+        for I in ti.grouped(self.grid_m):
+            self._clear_node(I)
+        for p in range(self.n_particles[None]):
+            m = self.material[p]
+            mu, la = self._lame(m)
+            F_trial = self._trial_F(l, p)
+            U, sig, V = F_trial * 0.0, ti.Vector.one(self.real, self.dim), F_trial * 0.0
+            if ti.static(svd):
+                U, sig, V = self._svd(F_trial)
+            F_new, sig_new, jp_new = self._return_mapping(self.mat_model[m], m, U, sig, V, F_trial, self.Jp[l, p],
+                                                          mu, la)
+            self.F[l + 1, p] = F_new
+            self.Jp[l + 1, p] = jp_new
+            C = self.C[l, p]
+            tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, U, V, F_new, sig_new, jp_new, C, mu, la)
+            self._scatter(l, p, self._affine(p, tau, C))
+        for I in ti.grouped(self.grid_m):
+            self._update_node(I, l, t)
+        for p in range(self.n_particles[None]):
+            self._gather(l, p)
+        for e in range(self.n_eff[None]):
+            self._advance_effector(l, t, e)
 
     # ------------------------------------------------------------ bookkeeping
     @ti.kernel
@@ -563,16 +629,22 @@ class MPMEngine:
 
     # ------------------------------------------------------------------ step
     def substep(self, tape, l: int, t: int) -> None:
-        """Record one substep on ``tape``: reads slot ``l``, writes slot ``l + 1``, actions row ``t``."""
+        """One substep: reads slot ``l``, writes slot ``l + 1``, actions row ``t``.
+
+        Runs as one fused launch; when ``tape.recording``, also records the phase kernels
+        (without running them) so reverse mode can replay and differentiate them."""
+        self.substep_fused(l, t, self.needs_svd)
+        if not tape.recording:
+            return
         tape.begin_substep()
-        tape.launch(self.clear_grid, grad=None)
-        tape.launch(self.trial_deformation, l)
+        tape.record(self.clear_grid, grad=None)
+        tape.record(self.trial_deformation, l)
         if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
-            tape.launch(self.svd, grad=self.svd_grad)
-        tape.launch(self.plasticity, l)
-        tape.launch(self.stress, l, t)
-        tape.launch(self.p2g, l)
-        tape.launch(self.grid_update, l, t)
-        tape.launch(self.g2p, l, replay=False)
-        tape.launch(self.advance_effectors, l, t, replay=False)
+            tape.record(self.svd, grad=self.svd_grad)
+        tape.record(self.plasticity, l)
+        tape.record(self.stress, l, t)
+        tape.record(self.p2g, l)
+        tape.record(self.grid_update, l, t)
+        tape.record(self.g2p, l, replay=False)
+        tape.record(self.advance_effectors, l, t, replay=False)
         tape.end_substep()
