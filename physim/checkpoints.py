@@ -17,9 +17,10 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["CheckpointStore", "DEFAULT_RAM_BYTES"]
+__all__ = ["CheckpointStore", "DEFAULT_RAM_MB"]
 
-DEFAULT_RAM_BYTES = 64 * 2**20
+#: default RAM budget for checkpoints (``Scene(checkpoint_ram_mb=...)``), in MiB
+DEFAULT_RAM_MB = 64.0
 
 
 class CheckpointStore:
@@ -31,7 +32,7 @@ class CheckpointStore:
         directory: where to create the temporary directory (default: the system's).
     """
 
-    def __init__(self, ram_bytes: int | None = DEFAULT_RAM_BYTES, directory: str | None = None):
+    def __init__(self, ram_bytes: int | None = int(DEFAULT_RAM_MB * 2**20), directory: str | None = None):
         if ram_bytes is not None and ram_bytes < 0:
             raise ValueError(f"ram_bytes must be >= 0 or None, got {ram_bytes!r}")
         self.ram_bytes = ram_bytes

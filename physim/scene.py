@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend
-from .checkpoints import CheckpointStore
+from .checkpoints import DEFAULT_RAM_MB, CheckpointStore
 from .effectors import SHAPE_IDS, Effector
 from .geometry import Shape
 from .materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS, Material
@@ -124,7 +124,7 @@ class Scene:
         wall_friction: float = 0.3,
         checkpoint_every: int | None = None,
         particle_spacing: float | None = None,
-        checkpoint_ram_mb: float | None = 64.0,
+        checkpoint_ram_mb: float | None = DEFAULT_RAM_MB,
         specialize: bool = True,
     ):
         if dim not in (2, 3):
@@ -159,6 +159,7 @@ class Scene:
         self.checkpoint_every = checkpoint_every or 50
         self.checkpoint_ram_mb = checkpoint_ram_mb
         self.specialize = bool(specialize)
+        self._rollout: dict | None = None
         self.spacing = particle_spacing or self.dx / 2
         self.materials: list[Material] = []
         self.bodies: list[_Body] = []
@@ -370,7 +371,6 @@ class Scene:
             "effector_pos": np.array([ef.position for ef in self.effectors]).reshape(-1, self.dim),
             "effector_rot": np.array([ef.initial_rotation() for ef in self.effectors]).reshape(-1, 4),
         }
-        self._rollout = None
         self.reset()
         return self
 
@@ -576,7 +576,7 @@ class Scene:
 
     def _drop_rollout(self) -> None:
         """Forget the recorded rollout and delete its checkpoints (incl. spilled files)."""
-        r = getattr(self, "_rollout", None)
+        r = self._rollout
         if r is not None and r["checkpoints"] is not None:
             r["checkpoints"].close()
         self._rollout = None
@@ -618,8 +618,6 @@ class Scene:
         if requires_grad:
             final = self._export(self._slot) if checkpoints is not None else None
             self._rollout = {"actions": a, "checkpoints": checkpoints, "final": final, "total": total}
-        else:
-            self._drop_rollout()
 
     def backward(self, grad_x=None, grad_v=None, grad_effector_pos=None, grad_effector_rot=None,
                  clip_norm: float | None = None) -> Gradients:

@@ -1,9 +1,10 @@
 """physim's tape: records kernel launches and replays their gradients in reverse.
 
 What it records
-    Every launch a solver makes during a substep goes through :meth:`Tape.launch`,
-    which runs the kernel at once and appends a :class:`Launch` (kernel, arguments,
-    how to differentiate it) to the current substep's record.
+    For every substep a solver records, with :meth:`Tape.record`, the phase kernels that
+    make it up as :class:`Launch` entries (kernel, arguments, how to differentiate it). The
+    tape does not run them: the solver's forward pass computes the same outputs (MPM runs
+    one fused kernel per substep) and reverse mode replays the phases.
 
 How reverse mode works
     Solvers keep per-particle state in fields with a leading *slot* axis of length
@@ -83,16 +84,12 @@ class Tape:
             self.substeps.append(self._current)
         self._current = None
 
-    def launch(self, kernel: Callable, *args, grad: Any = AUTO, replay: bool = True) -> None:
-        """Run ``kernel(*args)`` now and record it for reverse mode."""
-        kernel(*args)
-        if self.recording and self._current is not None:
-            self._current.append(Launch(kernel, tuple(args), grad, replay))
-
     def record(self, kernel: Callable, *args, grad: Any = AUTO, replay: bool = True) -> None:
-        """Record ``kernel(*args)`` for reverse mode without running it: for solvers whose
-        forward pass computes the same outputs with a fused kernel. Launches recorded this
-        way must be replayable (``replay=True``) or write only what the fused kernel wrote."""
+        """Record ``kernel(*args)`` for reverse mode, without running it.
+
+        The solver's forward pass computes the same outputs itself (MPM: one fused kernel
+        per substep), so a recorded launch must either be replayable (``replay=True``:
+        writes only scratch or slot ``l + 1``) or write only what the forward pass wrote."""
         if self.recording and self._current is not None:
             self._current.append(Launch(kernel, tuple(args), grad, replay))
 
