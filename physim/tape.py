@@ -4,7 +4,9 @@ What it records
     For every substep a solver records, with :meth:`Tape.record`, the phase kernels that
     make it up as :class:`Launch` entries (kernel, arguments, how to differentiate it). The
     tape does not run them: the solver's forward pass computes the same outputs (MPM runs
-    one fused kernel per substep) and reverse mode replays the phases.
+    one fused kernel per substep). MPM also records one forward-only launch that restores
+    the substep's scratch values in a single fused kernel (``replay=True``, ``grad=None``);
+    the phase kernels are recorded with ``replay=False``, for their adjoints.
 
 How reverse mode works
     Solvers keep per-particle state in fields with a leading *slot* axis of length
@@ -12,11 +14,11 @@ How reverse mode works
     slot ``l+1``. Scratch fields (the grid, SVD factors) are overwritten every
     substep. To differentiate substep ``l`` the tape first re-runs the launches
     marked ``replay=True`` (restoring that substep's scratch values; they only
-    write scratch or slot ``l+1``, so this is idempotent), zeroes scratch gradients,
-    then runs each launch's gradient in reverse order. A launch's gradient is the
-    kernel's Taichi-generated adjoint (``kernel.grad``) unless a hand-written
-    ``grad`` callable was given (used for the SVD). Launches with ``grad=None``
-    (clearing a buffer) are forward-only.
+    write scratch or slot ``l+1``, so this is idempotent), zeroes scratch gradients
+    (the solver's ``zero_scratch_grads``), then runs each launch's gradient in reverse
+    order. A launch's gradient is the kernel's Taichi-generated adjoint (``kernel.grad``)
+    unless a hand-written ``grad`` callable was given (used for the SVD). Launches with
+    ``grad=None`` (restoring scratch, clearing a buffer) are forward-only.
 
 Overwrites
     Slot fields are written once per forward pass of a chunk, so nothing the
