@@ -6,6 +6,8 @@ The case is a JSON object (``--spec``); :mod:`run` builds these. Keys:
   ``checkpoint_every`` (K), ``gravity``, ``boundary``, ``arch``, ``repeats``;
 * ``build_steps``: build for at least this many steps (cases with the same value share
   a compiled layout, see :func:`build_scene`);
+* ``specialize`` (default true): kernels compiled for the scene's materials only
+  (``Scene(specialize=...)``);
 * ``material``: ``{"kind": "fluid", "bulk_modulus": ...}`` or ``{"kind": "elastic", "E": ..., "nu": ...}``;
 * the particles, either ``"random": {"n": N, "lo": a, "hi": b, "velocity": [...], "seed": s}``
   (exactly N particles uniformly random in the cube [a, b]^dim, like Taichi's
@@ -65,7 +67,7 @@ def build_scene(ps, spec: dict):
     capacity = max(n_steps, spec.get("build_steps", 1))
     common = dict(dim=dim, grid_res=spec["grid"], dt=spec["dt"], substeps_per_step=spec["substeps_per_step"],
                   gravity=spec.get("gravity"), boundary=spec.get("boundary", "slip"),
-                  checkpoint_every=spec["checkpoint_every"])
+                  checkpoint_every=spec["checkpoint_every"], specialize=spec.get("specialize", True))
     material = make_material(ps, spec["material"])
     if "random" in spec:
         # physim samples bodies on a lattice, so first make a lattice body with exactly

@@ -113,6 +113,12 @@ def make_cases(quick: bool) -> list[Case]:
         Case("mpm88_2d", "reference",
              _forward_spec(2, 128, 2e-4, 8192, 0.2, 0.6, 500 if quick else 2000, reps, velocity=[0.0, -1.0]),
              reference=("mpm88", [])),
+        # the same with physim's generic kernels (every material model compiled in, shared by
+        # scenes of any materials: Scene(specialize=False)), to show what specialization buys
+        Case("mpm88_2d_generic", "reference",
+             {**_forward_spec(2, 128, 2e-4, 8192, 0.2, 0.6, 500 if quick else 2000, reps, velocity=[0.0, -1.0]),
+              "specialize": False},
+             reference=("mpm88", [])),
         # mpm3d.py as shipped: dim 3, 32^3 grid, dt 4e-4, 32^3 / 4 = 8,192 particles
         Case("mpm3d_32", "reference", _forward_spec(3, 32, 4e-4, 8192, 0.15, 0.55, 200 if quick else 1000, reps),
              reference=("mpm3d", [])),
@@ -342,7 +348,8 @@ def plot_scaling(records: list[dict], path: str, device: str) -> None:
         return
     n = [p[0] for p in pts]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.plot(n, [p[1] / 1e6 for p in pts], "o-", label="physim (all-material MLS-MPM, differentiable); x = ratio")
+    ax.plot(n, [p[1] / 1e6 for p in pts], "o-",
+            label="physim (MLS-MPM with tape, kernels for the scene's materials); x = ratio")
     if all(p[2] for p in pts):
         ax.plot(n, [p[2] / 1e6 for p in pts], "s--", label="Taichi mpm3d.py (fluid only)")
     if all(p[2] for p in pts):
