@@ -103,9 +103,10 @@ class Scene:
         checkpoint_ram_mb: host RAM for those per-chunk checkpoints; beyond it they are
             written to a temporary directory, so RAM does not grow with the horizon
             (``None``: keep all in RAM). Default 64.
-        specialize: compile kernels for only the constitutive models this scene uses
-            (faster); ``False`` uses generic kernels shared with scenes of other materials
-            (fewer compilations when a script builds many small scenes of different materials).
+        specialize: compile kernels for only the constitutive models this scene uses, and
+            without tool contact if it has no tools (faster); ``False`` uses generic kernels
+            shared with scenes of other materials (fewer compilations when a script builds
+            many small scenes of different materials).
         particle_spacing: lattice spacing of sampled particles (default dx / 2).
     """
 
@@ -309,7 +310,8 @@ class Scene:
             _next_pow2(n, 256),
             _next_pow2(self.checkpoint_every, 16),
             _next_pow2(max_steps, 8),
-            _next_pow2(len(self.effectors), 1),
+            # no tools: specialized kernels leave the contact code out (it costs even when skipped)
+            _next_pow2(len(self.effectors), 1) if self.effectors or not self.specialize else 0,
             _next_pow2(self.action_dim, 8),
             _next_pow2(len(self.materials), 4),
             tuple(sorted({m.model for m in self.materials})) if self.specialize else None,
@@ -348,7 +350,7 @@ class Scene:
         # f32: 1/m^2 in the adjoint must stay finite; f64 has the range to keep (almost) every node
         rel = 1e-9 if cfg.precision == "f32" else 1e-14
         eng.min_node_mass[None] = rel * float(dens[:n].min()) * self.spacing**self.dim
-        E = eng.eff_capacity
+        E = eng.eff_shape.shape[0]
         shapes = np.zeros(E, np.int32)
         sizes = np.zeros((E, 3), self._np_real)
         fric = np.zeros(E, self._np_real)

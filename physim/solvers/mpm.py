@@ -99,8 +99,8 @@ class MPMEngine:
         self.mat_model = ti.field(ti.i32, shape=self.n_mat)
         self.mat_params = ti.field(real, shape=(self.n_mat, len(PARAM_COLUMNS)), needs_grad=True)
 
-        # effectors
-        E = self.eff_capacity
+        # effectors (eff_capacity 0: a specialized layout without tools; fields keep one row)
+        E = max(self.eff_capacity, 1)
         self.n_eff = ti.field(ti.i32, shape=())
         self.eff_pos = ti.Vector.field(dim, real, shape=(S, E), needs_grad=True)
         self.eff_rot = ti.Vector.field(4, real, shape=(S, E), needs_grad=True)
