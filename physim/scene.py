@@ -26,7 +26,7 @@ from .effectors import SHAPE_IDS, Effector
 from .geometry import Shape
 from .materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS, Material
 from .solvers import get_engine
-from .solvers.mpm import BAD_NONFINITE, BAD_OUTSIDE, BOUND, BOUNDARY_IDS, VELOCITY_CFL_LIMIT, MPMEngine
+from .solvers.mpm import BAD_NONFINITE, BAD_OUTSIDE, BOUND, BOUNDARY_IDS, MPMEngine
 from .tape import Tape
 
 __all__ = ["Scene", "Gradients", "SimulationError", "GradientError"]
@@ -35,6 +35,8 @@ __all__ = ["Scene", "Gradients", "SimulationError", "GradientError"]
 WAVE_CFL_LIMIT = 0.9
 #: default dt uses this fraction of the wave-speed limit
 WAVE_CFL_DEFAULT = 0.4
+#: a particle may move at most this many cells in one substep
+VELOCITY_CFL_LIMIT = 1.0
 
 
 class SimulationError(RuntimeError):
@@ -532,7 +534,7 @@ class Scene:
         self.engine.action.from_numpy(full)
 
     def _check_health(self, first_slot: int, last_slot: int, first_substep: int) -> None:
-        # substep_fused flags the slots it writes (BAD_* bits)
+        self.engine.health_check(first_slot, last_slot, VELOCITY_CFL_LIMIT)
         bad = self.engine.bad.to_numpy()[first_slot : last_slot + 1]
         hits = np.nonzero(bad)[0]
         if len(hits) == 0:

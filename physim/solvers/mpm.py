@@ -48,7 +48,6 @@ BOUND = 3  # cells of wall on each side of the grid
 
 # reasons the health check flags a slot
 BAD_NONFINITE, BAD_OUTSIDE, BAD_CFL = 1, 2, 4
-VELOCITY_CFL_LIMIT = 1.0  # grid cells a particle may move in one substep before the scene refuses it
 
 
 @ti.data_oriented
@@ -553,13 +552,8 @@ class MPMEngine:
             self._particle_to_grid(l, t, p, svd, False)
         for I in ti.grouped(self.grid_m):
             self._update_node(I, l, t)
-        self.bad[l + 1] = 0
         for p in range(self.n_particles[None]):
             self._gather(l, p)
-            # the health check rides along: the new state is in cache, so it costs next to nothing
-            flag = self._health_flag(self.x[l + 1, p], self.v[l + 1, p])
-            if flag != 0:
-                ti.atomic_or(self.bad[l + 1], flag)
         for e in range(self.n_eff[None]):
             self._advance_effector(l, t, e)
 
@@ -616,22 +610,27 @@ class MPMEngine:
                 self.eff_pos.grad[s, e] = gp * 0.0
                 self.eff_rot.grad[s, e] = gr * 0.0
 
-    @ti.func
-    def _health_flag(self, x, v):
-        """BAD_* bits for one particle's new state: non-finite, outside the domain, or moving
-        more than VELOCITY_CFL_LIMIT grid cells in one substep; 0 when healthy."""
-        finite = 1
-        for i in ti.static(range(self.dim)):
-            if not (ti.abs(x[i]) < 1e30 and ti.abs(v[i]) < 1e30):  # false for NaN and inf
-                finite = 0
-        flag = 0
-        if finite == 0:
-            flag = BAD_NONFINITE
-        elif x.min() < self.dx or x.max() > 1.0 - self.dx:
-            flag = BAD_OUTSIDE
-        elif v.norm() * self.dt[None] > VELOCITY_CFL_LIMIT * self.dx:
-            flag = BAD_CFL
-        return flag
+    @ti.kernel
+    def health_check(self, first: ti.i32, last: ti.i32, max_cells: ti.f64):
+        """Flag slots first..last whose particles are non-finite, outside the domain,
+        or move more than ``max_cells`` grid cells in one substep."""
+        for s in range(first, last + 1):
+            self.bad[s] = 0
+        for s, p in ti.ndrange((first, last + 1), self.n_particles[None]):
+            x, v = self.x[s, p], self.v[s, p]
+            finite = 1
+            for i in ti.static(range(self.dim)):
+                if not (ti.abs(x[i]) < 1e30 and ti.abs(v[i]) < 1e30):  # false for NaN and inf
+                    finite = 0
+            flag = 0
+            if finite == 0:
+                flag = BAD_NONFINITE
+            elif x.min() < self.dx or x.max() > 1.0 - self.dx:
+                flag = BAD_OUTSIDE
+            elif v.norm() * self.dt[None] > max_cells * self.dx:
+                flag = BAD_CFL
+            if flag != 0:
+                ti.atomic_or(self.bad[s], flag)
 
     @ti.kernel
     def export_slot(self, l: ti.i32, x: ti.types.ndarray(), v: ti.types.ndarray(), C: ti.types.ndarray(),
