@@ -17,7 +17,7 @@ How reverse mode works
     write scratch or slot ``l+1``, so this is idempotent), zeroes scratch gradients
     (the solver's ``zero_scratch_grads``), then runs each launch's gradient in reverse
     order. A launch's gradient is the kernel's Taichi-generated adjoint (``kernel.grad``)
-    unless a hand-written ``grad`` callable was given (used for the SVD). Launches with
+    unless a hand-written ``grad`` callable was given (MPM: the SVD and G2P). Launches with
     ``grad=None`` (restoring scratch, clearing a buffer) are forward-only.
 
 Overwrites
