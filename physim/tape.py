@@ -18,7 +18,7 @@ How reverse mode works
     (the solver's ``zero_scratch_grads``), then runs each launch's gradient in reverse
     order. A launch's gradient is the kernel's Taichi-generated adjoint (``kernel.grad``)
     unless a hand-written ``grad`` callable was given (MPM: the SVD and G2P). Launches with
-    ``grad=None`` (restoring scratch, clearing a buffer) are forward-only.
+    ``grad=None`` (restoring scratch) are forward-only.
 
 Overwrites
     Slot fields are written once per forward pass of a chunk, so nothing the
@@ -50,7 +50,7 @@ class Launch:
     kernel: Callable
     args: tuple
     grad: Any = AUTO  # "auto" -> kernel.grad, callable -> custom adjoint, None -> no adjoint
-    replay: bool = True  # re-run before differentiating its substep
+    replay: bool = False  # re-run before differentiating its substep
 
     def run_forward(self) -> None:
         self.kernel(*self.args)
@@ -86,12 +86,13 @@ class Tape:
             self.substeps.append(self._current)
         self._current = None
 
-    def record(self, kernel: Callable, *args, grad: Any = AUTO, replay: bool = True) -> None:
+    def record(self, kernel: Callable, *args, grad: Any = AUTO, replay: bool = False) -> None:
         """Record ``kernel(*args)`` for reverse mode, without running it.
 
-        The solver's forward pass computes the same outputs itself (MPM: one fused kernel
-        per substep), so a recorded launch must either be replayable (``replay=True``:
-        writes only scratch or slot ``l + 1``) or write only what the forward pass wrote."""
+        The solver's forward pass computes the outputs itself (MPM: one fused kernel per
+        substep). ``replay=True`` marks a launch the tape re-runs before differentiating the
+        substep (it must write only scratch or slot ``l + 1``: MPM's scratch restore); the
+        others are recorded for their adjoints only."""
         if self.recording and self._current is not None:
             self._current.append(Launch(kernel, tuple(args), grad, replay))
 

@@ -1,8 +1,9 @@
 """Differentiable MLS-MPM (Hu et al. 2018), 2D and 3D, several materials in one scene.
 
-One substep is these phases, each a kernel of its own for reverse mode:
+One substep is these phases, each a kernel of its own for reverse mode (after the grid
+is cleared):
 
-    clear_grid -> trial_deformation -> svd -> plasticity -> stress -> p2g -> grid_update -> g2p
+    trial_deformation -> svd -> plasticity -> stress -> p2g -> grid_update -> g2p
     (+ advance_effectors)
 
 The forward pass runs them fused into one launch (``substep_fused``; per-particle
@@ -85,8 +86,9 @@ class MPMEngine:
         self.grid_mv = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
         self.grid_m = ti.field(real, shape=gshape, needs_grad=True)
         self.grid_v = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
-        self.scratch_fields = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine,
-                               self.grid_mv, self.grid_m, self.grid_v]
+        self.particle_scratch = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine]
+        self.grid_scratch = [self.grid_mv, self.grid_m, self.grid_v]
+        self.scratch_fields = self.particle_scratch + self.grid_scratch
 
         # per-particle constants
         self.material = ti.field(ti.i32, shape=N)
@@ -127,14 +129,8 @@ class MPMEngine:
     # ------------------------------------------------------------------ substep
     @ti.func
     def _clear_node(self, I):
-        self.grid_mv[I] = self.grid_mv[I] * 0.0
-        self.grid_m[I] = 0.0
-        self.grid_v[I] = self.grid_v[I] * 0.0
-
-    @ti.kernel
-    def clear_grid(self):
-        for I in ti.grouped(self.grid_m):
-            self._clear_node(I)
+        for f in ti.static(self.grid_scratch):
+            f[I] = ti.zero(f[I])
 
     @ti.func
     def _trial_F(self, l, p):
@@ -559,7 +555,7 @@ class MPMEngine:
 
     @ti.kernel
     def substep_scratch(self, l: ti.i32, t: ti.i32, svd: ti.template()):
-        """Reverse mode's replay of substep ``l`` in one launch: clear_grid ... grid_update
+        """Reverse mode's replay of substep ``l`` in one launch: grid clear ... grid_update
         fused, storing every scratch value the phase kernels' adjoints read (particle
         intermediates and the grid). Idempotent: it writes only scratch and F, Jp of slot
         ``l + 1``, with the values the forward pass wrote there."""
@@ -697,20 +693,11 @@ class MPMEngine:
     def zero_scratch_grads(self):
         """Zero the gradients of every scratch field (one launch; the tape calls it per substep)."""
         for I in ti.grouped(self.grid_m):
-            self._clear_node_grad(I)
+            for f in ti.static(self.grid_scratch):
+                f.grad[I] = ti.zero(f.grad[I])
         for p in range(self.n_particles[None]):
-            self.F_trial.grad[p] = ti.Matrix.zero(self.real, self.dim, self.dim)
-            self.U.grad[p] = ti.Matrix.zero(self.real, self.dim, self.dim)
-            self.V.grad[p] = ti.Matrix.zero(self.real, self.dim, self.dim)
-            self.sig.grad[p] = ti.Vector.zero(self.real, self.dim)
-            self.sig_elastic.grad[p] = ti.Vector.zero(self.real, self.dim)
-            self.affine.grad[p] = ti.Matrix.zero(self.real, self.dim, self.dim)
-
-    @ti.func
-    def _clear_node_grad(self, I):
-        self.grid_mv.grad[I] = ti.Vector.zero(self.real, self.dim)
-        self.grid_m.grad[I] = 0.0
-        self.grid_v.grad[I] = ti.Vector.zero(self.real, self.dim)
+            for f in ti.static(self.particle_scratch):
+                f.grad[p] = ti.zero(f.grad[p])
 
     def zero_all_grads(self) -> None:
         for f in self.slot_fields + self.scratch_fields:
@@ -729,16 +716,16 @@ class MPMEngine:
         if not tape.recording:
             return
         tape.begin_substep()
-        # one fused launch restores the substep's scratch; the phase kernels are recorded for
-        # their adjoints only (replay=False)
-        tape.record(self.substep_scratch, l, t, self.needs_svd, grad=None)
-        tape.record(self.trial_deformation, l, replay=False)
+        # one fused launch restores the substep's scratch (replayed, no adjoint); the phase
+        # kernels are recorded for their adjoints only
+        tape.record(self.substep_scratch, l, t, self.needs_svd, grad=None, replay=True)
+        tape.record(self.trial_deformation, l)
         if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
-            tape.record(self.svd, grad=self.svd_grad, replay=False)
-        tape.record(self.plasticity, l, replay=False)
-        tape.record(self.stress, l, t, replay=False)
-        tape.record(self.p2g, l, replay=False)
-        tape.record(self.grid_update, l, t, replay=False)
-        tape.record(self.g2p, l, grad=self.g2p_grad, replay=False)
-        tape.record(self.advance_effectors, l, t, replay=False)
+            tape.record(self.svd, grad=self.svd_grad)
+        tape.record(self.plasticity, l)
+        tape.record(self.stress, l, t)
+        tape.record(self.p2g, l)
+        tape.record(self.grid_update, l, t)
+        tape.record(self.g2p, l, grad=self.g2p_grad)
+        tape.record(self.advance_effectors, l, t)
         tape.end_substep()
