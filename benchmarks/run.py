@@ -108,17 +108,13 @@ def make_cases(quick: bool) -> list[Case]:
     """The suite. ``quick`` keeps every layout of the full suite (so both share Taichi's
     kernel cache) but runs fewer substeps, fewer repeats and fewer sizes."""
     reps = 2 if quick else 3
+    # mpm88.py: 8,192 particles on 128^2, dt 2e-4, fluid E 400, dropped at v = (0, -1)
+    mpm88 = _forward_spec(2, 128, 2e-4, 8192, 0.2, 0.6, 500 if quick else 2000, reps, velocity=[0.0, -1.0])
     cases = [
-        # mpm88.py: 8,192 particles on 128^2, dt 2e-4, fluid E 400, dropped at v = (0, -1)
-        Case("mpm88_2d", "reference",
-             _forward_spec(2, 128, 2e-4, 8192, 0.2, 0.6, 500 if quick else 2000, reps, velocity=[0.0, -1.0]),
-             reference=("mpm88", [])),
+        Case("mpm88_2d", "reference", mpm88, reference=("mpm88", [])),
         # the same with physim's generic kernels (every material model compiled in, shared by
         # scenes of any materials: Scene(specialize=False)), to show what specialization buys
-        Case("mpm88_2d_generic", "reference",
-             {**_forward_spec(2, 128, 2e-4, 8192, 0.2, 0.6, 500 if quick else 2000, reps, velocity=[0.0, -1.0]),
-              "specialize": False},
-             reference=("mpm88", [])),
+        Case("mpm88_2d_generic", "reference", {**mpm88, "specialize": False}, reference=("mpm88", [])),
         # mpm3d.py as shipped: dim 3, 32^3 grid, dt 4e-4, 32^3 / 4 = 8,192 particles
         Case("mpm3d_32", "reference", _forward_spec(3, 32, 4e-4, 8192, 0.15, 0.55, 200 if quick else 1000, reps),
              reference=("mpm3d", [])),
