@@ -8,7 +8,7 @@ from pathlib import Path as _Path
 
 from . import _source_tree, backend
 from .backend import init
-from .effectors import BoxTool, CapsuleTool, CupTool, CylinderTool, Effector, SphereTool
+from .tools import BoxTool, CapsuleTool, CupTool, CylinderTool, SphereTool, Tool
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
 from .scene import GradientError, Gradients, Scene, SimulationError
@@ -40,7 +40,7 @@ __all__ = [
     "Fluid",
     "Viscoplastic",
     "Muscle",
-    "Effector",
+    "Tool",
     "SphereTool",
     "BoxTool",
     "CapsuleTool",

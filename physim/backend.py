@@ -108,9 +108,9 @@ def init(
         return _config
     if _config is not None:
         ti.reset()
-        from . import solvers
+        from . import parts
 
-        solvers._forget_engines()
+        parts._forget()
     ti.init(
         arch=_ARCHES[arch],
         default_fp=_PRECISIONS[precision],

@@ -4,6 +4,12 @@
     physim optimize physim/Pinch-v0               # Adam through the simulator; writes out/Pinch-v0/
     physim optimize physim/Walker2D-v0 --method policy --iters 20
     physim demo sculpt_plasticine                 # interactive PyVista window (--offscreen --out f.mp4)
+
+Every subcommand returns the process exit status (0 on success; errors raise). With
+``PHYSIM_SMOKE=1`` in the environment each runs at its smallest size, as the README's
+command test does (``tests/test_readme_commands.py``): ``optimize`` one iteration over a
+horizon of 4 steps, a headless demo 2 frames, an interactive demo window a few frames, a
+key press and Escape (see :mod:`physim.smoke`). Outputs and exit statuses stay the same.
 """
 
 from __future__ import annotations
@@ -127,11 +133,13 @@ def _backend_name() -> str:
 
 def _cmd_optimize(args) -> int:
     import physim
+    from physim import smoke
 
     if physim.backend.config() is None:
         physim.init(arch=args.arch, fast_compile=not args.full_compile)
-    rec = optimize(args.env, method=args.method, iters=args.iters, seed=args.seed, out=args.out,
-                   horizon=args.horizon, lr=args.lr, video=not args.no_video)
+    rec = optimize(args.env, method=args.method, iters=smoke.shrink(args.iters, smoke.ITERS), seed=args.seed,
+                   out=args.out, horizon=smoke.shrink(args.horizon, smoke.HORIZON), lr=args.lr,
+                   video=not args.no_video)
     out = args.out or str(Path("out") / rec["env"].split("/")[-1])
     print(f"{rec['env']} [{rec['method']}]: loss {rec['initial_loss']:.5g} -> {rec['final_loss']:.5g} "
           f"in {rec['iters']} iterations, {rec['wall_seconds']:.1f} s; results in {out}/")
@@ -142,7 +150,10 @@ def _cmd_demo(args, rest) -> int:
     if args.name not in DEMOS:
         raise SystemExit(f"physim: unknown demo {args.name!r}; choose from {', '.join(DEMOS)}")
     module = importlib.import_module(f"physim.demos.{args.name}")
-    return int(module.main(rest) or 0)
+    status = module.main(rest)  # a demo's main returns its exit status, like this one
+    if not isinstance(status, int):
+        raise TypeError(f"physim.demos.{args.name}.main returned {type(status).__name__}, not an exit status (int)")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

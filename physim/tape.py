@@ -1,12 +1,13 @@
 """physim's tape: records kernel launches and replays their gradients in reverse.
 
 What it records
-    For every substep a solver records, with :meth:`Tape.record`, the phase kernels that
-    make it up as :class:`Launch` entries (kernel, arguments, how to differentiate it). The
-    tape does not run them: the solver's forward pass computes the same outputs (MPM runs
-    one fused kernel per substep). MPM also records one forward-only launch that restores
-    the substep's scratch values in a single fused kernel (``replay=True``, ``grad=None``);
-    the phase kernels are recorded with ``replay=False``, for their adjoints.
+    The scene brackets every substep (:meth:`Tape.begin_substep` / :meth:`Tape.end_substep`)
+    once, and every part adds its launches in between, in the scene's part order. A part
+    either runs and records a launch in one call (:meth:`Tape.launch`: record-and-run, the
+    default for a new solver), or computes a substep its own faster way and records the
+    phase kernels without running them (:meth:`Tape.record`: MPM runs one fused kernel per
+    substep and records its phases, plus one forward-only launch that restores the
+    substep's scratch values, ``replay=True, grad=None``).
 
 How reverse mode works
     Solvers keep per-particle state in fields with a leading *slot* axis of length
@@ -27,7 +28,12 @@ Overwrites
     scene zeroes them before each backward pass.
 
 Debugging
-    ``PHYSIM_TRACE_TAPE=1`` prints every adjoint launch as it runs.
+    ``PHYSIM_TRACE_TAPE=1`` prints every adjoint launch as it runs. ``Tape(debug=True)`` (or
+    ``PHYSIM_TAPE_DEBUG=1``) checks the contract after every step of reverse mode: the
+    replayed launches of a substep changed no slot state (only scratch; a replayed launch
+    that writes state would silently corrupt every gradient), and every adjoint left finite
+    gradients (it names the launch that produced the first NaN/inf). The scene supplies the
+    two probes (:attr:`Tape.snapshot`, :attr:`Tape.nonfinite`). Slow: for tests and bug hunts.
 """
 
 from __future__ import annotations
@@ -37,10 +43,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Launch", "Tape"]
+__all__ = ["Launch", "Tape", "TapeContractError"]
 
 AUTO = "auto"
 _TRACE = os.environ.get("PHYSIM_TRACE_TAPE") == "1"
+_DEBUG = os.environ.get("PHYSIM_TAPE_DEBUG") == "1"
+
+
+class TapeContractError(RuntimeError):
+    """A recorded launch broke the tape's contract (debug mode)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,11 @@ class Tape:
     recording: bool = True
     substeps: list[list[Launch]] = field(default_factory=list)
     _current: list[Launch] | None = None
+    debug: bool = _DEBUG
+    #: debug probes set by the scene: the slot state as one array, and the name of the
+    #: first non-finite gradient (None when all are finite)
+    snapshot: Callable[[], Any] | None = None
+    nonfinite: Callable[[], str | None] | None = None
 
     def clear(self) -> None:
         self.substeps.clear()
@@ -96,12 +112,38 @@ class Tape:
         if self.recording and self._current is not None:
             self._current.append(Launch(kernel, tuple(args), grad, replay))
 
+    def launch(self, kernel: Callable, *args, grad: Any = AUTO, replay: bool = False) -> None:
+        """Run ``kernel(*args)`` now and record it (record-and-run). ``replay=True`` for a
+        launch whose outputs include scratch that a later adjoint reads (forces, contact
+        lists); a launch that writes only slot ``l + 1`` needs no replay."""
+        kernel(*args)
+        self.record(kernel, *args, grad=grad, replay=replay)
+
     def backward_substep(self, index: int, zero_scratch_grads: Callable[[], None]) -> None:
-        """Differentiate recorded substep ``index`` (gradients of its outputs must be set)."""
+        """Differentiate recorded substep ``index`` (gradients of its outputs must be set).
+
+        ``zero_scratch_grads`` zeroes every part's scratch gradients (the scene passes one
+        callable that calls each part's)."""
         launches = self.substeps[index]
+        before = self.snapshot() if self.debug and self.snapshot is not None else None
         for launch in launches:
             if launch.replay:
                 launch.run_forward()
+        if before is not None:
+            import numpy as np
+
+            after = self.snapshot()
+            if not np.array_equal(before, after, equal_nan=True):
+                names = [getattr(la.kernel, "__name__", str(la.kernel)) for la in launches if la.replay]
+                raise TapeContractError(
+                    f"replaying substep {index}'s launches {names} changed slot state: a replayed launch may "
+                    f"write only scratch (and the values it wrote in the forward pass)")
         zero_scratch_grads()
         for launch in reversed(launches):
             launch.run_backward()
+            if self.debug and self.nonfinite is not None and launch.grad is not None:
+                bad = self.nonfinite()
+                if bad is not None:
+                    raise TapeContractError(
+                        f"the adjoint of {getattr(launch.kernel, '__name__', launch.kernel)} (substep {index}) "
+                        f"made {bad} non-finite")

@@ -4,7 +4,9 @@
 window (press/release events, robust to key auto-repeat); the demo maps held keys to an
 action row. :class:`DemoLoop` steps the scene with that action once per frame, either
 in an interactive window or headless, where a scripted timeline of held keys replaces
-the keyboard and the frames go to a video.
+the keyboard and the frames go to a video. With ``PHYSIM_SMOKE=1`` (:mod:`physim.smoke`)
+a headless demo films a couple of frames and a window checks itself and closes: it renders
+a few frames, presses a key through the window's interactor and quits with Escape.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+
+from .. import smoke
 
 __all__ = ["KeyControl", "DemoLoop", "normalize_key", "scripted_keys", "ensure_runtime"]
 
@@ -183,9 +187,19 @@ class DemoLoop:
             text = f"{text}\n{self.message}" if text else self.message
         self._status_actor.set_text("lower_left", text)
 
-    def run_interactive(self, interval_ms: int = 10, title: str = "physim") -> None:
-        """Open the window and run until it is closed (Escape or the window button)."""
-        self.renderer.show(on_tick=self.tick, interval_ms=interval_ms, title=title)
+    def run_interactive(self, interval_ms: int = 10, title: str = "physim", smoke_key: str | None = None) -> None:
+        """Open the window and run until it is closed (Escape or the window button).
+
+        In smoke mode (``$PHYSIM_SMOKE``) the window drives itself through
+        :class:`_WindowSmokeCheck` with ``smoke_key`` (a key the demo reacts to) and closes;
+        a step of that check that fails raises ``RuntimeError`` after the window is closed.
+        """
+        if not smoke.enabled():
+            self.renderer.show(on_tick=self.tick, interval_ms=interval_ms, title=title)
+            return
+        check = _WindowSmokeCheck(self, smoke_key or "r")
+        self.renderer.show(on_tick=check.tick, interval_ms=interval_ms, title=title)
+        check.verify()
 
     def run_scripted(self, frames: int, script: Sequence[tuple[int, Iterable[str]]],
                      period: int | None = None) -> list[np.ndarray]:
@@ -215,14 +229,71 @@ class DemoLoop:
         try:
             if not args.offscreen:
                 print(f"[physim] {self.scene.n_particles} particles; keys: {keys_help}")
-                self.run_interactive(title=title)
+                held = [k for _, keys in script for k in sorted(keys)]
+                self.run_interactive(title=title, smoke_key=held[0] if held else None)
                 return None
-            frames = self.run_scripted(args.frames, script)
+            frames = self.run_scripted(smoke.shrink(args.frames, smoke.FRAMES), script)
             record_video(frames, args.out, fps=args.fps)
             print(f"[physim] wrote {len(frames)} frames to {args.out}")
             return frames
         finally:
             self.renderer.close()
+
+
+class _WindowSmokeCheck:
+    """The interactive window's smoke test, one step per timer tick of the open window.
+
+    Ticks 1..FRAMES step and draw the scene as usual; the first frame must not be blank.
+    Then ``key`` is pressed and released through the VTK interactor (the path real key
+    events take) and must show up as held in the :class:`KeyControl`; one more tick steps
+    with it held; then Escape must close the window. A window still open
+    :data:`GRACE_TICKS` ticks after Escape is closed here and counted as a failure.
+    """
+
+    GRACE_TICKS = 20
+
+    def __init__(self, loop: DemoLoop, key: str):
+        self.loop, self.key = loop, normalize_key(key)
+        self.count = 0
+        self.problems: list[str] = []
+        self.escaped_at: int | None = None
+
+    def _send(self, event: str, key: str) -> None:
+        iren = self.loop.renderer.plotter.iren.interactor
+        iren.SetKeySym(key)
+        iren.SetKeyCode(key if len(key) == 1 else "\0")
+        iren.InvokeEvent(event)
+
+    def tick(self) -> None:
+        self.count += 1
+        n = smoke.FRAMES
+        if self.escaped_at is not None:  # Escape did not close the window
+            if self.count - self.escaped_at >= self.GRACE_TICKS:
+                self.problems.append("Escape did not close the window")
+                self.loop.keys._quit()
+            return
+        self.loop.tick()
+        if self.count == 1:
+            image = self.loop.renderer.plotter.screenshot(return_img=True)
+            if image is None or np.asarray(image).std() < 1.0:
+                self.problems.append("the window's first frame is blank")
+        elif self.count == n:
+            self._send("KeyPressEvent", self.key)
+            if self.key not in self.loop.keys.down:
+                self.problems.append(f"key {self.key!r} pressed in the window is not held by KeyControl")
+        elif self.count == n + 1:
+            self._send("KeyReleaseEvent", self.key)
+            self.escaped_at = self.count
+            self._send("KeyPressEvent", "Escape")
+
+    def verify(self) -> None:
+        """Raise ``RuntimeError`` naming what failed; print a summary line otherwise."""
+        if self.escaped_at is None:
+            self.problems.append(f"the window closed after {self.count} ticks, before the check ran")
+        if self.problems:
+            raise RuntimeError("interactive smoke check failed: " + "; ".join(self.problems))
+        print(f"[physim] smoke: window rendered {self.loop.frame_index} frames, key {self.key!r} held, "
+              "Escape closed it")
 
 
 def scripted_keys(script: Sequence[tuple[int, Iterable[str]]], frame: int, period: int | None = None) -> set[str]:

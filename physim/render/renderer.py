@@ -7,9 +7,12 @@ steps or resets it. Actors are created once and updated in place on every frame.
 
 from __future__ import annotations
 
+import ctypes.util
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pyvista as pv
@@ -44,6 +47,33 @@ def material_color(material) -> tuple[float, float, float]:
         if cls.__name__ in MATERIAL_COLORS:
             return MATERIAL_COLORS[cls.__name__]
     return DEFAULT_COLOR
+
+
+#: VTK's documented run-time choice of OpenGL window class (VTK >= 9.4)
+_VTK_WINDOW_ENV = "VTK_DEFAULT_OPENGL_WINDOW"
+
+
+@contextmanager
+def _headless_window_class(off_screen: bool):
+    """Create VTK's render window as an EGL window when rendering off screen without an X display.
+
+    VTK on Linux first tries an X window; with ``DISPLAY`` unset that fails with the warning
+    ``bad X server connection. DISPLAY=`` and VTK falls back to EGL. Asking for EGL directly
+    (through ``$VTK_DEFAULT_OPENGL_WINDOW``, only while the plotter is created) skips the
+    doomed attempt, so nothing is hidden: a failing EGL window still reports its errors.
+    Left alone: windows on screen, an X display, a choice the user made in the environment,
+    and machines without libEGL (VTK's own fallback to OSMesa then applies, with its warning).
+    """
+    choose = (off_screen and sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+              and _VTK_WINDOW_ENV not in os.environ and ctypes.util.find_library("EGL") is not None)
+    if not choose:
+        yield
+        return
+    os.environ[_VTK_WINDOW_ENV] = "vtkEGLRenderWindow"
+    try:
+        yield
+    finally:
+        os.environ.pop(_VTK_WINDOW_ENV, None)
 
 
 def _rgb255(color) -> np.ndarray:
@@ -110,7 +140,8 @@ class Renderer:
         if not (math.isfinite(self.particle_radius) and self.particle_radius > 0):
             raise ValueError(f"particle_radius must be positive, got {particle_radius!r}")
         self.window_size = (int(window_size[0]), int(window_size[1]))
-        self.plotter = pv.Plotter(off_screen=self.off_screen, window_size=list(self.window_size))
+        with _headless_window_class(self.off_screen):  # VTK creates its render window here
+            self.plotter = pv.Plotter(off_screen=self.off_screen, window_size=list(self.window_size))
         self.plotter.set_background(background[0], top=background[1])
         self._shown = False
         self._closed = False

@@ -1,4 +1,4 @@
-"""Small Taichi functions shared by the solvers: rotations, SVD adjoint, SDFs."""
+"""Small Taichi functions shared by the solvers: rotations, norms, SVD and its adjoint."""
 
 
 import taichi as ti
@@ -68,90 +68,6 @@ def rotation_matrix(rot, dim: ti.template()):
 @ti.func
 def safe_norm(v):
     return ti.sqrt(v.dot(v) + 1e-20)
-
-
-@ti.func
-def _cylinder_sdf(p, radius, half_height):
-    """Signed distance and normal of a flat-ended cylinder with axis y (a rectangle in 2D)."""
-    radial = p * 1.0
-    radial[1] = 0.0
-    rr = safe_norm(radial)
-    dr = rr - radius
-    dy = ti.abs(p[1]) - half_height
-    sy = 1.0 if p[1] >= 0 else -1.0
-    radial_dir = radial / rr
-    axial_dir = p * 0.0
-    axial_dir[1] = sy
-    phi = dr
-    n = radial_dir
-    if dr > 0 and dy > 0:
-        length = ti.sqrt(dr * dr + dy * dy + 1e-20)
-        phi = length
-        n = (dr * radial_dir + dy * axial_dir) / length
-    elif dr > dy:
-        phi = dr
-        n = radial_dir
-    else:
-        phi = dy
-        n = axial_dir
-    return phi, n
-
-
-@ti.func
-def tool_sdf(shape: ti.i32, size, p, dim: ti.template()):
-    """Signed distance and outward unit normal of an effector shape at local point p.
-
-    shape: 0 sphere(r), 1 box(half extents), 2 capsule(r, half length, axis y),
-    3 cylinder(r, half height, axis y), 4 cup (inner r, half height, wall thickness;
-    axis y, open at +y).
-    """
-    phi = p[0] * 0.0
-    n = p * 0.0
-    if shape == 0:
-        r = safe_norm(p)
-        phi = r - size[0]
-        n = p / r
-    elif shape == 1:
-        q = ti.abs(p)
-        for k in ti.static(range(dim)):
-            q[k] -= size[k]
-        qmax = q.max()
-        if qmax > 0:
-            qpos = ti.max(q, 0.0)
-            length = safe_norm(qpos)
-            phi = length
-            for k in ti.static(range(dim)):
-                n[k] = qpos[k] / length * (1.0 if p[k] >= 0 else -1.0)
-        else:
-            phi = qmax
-            axis = 0
-            for k in ti.static(range(1, dim)):
-                if q[k] > q[axis]:
-                    axis = k
-            for k in ti.static(range(dim)):
-                if k == axis:
-                    n[k] = 1.0 if p[k] >= 0 else -1.0
-    elif shape == 2:
-        c = p * 0.0
-        c[1] = ti.min(ti.max(p[1], -size[1]), size[1])
-        d = p - c
-        r = safe_norm(d)
-        phi = r - size[0]
-        n = d / r
-    elif shape == 3:
-        phi, n = _cylinder_sdf(p, size[0], size[1])
-    else:
-        # cup: solid outer cylinder (radius r + t, half height h) minus an open cavity
-        # (radius r, from the inner bottom at -h + t up past the rim)
-        d_out, n_out = _cylinder_sdf(p, size[0] + size[2], size[1])
-        q = p * 1.0
-        q[1] -= size[2]
-        d_in, n_in = _cylinder_sdf(q, size[0], size[1])
-        if d_out > -d_in:
-            phi, n = d_out, n_out
-        else:
-            phi, n = -d_in, -n_in
-    return phi, n
 
 
 @ti.func

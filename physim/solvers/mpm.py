@@ -1,10 +1,9 @@
 """Differentiable MLS-MPM (Hu et al. 2018), 2D and 3D, several materials in one scene.
 
-One substep is these phases, each a kernel of its own for reverse mode (after the grid
-is cleared):
+The MPM part of a scene (see :mod:`physim.parts.base` for the protocol). One substep is
+these phases, each a kernel of its own for reverse mode (after the grid is cleared):
 
     trial_deformation -> svd -> plasticity -> stress -> p2g -> grid_update -> g2p
-    (+ advance_effectors)
 
 The forward pass runs them fused into one launch (``substep_fused``; per-particle
 intermediates stay in registers and the per-launch overhead is paid once: on the 2-core CPU
@@ -12,10 +11,13 @@ the 2D mpm88 configuration went from 1.3-2.0 to 1.0-1.3 ms per substep). The tap
 the phase kernels for their adjoints; before it differentiates a substep, one fused launch
 (``substep_scratch``) restores the scratch values those adjoints read.
 
-Particle state (x, v, C, F, Jp) and effector poses live in fields with a leading
-*slot* axis of length K+1: substep ``l`` of a checkpoint chunk reads slot ``l`` and
+Particle state (``mpm.x``, ``mpm.v``, ``mpm.C``, ``mpm.F``, ``mpm.Jp``) lives in slot fields
+declared through the part protocol: substep ``l`` of a checkpoint chunk reads slot ``l`` and
 writes slot ``l+1``. The grid and the per-particle intermediates (SVD factors, stress) are
-scratch, recomputed before their substep is differentiated (see :mod:`physim.tape`).
+scratch, recomputed before their substep is differentiated (see :mod:`physim.tape`). Tool
+poses belong to the tools part (:mod:`physim.parts.tools`), read at slot ``l`` by the grid
+update; forces from other parts arrive through ``f_ext`` (written by the coupler before this
+part's substep, added to the particles' momentum in the scatter).
 
 Every value that changes between scenes of the same layout (dt, gravity, boundary,
 materials, tools) is a field, not a compile-time constant, so a compiled engine is
@@ -27,20 +29,23 @@ generic (``models=None``: every model, shared by scenes of any materials).
 """
 
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import taichi as ti
 
-from ..materials import MODEL_IDS, PARAM_COLUMNS
+from ..materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS
+from ..parts.base import Part
 from ._linalg import (
     SVD_GAP_EPS,
     SVD_TOL,
     diag_matrix,
     prod,
-    rotation_matrix,
     safe_norm,
     svd2,
     svd3,
     svd_adjoint,
-    tool_sdf,
 )
 
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
@@ -49,46 +54,95 @@ BOUND = 3  # cells of wall on each side of the grid
 
 # reasons the health check flags a slot
 BAD_NONFINITE, BAD_OUTSIDE, BAD_CFL = 1, 2, 4
+#: a particle may move at most this many cells in one substep
+VELOCITY_CFL_LIMIT = 1.0
+#: the time step must satisfy dt * wave_speed / dx <= this (explicit MPM stability)
+WAVE_CFL_LIMIT = 0.9
+
+
+@dataclass(frozen=True)
+class MPMLayout:
+    """What an MPM part is compiled for; every entry is a capacity or a compile-time choice
+    (the counts in use, dt, gravity, materials' values, ... are fields set at run time).
+
+    Attributes:
+        dim, res: 2 or 3; grid cells per axis.
+        capacity: particle rows.
+        n_mat: material rows.
+        models: the constitutive models compiled in (sorted tuple), or ``None`` for every one.
+        has_actuators: compile the active (muscle) stress.
+        tool_contact: compile contact with the tools part.
+        external_force: compile the ``f_ext`` input written by the coupler.
+    """
+
+    dim: int
+    res: int
+    capacity: int
+    n_mat: int
+    models: tuple | None
+    has_actuators: bool
+    tool_contact: bool
+    external_force: bool
+
+
+@dataclass
+class MPMSpec:
+    """What :meth:`MPMEngine.load` writes: the scene's particles and materials."""
+
+    n: int
+    materials: list
+    material: np.ndarray  # (n,) material row of each particle
+    act_group: np.ndarray  # (n,) actuator group or -1
+    fiber: np.ndarray  # (n, dim)
+    spacing: float
+    gravity: np.ndarray
+    boundary: str
+    wall_friction: float
+    precision: str
 
 
 @ti.data_oriented
-class MPMEngine:
+class MPMEngine(Part):
     """Fields and kernels of one MPM layout. Build through :class:`physim.Scene`."""
 
-    def __init__(self, layout: tuple, real):
-        # every entry is a capacity; the scene sets the counts in use at run time
-        (self.dim, self.res, self.capacity, self.K, self.max_steps, self.eff_capacity,
-         self.action_capacity, self.n_mat, self.models, self.has_actuators) = layout
+    name = "mpm"
+
+    def __init__(self, layout: MPMLayout, K: int, real, tools, controls):
+        super().__init__(K, real)
         self.layout = layout
-        self.real = real
+        self.dim, self.res, self.capacity = layout.dim, layout.res, layout.capacity
+        self.n_mat, self.models, self.has_actuators = layout.n_mat, layout.models, layout.has_actuators
+        self.tools, self.controls = tools, controls
         self.svd_gap_eps = SVD_GAP_EPS["f64" if real == ti.f64 else "f32"]
         self.svd_tol = SVD_TOL["f64" if real == ti.f64 else "f32"]
-        dim, S, N = self.dim, self.K + 1, self.capacity
+        dim, N = self.dim, self.capacity
         self.dx = 1.0 / self.res
         self.inv_dx = float(self.res)
-        self.rot_dim = 1 if dim == 2 else 3
-        self.eff_action_dim = dim + self.rot_dim
 
-        vec = lambda: ti.Vector.field(dim, real, shape=(S, N), needs_grad=True)  # noqa: E731
-        mat = lambda: ti.Matrix.field(dim, dim, real, shape=(S, N), needs_grad=True)  # noqa: E731
-        self.x, self.v, self.C, self.F = vec(), vec(), mat(), mat()
-        self.Jp = ti.field(real, shape=(S, N), needs_grad=True)
-        self.state_fields = [self.x, self.v, self.C, self.F, self.Jp]
+        self.x = self.slot_field("x", (dim,), N)
+        self.v = self.slot_field("v", (dim,), N)
+        self.C = self.slot_field("C", (dim, dim), N)
+        self.F = self.slot_field("F", (dim, dim), N)
+        self.Jp = self.slot_field("Jp", (), N)
+        self.n_particles = self.rows
 
         # scratch, overwritten every substep
-        self.F_trial = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
-        self.U = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
-        self.V = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
-        self.sig = ti.Vector.field(dim, real, shape=N, needs_grad=True)
-        self.sig_elastic = ti.Vector.field(dim, real, shape=N, needs_grad=True)
-        self.affine = ti.Matrix.field(dim, dim, real, shape=N, needs_grad=True)
+        self.F_trial = self.scratch_field((dim, dim), N)
+        self.U = self.scratch_field((dim, dim), N)
+        self.V = self.scratch_field((dim, dim), N)
+        self.sig = self.scratch_field((dim,), N)
+        self.sig_elastic = self.scratch_field((dim,), N)
+        self.affine = self.scratch_field((dim, dim), N)
+        # external force on each particle (N), written by the coupler before this substep
+        self.f_ext = self.scratch_field((dim,), N) if layout.external_force else None
         gshape = (self.res,) * dim
-        self.grid_mv = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
-        self.grid_m = ti.field(real, shape=gshape, needs_grad=True)
-        self.grid_v = ti.Vector.field(dim, real, shape=gshape, needs_grad=True)
+        self.grid_mv = self.scratch_field((dim,), gshape)
+        self.grid_m = self.scratch_field((), gshape)
+        self.grid_v = self.scratch_field((dim,), gshape)
         self.particle_scratch = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine]
+        if self.f_ext is not None:
+            self.particle_scratch.append(self.f_ext)
         self.grid_scratch = [self.grid_mv, self.grid_m, self.grid_v]
-        self.scratch_fields = self.particle_scratch + self.grid_scratch
 
         # per-particle constants
         self.material = ti.field(ti.i32, shape=N)
@@ -99,32 +153,90 @@ class MPMEngine:
         # materials: one row per material, columns PARAM_COLUMNS
         self.mat_model = ti.field(ti.i32, shape=self.n_mat)
         self.mat_params = ti.field(real, shape=(self.n_mat, len(PARAM_COLUMNS)), needs_grad=True)
-
-        # effectors (eff_capacity 0: a specialized layout without tools; fields keep one row)
-        E = max(self.eff_capacity, 1)
-        self.n_eff = ti.field(ti.i32, shape=())
-        self.eff_pos = ti.Vector.field(dim, real, shape=(S, E), needs_grad=True)
-        self.eff_rot = ti.Vector.field(4, real, shape=(S, E), needs_grad=True)
-        self.eff_shape = ti.field(ti.i32, shape=E)
-        self.eff_size = ti.Vector.field(3, real, shape=E)
-        self.eff_friction = ti.field(real, shape=E, needs_grad=True)
-        self.eff_softness = ti.field(real, shape=E)
-        self.slot_fields = self.state_fields + [self.eff_pos, self.eff_rot]
-
-        # actions, one row per step
-        self.action = ti.field(real, shape=(self.max_steps, self.action_capacity), needs_grad=True)
+        units = {"E": "Pa", "nu": "1", "yield_stress": "Pa", "friction_angle": "deg", "viscosity": "Pa s"}
+        for col, name in enumerate(PARAM_COLUMNS):
+            kw = {}
+            if name in ("E", "density"):
+                kw = dict(lower=0.0, lower_open=True)
+            elif name == "nu":
+                kw = dict(lower=-1.0, upper=0.5, lower_open=True, upper_open=True)
+            elif name == "friction_angle":
+                kw = dict(lower=0.0, upper=90.0, lower_open=True, upper_open=True, scale=math.pi / 180)
+            else:
+                kw = dict(lower=0.0)
+            self.param(name, units.get(name, "1"), self.mat_params, col, differentiable=name in DIFF_PARAMS,
+                       doc=f"material {name}", **kw)
+        self.n_materials = 0
 
         # run-time scalars
-        self.n_particles = ti.field(ti.i32, shape=())
-        self.dt = ti.field(real, shape=())
         self.p_vol = ti.field(real, shape=())
         self.gravity = ti.Vector.field(dim, real, shape=())
         self.boundary = ti.field(ti.i32, shape=())
         self.wall_friction = ti.field(real, shape=())
-        self.act_offset = ti.field(ti.i32, shape=())
         self.min_node_mass = ti.field(real, shape=())
-        self.bad = ti.field(ti.i32, shape=S)
-        self.needs_svd = True  # set by the scene from its materials
+        self.bad = ti.field(ti.i32, shape=self.S)
+        self.needs_svd = True  # set by load() from the scene's materials
+
+    @property
+    def action(self):
+        return self.controls.action
+
+    def param_rows(self, name: str) -> int:
+        return self.n_materials
+
+    # ------------------------------------------------------------------ protocol
+    def load(self, spec: MPMSpec) -> None:
+        n, cap, dim = spec.n, self.capacity, self.dim
+        self.rows[None] = n
+        self.n_materials = len(spec.materials)
+        self.p_vol[None] = spec.spacing**dim
+        self.gravity[None] = np.asarray(spec.gravity).tolist()
+        self.boundary[None] = BOUNDARY_IDS[spec.boundary]
+        self.wall_friction[None] = spec.wall_friction
+        mat_id = np.zeros(cap, np.int32)
+        mat_id[:n] = spec.material
+        self.material.from_numpy(mat_id)
+        act = np.full(cap, -1, np.int32)
+        act[:n] = spec.act_group
+        self.act_group.from_numpy(act)
+        self.action_dim = int(spec.act_group.max(initial=-1)) + 1
+        fib = np.zeros((cap, dim), self.np_real)
+        fib[:n] = spec.fiber
+        self.fiber.from_numpy(fib)
+        models = np.zeros(self.n_mat, np.int32)
+        params = np.zeros((self.n_mat, len(PARAM_COLUMNS)), self.np_real)
+        for i, m in enumerate(spec.materials):
+            models[i] = MODEL_IDS[m.model]
+            params[i] = m.row()
+        self.mat_model.from_numpy(models)
+        self.needs_svd = any(m.model not in ("fluid", "neohookean") for m in spec.materials)
+        self.mat_params.from_numpy(params)
+        dens = params[mat_id, PARAM_COLUMNS.index("density")]
+        self.p_mass.from_numpy((dens * spec.spacing**dim).astype(self.np_real))
+        # f32: 1/m^2 in the adjoint must stay finite; f64 has the range to keep (almost) every node
+        rel = 1e-9 if spec.precision == "f32" else 1e-14
+        self.min_node_mass[None] = rel * float(dens[:n].min()) * spec.spacing**dim
+        c = max((m.wave_speed() for m in spec.materials), default=0.0)
+        self._limit = WAVE_CFL_LIMIT * self.dx / c if c > 0 else math.inf
+
+    def particle_mass(self) -> np.ndarray:
+        return self.p_mass.to_numpy()[: int(self.rows[None])].astype(np.float64)
+
+    def health(self, first: int, last: int):
+        self.health_check(first, last, VELOCITY_CFL_LIMIT)
+        bad = self.bad.to_numpy()[first: last + 1]
+        hits = np.nonzero(bad)[0]
+        if len(hits) == 0:
+            return None
+        k = int(hits[0])
+        flag = int(bad[k])
+        if flag & BAD_NONFINITE:
+            why = "particle state became NaN/inf"
+        elif flag & BAD_OUTSIDE:
+            why = "particles left the simulation domain"
+        else:
+            why = f"particles moved more than {VELOCITY_CFL_LIMIT} grid cell in one substep (CFL violated)"
+        return first + k, why
 
     # ------------------------------------------------------------------ substep
     @ti.func
@@ -347,6 +459,8 @@ class MPMEngine:
         mass = self.p_mass[p]
         base, fx, w = self._stencil(l, p)
         mv = mass * self.v[l, p]
+        if ti.static(self.layout.external_force):
+            mv += self.dt[None] * self.f_ext[p]  # impulse of the coupler's force over this substep
         for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * dim)))):
             weight = 1.0
             for d in ti.static(range(dim)):
@@ -354,49 +468,6 @@ class MPMEngine:
             dpos = (ti.cast(offset, self.real) - fx) * self.dx
             self.grid_mv[base + offset] += weight * (mv + affine @ dpos)
             self.grid_m[base + offset] += weight * mass
-
-    @ti.func
-    def _effector_velocity(self, e, t, r):
-        k0 = e * self.eff_action_dim
-        lin = r * 0.0
-        for d in ti.static(range(self.dim)):
-            lin[d] = self.action[t, k0 + d]
-        vel = lin
-        if ti.static(self.dim == 2):
-            w = self.action[t, k0 + 2]
-            vel = lin + w * ti.Vector([-r[1], r[0]])
-        else:
-            w = ti.Vector([self.action[t, k0 + 3], self.action[t, k0 + 4], self.action[t, k0 + 5]])
-            vel = lin + w.cross(r)
-        return vel
-
-    @ti.func
-    def _effector_contact(self, e, l, t, xg, v):
-        c = self.eff_pos[l, e]
-        R = rotation_matrix(self.eff_rot[l, e], self.dim)
-        r = xg - c
-        phi, n_local = tool_sdf(self.eff_shape[e], self.eff_size[e], R.transpose() @ r, self.dim)
-        n = R @ n_local
-        softness = self.eff_softness[e]
-        influence = phi * 0.0
-        if softness > 0:
-            influence = ti.min(ti.exp(-phi * softness), 1.0)
-        elif phi <= 0:
-            influence = 1.0
-        out = v
-        if influence > 0:
-            v_tool = self._effector_velocity(e, t, r)
-            v_rel = v - v_tool
-            vn = v_rel.dot(n)
-            if vn < 0:
-                v_t = v_rel - vn * n
-                vt_norm = safe_norm(v_t)
-                mu = self.eff_friction[e]
-                v_rel_new = v_t * 0.0
-                if vt_norm > -mu * vn:
-                    v_rel_new = v_t * (1 + mu * vn / vt_norm)
-                out = v + influence * (v_tool + v_rel_new - v)
-        return out
 
     @ti.kernel
     def grid_update(self, l: ti.i32, t: ti.i32):
@@ -411,9 +482,8 @@ class MPMEngine:
         if m > self.min_node_mass[None]:
             v = self.grid_mv[I] / m + self.dt[None] * self.gravity[None]
             xg = ti.cast(I, self.real) * self.dx
-            for e in ti.static(range(self.eff_capacity)):
-                if e < self.n_eff[None]:
-                    v = self._effector_contact(e, l, t, xg, v)
+            if ti.static(self.layout.tool_contact):
+                v = self.tools.contact(l, t, xg, v)
             kind = self.boundary[None]
             for d in ti.static(range(self.dim)):
                 into_wall = (I[d] < BOUND and v[d] < 0) or (I[d] > self.res - BOUND and v[d] > 0)
@@ -480,35 +550,6 @@ class MPMEngine:
             g_fx -= g_C.transpose() @ new_v  # d dpos / d fx = -I, summed over the nodes
             self.x.grad[l, p] = self.x.grad[l, p] + g_x1 + inv_dx * g_fx
 
-    @ti.kernel
-    def advance_effectors(self, l: ti.i32, t: ti.i32):
-        for e in range(self.n_eff[None]):
-            self._advance_effector(l, t, e)
-
-    @ti.func
-    def _advance_effector(self, l, t, e):
-        k0 = e * self.eff_action_dim
-        pos = self.eff_pos[l, e]
-        for d in ti.static(range(self.dim)):
-            pos[d] += self.dt[None] * self.action[t, k0 + d]
-        self.eff_pos[l + 1, e] = pos
-        rot = self.eff_rot[l, e]
-        if ti.static(self.dim == 2):
-            rot[0] += self.dt[None] * self.action[t, k0 + 2]
-        else:
-            w = ti.Vector([0.0, self.action[t, k0 + 3], self.action[t, k0 + 4], self.action[t, k0 + 5]])
-            # dq/dt = 0.5 * (0, w) x q  (world-frame angular velocity)
-            q = rot
-            wq = ti.Vector([
-                -w[1] * q[1] - w[2] * q[2] - w[3] * q[3],
-                w[1] * q[0] + w[2] * q[3] - w[3] * q[2],
-                -w[1] * q[3] + w[2] * q[0] + w[3] * q[1],
-                w[1] * q[2] - w[2] * q[1] + w[3] * q[0],
-            ])
-            rot = q + 0.5 * self.dt[None] * wq
-            rot = rot / ti.sqrt(rot.dot(rot))
-        self.eff_rot[l + 1, e] = rot
-
     # ------------------------------------------------------------ fused forward
     @ti.func
     def _particle_to_grid(self, l, t, p, svd: ti.template(), keep: ti.template()):
@@ -550,8 +591,6 @@ class MPMEngine:
             self._update_node(I, l, t)
         for p in range(self.n_particles[None]):
             self._gather(l, p)
-        for e in range(self.n_eff[None]):
-            self._advance_effector(l, t, e)
 
     @ti.kernel
     def substep_scratch(self, l: ti.i32, t: ti.i32, svd: ti.template()):
@@ -567,45 +606,6 @@ class MPMEngine:
             self._update_node(I, l, t)
 
     # ------------------------------------------------------------ bookkeeping
-    @ti.kernel
-    def copy_slot(self, src: ti.i32, dst: ti.i32):
-        for p in range(self.n_particles[None]):
-            self.x[dst, p] = self.x[src, p]
-            self.v[dst, p] = self.v[src, p]
-            self.C[dst, p] = self.C[src, p]
-            self.F[dst, p] = self.F[src, p]
-            self.Jp[dst, p] = self.Jp[src, p]
-        for e in range(self.n_eff[None]):
-            self.eff_pos[dst, e] = self.eff_pos[src, e]
-            self.eff_rot[dst, e] = self.eff_rot[src, e]
-
-    @ti.kernel
-    def move_grad_slot(self, src: ti.i32, dst: ti.i32):
-        """Move slot ``src``'s gradients to slot ``dst`` and zero every other slot's."""
-        for s, p in self.x:
-            if s != dst:
-                val_x, val_v, val_C, val_F, val_J = (
-                    self.x.grad[s, p], self.v.grad[s, p], self.C.grad[s, p], self.F.grad[s, p], self.Jp.grad[s, p])
-                if s == src:
-                    self.x.grad[dst, p] = val_x
-                    self.v.grad[dst, p] = val_v
-                    self.C.grad[dst, p] = val_C
-                    self.F.grad[dst, p] = val_F
-                    self.Jp.grad[dst, p] = val_J
-                self.x.grad[s, p] = val_x * 0.0
-                self.v.grad[s, p] = val_v * 0.0
-                self.C.grad[s, p] = val_C * 0.0
-                self.F.grad[s, p] = val_F * 0.0
-                self.Jp.grad[s, p] = 0.0
-        for s, e in self.eff_pos:
-            if s != dst:
-                gp, gr = self.eff_pos.grad[s, e], self.eff_rot.grad[s, e]
-                if s == src:
-                    self.eff_pos.grad[dst, e] = gp
-                    self.eff_rot.grad[dst, e] = gr
-                self.eff_pos.grad[s, e] = gp * 0.0
-                self.eff_rot.grad[s, e] = gr * 0.0
-
     @ti.kernel
     def health_check(self, first: ti.i32, last: ti.i32, max_cells: ti.f64):
         """Flag slots first..last whose particles are non-finite, outside the domain,
@@ -629,67 +629,6 @@ class MPMEngine:
                 ti.atomic_or(self.bad[s], flag)
 
     @ti.kernel
-    def export_slot(self, l: ti.i32, x: ti.types.ndarray(), v: ti.types.ndarray(), C: ti.types.ndarray(),
-                    F: ti.types.ndarray(), Jp: ti.types.ndarray(), pos: ti.types.ndarray(), rot: ti.types.ndarray(),
-                    grad: ti.template()):
-        for p in range(self.n_particles[None]):
-            for i in ti.static(range(self.dim)):
-                if ti.static(grad):
-                    x[p, i] = self.x.grad[l, p][i]
-                    v[p, i] = self.v.grad[l, p][i]
-                else:
-                    x[p, i] = self.x[l, p][i]
-                    v[p, i] = self.v[l, p][i]
-                for j in ti.static(range(self.dim)):
-                    if ti.static(grad):
-                        C[p, i, j] = self.C.grad[l, p][i, j]
-                        F[p, i, j] = self.F.grad[l, p][i, j]
-                    else:
-                        C[p, i, j] = self.C[l, p][i, j]
-                        F[p, i, j] = self.F[l, p][i, j]
-            Jp[p] = self.Jp.grad[l, p] if ti.static(grad) else self.Jp[l, p]
-        for e in range(self.n_eff[None]):
-            for i in ti.static(range(self.dim)):
-                pos[e, i] = self.eff_pos.grad[l, e][i] if ti.static(grad) else self.eff_pos[l, e][i]
-            for i in ti.static(range(4)):
-                rot[e, i] = self.eff_rot.grad[l, e][i] if ti.static(grad) else self.eff_rot[l, e][i]
-
-    @ti.kernel
-    def import_slot(self, l: ti.i32, x: ti.types.ndarray(), v: ti.types.ndarray(), C: ti.types.ndarray(),
-                    F: ti.types.ndarray(), Jp: ti.types.ndarray(), pos: ti.types.ndarray(), rot: ti.types.ndarray(),
-                    grad: ti.template()):
-        for p in range(self.n_particles[None]):
-            for i in ti.static(range(self.dim)):
-                if ti.static(grad):
-                    self.x.grad[l, p][i] = x[p, i]
-                    self.v.grad[l, p][i] = v[p, i]
-                else:
-                    self.x[l, p][i] = x[p, i]
-                    self.v[l, p][i] = v[p, i]
-                for j in ti.static(range(self.dim)):
-                    if ti.static(grad):
-                        self.C.grad[l, p][i, j] = C[p, i, j]
-                        self.F.grad[l, p][i, j] = F[p, i, j]
-                    else:
-                        self.C[l, p][i, j] = C[p, i, j]
-                        self.F[l, p][i, j] = F[p, i, j]
-            if ti.static(grad):
-                self.Jp.grad[l, p] = Jp[p]
-            else:
-                self.Jp[l, p] = Jp[p]
-        for e in range(self.n_eff[None]):
-            for i in ti.static(range(self.dim)):
-                if ti.static(grad):
-                    self.eff_pos.grad[l, e][i] = pos[e, i]
-                else:
-                    self.eff_pos[l, e][i] = pos[e, i]
-            for i in ti.static(range(4)):
-                if ti.static(grad):
-                    self.eff_rot.grad[l, e][i] = rot[e, i]
-                else:
-                    self.eff_rot[l, e][i] = rot[e, i]
-
-    @ti.kernel
     def zero_scratch_grads(self):
         """Zero the gradients of every scratch field (one launch; the tape calls it per substep)."""
         for I in ti.grouped(self.grid_m):
@@ -699,12 +638,9 @@ class MPMEngine:
             for f in ti.static(self.particle_scratch):
                 f.grad[p] = ti.zero(f.grad[p])
 
-    def zero_all_grads(self) -> None:
-        for f in self.slot_fields + self.scratch_fields:
-            f.grad.fill(0)
-        self.mat_params.grad.fill(0)
-        self.eff_friction.grad.fill(0)
-        self.action.grad.fill(0)
+    def stable_dt(self) -> float:
+        """0.9 dx / c, c the fastest elastic-wave speed of the scene's materials."""
+        return self._limit
 
     # ------------------------------------------------------------------ step
     def substep(self, tape, l: int, t: int) -> None:
@@ -715,7 +651,6 @@ class MPMEngine:
         self.substep_fused(l, t, self.needs_svd)
         if not tape.recording:
             return
-        tape.begin_substep()
         # one fused launch restores the substep's scratch (replayed, no adjoint); the phase
         # kernels are recorded for their adjoints only
         tape.record(self.substep_scratch, l, t, self.needs_svd, grad=None, replay=True)
@@ -727,5 +662,3 @@ class MPMEngine:
         tape.record(self.p2g, l)
         tape.record(self.grid_update, l, t)
         tape.record(self.g2p, l, grad=self.g2p_grad)
-        tape.record(self.advance_effectors, l, t)
-        tape.end_substep()

@@ -1,8 +1,9 @@
-"""Kinematic rigid effectors (tools) described by analytic signed distance functions.
+"""Kinematic rigid tools described by analytic signed distance functions.
 
-An effector is driven each step by an action: its linear velocity (dim values) and
-angular velocity (1 value in 2D, 3 in 3D, rad/s, world frame). Shapes are given in
-the effector's local frame; capsules and cylinders have their axis along local y.
+A tool is driven each step by an action: its linear velocity (dim values) and angular
+velocity (1 value in 2D, 3 in 3D, rad/s, world frame). Shapes are given in the tool's
+local frame; capsules and cylinders have their axis along local y. The tools of a scene
+are one part (:mod:`physim.parts.tools`); their SDFs are in :mod:`physim.contact.sdf`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Effector", "SphereTool", "BoxTool", "CapsuleTool", "CylinderTool", "CupTool", "SHAPE_IDS"]
-
-SHAPE_IDS = {"sphere": 0, "box": 1, "capsule": 2, "cylinder": 3, "cup": 4}
+__all__ = ["Tool", "SphereTool", "BoxTool", "CapsuleTool", "CylinderTool", "CupTool"]
 
 
 @dataclass
-class Effector:
-    """Common fields of every effector.
+class Tool:
+    """Common fields of every tool.
 
     Args:
         position: initial center (2 or 3 values, in the unit domain).
@@ -38,11 +37,11 @@ class Effector:
     def __post_init__(self):
         self.position = np.asarray(self.position, dtype=np.float64).reshape(-1)
         if self.position.size not in (2, 3) or not np.all(np.isfinite(self.position)):
-            raise ValueError(f"effector position must be 2 or 3 finite values, got {self.position.tolist()}")
+            raise ValueError(f"tool position must be 2 or 3 finite values, got {self.position.tolist()}")
         if not (np.isfinite(self.friction) and self.friction >= 0):
-            raise ValueError(f"effector friction must be >= 0, got {self.friction!r}")
+            raise ValueError(f"tool friction must be >= 0, got {self.friction!r}")
         if not (np.isfinite(self.softness) and self.softness >= 0):
-            raise ValueError(f"effector softness must be >= 0, got {self.softness!r}")
+            raise ValueError(f"tool softness must be >= 0, got {self.softness!r}")
         for name in ("radius", "half_length", "half_height", "thickness"):
             if hasattr(self, name) and not getattr(self, name) > 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)!r}")
@@ -63,7 +62,7 @@ class Effector:
             return np.array([angle, 0.0, 0.0, 0.0])
         q = np.array([1.0, 0.0, 0.0, 0.0]) if self.rotation is None else np.asarray(self.rotation, dtype=np.float64)
         if q.shape != (4,) or not np.isfinite(q).all() or np.linalg.norm(q) == 0:
-            raise ValueError(f"3D effector rotation must be a quaternion (w, x, y, z), got {self.rotation!r}")
+            raise ValueError(f"3D tool rotation must be a quaternion (w, x, y, z), got {self.rotation!r}")
         return q / np.linalg.norm(q)
 
     def size_params(self) -> np.ndarray:
@@ -72,7 +71,7 @@ class Effector:
 
 
 @dataclass
-class SphereTool(Effector):
+class SphereTool(Tool):
     radius: float = 0.05
 
     def __post_init__(self):
@@ -84,7 +83,7 @@ class SphereTool(Effector):
 
 
 @dataclass
-class BoxTool(Effector):
+class BoxTool(Tool):
     half_extents: Sequence[float] = (0.05, 0.05, 0.05)
 
     def __post_init__(self):
@@ -98,7 +97,7 @@ class BoxTool(Effector):
 
 
 @dataclass
-class CapsuleTool(Effector):
+class CapsuleTool(Tool):
     """Capsule: a segment of half length ``half_length`` along local y, inflated by ``radius``."""
 
     radius: float = 0.03
@@ -113,7 +112,7 @@ class CapsuleTool(Effector):
 
 
 @dataclass
-class CylinderTool(Effector):
+class CylinderTool(Tool):
     """Flat-ended cylinder with axis along local y (a rectangle in 2D)."""
 
     radius: float = 0.05
@@ -128,7 +127,7 @@ class CylinderTool(Effector):
 
 
 @dataclass
-class CupTool(Effector):
+class CupTool(Tool):
     """Open-top container (a glass, a cup; a U-shaped vessel in 2D): a hollow cylinder with
     axis along local y, inner radius ``radius``, outer half height ``half_height`` and walls
     and bottom ``thickness`` thick. Fluid inside it is carried and poured by rotating it."""

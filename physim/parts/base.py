@@ -1,0 +1,314 @@
+"""The part protocol: what every solver, the tools and the coupler implement.
+
+A *part* owns Taichi fields and declares them once; everything the scene and the tape do
+with a part's state (copy a slot, export and import it by name, checkpoint it, seed and
+move its gradients, zero them) is written here, generically, from those declarations.
+A new solver is one file: a subclass of :class:`Part` that
+
+- declares its **slot fields** with :meth:`Part.slot_field` -- state with a leading slot
+  axis of K+1 (substep ``l`` of a checkpoint chunk reads slot ``l`` and writes slot
+  ``l + 1``); exported by name as ``"<part>.<field>"``, checkpointed, seeded in reverse;
+- declares its **scratch fields** with :meth:`Part.scratch_field` -- values recomputed
+  every substep (grids, forces, SVD factors) that the tape restores by replay before it
+  differentiates the substep;
+- declares its **parameters** with :meth:`Part.param` -- name, units, conversion, bounds,
+  differentiable or not: the one registry that ``Scene.set_param``, the gradients,
+  ``identify`` and the finite-difference tests read;
+- says how many **action columns** it reads (:attr:`Part.action_dim`; the scene gives it
+  an offset into the shared action field);
+- implements :meth:`load` (write the scene's description into its fields),
+  :meth:`stable_dt`, :meth:`substep` (record or run its launches on the tape; the scene,
+  not the part, brackets the substep), :meth:`health` and, optionally, a faster
+  :meth:`zero_scratch_grads`.
+
+Slot storage: a slot field of a part with ``capacity`` rows has shape ``(K + 1, capacity)``
+plus the element shape; ``rows[None]`` rows are in use. All indexing of the slot axis in
+this module goes through :meth:`Part.slot_field`'s shape, so a leading world axis (many
+worlds simulated by the same launches) changes this allocator and the kernels' index
+expressions, not the bookkeeping contract.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import taichi as ti
+
+__all__ = ["Part", "Param", "Controls"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared parameter of a part.
+
+    Attributes:
+        name: short name, unique in the part (exported as ``"<part>.<name>"``).
+        units: SI units of the user-facing value (``"Pa"``, ``"deg"``, ``"1"``).
+        field: the Taichi field holding it, one entry per row (material, tool, spring, ...).
+        column: column of a 2D ``field`` (``None``: the field is 1D).
+        rows: number of rows in use (a callable: the scene's count).
+        lower, upper: admissible range of the user-facing value (open at a bound given as
+            ``math.inf`` / ``-math.inf``); ``lower_open`` excludes ``lower`` itself.
+        differentiable: whether reverse mode returns its gradient.
+        scale: internal value = user value * scale (degrees -> radians: pi / 180).
+        doc: one line for tables and error messages.
+    """
+
+    name: str
+    units: str
+    field: object
+    column: int | None
+    rows: Callable[[], int]
+    lower: float = -math.inf
+    upper: float = math.inf
+    lower_open: bool = False
+    upper_open: bool = False
+    differentiable: bool = True
+    scale: float = 1.0
+    doc: str = ""
+
+    def check(self, value: float, owner: str) -> float:
+        v = float(value)
+        lo_ok = v > self.lower if self.lower_open else v >= self.lower
+        hi_ok = v < self.upper if self.upper_open else v <= self.upper
+        if not (math.isfinite(v) and lo_ok and hi_ok):
+            lo = f"({self.lower:g}" if self.lower_open else f"[{self.lower:g}"
+            hi = f"{self.upper:g})" if self.upper_open else f"{self.upper:g}]"
+            raise ValueError(f"{owner}.{self.name} ({self.doc or self.units}) must be in {lo}, {hi}, got {value!r}")
+        return v
+
+    def _key(self, row: int):
+        return (row,) if self.column is None else (row, self.column)
+
+    def get(self, row: int) -> float:
+        return float(self.field[self._key(row)]) / self.scale
+
+    def set(self, row: int, value: float) -> None:
+        self.field[self._key(row)] = value * self.scale
+
+    def grad(self) -> np.ndarray:
+        """d loss / d user-facing value, one entry per row in use."""
+        g = self.field.grad.to_numpy()
+        g = g if self.column is None else g[:, self.column]
+        return g[: self.rows()].astype(np.float64) * self.scale
+
+
+def _element(shape: tuple):
+    """(kind, n, m): 0 scalar, 1 vector of n, 2 n x m matrix."""
+    if shape == ():
+        return 0, 1, 1
+    if len(shape) == 1:
+        return 1, shape[0], 1
+    return 2, shape[0], shape[1]
+
+
+def _values_or_grads(f, grad: bool):
+    return f.grad if grad else f
+
+
+@ti.data_oriented
+class Part:
+    """Base class of every part. See the module docstring for the protocol.
+
+    Subclasses set :attr:`name` (the state namespace) and call ``super().__init__(K, real)``
+    before declaring fields.
+    """
+
+    name = "part"
+    #: action columns this part reads (set by the subclass before the scene builds)
+    action_dim = 0
+
+    def __init__(self, K: int, real):
+        self.K = K
+        self.S = K + 1
+        self.real = real
+        self.np_real = np.float64 if real == ti.f64 else np.float32
+        self.rows = ti.field(ti.i32, shape=())  # rows of the slot fields in use
+        self.act_offset = ti.field(ti.i32, shape=())  # first action column of this part
+        self.dt = ti.field(real, shape=())  # the scene's substep (s)
+        self.slots: dict[str, object] = {}
+        self._slot_meta: list[tuple] = []  # (field, kind, n, m, offset)
+        self._width = 0
+        self.scratch: list[object] = []
+        self.params: dict[str, Param] = {}
+        self._param_fields: list[object] = []
+
+    # ------------------------------------------------------------- declarations
+    def slot_field(self, name: str, elem: tuple, capacity: int):
+        """Declare slot state ``name`` with element shape ``elem`` (``()``, ``(n,)`` or
+        ``(n, m)``) and ``capacity`` rows; returns the field of shape (K + 1, capacity)."""
+        if name in self.slots:
+            raise ValueError(f"{self.name}: slot field {name!r} declared twice")
+        if self._slot_meta and capacity != self._capacity:
+            raise ValueError(f"{self.name}: every slot field of a part has the same rows ({self._capacity})")
+        self._capacity = capacity
+        shape = (self.S, capacity)
+        f = self._new_field(elem, shape, grad=True)
+        kind, n, m = _element(elem)
+        self._slot_meta.append((f, kind, n, m, self._width))
+        self._width += n * m
+        self.slots[name] = f
+        return f
+
+    def scratch_field(self, elem: tuple, shape, grad: bool = True):
+        """Declare a scratch field (recomputed every substep, restored by replay)."""
+        f = self._new_field(elem, shape, grad=grad)
+        if grad:
+            self.scratch.append(f)
+        return f
+
+    def param(self, name: str, units: str, field, column: int | None = None, **kw) -> Param:
+        """Declare a parameter stored in ``field`` (column ``column``); see :class:`Param`."""
+        p = Param(name, units, field, column, lambda: self.param_rows(name), **kw)
+        self.params[name] = p
+        if p.differentiable and field not in self._param_fields:
+            self._param_fields.append(field)
+        return p
+
+    def param_rows(self, name: str) -> int:
+        """Rows of parameter ``name`` in use (default: the slot rows)."""
+        return int(self.rows[None])
+
+    def _new_field(self, elem: tuple, shape, grad: bool):
+        kind, n, m = _element(elem)
+        if kind == 0:
+            return ti.field(self.real, shape=shape, needs_grad=grad)
+        if kind == 1:
+            return ti.Vector.field(n, self.real, shape=shape, needs_grad=grad)
+        return ti.Matrix.field(n, m, self.real, shape=shape, needs_grad=grad)
+
+    # ---------------------------------------------------------------- protocol
+    def load(self, spec) -> None:
+        """Write the scene's description of this part into its fields."""
+        raise NotImplementedError
+
+    def stable_dt(self) -> float:
+        """Largest stable substep for this part's current parameters (``inf``: no limit)."""
+        return math.inf
+
+    def substep(self, tape, l: int, t: int) -> None:
+        """Run substep ``l`` (reads slot ``l``, writes slot ``l + 1``, action row ``t``)
+        and, when ``tape.recording``, record how to differentiate it."""
+        raise NotImplementedError
+
+    def health(self, first: int, last: int) -> tuple[int, str] | None:
+        """The first slot in ``first..last`` whose state is bad, and why (``None``: all fine)."""
+        return None
+
+    # ------------------------------------------------- generic slot bookkeeping
+    @property
+    def width(self) -> int:
+        return self._width
+
+    @ti.kernel
+    def copy_slot(self, src: ti.i32, dst: ti.i32):
+        for k in ti.static(range(len(self._slot_meta))):
+            f = ti.static(self._slot_meta[k][0])
+            for p in range(self.rows[None]):
+                f[dst, p] = f[src, p]
+
+    @ti.kernel
+    def move_grad_slot(self, src: ti.i32, dst: ti.i32):
+        """Move slot ``src``'s gradients to slot ``dst``; zero every other slot's."""
+        for k in ti.static(range(len(self._slot_meta))):
+            g = ti.static(self._slot_meta[k][0].grad)
+            for s, p in g:
+                if s != dst:
+                    val = g[s, p]
+                    if s == src:
+                        g[dst, p] = val
+                    g[s, p] = ti.zero(val)
+
+    @ti.kernel
+    def _pack(self, l: ti.i32, out: ti.types.ndarray(), grad: ti.template()):
+        for k in ti.static(range(len(self._slot_meta))):
+            meta = ti.static(self._slot_meta[k])
+            f = ti.static(_values_or_grads(meta[0], grad))
+            kind, n, m, off = ti.static(meta[1], meta[2], meta[3], meta[4])
+            for p in range(self.rows[None]):
+                if ti.static(kind == 0):
+                    out[p, off] = f[l, p]
+                elif ti.static(kind == 1):
+                    for i in ti.static(range(n)):
+                        out[p, off + i] = f[l, p][i]
+                else:
+                    for i, j in ti.static(ti.ndrange(n, m)):
+                        out[p, off + i * m + j] = f[l, p][i, j]
+
+    @ti.kernel
+    def _unpack(self, l: ti.i32, src: ti.types.ndarray(), grad: ti.template()):
+        for k in ti.static(range(len(self._slot_meta))):
+            meta = ti.static(self._slot_meta[k])
+            f = ti.static(_values_or_grads(meta[0], grad))
+            kind, n, m, off = ti.static(meta[1], meta[2], meta[3], meta[4])
+            for p in range(self.rows[None]):
+                if ti.static(kind == 0):
+                    f[l, p] = src[p, off]
+                elif ti.static(kind == 1):
+                    for i in ti.static(range(n)):
+                        f[l, p][i] = src[p, off + i]
+                else:
+                    for i, j in ti.static(ti.ndrange(n, m)):
+                        f[l, p][i, j] = src[p, off + i * m + j]
+
+    def _shapes(self) -> dict[str, tuple]:
+        n = int(self.rows[None])
+        out = {}
+        for name, (_f, kind, a, b, _off) in zip(self.slots, self._slot_meta):
+            out[name] = (n,) if kind == 0 else (n, a) if kind == 1 else (n, a, b)
+        return out
+
+    def export(self, slot: int, grad: bool = False) -> dict[str, np.ndarray]:
+        """Slot ``slot`` (or its gradients) as ``{name: array}`` without the part prefix."""
+        n = int(self.rows[None])
+        if not self.slots or n == 0:
+            return {name: np.zeros(shape, self.np_real) for name, shape in self._shapes().items()}
+        flat = np.zeros((n, self._width), self.np_real)
+        self._pack(slot, flat, grad)
+        out = {}
+        for (name, shape), (_f, _k, a, b, off) in zip(self._shapes().items(), self._slot_meta):
+            out[name] = flat[:, off: off + a * b].reshape(shape).copy()
+        return out
+
+    def import_(self, slot: int, state: dict[str, np.ndarray], grad: bool = False) -> None:
+        """Write ``{name: array}`` (every slot field of this part) into slot ``slot``."""
+        n = int(self.rows[None])
+        shapes = self._shapes()
+        unknown = set(state) - set(shapes)
+        if unknown:
+            raise KeyError(f"unknown state entries {sorted(self.name + '.' + k for k in unknown)}; "
+                           f"{self.name} has {sorted(self.name + '.' + k for k in shapes)}")
+        missing = set(shapes) - set(state)
+        if missing:
+            raise KeyError(f"state is missing {sorted(self.name + '.' + k for k in missing)}")
+        if n == 0 or not self.slots:
+            return
+        flat = np.zeros((n, self._width), self.np_real)
+        for (name, shape), (_f, _k, a, b, off) in zip(shapes.items(), self._slot_meta):
+            arr = np.asarray(state[name], dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"state[{self.name + '.' + name!r}] must have shape {shape}, got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"state[{self.name + '.' + name!r}] contains NaN or inf")
+            flat[:, off: off + a * b] = arr.reshape(n, a * b)
+        self._unpack(slot, flat, grad)
+
+    def zero_grads(self) -> None:
+        """Zero every gradient this part owns (slots, scratch, parameters)."""
+        for f in [m[0] for m in self._slot_meta] + self.scratch + self._param_fields:
+            f.grad.fill(0)
+
+    def zero_scratch_grads(self) -> None:
+        """Zero the scratch gradients (the tape calls it before each substep's adjoints)."""
+        for f in self.scratch:
+            f.grad.fill(0)
+
+
+@ti.data_oriented
+class Controls:
+    """The action field every part reads: one row per step, parts' columns side by side."""
+
+    def __init__(self, max_steps: int, capacity: int, real):
+        self.max_steps, self.capacity = max_steps, capacity
+        self.action = ti.field(real, shape=(max_steps, capacity), needs_grad=True)
