@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 
@@ -101,8 +102,8 @@ class Cup:
         return float(1.0 - inside.mean())
 
 
-def main(argv=None) -> list[np.ndarray] | None:
-    """Run the demo; headless it returns the frames it wrote to ``--out``."""
+def run(argv=None) -> list[np.ndarray] | None:
+    """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
     parser.add_argument("--frames", type=int, default=60, help="frames to simulate with --offscreen")
@@ -127,5 +128,13 @@ def main(argv=None) -> list[np.ndarray] | None:
     return loop.run_demo(args, SCRIPT, title="physim: pour water", keys_help="A/D, W/S, Q/E, R, Esc")
 
 
+
+def main(argv=None) -> int:
+    """Command-line entry (``physim demo pour_water``, ``python demos/pour_water.py``): runs the demo
+    and returns the process exit status, 0 (failures raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

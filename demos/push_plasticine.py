@@ -10,6 +10,7 @@ and a before/after picture to ``--out``.
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 import physim as ps
 import physim.torch as pst
+from physim import smoke
 
 
 def build_scene(dim: int, steps: int) -> tuple[ps.Scene, np.ndarray]:
@@ -34,7 +36,8 @@ def build_scene(dim: int, steps: int) -> tuple[ps.Scene, np.ndarray]:
     return scene, target
 
 
-def main(argv=None):
+def run(argv=None) -> list[float]:
+    """Run the optimization; returns the loss of every Adam iteration."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=2, choices=(2, 3))
     parser.add_argument("--iters", type=int, default=25)
@@ -43,6 +46,7 @@ def main(argv=None):
     parser.add_argument("--out", default="out/push_plasticine")
     parser.add_argument("--arch", default=None, help="cpu, cuda or auto (default: $PHYSIM_ARCH or auto)")
     args = parser.parse_args(argv)
+    args.iters, args.steps = smoke.shrink(args.iters, smoke.ITERS), smoke.shrink(args.steps, smoke.HORIZON)
 
     if ps.backend.config() is None:  # keep a runtime the caller already started
         ps.init(arch=args.arch, precision="f32")
@@ -102,5 +106,11 @@ def main(argv=None):
     return losses
 
 
+def main(argv=None) -> int:
+    """Command-line entry (``python demos/push_plasticine.py``): runs :func:`run`, returns the exit status 0."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

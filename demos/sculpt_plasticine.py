@@ -12,6 +12,7 @@ by height so the grooves show.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -89,8 +90,8 @@ def height_colors(x: np.ndarray) -> np.ndarray:
     return np.asarray(material_color(ps.Plasticine()))[None, :] * (0.5 + 0.5 * t)[:, None]
 
 
-def main(argv=None) -> list[np.ndarray] | None:
-    """Run the demo; headless it returns the frames it wrote to ``--out``."""
+def run(argv=None) -> list[np.ndarray] | None:
+    """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
     parser.add_argument("--frames", type=int, default=60, help="frames to simulate with --offscreen")
@@ -115,5 +116,13 @@ def main(argv=None) -> list[np.ndarray] | None:
     return loop.run_demo(args, SCRIPT, title="physim: sculpt plasticine", keys_help="WASD/arrows, E/Q, R, Esc")
 
 
+
+def main(argv=None) -> int:
+    """Command-line entry (``physim demo sculpt_plasticine``, ``python demos/sculpt_plasticine.py``): runs the demo
+    and returns the process exit status, 0 (failures raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

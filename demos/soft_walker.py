@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 
@@ -136,8 +137,8 @@ def muscle_colors(scene: ps.Scene, signal: np.ndarray, base: np.ndarray | None =
     return colors
 
 
-def main(argv=None) -> list[np.ndarray] | None:
-    """Run the demo; headless it returns the frames it wrote to ``--out``."""
+def run(argv=None) -> list[np.ndarray] | None:
+    """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted gait, write a video")
     parser.add_argument("--frames", type=int, default=60, help="frames to simulate with --offscreen")
@@ -178,5 +179,13 @@ def main(argv=None) -> list[np.ndarray] | None:
     return loop.run_demo(args, SCRIPT, title="physim: soft walker", keys_help="Left/Right (A/D), Up/Down, W/S, R, Esc")
 
 
+
+def main(argv=None) -> int:
+    """Command-line entry (``physim demo soft_walker``, ``python demos/soft_walker.py``): runs the demo
+    and returns the process exit status, 0 (failures raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

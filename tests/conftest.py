@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("PYVISTA_OFF_SCREEN", "true")
+# in-process tests check real sizes (frames, iterations); the README command tests set
+# PHYSIM_SMOKE for their subprocesses themselves
+os.environ.pop("PHYSIM_SMOKE", None)
 
 import physim as ps  # noqa: E402
 

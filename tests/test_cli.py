@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import pytest
 
 from physim import cli
@@ -42,3 +43,20 @@ def test_bad_arguments_are_named(tmp_path):
         cli.optimize("Pinch", iters=0, out=str(tmp_path))
     with pytest.raises(SystemExit, match="unknown demo 'nope'"):
         cli.main(["demo", "nope"])
+
+
+@pytest.mark.parametrize("name", cli.DEMOS)
+def test_demo_command_exits_zero_and_writes_the_video(name, tmp_path):
+    """`physim demo NAME --offscreen` returns exit status 0 (it used to return the demo's
+    frames, and the console script failed with a TypeError after writing the video)."""
+    out = tmp_path / f"{name}.mp4"
+    assert cli.main(["demo", name, "--offscreen", "--frames", "1", "--out", str(out)]) == 0
+    assert iio.imread(out).shape[0] == 2  # the initial frame and one step
+
+
+def test_demo_main_must_return_an_exit_status(monkeypatch):
+    import physim.demos.pour_water as demo
+
+    monkeypatch.setattr(demo, "main", lambda argv: [])
+    with pytest.raises(TypeError, match=r"pour_water.main returned list, not an exit status"):
+        cli.main(["demo", "pour_water", "--offscreen"])

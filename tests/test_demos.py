@@ -1,4 +1,5 @@
-"""The interactive demos run headless (scripted keys -> video), and their physics does what
+"""The interactive demos run headless (scripted keys -> video; ``run`` returns the frames,
+``main`` the exit status, see test_cli.py), and their physics does what
 they claim: the soft walker walks both ways with its gait, the cup holds its water until
 it is tilted."""
 
@@ -29,7 +30,7 @@ def _load(name):
 def test_demo_runs_headless_and_writes_a_video(name, tmp_path):
     config = ps.backend.config()
     out = tmp_path / f"{name}.mp4"
-    frames = _load(name).main(["--offscreen", "--frames", "5", "--out", str(out)])
+    frames = _load(name).run(["--offscreen", "--frames", "5", "--out", str(out)])
     assert ps.backend.config() is config  # the running runtime was kept, not restarted
     assert len(frames) == 6 and frames[0].ndim == 3 and frames[0].dtype == np.uint8
     video = iio.imread(out)

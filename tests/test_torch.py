@@ -35,7 +35,7 @@ def test_readme_push_example_lowers_the_loss(tmp_path):
     spec = importlib.util.spec_from_file_location("push_plasticine", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    losses = demo.main(["--iters", "6", "--steps", "12", "--out", str(tmp_path)])
+    losses = demo.run(["--iters", "6", "--steps", "12", "--out", str(tmp_path)])
     assert losses[-1] < 0.5 * losses[0], losses
     assert (tmp_path / "push_plasticine.png").stat().st_size > 10_000
 
