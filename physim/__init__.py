@@ -8,11 +8,12 @@ from pathlib import Path as _Path
 
 from . import _source_tree, backend
 from .backend import init
-from .tools import BoxTool, CapsuleTool, CupTool, CylinderTool, SphereTool, Tool
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
+from .parts.springs import MassSpring
 from .scene import GradientError, Gradients, Scene, SimulationError
 from .tape import Tape
+from .tools import BoxTool, CapsuleTool, CupTool, CylinderTool, SphereTool, Tool
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "Fluid",
     "Viscoplastic",
     "Muscle",
+    "MassSpring",
     "Tool",
     "SphereTool",
     "BoxTool",
