@@ -56,7 +56,7 @@ def build_scene() -> ps.Scene:
     scene.add_body(ps.Cylinder(center=(CUP_START[0], inner_bottom + water_h / 2 + 0.006, CUP_START[2]),
                                radius=CUP["radius"] - 0.012, height=water_h),
                    ps.Fluid(bulk_modulus=400.0, viscosity=0.02))
-    scene.add_effector(ps.CupTool(position=CUP_START, friction=0.0, **CUP))
+    scene.add_tool(ps.CupTool(position=CUP_START, friction=0.0, **CUP))
     scene.build(max_steps=1)
     return scene
 

@@ -29,7 +29,7 @@ def build_scene(dim: int, steps: int) -> tuple[ps.Scene, np.ndarray]:
     size = [0.12, 0.08, 0.12][:dim]
     scene.add_body(ps.Box(center=center, size=size), ps.Plasticine(E=1e3, nu=0.2, yield_stress=20.0))
     tool = [0.33, 0.11, 0.5][:dim]
-    scene.add_effector(ps.SphereTool(position=tool, radius=0.04, friction=0.3, softness=60.0))
+    scene.add_tool(ps.SphereTool(position=tool, radius=0.04, friction=0.3, softness=60.0))
     scene.build(max_steps=steps)
     target = np.array(center)
     target[0] += 0.1

@@ -49,7 +49,7 @@ def build_scene() -> ps.Scene:
     scene = ps.Scene(dim=3, grid_res=GRID, substeps_per_step=20, boundary="sticky")
     scene.add_body(ps.Box(center=(0.5, FLOOR + BLOCK[1] / 2 + 0.002, 0.5), size=BLOCK),
                    ps.Plasticine(E=2e3, nu=0.25, yield_stress=20.0))
-    scene.add_effector(ps.SphereTool(position=(0.38, FLOOR + BLOCK[1] + TOOL_RADIUS + 0.03, 0.45),
+    scene.add_tool(ps.SphereTool(position=(0.38, FLOOR + BLOCK[1] + TOOL_RADIUS + 0.03, 0.45),
                                      radius=TOOL_RADIUS, friction=0.0))
     scene.build(max_steps=1)
     return scene
@@ -65,7 +65,7 @@ class Tool:
 
     def reset(self) -> None:
         """Back to the initial pose (after ``scene.reset()``)."""
-        self.position = self.scene.effectors[0].position.copy()
+        self.position = self.scene.tools[0].position.copy()
 
     def action(self) -> np.ndarray:
         """Tool velocity from the held keys, zeroed along axes where the tool would leave its box."""

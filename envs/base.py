@@ -10,8 +10,9 @@ Differentiable API on ``env.unwrapped`` (the protocol of :mod:`physim.optim.prob
 * ``loss(actions)`` / ``loss_and_grad(actions)``: run a (t <= horizon, action_dim) action
   sequence from the state of the latest ``reset()`` and return the task loss (and its
   gradient w.r.t. the actions); a running episode is left untouched;
-* ``evaluate(actions, grad=True)``: also the gradient w.r.t. the initial effector pose;
-  ``set_initial_effector_pos(pos)`` moves the tools' start pose for later evaluations.
+* ``evaluate(actions, grad=True)``: also the gradients w.r.t. the initial state by name
+  (``grad_initial["tools.pos"]``: the tools' start positions) and every parameter;
+  ``set_initial_tool_pos(pos)`` moves the tools' start pose for later evaluations.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class PhysimEnv(gym.Env):
       to scene actions (tool velocities in m/s, rad/s; actuation signals),
     * ``_sample_goal(rng)``: the procedural goal (and optionally a new start state via
       ``self.scene.reset(...)``), seeded by ``reset(seed=...)``,
-    * ``_loss(x, v, effector_pos) -> torch scalar``: the task loss of a state (float64 tensors),
+    * ``_loss(state) -> torch scalar``: the task loss of a state (name -> float64 tensor:
+      ``state["mpm.x"]``, ``state["tools.pos"]``, ...),
     * optionally ``_goal_features() -> 1-D array`` (fixed size) appended to observations,
       ``_metrics(state) -> dict`` added to ``info``, ``_goal_points() -> (m, dim)`` drawn by
       the renderer.
@@ -86,7 +88,7 @@ class PhysimEnv(gym.Env):
     def _sample_goal(self, rng: np.random.Generator) -> None:
         raise NotImplementedError
 
-    def _loss(self, x: torch.Tensor, v: torch.Tensor, effector_pos: torch.Tensor) -> torch.Tensor:
+    def _loss(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
     def _goal_features(self) -> np.ndarray:
@@ -111,10 +113,10 @@ class PhysimEnv(gym.Env):
     def _observation(self, state: dict) -> np.ndarray:
         i = self._obs_index
         parts = [
-            state["x"][i].reshape(-1),
-            state["v"][i].reshape(-1),
-            state["effector_pos"].reshape(-1),
-            state["effector_rot"].reshape(-1),
+            state["mpm.x"][i].reshape(-1),
+            state["mpm.v"][i].reshape(-1),
+            state["tools.pos"].reshape(-1),
+            state["tools.rot"].reshape(-1),
             np.asarray(self._goal_features(), dtype=np.float64).reshape(-1),
             [self._t / self.horizon],
         ]
@@ -122,8 +124,7 @@ class PhysimEnv(gym.Env):
 
     def _state_loss(self, state: dict) -> float:
         with torch.no_grad():
-            t = {k: torch.as_tensor(np.asarray(state[k], dtype=np.float64)) for k in ("x", "v", "effector_pos")}
-            return float(self._loss(t["x"], t["v"], t["effector_pos"]))
+            return float(self._loss({k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in state.items()}))
 
     def _check_action(self, action) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
@@ -216,21 +217,21 @@ class PhysimEnv(gym.Env):
         return self.problem.loss_and_grad(actions)
 
     def evaluate(self, actions, grad: bool = True) -> Evaluation:
-        """Loss and gradients w.r.t. the actions and the initial effector pose
-        (``grad_effector_pos0``, (E, dim))."""
+        """Loss and gradients w.r.t. the actions, the initial state by name
+        (``grad_initial["tools.pos"]``, (E, dim)) and the parameters (``grad_params``)."""
         return self.problem.evaluate(actions, grad=grad)
 
-    def set_initial_effector_pos(self, pos) -> None:
+    def set_initial_tool_pos(self, pos) -> None:
         """Move the tools' start positions ((E, dim)) for the following evaluations and the
         current episode (until the next ``reset()``, which restores the task's start pose)."""
         pos = np.asarray(pos, dtype=np.float64)
-        cur = self._start_state["effector_pos"]
+        cur = self._start_state["tools.pos"]
         if pos.shape != cur.shape or not np.isfinite(pos).all():
-            raise ValueError(f"initial effector positions must be a finite {cur.shape} array, got {pos.shape}")
+            raise ValueError(f"initial tool positions must be a finite {cur.shape} array, got {pos.shape}")
         lo, hi = 2 * self.scene.dx, 1 - 2 * self.scene.dx
         if np.any((pos < lo) | (pos > hi)):
-            raise ValueError(f"initial effector positions {pos.tolist()} leave the domain [{lo:g}, {hi:g}]")
-        self._start_state = dict(self._start_state, effector_pos=pos)
+            raise ValueError(f"initial tool positions {pos.tolist()} leave the domain [{lo:g}, {hi:g}]")
+        self._start_state = {**self._start_state, "tools.pos": pos}
         self.problem.start_state = self._start_state
         self.scene.set_state(self._start_state)
 

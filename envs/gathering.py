@@ -95,11 +95,11 @@ class GatheringEnv(PhysimEnv):
         scene.add_body(water, self.water)
         for blk in blocks:
             scene.add_body(blk, self.solid)
-        scene.add_effector(ps.BoxTool(position=(self.paddle_x, paddle_y, 0.5), half_extents=self.paddle_half,
+        scene.add_tool(ps.BoxTool(position=(self.paddle_x, paddle_y, 0.5), half_extents=self.paddle_half,
                                       friction=0.3, softness=0.0))
         # the pool: a fixed cup whose inner bottom is the domain floor
         pool_y = floor + self.pool_half_height - self.pool_thickness
-        scene.add_effector(ps.CupTool(position=(0.5, pool_y, 0.5), radius=self.pool_radius,
+        scene.add_tool(ps.CupTool(position=(0.5, pool_y, 0.5), radius=self.pool_radius,
                                       half_height=self.pool_half_height, thickness=self.pool_thickness, friction=0.1))
         scene.build(max_steps=self.horizon)
         mats = scene.particle_materials()
@@ -137,14 +137,15 @@ class GatheringEnv(PhysimEnv):
         return np.clip(a, -1, 1)
 
     # ------------------------------------------------------------------ loss & metrics
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         xb = x[self._block_index]
         m = self.mass[self._block_index]
         d = losses.distance_outside(xb, self._lo, self._hi)
         task = (m * d * d).sum() / m.sum()
         if self.contact_weight == 0:
             return task
-        contact = losses.contact_distance(xb, effector_pos[0], radius=self.paddle_half[0])
+        contact = losses.contact_distance(xb, tool_pos[0], radius=self.paddle_half[0])
         return task + self.contact_weight * contact
 
     def _goal_features(self):
@@ -152,12 +153,12 @@ class GatheringEnv(PhysimEnv):
 
     def _observation(self, state):
         obs = super()._observation(state)
-        x = state["x"]
+        x = state["mpm.x"]
         centers = np.concatenate([x[s].mean(axis=0) for s in self._block_slices])
         return np.concatenate([obs, centers.astype(np.float32)])
 
     def _metrics(self, state):
-        x = state["x"][self._is_block]
+        x = state["mpm.x"][self._is_block]
         inside = np.all((x >= self._lo) & (x <= self._hi), axis=1)
         return {"fraction_in_target": float(inside.mean())}
 

@@ -96,7 +96,7 @@ class IceCreamEnv(PhysimEnv):
                        ps.Viscoplastic(E=1e3, nu=0.3, yield_stress=self.yield_stress, viscosity=1.0))
         self._top = FLOOR + 0.005 + h - SINK
         y = self._top + self.gap + self.nozzle_radius + self.nozzle_half_length
-        scene.add_effector(ps.CapsuleTool(position=(0.5, y, 0.5), radius=self.nozzle_radius,
+        scene.add_tool(ps.CapsuleTool(position=(0.5, y, 0.5), radius=self.nozzle_radius,
                                           half_length=self.nozzle_half_length, friction=0.8, softness=100.0))
         scene.build(max_steps=self.horizon)
         sink_into_floor(scene, SINK)
@@ -148,9 +148,10 @@ class IceCreamEnv(PhysimEnv):
         top = x[x[:, 1] > FLOOR - SINK + 0.5 * self.column_height]
         return top[:, [0, 2]].mean(axis=0) if len(top) else x[:, [0, 2]].mean(axis=0)
 
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
-        tip = effector_pos[0] - torch.tensor([0.0, self.nozzle_half_length, 0.0], dtype=x.dtype)
+        tip = tool_pos[0] - torch.tensor([0.0, self.nozzle_half_length, 0.0], dtype=x.dtype)
         return (losses.density_l1(g, self._target_grid)
                 + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
                 + 0.5 * losses.contact_distance(x, tip, radius=self.nozzle_radius))
@@ -159,8 +160,8 @@ class IceCreamEnv(PhysimEnv):
         return self.goal_params
 
     def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["x"], self.mass.numpy(), self.grid_res)
-        off = float(np.linalg.norm(self._top_center(state["x"]) - self._target_top))
+        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
+        off = float(np.linalg.norm(self._top_center(state["mpm.x"]) - self._target_top))
         return {"iou": losses.iou(g, self._target_grid.numpy()), "offset": off}
 
     def _goal_points(self):

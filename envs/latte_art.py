@@ -89,7 +89,7 @@ class LatteArtEnv(PhysimEnv):
         height = 0.15
         scene.add_body(ps.Cylinder(center=(cx, bottom + 0.004 + height / 2, cz), radius=self.cup_radius - 0.005,
                                    height=height), self.milk)
-        scene.add_effector(ps.CupTool(position=self.cup_pos, radius=self.cup_radius, half_height=self.cup_half_height,
+        scene.add_tool(ps.CupTool(position=self.cup_pos, radius=self.cup_radius, half_height=self.cup_half_height,
                                       thickness=self.cup_thickness, friction=0.1))
         scene.build(max_steps=self.horizon)
         self._is_milk = scene.particle_materials() == scene.materials.index(self.milk)
@@ -155,7 +155,8 @@ class LatteArtEnv(PhysimEnv):
         l1 = (self._milk_image(x) - self._target).abs().sum()
         return l1, (self._milk_image(x, on_surface=False) * self._target_sdf).sum()
 
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         l1, sdf = self._image_terms(x)
         return l1 + self.sdf_weight * sdf
 
@@ -169,7 +170,7 @@ class LatteArtEnv(PhysimEnv):
 
     def _metrics(self, state):
         with torch.no_grad():
-            x = torch.as_tensor(np.asarray(state["x"], dtype=np.float64))
+            x = torch.as_tensor(np.asarray(state["mpm.x"], dtype=np.float64))
             l1, _ = self._image_terms(x)
             img = self._milk_image(x).numpy()
         return {"image_l1": float(l1), "iou": losses.iou(img, self._target.numpy())}

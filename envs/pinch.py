@@ -40,7 +40,7 @@ class PinchEnv(PhysimEnv):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=10, boundary="friction")
         scene.add_body(ps.Box(center=(0.5, 0.15, 0.5), size=(0.24, 0.1, 0.24)),
                        ps.Plasticine(E=1e3, nu=0.2, yield_stress=15.0))
-        scene.add_effector(ps.SphereTool(position=(0.5, 0.26, 0.5), radius=0.04, friction=0.3, softness=100.0))
+        scene.add_tool(ps.SphereTool(position=(0.5, 0.26, 0.5), radius=0.04, friction=0.3, softness=100.0))
         return scene.build(max_steps=self.horizon)
 
     def _action_map(self):
@@ -72,17 +72,18 @@ class PinchEnv(PhysimEnv):
         self._target_grid = torch.as_tensor(tg)
         self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
 
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
         return (losses.density_l1(g, self._target_grid)
                 + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
-                + 0.5 * losses.contact_distance(x, effector_pos[0], radius=0.04))
+                + 0.5 * losses.contact_distance(x, tool_pos[0], radius=0.04))
 
     def _goal_features(self):
         return self.target_xz
 
     def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["x"], self.mass.numpy(), self.grid_res)
+        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
         return {"iou": losses.iou(g, self._target_grid.numpy())}
 
     def _goal_points(self):

@@ -22,10 +22,10 @@ def cylinder_distance(x: torch.Tensor, center, radius: float, y_lo: float, y_hi:
     return torch.sqrt(dr * dr + dy * dy + 1e-12) - 1e-6
 
 
-def _set_start_effector_pos(scene, pos: np.ndarray) -> None:
-    """Make ``pos`` the effector start pose that ``scene.reset()`` returns to (so that a
+def _set_start_tool_pos(scene, pos: np.ndarray) -> None:
+    """Make ``pos`` the tool start pose that ``scene.reset()`` returns to (so that a
     later ``env.reset()`` without a seed keeps the seeded layout), and reset to it."""
-    scene._initial["effector_pos"] = np.asarray(pos, dtype=np.float64).reshape(-1, scene.dim)
+    scene.set_initial_state({"tools.pos": np.asarray(pos, dtype=np.float64).reshape(-1, scene.dim)})
     scene.reset()
 
 
@@ -79,11 +79,11 @@ class PouringEnv(PhysimEnv):
         scene.add_body(ps.Cylinder(center=(cx, bottom + 0.003 + height / 2, cz), radius=self.cup_radius - 0.006,
                                    height=height),
                        ps.Fluid(bulk_modulus=300.0, viscosity=0.05, density=1.0))
-        scene.add_effector(ps.CupTool(position=self.cup_pos, radius=self.cup_radius, half_height=self.cup_half_height,
+        scene.add_tool(ps.CupTool(position=self.cup_pos, radius=self.cup_radius, half_height=self.cup_half_height,
                                       thickness=self.cup_thickness, friction=0.1, softness=self.softness))
         floor = 3.0 / self.grid_res
         self._target_y = floor + self.target_half_height + 0.002
-        scene.add_effector(ps.CupTool(position=(0.66, self._target_y, 0.5), radius=self.target_radius,
+        scene.add_tool(ps.CupTool(position=(0.66, self._target_y, 0.5), radius=self.target_radius,
                                       half_height=self.target_half_height, thickness=self.target_thickness,
                                       friction=0.1, softness=self.softness))
         return scene.build(max_steps=self.horizon)
@@ -91,14 +91,14 @@ class PouringEnv(PhysimEnv):
     def _action_map(self):
         M = np.zeros((4, self.scene.action_dim))
         M[:3, :3] = np.eye(3) * self.speed
-        M[3, 5] = self.spin  # angular velocity about world z of effector 0; effector 1 never moves
+        M[3, 5] = self.spin  # angular velocity about world z of tool 0; tool 1 never moves
         return M
 
     # ------------------------------------------------------------------ goal
     def _sample_goal(self, rng):
         self.target_xz = np.array([rng.uniform(0.6, 0.72), rng.uniform(0.38, 0.62)])
         eff = np.array([self.cup_pos, (self.target_xz[0], self._target_y, self.target_xz[1])])
-        _set_start_effector_pos(self.scene, eff)
+        _set_start_tool_pos(self.scene, eff)
         t = self.target_thickness
         self._cavity = (self._target_y - self.target_half_height + t, self._target_y + self.target_half_height)
 
@@ -122,7 +122,8 @@ class PouringEnv(PhysimEnv):
         return np.clip(a, -1, 1)
 
     # ------------------------------------------------------------------ loss & metrics
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         y_lo, y_hi = self._cavity
         d = cylinder_distance(x, self.target_xz, self.target_radius, y_lo, y_hi)
         return (self.mass * d).sum() / self.mass.sum()
@@ -131,7 +132,7 @@ class PouringEnv(PhysimEnv):
         return self._target_center()
 
     def _metrics(self, state):
-        x = state["x"]
+        x = state["mpm.x"]
         y_lo, y_hi = self._cavity
         r = np.hypot(x[:, 0] - self.target_xz[0], x[:, 2] - self.target_xz[1])
         inside = (r <= self.target_radius) & (x[:, 1] >= y_lo - 0.01) & (x[:, 1] <= y_hi)

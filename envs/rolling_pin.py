@@ -71,7 +71,7 @@ class RollingPinEnv(PhysimEnv):
         self._top = TABLE + 0.001 + sy
         # capsule axis: local y -> world z (90 degrees about x)
         q = (np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0)
-        scene.add_effector(ps.CapsuleTool(position=(0.5, self._top + self.gap + self.pin_radius, 0.5), rotation=q,
+        scene.add_tool(ps.CapsuleTool(position=(0.5, self._top + self.gap + self.pin_radius, 0.5), rotation=q,
                                           radius=self.pin_radius, half_length=self.pin_half_length, friction=1.5,
                                           softness=100.0))
         scene.build(max_steps=self.horizon)
@@ -129,19 +129,20 @@ class RollingPinEnv(PhysimEnv):
     def _thickness(x: np.ndarray) -> float:
         return float(np.percentile(x[:, 1], 95) - TABLE)
 
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
         # distance from the pin's axis (a line along z): distance in the x-y plane
         return (losses.density_l1(g, self._target_grid)
                 + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
-                + 0.5 * losses.contact_distance(x[:, :2], effector_pos[0, :2], radius=self.pin_radius))
+                + 0.5 * losses.contact_distance(x[:, :2], tool_pos[0, :2], radius=self.pin_radius))
 
     def _goal_features(self):
         return self.goal_params
 
     def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["x"], self.mass.numpy(), self.grid_res)
-        return {"iou": losses.iou(g, self._target_grid.numpy()), "thickness": self._thickness(state["x"]),
+        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
+        return {"iou": losses.iou(g, self._target_grid.numpy()), "thickness": self._thickness(state["mpm.x"]),
                 "target_thickness": self._target_thickness}
 
     def _goal_points(self):

@@ -103,7 +103,8 @@ class _WalkerEnv(PhysimEnv):
         self.target_distance = float(rng.uniform(*self.target_range) * d)
         self.target_x = self.start_x + self.target_distance
 
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         m = self.mass
         cx = (m * x[:, 0]).sum() / m.sum()
         return ((cx - self.target_x) / self.target_distance) ** 2
@@ -113,13 +114,13 @@ class _WalkerEnv(PhysimEnv):
 
     def _observation(self, state):
         base = super()._observation(state)
-        c = self._centroid(state["x"])
-        vc = self._centroid(state["v"])
+        c = self._centroid(state["mpm.x"])
+        vc = self._centroid(state["mpm.v"])
         extra = np.concatenate([c, vc, [self.target_x - c[0]]]).astype(np.float32)
         return np.concatenate([base, extra])
 
     def _metrics(self, state):
-        cx = float(self._centroid(state["x"])[0])
+        cx = float(self._centroid(state["mpm.x"])[0])
         return {"displacement": cx - self.start_x,
                 "progress": (cx - self.start_x) / self.target_distance,
                 "target_distance": self.target_distance}

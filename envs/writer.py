@@ -73,7 +73,7 @@ class WriterEnv(PhysimEnv):
                        ps.Plasticine(E=1e3, nu=self.nu, yield_stress=self.yield_stress))
         self._top = FLOOR + 0.001 + sy - SINK
         self._pen_y0 = self._top + self.gap + self.pen_radius + self.pen_half_length
-        scene.add_effector(ps.CapsuleTool(position=(0.5, self._pen_y0, 0.5), radius=self.pen_radius,
+        scene.add_tool(ps.CapsuleTool(position=(0.5, self._pen_y0, 0.5), radius=self.pen_radius,
                                           half_length=self.pen_half_length, friction=self.pen_friction, softness=100.0))
         scene.build(max_steps=self.horizon)
         sink_into_floor(scene, SINK)
@@ -144,9 +144,10 @@ class WriterEnv(PhysimEnv):
         self._target_grid = torch.as_tensor(tg)
         self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
 
-    def _loss(self, x, v, effector_pos):
+    def _loss(self, state):
+        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
-        tip = effector_pos[0] - torch.tensor([0.0, self.pen_half_length, 0.0], dtype=x.dtype)
+        tip = tool_pos[0] - torch.tensor([0.0, self.pen_half_length, 0.0], dtype=x.dtype)
         return (losses.density_l1(g, self._target_grid)
                 + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
                 + 0.5 * losses.contact_distance(x, tip, radius=self.pen_radius))
@@ -159,7 +160,7 @@ class WriterEnv(PhysimEnv):
         return (self._start_grid - grid) > 0.3 * self._start_grid.max()
 
     def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["x"], self.mass.numpy(), self.grid_res)
+        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
         a, b = self._groove(g), self._groove(self._target_grid.numpy())
         union = np.logical_or(a, b).sum()
         groove_iou = float(np.logical_and(a, b).sum() / union) if union else 1.0

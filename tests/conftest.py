@@ -22,7 +22,7 @@ def _runtime():
     yield
 
 
-def small_scene(dim, material, *, effector=True, softness=50.0, friction=0.4, actuator=None,
+def small_scene(dim, material, *, tool=True, softness=50.0, friction=0.4, actuator=None,
                 gravity=None, checkpoint_every=8, substeps=4, velocity=None, boundary="slip", dt=2e-4,
                 tool_x=0.38, specialize=False):
     """A small scene (grid 32 in 2D / 16 in 3D, a few hundred particles) whose layout is the
@@ -36,9 +36,9 @@ def small_scene(dim, material, *, effector=True, softness=50.0, friction=0.4, ac
     scene.add_body(ps.Box(center=center, size=size), material,
                    velocity=velocity if velocity is not None else [0.2] + [0.0] * (dim - 1),
                    actuator=actuator, jitter=0.3, seed=1)
-    if effector:
+    if tool:
         pos = [tool_x, 0.34, 0.5][:dim]
-        scene.add_effector(ps.SphereTool(position=pos, radius=0.05, softness=softness, friction=friction))
+        scene.add_tool(ps.SphereTool(position=pos, radius=0.05, softness=softness, friction=friction))
     scene.build(max_steps=8)
     return scene
 

@@ -26,11 +26,11 @@ def test_checkpointed_gradient_equals_full_tape(dim):
     full = grads(16)  # 4 steps x 4 substeps: one chunk, nothing recomputed
     for k in (3, 5, 8):  # chunks that do and do not align with action steps
         ck = grads(k)
-        for name in ("actions", "x0", "v0", "effector_pos0"):
+        for name in ("actions", "x0", "v0", "tool_pos0"):
             a, b = getattr(full, name), getattr(ck, name)
             assert np.allclose(a, b, rtol=1e-10, atol=1e-13 * np.abs(a).max()), (k, name)
         assert np.isclose(full.materials[0]["E"], ck.materials[0]["E"], rtol=1e-10)
-        assert np.isclose(full.effector_friction[0], ck.effector_friction[0], rtol=1e-10)
+        assert np.isclose(full.tool_friction[0], ck.tool_friction[0], rtol=1e-10)
 
 
 def test_final_state_restored_after_checkpointed_backward():
@@ -78,7 +78,7 @@ def test_checkpoints_spilled_to_disk_give_the_same_gradients(tmp_path):
     in_ram, spilled_ram, _ = grads(None)
     on_disk, spilled_disk, directory = grads(0)
     assert spilled_ram == 0 and spilled_disk == 6 * 4 // 3
-    for name in ("actions", "x0", "v0", "effector_pos0"):
+    for name in ("actions", "x0", "v0", "tool_pos0"):
         a, b = getattr(in_ram, name), getattr(on_disk, name)
         assert np.allclose(a, b, rtol=1e-10, atol=1e-13 * np.abs(a).max()), name
     assert not os.path.exists(directory)  # backward is done with the rollout: files deleted

@@ -12,7 +12,7 @@ def _free_scene(dim, velocity_field, material=None):
     scene.add_body(ps.Sphere(center=[0.5] * dim, radius=0.15 if dim == 2 else 0.2),
                    material or ps.Elastic(E=1e3, nu=0.3), jitter=0.4, seed=2)
     scene.build(max_steps=8)
-    x = scene._initial["x"]
+    x = scene.initial_state()["mpm.x"]
     scene.set_initial_state(v=velocity_field(x))
     return scene
 

@@ -79,7 +79,7 @@ def test_cup_holds_water_upright_and_pours_when_tilted():
     assert cup.outside_fraction(scene.particle_positions()) < 0.01  # nothing leaks through walls or bottom
     _play(scene, keys, cup, 36, {"e"})  # tilt clockwise, about 80 degrees
     assert -85 < math.degrees(cup.tilt) < -75
-    rot = scene.effector_poses()[1][0]
+    rot = scene.tool_poses()[1][0]
     assert rot[0] == pytest.approx(math.cos(cup.tilt / 2), abs=0.01)  # the demo tracks the solver's pose
     assert rot[3] == pytest.approx(math.sin(cup.tilt / 2), abs=0.01)
     _play(scene, keys, cup, 10, set())

@@ -34,7 +34,7 @@ def test_pouring_script_fills_the_container():
     assert env._metrics(poured.state)["fraction_in_target"] > 0.5
     assert poured.loss < 0.1 * zero.loss
     # the water stays in the held cup when nothing moves (the walls do not leak)
-    x = zero.state["x"]
+    x = zero.state["mpm.x"]
     assert np.all(np.hypot(x[:, 0] - env.cup_pos[0], x[:, 2] - env.cup_pos[2]) < env.cup_radius + 0.01)
 
 
@@ -60,7 +60,7 @@ def test_gathering_script_gathers_the_blocks():
     assert f1 > 0.6 and f1 > f0 + 0.5
     assert pushed.loss < 0.1 * zero.loss
     # the blocks float: their centers stay near the water surface
-    y = zero.state["x"][env._is_block][:, 1]
+    y = zero.state["mpm.x"][env._is_block][:, 1]
     assert abs(y.mean() - env._surface) < 0.03
 
 

@@ -34,7 +34,7 @@ def test_goal_depends_on_seed_and_is_reproducible(env_id):
     # reset without a seed keeps the goal and restores the start state
     env.reset()
     np.testing.assert_array_equal(u.goal_params, p1)
-    np.testing.assert_allclose(u.scene.particle_positions(), u._start_state["x"])
+    np.testing.assert_allclose(u.scene.particle_positions(), u._start_state["mpm.x"])
 
 
 @pytest.mark.parametrize("env_id", IDS)

@@ -152,7 +152,7 @@ def test_loss_api_matches_stepping_and_leaves_episode_alone(env_id):
     before = task.scene.get_state()
     loss = task.loss(actions)
     after = task.scene.get_state()
-    np.testing.assert_array_equal(before["x"], after["x"])  # the running episode is untouched
+    np.testing.assert_array_equal(before["mpm.x"], after["mpm.x"])  # the running episode is untouched
     losses, _ = task.rollout(actions)
     assert losses[-1] == pytest.approx(loss, rel=1e-6, abs=1e-9)
 
@@ -175,18 +175,18 @@ eps = 1e-4
 fd = (task.loss(a + eps * d) - task.loss(a - eps * d)) / (2 * eps)
 analytic = float((ev.grad_actions * d).sum())
 assert abs(analytic - fd) <= 2e-3 * max(abs(fd), 1e-6) + 1e-9, (analytic, fd)
-g = ev.grad_effector_pos0[0]
-p0 = task._start_state["effector_pos"].copy()
+g = ev.grad_initial["tools.pos"][0]
+p0 = task._start_state["tools.pos"].copy()
 for k in range(3):
     e = np.zeros_like(p0)
     e[0, k] = 1e-5
-    task.set_initial_effector_pos(p0 + e)
+    task.set_initial_tool_pos(p0 + e)
     lp = task.loss(a)
-    task.set_initial_effector_pos(p0 - e)
+    task.set_initial_tool_pos(p0 - e)
     lm = task.loss(a)
     fd_k = (lp - lm) / 2e-5
     assert abs(g[k] - fd_k) <= 5e-3 * max(abs(fd_k), np.abs(g).max()) + 1e-9, (k, g[k], fd_k)
-task.set_initial_effector_pos(p0)
+task.set_initial_tool_pos(p0)
 res = optim.adam(task, iters=6, lr=0.3, progress=False)
 assert res.loss < 0.9 * res.initial_loss, res.losses
 print("GRAD-OK", analytic, fd)

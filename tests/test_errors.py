@@ -63,7 +63,7 @@ def test_particles_outside_domain():
         s.add_body(ps.Box(center=(0.05, 0.5), size=(0.1, 0.1)), ps.Elastic())
     scene = small_scene(2, ps.Elastic())
     state = scene.get_state()
-    state["x"][3] = [1.5, 0.5]
+    state["mpm.x"][3] = [1.5, 0.5]
     with pytest.raises(ValueError, match=r"particle 3 at \[1\.5, 0\.5\] is outside"):
         scene.set_state(state)
 
@@ -76,7 +76,7 @@ def test_unstable_dt_is_refused():
 
 
 def test_blow_up_is_reported_with_its_substep():
-    scene = small_scene(2, ps.Elastic(E=2e3, nu=0.3), effector=False)
+    scene = small_scene(2, ps.Elastic(E=2e3, nu=0.3), tool=False)
     scene.set_initial_state(v=np.full((scene.n_particles, 2), 400.0))  # 2.5 cells per substep
     with pytest.raises(ps.SimulationError, match=r"blew up at substep 1 .*CFL"):
         scene.forward(np.zeros((2, 0)))
@@ -103,7 +103,7 @@ def test_backward_without_forward(scene):
     with pytest.raises(RuntimeError, match="needs a forward"):
         scene.backward(grad_x=np.zeros((scene.n_particles, 2)))
     scene.forward(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"state\['x'\] must have shape"):
+    with pytest.raises(ValueError, match=r"state\['mpm.x'\] must have shape"):
         scene.backward(grad_x=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         scene.backward(grad_x=np.full((scene.n_particles, 2), np.nan))

@@ -6,8 +6,8 @@ import taichi as ti
 from conftest import small_scene
 
 import physim as ps
-from physim.effectors import SHAPE_IDS
-from physim.solvers._linalg import tool_sdf
+from physim.parts.tools import SHAPE_IDS
+from physim.contact.sdf import tool_sdf
 
 
 def test_lattice_sampling_volume():
@@ -98,7 +98,7 @@ def test_tool_sdf_and_normal(dim, shape):
 def test_every_tool_pushes_material(tool):
     scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=10, gravity=(0, 0))
     scene.add_body(ps.Box(center=(0.5, 0.3), size=(0.2, 0.16)), ps.Plasticine(yield_stress=20))
-    scene.add_effector(tool)
+    scene.add_tool(tool)
     scene.build(max_steps=16)
     y0 = scene.particle_positions()[:, 1].mean()
     scene.forward(np.tile([0.0, -1.0, 0.0], (16, 1)), requires_grad=False)
@@ -121,7 +121,7 @@ def test_soft_contact_gives_gradient_before_touching():
 def test_muscle_actuation_deforms_the_body():
     heights = []
     for signal in (-1.0, 1.0):
-        scene = small_scene(2, ps.Muscle(E=2e3, nu=0.2, actuation_strength=200.0), effector=False,
+        scene = small_scene(2, ps.Muscle(E=2e3, nu=0.2, actuation_strength=200.0), tool=False,
                             actuator=0, gravity=[0, 0], velocity=[0, 0])
         scene.forward(np.full((8, 1), signal), requires_grad=False)
         heights.append(np.ptp(scene.particle_positions()[:, 1]))

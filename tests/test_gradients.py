@@ -1,8 +1,8 @@
 """Reverse-mode gradients against central finite differences (f64), every material, 2D and 3D.
 
-Differentiable inputs checked: effector linear and angular velocities, actuation
+Differentiable inputs checked: tool linear and angular velocities, actuation
 signals, initial particle positions and velocities, material parameters (E, nu,
-yield stress, friction angle, viscosity) and the effector friction coefficient.
+yield stress, friction angle, viscosity) and the tool friction coefficient.
 """
 
 import zlib
@@ -38,8 +38,8 @@ def _setup(dim, name, specialize=False):
     actions[:, 0] += 1.5  # push the tool into the body
     # a converging initial flow keeps every particle's strain away from zero, where the
     # plastic models have kinks (cone apex, yield surface) that finite differences straddle
-    x0 = scene._initial["x"]
-    scene.set_initial_state(v=scene._initial["v"] - 2.0 * (x0 - x0.mean(axis=0)))
+    x0 = scene.initial_state()["mpm.x"]
+    scene.set_initial_state(v=scene.initial_state()["mpm.v"] - 2.0 * (x0 - x0.mean(axis=0)))
     n = scene.n_particles
     weights = (rng.normal(size=(n, dim)), 0.01 * rng.normal(size=(n, dim)))
     return scene, params, actions, weights
@@ -71,12 +71,12 @@ def test_specialized_scene_without_tools_gradients_match_finite_differences():
     (eff_capacity 0): same motion as the generic kernels, and gradients w.r.t. the initial
     state and a material parameter still match finite differences."""
     def make(specialize):
-        scene = small_scene(2, ps.Elastic(E=2e3, nu=0.3), effector=False, specialize=specialize)
-        x0 = scene._initial["x"]
-        scene.set_initial_state(v=scene._initial["v"] - 2.0 * (x0 - x0.mean(axis=0)))
+        scene = small_scene(2, ps.Elastic(E=2e3, nu=0.3), tool=False, specialize=specialize)
+        x0 = scene.initial_state()["mpm.x"]
+        scene.set_initial_state(v=scene.initial_state()["mpm.v"] - 2.0 * (x0 - x0.mean(axis=0)))
         return scene
     scene, generic = make(True), make(False)
-    assert scene.engine.eff_capacity == 0 and generic.engine.eff_capacity >= 1
+    assert not scene.engine.layout.tool_contact and generic.engine.layout.tool_contact
     actions = np.zeros((4, scene.action_dim))
     for s in (scene, generic):
         s.forward(actions, requires_grad=False)
@@ -85,7 +85,7 @@ def test_specialized_scene_without_tools_gradients_match_finite_differences():
     n = scene.n_particles
     weights = (rng.normal(size=(n, 2)), 0.01 * rng.normal(size=(n, 2)))
     _, g = loss_and_grad(scene, actions, weights)
-    x0 = scene._initial["x"]
+    x0 = scene.initial_state()["mpm.x"]
     fd, an = [], []
     for i in (0, n // 2, n - 1):
         for d in range(2):
@@ -122,7 +122,7 @@ def _check_gradients(dim, name, specialize):
     assert_close(fd, [g.actions[t, j] for t, j in entries], f"{name} {dim}D d/d actions")
 
     # initial positions and velocities of a few particles
-    x0, v0 = scene._initial["x"], scene._initial["v"]
+    x0, v0 = scene.initial_state()["mpm.x"], scene.initial_state()["mpm.v"]
     idx = [0, scene.n_particles // 2, scene.n_particles - 1]
     for label, base, ad in (("x0", x0, g.x0), ("v0", v0, g.v0)):
         fd, an = [], []
@@ -136,7 +136,7 @@ def _check_gradients(dim, name, specialize):
                 an.append(ad[i, d])
         assert_close(fd, an, f"{name} {dim}D d/d {label}")
 
-    # material parameters and effector friction
+    # material parameters and tool friction
     for p in params:
         value = scene.get_material_param(0, p)
         h = H * value
@@ -146,21 +146,21 @@ def _check_gradients(dim, name, specialize):
             scene.set_material_param(0, p, value)
             return out
         fd = central_difference(shifted, h)
-        ad = g.materials[0][p] * (np.pi / 180 if p == "friction_angle" else 1.0)  # per degree
+        ad = g.params["mpm." + p][0]  # per user unit: per degree for friction_angle
         assert abs(fd) > 0, f"{name} {dim}D: loss does not depend on {p}; scene too gentle"
         assert_close([fd], [ad], f"{name} {dim}D d/d {p}")
 
     def fric(dh):
-        scene.set_effector_friction(0, 0.4 + dh)
+        scene.set_tool_friction(0, 0.4 + dh)
         out = f(actions)
-        scene.set_effector_friction(0, 0.4)
+        scene.set_tool_friction(0, 0.4)
         return out
-    assert_close([central_difference(fric, H)], [g.effector_friction[0]], f"{name} {dim}D d/d friction")
+    assert_close([central_difference(fric, H)], [g.tool_friction[0]], f"{name} {dim}D d/d friction")
 
 
 def test_gradients_finite_for_block_at_rest():
     """Repeated singular values (F = I): the SVD adjoint must stay finite and exact."""
-    scene = small_scene(3, ps.Elastic(E=2e3, nu=0.3), effector=False, gravity=[0, 0, 0], velocity=[0, 0, 0])
+    scene = small_scene(3, ps.Elastic(E=2e3, nu=0.3), tool=False, gravity=[0, 0, 0], velocity=[0, 0, 0])
     n = scene.n_particles
     rng = np.random.default_rng(3)
     weights = (rng.normal(size=(n, 3)), np.zeros((n, 3)))
@@ -170,5 +170,5 @@ def test_gradients_finite_for_block_at_rest():
     # at rest nothing moves: d x_T / d x_0 is the identity to first order
     assert np.abs(g.x0 - weights[0]).max() < 0.05 * np.abs(weights[0]).max()
     fd = central_difference(lambda h: loss_only(scene, actions, weights,
-                                                x0=scene._initial["x"] + h * (np.arange(n) == 7)[:, None]), H)
+                                                x0=scene.initial_state()["mpm.x"] + h * (np.arange(n) == 7)[:, None]), H)
     assert abs(fd - g.x0[7].sum()) < 1e-6 * max(1.0, abs(fd)) * 1e3

@@ -205,7 +205,7 @@ class MuscleWalker(gym.Env):
 
     def _obs(self):
         s = self.scene.get_state()
-        f = [np.r_[s["x"][b.start:b.start + b.count].mean(0), s["v"][b.start:b.start + b.count].mean(0)]
+        f = [np.r_[s["mpm.x"][b.start:b.start + b.count].mean(0), s["mpm.v"][b.start:b.start + b.count].mean(0)]
              for b in self.scene.bodies]
         return np.concatenate(f).astype(np.float32)
 

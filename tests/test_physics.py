@@ -30,7 +30,7 @@ def test_free_fall_follows_half_g_t_squared_until_the_floor():
 
 
 def _volume(scene):
-    F = scene.get_state()["F"]
+    F = scene.get_state()["mpm.F"]
     return (np.linalg.det(F) * scene.spacing**scene.dim).sum()
 
 
@@ -71,7 +71,7 @@ def _press(material):
     returns the dent: the top surface under the tool relative to the top near the sides."""
     scene = ps.Scene(dim=2, grid_res=48, substeps_per_step=10, boundary="sticky")
     scene.add_body(ps.Box(center=(0.5, 0.17), size=(0.3, 0.2)), material)  # top at y = 0.27
-    scene.add_effector(ps.SphereTool(position=(0.5, 0.33), radius=0.05, friction=0.0))
+    scene.add_tool(ps.SphereTool(position=(0.5, 0.33), radius=0.05, friction=0.0))
     scene.build(max_steps=256)
     scene.forward(np.zeros((20, 3)), requires_grad=False)  # settle under gravity
     travel = 0.045  # the tool's lowest point ends 3.5 cm below the top

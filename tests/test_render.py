@@ -1,5 +1,5 @@
 """physim.render: frames show the particles (in their material color, where they are),
-effector meshes appear, move and turn with the effector, videos read back, rollouts,
+tool meshes appear, move and turn with the tool, videos read back, rollouts,
 tool meshes, and the keyboard state the demos use."""
 
 import colorsys
@@ -47,15 +47,15 @@ def _to_pixel(renderer: Renderer, point) -> np.ndarray:
     return np.array([x, renderer.plotter.window_size[1] - 1 - y])
 
 
-def _scene(dim, material, effector=None, center=None, size=0.16):
+def _scene(dim, material, tool=None, center=None, size=0.16):
     """A small scene with the engine layout of conftest.small_scene (grid 32 / 16, at most
     256 particles, K = 8, 8 steps), so it reuses the kernels the other tests compiled."""
     res = 32 if dim == 2 else 16
     scene = ps.Scene(dim=dim, grid_res=res, substeps_per_step=4, dt=2e-4, checkpoint_every=8, specialize=False)
     center = center or [0.35, 0.3, 0.5][:dim]
     scene.add_body(ps.Box(center=center, size=[size] * dim), material)
-    if effector is not None:
-        scene.add_effector(effector)
+    if tool is not None:
+        scene.add_tool(tool)
     scene.build(max_steps=8)
     assert scene.n_particles <= 256
     return scene
@@ -99,20 +99,20 @@ def test_colors_per_material_and_override():
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_effector_mesh_appears_moves_and_turns(dim):
+def test_tool_mesh_appears_moves_and_turns(dim):
     pos = np.array([0.65, 0.5, 0.5][:dim])
     tool = ps.CapsuleTool(position=pos, radius=0.03, half_length=0.08)  # axis along y: tall
-    scene = _scene(dim, ps.Elastic(), effector=tool, center=[0.25, 0.25, 0.5][:dim], size=0.1)
+    scene = _scene(dim, ps.Elastic(), tool=tool, center=[0.25, 0.25, 0.5][:dim], size=0.1)
     quarter_turn = np.array([[math.pi / 2, 0, 0, 0]]) if dim == 2 else np.array(
         [[math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)]])
     with Renderer(scene, window_size=SIZE, off_screen=True) as r:
-        r.effector_actors[0].prop.color = (0.0, 0.8, 0.9)  # a hue nothing else in the picture has
+        r.tool_actors[0].prop.color = (0.0, 0.8, 0.9)  # a hue nothing else in the picture has
         masks, expected = [], []
         for p, rot in ((pos, None), (pos + np.array([0.15, 0.1, 0.0][:dim]), None), (pos, quarter_turn)):
-            scene.reset(effector_pos=p[None], effector_rot=rot)
+            scene.reset({"tools.pos": p[None], "tools.rot": rot})
             masks.append(_hue_mask(r.frame(), (0.0, 0.8, 0.9)))
             expected.append(_to_pixel(r, p))
-        r.effector_actors[0].visibility = False
+        r.tool_actors[0].visibility = False
         hidden = _hue_mask(r.frame(), (0.0, 0.8, 0.9))
     assert hidden.sum() == 0
     boxes = []
@@ -183,13 +183,13 @@ def test_record_video_mp4_and_gif(tmp_path):
 
 def test_render_rollout_steps_the_scene_and_films_it(tmp_path):
     tool = ps.SphereTool(position=(0.6, 0.3), radius=0.05)
-    scene = _scene(2, ps.Elastic(), effector=tool)
+    scene = _scene(2, ps.Elastic(), tool=tool)
     actions = np.tile([1.0, 0.0, 0.0], (6, 1))
     frames = render_rollout(scene, actions, tmp_path / "roll.mp4", every=2, window_size=SIZE)
     assert len(frames) == 4 and frames[0].shape == (SIZE[1], SIZE[0], 3)
     assert iio.imread(tmp_path / "roll.mp4").shape[0] == 4
     # it really stepped: the tool moved 6 steps at 1 m/s, and the frames differ
-    moved = scene.effector_poses()[0][0, 0] - 0.6
+    moved = scene.tool_poses()[0][0, 0] - 0.6
     assert moved == pytest.approx(6 * scene.substeps_per_step * scene.dt, rel=1e-6)
     assert np.abs(frames[-1].astype(int) - frames[0]).sum() > 0
 

@@ -8,14 +8,16 @@ Every optimizer in :mod:`physim.optim` talks to a *problem*: anything with
 * ``loss(actions)`` and ``loss_and_grad(actions)`` for an action array of 1..T rows: the task
   loss of the state reached after those steps, from the problem's start state.
 
-:class:`SceneProblem` implements it for any scene and any torch loss of the final state; the
-Gymnasium environments in :mod:`physim.envs` expose the same attributes on ``env.unwrapped``.
+:class:`SceneProblem` implements it for any scene and any torch loss of the state by name
+(``"mpm.x"``, ``"tools.pos"``, ``"springs.x"``, ...): of the final state, or of the states at
+every step (a time series); the Gymnasium environments in :mod:`physim.envs` expose the same
+attributes on ``env.unwrapped``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,8 +31,10 @@ class Evaluation:
 
     loss: float
     grad_actions: np.ndarray | None = None  #: (t, A) d loss / d actions
-    grad_effector_pos0: np.ndarray | None = None  #: (E, dim) d loss / d initial effector positions
-    grad_effector_rot0: np.ndarray | None = None  #: (E, 4) d loss / d initial effector rotations
+    #: d loss / d initial state, by name (e.g. ``"tools.pos"``: (E, dim) initial tool positions)
+    grad_initial: dict[str, np.ndarray] = field(default_factory=dict)
+    #: d loss / d every differentiable parameter, by name (``"mpm.E"``, ``"tools.friction"``, ...)
+    grad_params: dict[str, np.ndarray] = field(default_factory=dict)
     action_grad_norm: float = 0.0
     state: dict | None = None  #: the final state (numpy, as Scene.get_state) when kept
 
@@ -40,8 +44,10 @@ class SceneProblem:
 
     Args:
         scene: a built scene (``max_steps >= horizon``).
-        loss_fn: ``loss_fn(x, v, effector_pos) -> scalar tensor``, torch float64 tensors of the
-            state after the actions ((n, dim), (n, dim), (E, dim)). Must be differentiable.
+        loss_fn: ``loss_fn(state) -> scalar tensor``; ``state`` maps every state name
+            (``scene.state_names``: ``"mpm.x"``, ``"tools.pos"``, ...) to a float64 tensor of the
+            state after the actions; with ``observe``, it maps each observed name to the
+            time series of shape (t + 1, ...) (entry 0 the start state). Must be differentiable.
         horizon: T, the number of steps of a full trajectory.
         action_low, action_high: per-step action bounds, scalars or (A,) arrays.
         action_map: (A, scene.action_dim) matrix M; the scene is driven by ``actions @ M``
@@ -49,17 +55,20 @@ class SceneProblem:
             Default: the identity (A = scene.action_dim).
         start_state: the state every evaluation starts from (as :meth:`Scene.get_state`);
             default: the scene's state now. Assign ``problem.start_state`` to change it.
+        observe: state names whose whole time series the loss reads (a loss at many steps);
+            ``None``: the loss reads the final state only.
     """
 
     def __init__(
         self,
         scene,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         horizon: int,
         action_low=-1.0,
         action_high=1.0,
         action_map=None,
         start_state: dict | None = None,
+        observe: Sequence[str] | None = None,
     ):
         scene._check_built()
         if not (isinstance(horizon, int) and 1 <= horizon <= scene.max_steps):
@@ -81,6 +90,11 @@ class SceneProblem:
         if not np.all(self.action_low < self.action_high):
             raise ValueError(f"action_low must be below action_high, got {self.action_low} and {self.action_high}")
         self.start_state = scene.get_state() if start_state is None else start_state
+        self.observe = None if observe is None else list(observe)
+        if self.observe is not None:
+            unknown = [n for n in self.observe if n not in scene.state_names]
+            if unknown:
+                raise ValueError(f"observe names {unknown} are not state entries; the scene has {scene.state_names}")
         self.sim_steps = 0
 
     # ------------------------------------------------------------------ checks
@@ -118,12 +132,11 @@ class SceneProblem:
         saved = scene.get_state()
         try:
             scene.set_state(self.start_state)
-            scene.forward(a @ self.action_map, requires_grad=grad)
+            series = scene.forward(a @ self.action_map, requires_grad=grad, observe=self.observe)
             s = scene.get_state()
-            x = torch.tensor(s["x"], dtype=torch.float64, requires_grad=grad)
-            v = torch.tensor(s["v"], dtype=torch.float64, requires_grad=grad)
-            p = torch.tensor(s["effector_pos"], dtype=torch.float64, requires_grad=grad)
-            loss = self.loss_fn(x, v, p)
+            arrays = s if series is None else series
+            tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=grad) for k, v in arrays.items()}
+            loss = self.loss_fn(tensors)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError("loss_fn must return a scalar torch tensor")
             value = float(loss.detach())
@@ -133,15 +146,16 @@ class SceneProblem:
             out = Evaluation(loss=value, state=s if keep_state else None)
             if grad:
                 loss.backward()
-
-                def g(t):
-                    return None if t.grad is None else t.grad.numpy()
-
-                grads = scene.backward(grad_x=g(x), grad_v=g(v), grad_effector_pos=g(p))
+                used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
+                if series is None:
+                    seeds = used
+                else:  # one seed per step of the time series
+                    seeds = {step: {k: g[step] for k, g in used.items()} for step in range(len(a) + 1)}
+                grads = scene.backward(seeds)
                 self.sim_steps += len(a)
                 out.grad_actions = grads.actions @ self.action_map.T
-                out.grad_effector_pos0 = grads.effector_pos0
-                out.grad_effector_rot0 = grads.effector_rot0
+                out.grad_initial = grads.initial
+                out.grad_params = grads.params
                 out.action_grad_norm = float(np.linalg.norm(out.grad_actions))
             return out
         finally:

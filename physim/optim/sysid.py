@@ -42,7 +42,7 @@ class SysIdResult:
             velocity error in (m/s)^2 when velocities were observed).
         losses: the loss of every iteration.
         values: the parameter value evaluated at every iteration (same units as ``value``).
-        grads: d loss / d parameter at every iteration (loss units per parameter unit; per radian
+        grads: d loss / d parameter at every iteration (loss units per parameter unit; per degree
             for friction_angle).
         initial_guess, material (index), param: what was asked.
         sim_steps: simulated steps (a forward + reverse evaluation counts its steps twice).
@@ -171,7 +171,6 @@ def identify(
         if obs_v.shape != shape or not np.isfinite(obs_v).all():
             raise ValueError(f"observed_v must be a finite {shape} array of final velocities, got shape {obs_v.shape}")
     a = scene._check_actions(actions)
-    to_stored = math.pi / 180.0 if param == "friction_angle" else 1.0  # the solver stores radians
     size = obs_x.size
 
     t0 = time.perf_counter()
@@ -190,19 +189,19 @@ def identify(
             scene.reset()
             scene.forward(a, requires_grad=True)
             s = scene.get_state()
-            dx = s["x"] - obs_x
+            dx = s["mpm.x"] - obs_x
             loss = float((dx**2).sum() / size)
             gx, gv = 2.0 * dx / size, None
             if obs_v is not None:
-                dv = s["v"] - obs_v
+                dv = s["mpm.v"] - obs_v
                 loss += v_weight * float((dv**2).sum() / size)
                 gv = 2.0 * v_weight * dv / size
             g = scene.backward(grad_x=gx, grad_v=gv)
-            dl_dstored = float(g.materials[mi][param])
+            dl_dvalue = float(g.params["mpm." + param][mi])  # per user unit (degrees for friction_angle)
             losses.append(loss)
             values.append(value)
-            grads.append(dl_dstored)
-            du = dl_dstored * value * to_stored  # d loss / d log(value)
+            grads.append(dl_dvalue)
+            du = dl_dvalue * value  # d loss / d log(value)
             if loss < best_loss:
                 best_loss, best_u, best_du, best_value = loss, u, du, value
             elif backtrack:  # overshot: back to the best point, a fresh Adam with half the step

@@ -12,14 +12,14 @@
     image = r.frame()                         # (H, W, 3) uint8
     r.close()
 
-Particles are spheres colored by material class (``MATERIAL_COLORS``), effectors are
-meshes posed from ``scene.effector_poses()``; 2D scenes are drawn in the plane z = 0.5
+Particles are spheres colored by material class (``MATERIAL_COLORS``), tools are
+meshes posed from ``scene.tool_poses()``; 2D scenes are drawn in the plane z = 0.5
 and viewed along -z. Set ``pyvista.OFF_SCREEN = True`` or ``PYVISTA_OFF_SCREEN=true`` on
 machines without a display.
 """
 
 from .meshes import pose_matrix, tool_mesh
-from .renderer import EFFECTOR_COLOR, MATERIAL_COLORS, Renderer, material_color
+from .renderer import TOOL_COLOR, MATERIAL_COLORS, Renderer, material_color
 from .video import record_video, render_rollout
 
 __all__ = [
@@ -30,5 +30,5 @@ __all__ = [
     "pose_matrix",
     "material_color",
     "MATERIAL_COLORS",
-    "EFFECTOR_COLOR",
+    "TOOL_COLOR",
 ]

@@ -1,4 +1,4 @@
-"""Triangle meshes of physim's effectors (in their local frame) and their pose matrices.
+"""Triangle meshes of physim's tools (in their local frame) and their pose matrices.
 
 3D tools with an axis (capsule, cylinder, cup) and spheres are surfaces of revolution
 about the local y axis, built from a 2D profile; boxes are pyvista boxes. In 2D every
@@ -45,7 +45,7 @@ def quaternion_matrix(q) -> np.ndarray:
 
 
 def pose_matrix(position, rotation, dim: int) -> np.ndarray:
-    """4x4 local-to-world matrix of an effector pose as returned by ``Scene.effector_poses``.
+    """4x4 local-to-world matrix of a tool pose as returned by ``Scene.tool_poses``.
 
     Args:
         position: dim values.
@@ -71,24 +71,24 @@ def _arc(cx: float, cy: float, r: float, a0: float, a1: float, n: int) -> list[t
     return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(a0, a1, n + 1)]
 
 
-def tool_profile(effector) -> list[tuple[float, float]]:
+def tool_profile(tool) -> list[tuple[float, float]]:
     """(radius, y) profile of a tool of revolution about its local y axis, from the
     bottom of the axis to its top (the cup's profile runs outside, over the rim, down the
     inside to the inner bottom)."""
-    shape = effector.shape
+    shape = tool.shape
     if shape == "sphere":
-        r = float(effector.radius)
+        r = float(tool.radius)
         return [(r * math.sin(t), -r * math.cos(t)) for t in np.linspace(0.0, math.pi, 25)]
     if shape == "capsule":
-        r, hl = float(effector.radius), float(effector.half_length)
+        r, hl = float(tool.radius), float(tool.half_length)
         bottom = [(r * math.sin(t), -hl - r * math.cos(t)) for t in np.linspace(0.0, math.pi / 2, 13)]
         top = [(r * math.cos(t), hl + r * math.sin(t)) for t in np.linspace(0.0, math.pi / 2, 13)]
         return bottom + top
     if shape == "cylinder":
-        r, h = float(effector.radius), float(effector.half_height)
+        r, h = float(tool.radius), float(tool.half_height)
         return [(0.0, -h), (r, -h), (r, h), (0.0, h)]
     if shape == "cup":
-        r, h, t = float(effector.radius), float(effector.half_height), float(effector.thickness)
+        r, h, t = float(tool.radius), float(tool.half_height), float(tool.thickness)
         return [(0.0, -h), (r + t, -h), (r + t, h), (r, h), (r, -h + t), (0.0, -h + t)]
     raise ValueError(f"no profile of revolution for a {shape!r} tool")
 
@@ -122,24 +122,24 @@ def _revolve(profile: list[tuple[float, float]], segments: int = 48) -> pv.PolyD
     return mesh.triangulate().clean()
 
 
-def tool_outline_2d(effector) -> np.ndarray:
+def tool_outline_2d(tool) -> np.ndarray:
     """(m, 2) counter-clockwise outline of a 2D tool in its local frame."""
-    shape = effector.shape
+    shape = tool.shape
     if shape == "sphere":
-        return np.asarray(_arc(0.0, 0.0, float(effector.radius), 0.0, 2 * math.pi, 64)[:-1])
+        return np.asarray(_arc(0.0, 0.0, float(tool.radius), 0.0, 2 * math.pi, 64)[:-1])
     if shape == "box":
-        hx, hy = (float(v) for v in effector.half_extents[:2])
+        hx, hy = (float(v) for v in tool.half_extents[:2])
         return np.array([(-hx, -hy), (hx, -hy), (hx, hy), (-hx, hy)])
     if shape == "capsule":
-        r, hl = float(effector.radius), float(effector.half_length)
+        r, hl = float(tool.radius), float(tool.half_length)
         top = _arc(0.0, hl, r, 0.0, math.pi, 24)
         bottom = _arc(0.0, -hl, r, math.pi, 2 * math.pi, 24)
         return np.asarray(top + bottom)
     if shape == "cylinder":
-        r, h = float(effector.radius), float(effector.half_height)
+        r, h = float(tool.radius), float(tool.half_height)
         return np.array([(-r, -h), (r, -h), (r, h), (-r, h)])
     if shape == "cup":
-        r, h, t = float(effector.radius), float(effector.half_height), float(effector.thickness)
+        r, h, t = float(tool.radius), float(tool.half_height), float(tool.thickness)
         big = r + t
         return np.array([(-big, -h), (big, -h), (big, h), (r, h), (r, -h + t), (-r, -h + t), (-r, h), (-big, h)])
     raise ValueError(f"unknown tool shape {shape!r}")
@@ -165,18 +165,18 @@ def _slab(outline: np.ndarray, depth: float) -> pv.PolyData:
     return pv.PolyData(pts, faces=np.concatenate(faces)).triangulate()
 
 
-def tool_mesh(effector, dim: int | None = None) -> pv.PolyData:
-    """Closed triangle mesh of ``effector`` in its local frame (pose it with :func:`pose_matrix`).
+def tool_mesh(tool, dim: int | None = None) -> pv.PolyData:
+    """Closed triangle mesh of ``tool`` in its local frame (pose it with :func:`pose_matrix`).
 
     Args:
-        effector: a physim effector (SphereTool, BoxTool, CapsuleTool, CylinderTool, CupTool).
-        dim: 2 or 3 (default: the effector's own dimension). 2D tools become thin slabs
+        tool: a physim tool (SphereTool, BoxTool, CapsuleTool, CylinderTool, CupTool).
+        dim: 2 or 3 (default: the tool's own dimension). 2D tools become thin slabs
             of thickness :data:`SLAB_DEPTH` centered on z = 0.
     """
-    dim = effector.dim if dim is None else dim
+    dim = tool.dim if dim is None else dim
     if dim == 2:
-        return _slab(tool_outline_2d(effector), SLAB_DEPTH)
-    if effector.shape == "box":
-        hx, hy, hz = (float(v) for v in effector.half_extents[:3])
+        return _slab(tool_outline_2d(tool), SLAB_DEPTH)
+    if tool.shape == "box":
+        hx, hy, hz = (float(v) for v in tool.half_extents[:3])
         return pv.Box(bounds=(-hx, hx, -hy, hy, -hz, hz)).triangulate()
-    return _revolve(tool_profile(effector))
+    return _revolve(tool_profile(tool))

@@ -1,7 +1,7 @@
 """PyVista view of a built :class:`physim.Scene`: particles as spheres colored by material,
-effectors as posed meshes, a floor and the domain outline.
+tools as posed meshes, a floor and the domain outline.
 
-The renderer only reads the scene (``particle_positions``, ``effector_poses``); it never
+The renderer only reads the scene (``particle_positions``, ``tool_poses``); it never
 steps or resets it. Actors are created once and updated in place on every frame.
 """
 
@@ -20,7 +20,7 @@ import pyvista as pv
 from ..solvers.mpm import BOUND
 from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
 
-__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "EFFECTOR_COLOR"]
+__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR"]
 
 #: RGB (0-1) per material class name
 MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
@@ -35,8 +35,8 @@ MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
 }
 #: color of particles whose material class (and bases) has no entry above
 DEFAULT_COLOR = (0.6, 0.6, 0.6)
-#: color of effector meshes
-EFFECTOR_COLOR = (0.55, 0.60, 0.68)
+#: color of tool meshes
+TOOL_COLOR = (0.55, 0.60, 0.68)
 #: the cup is drawn as translucent glass in 3D, so what it holds stays visible
 GLASS_COLOR = (0.70, 0.82, 0.90)
 
@@ -112,7 +112,7 @@ class Renderer:
     Attributes:
         plotter: the ``pyvista.Plotter`` (add key events, text, ... to it).
         particles: the ``pyvista.PolyData`` of the particles (points updated in place).
-        effector_actors: one actor per effector.
+        tool_actors: one actor per tool.
     """
 
     def __init__(
@@ -164,16 +164,16 @@ class Renderer:
             show_scalar_bar=False, name="particles", reset_camera=False,
         )
 
-        # effectors: meshes built once, posed through the actor's user matrix
-        self.effector_actors = []
-        for i, eff in enumerate(scene.effectors):
+        # tools: meshes built once, posed through the actor's user matrix
+        self.tool_actors = []
+        for i, eff in enumerate(scene.tools):
             mesh = tool_mesh(eff, self.dim)
-            kw = dict(color=EFFECTOR_COLOR, smooth_shading=True, split_sharp_edges=True, specular=0.5,
+            kw = dict(color=TOOL_COLOR, smooth_shading=True, split_sharp_edges=True, specular=0.5,
                       specular_power=30, ambient=0.15)
             if eff.shape == "cup" and self.dim == 3:
                 kw.update(color=GLASS_COLOR, opacity=0.35, specular=0.8)
-            actor = self.plotter.add_mesh(mesh, name=f"effector{i}", reset_camera=False, **kw)
-            self.effector_actors.append(actor)
+            actor = self.plotter.add_mesh(mesh, name=f"tool{i}", reset_camera=False, **kw)
+            self.tool_actors.append(actor)
 
         if floor:
             self._add_floor()
@@ -278,14 +278,14 @@ class Renderer:
             actor.prop.point_size = max(1.0, 2.0 * radius * ppu)
 
     def sync(self) -> None:
-        """Copy the scene's particle positions and effector poses into the actors (no render)."""
-        state = self.scene.get_state()  # one read of the device state (particle_positions + effector_poses)
-        x = state["x"]
+        """Copy the scene's particle positions and tool poses into the actors (no render)."""
+        state = self.scene.get_state()  # one read of the device state (particle_positions + tool_poses)
+        x = state["mpm.x"]
         self.particles.points = embed(x, self.dim)
         if self.color_fn is not None:
             self.set_particle_colors(self.color_fn(x))
-        for i, actor in enumerate(self.effector_actors):
-            actor.user_matrix = pose_matrix(state["effector_pos"][i], state["effector_rot"][i], self.dim)
+        for i, actor in enumerate(self.tool_actors):
+            actor.user_matrix = pose_matrix(state["tools.pos"][i], state["tools.rot"][i], self.dim)
         self._resize_points()
         self.plotter.renderer.ResetCameraClippingRange()  # nothing that moved gets clipped
 
@@ -360,7 +360,7 @@ class Renderer:
         self.plotter.deep_clean()
         # drop the VTK objects now: left to the interpreter's exit, PyVista's finalizers fail noisily
         self.particle_actor = None
-        self.effector_actors = []
+        self.tool_actors = []
         self._extra.clear()
         self.plotter = None
 
