@@ -138,7 +138,7 @@ class GatheringEnv(PhysimEnv):
 
     # ------------------------------------------------------------------ loss & metrics
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x, tool_pos = state["mpm.x"], state["tools.pos"]
         xb = x[self._block_index]
         m = self.mass[self._block_index]
         d = losses.distance_outside(xb, self._lo, self._hi)

@@ -156,7 +156,7 @@ class LatteArtEnv(PhysimEnv):
         return l1, (self._milk_image(x, on_surface=False) * self._target_sdf).sum()
 
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x = state["mpm.x"]
         l1, sdf = self._image_terms(x)
         return l1 + self.sdf_weight * sdf
 

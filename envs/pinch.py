@@ -73,7 +73,7 @@ class PinchEnv(PhysimEnv):
         self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
 
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x, tool_pos = state["mpm.x"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
         return (losses.density_l1(g, self._target_grid)
                 + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)

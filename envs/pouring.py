@@ -123,7 +123,7 @@ class PouringEnv(PhysimEnv):
 
     # ------------------------------------------------------------------ loss & metrics
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x = state["mpm.x"]
         y_lo, y_hi = self._cavity
         d = cylinder_distance(x, self.target_xz, self.target_radius, y_lo, y_hi)
         return (self.mass * d).sum() / self.mass.sum()

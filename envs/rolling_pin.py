@@ -130,7 +130,7 @@ class RollingPinEnv(PhysimEnv):
         return float(np.percentile(x[:, 1], 95) - TABLE)
 
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x, tool_pos = state["mpm.x"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
         # distance from the pin's axis (a line along z): distance in the x-y plane
         return (losses.density_l1(g, self._target_grid)

@@ -104,7 +104,7 @@ class _WalkerEnv(PhysimEnv):
         self.target_x = self.start_x + self.target_distance
 
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x = state["mpm.x"]
         m = self.mass
         cx = (m * x[:, 0]).sum() / m.sum()
         return ((cx - self.target_x) / self.target_distance) ** 2

@@ -145,7 +145,7 @@ class WriterEnv(PhysimEnv):
         self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
 
     def _loss(self, state):
-        x, v, tool_pos = state["mpm.x"], state["mpm.v"], state["tools.pos"]
+        x, tool_pos = state["mpm.x"], state["tools.pos"]
         g = losses.grid_mass(x, self.mass, self.grid_res)
         tip = tool_pos[0] - torch.tensor([0.0, self.pen_half_length, 0.0], dtype=x.dtype)
         return (losses.density_l1(g, self._target_grid)

@@ -22,6 +22,7 @@ parameters are named the same way (``"mpm.E"``, ``"tools.friction"``,
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,11 @@ class _Body:
     actuator: int | None
     start: int
     count: int
+
+
+def _weak_call(method):
+    ref = weakref.WeakMethod(method)
+    return lambda: ref()()
 
 
 def _next_pow2(n: int, minimum: int) -> int:
@@ -380,8 +386,10 @@ class Scene(Rollout):
             part.act_offset[None] = offset
             offset += part.action_dim
         assert offset == self.action_dim, (offset, self.action_dim)
-        self.tape.snapshot = self._snapshot
-        self.tape.nonfinite = self._nonfinite
+        # weak: a bound method here would make scene -> tape -> scene a cycle, and a dropped scene
+        # would keep its compiled parts from the pool until the garbage collector runs
+        self.tape.snapshot = _weak_call(self._snapshot)
+        self.tape.nonfinite = _weak_call(self._nonfinite)
         self._initial = self._initial_state()
         self.reset()
         self._check_overlaps()
@@ -403,7 +411,8 @@ class Scene(Rollout):
                            f"{WAVE_CFL_LIMIT} * dx / c = {lim:.3g} s on a {self.grid_res}-cell grid "
                            f"(lower dt, raise substeps_per_step, or soften the material)")
                 else:
-                    why = f"the {name} part's stability limit is {lim:.3g} s ({self.partset.by_name()[name].dt_reason()})"
+                    reason = self.partset.by_name()[name].dt_reason()
+                    why = f"the {name} part's stability limit is {lim:.3g} s ({reason})"
                 raise ValueError(f"dt={self.requested_dt:g} is unstable: {why}")
         return dt
 

@@ -37,7 +37,7 @@ class _Rollout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        used = {k: g.detach().cpu().double().numpy() for k, g in zip(ctx.names, grads) if g is not None}
+        used = {k: g.detach().cpu().double().numpy() for k, g in zip(ctx.names, grads, strict=True) if g is not None}
         if ctx.per_step:
             seeds = {step: {k: g[step] for k, g in used.items()} for step in range(ctx.steps + 1)}
         else:
@@ -57,7 +57,7 @@ def rollout_state(scene, actions: torch.Tensor, reset: bool = True, observe=None
     if unknown:
         raise KeyError(f"unknown state entries {unknown}; this scene has {scene.state_names}")
     out = _Rollout.apply(actions, scene, reset, names, observe is not None)
-    return dict(zip(names, out))
+    return dict(zip(names, out, strict=True))
 
 
 def rollout(scene, actions: torch.Tensor, reset: bool = True) -> torch.Tensor:

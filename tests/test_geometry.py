@@ -6,8 +6,8 @@ import taichi as ti
 from conftest import small_scene
 
 import physim as ps
-from physim.parts.tools import SHAPE_IDS
 from physim.contact.sdf import tool_sdf
+from physim.parts.tools import SHAPE_IDS
 
 
 def test_lattice_sampling_volume():

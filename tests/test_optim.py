@@ -72,8 +72,8 @@ def push():
     target = torch.as_tensor(scene.particle_positions().mean(0))
     scene.reset()
 
-    def loss_fn(x, v, p):
-        return ((x.mean(0) - target) ** 2).sum() * 1e4
+    def loss_fn(state):
+        return ((state["mpm.x"].mean(0) - target) ** 2).sum() * 1e4
 
     problem = SceneProblem(scene, loss_fn, T, -2.0, 2.0, action_map=M)
     return problem
@@ -186,7 +186,7 @@ class MuscleWalker(gym.Env):
         scene.build(max_steps=T)
         self.scene = scene
         self._x0 = float(scene.particle_positions()[:, 0].mean())
-        self.problem = SceneProblem(scene, lambda x, v, p: -(x[:, 0].mean() - self._x0), T, -1.0, 1.0)
+        self.problem = SceneProblem(scene, lambda s: -(s["mpm.x"][:, 0].mean() - self._x0), T, -1.0, 1.0)
         self.action_space = spaces.Box(-1.0, 1.0, (scene.action_dim,), np.float32)
         self.observation_space = spaces.Box(-np.inf, np.inf, (4 * len(scene.bodies),), np.float32)
         self._t = 0

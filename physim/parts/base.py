@@ -187,6 +187,10 @@ class Part:
         """Largest stable substep for this part's current parameters (``inf``: no limit)."""
         return math.inf
 
+    def dt_reason(self) -> str:
+        """Why :meth:`stable_dt` is what it is (for the scene's error message)."""
+        return ""
+
     def substep(self, tape, l: int, t: int) -> None:
         """Run substep ``l`` (reads slot ``l``, writes slot ``l + 1``, action row ``t``)
         and, when ``tape.recording``, record how to differentiate it."""
@@ -255,7 +259,7 @@ class Part:
     def _shapes(self) -> dict[str, tuple]:
         n = int(self.rows[None])
         out = {}
-        for name, (_f, kind, a, b, _off) in zip(self.slots, self._slot_meta):
+        for name, (_f, kind, a, b, _off) in zip(self.slots, self._slot_meta, strict=True):
             out[name] = (n,) if kind == 0 else (n, a) if kind == 1 else (n, a, b)
         return out
 
@@ -267,7 +271,7 @@ class Part:
         flat = np.zeros((n, self._width), self.np_real)
         self._pack(slot, flat, grad)
         out = {}
-        for (name, shape), (_f, _k, a, b, off) in zip(self._shapes().items(), self._slot_meta):
+        for (name, shape), (_f, _k, a, b, off) in zip(self._shapes().items(), self._slot_meta, strict=True):
             out[name] = flat[:, off: off + a * b].reshape(shape).copy()
         return out
 
@@ -285,7 +289,7 @@ class Part:
         if n == 0 or not self.slots:
             return
         flat = np.zeros((n, self._width), self.np_real)
-        for (name, shape), (_f, _k, a, b, off) in zip(shapes.items(), self._slot_meta):
+        for (name, shape), (_f, _k, a, b, off) in zip(shapes.items(), self._slot_meta, strict=True):
             arr = np.asarray(state[name], dtype=np.float64)
             if arr.shape != shape:
                 raise ValueError(f"state[{self.name + '.' + name!r}] must have shape {shape}, got {arr.shape}")

@@ -19,7 +19,7 @@ machines without a display.
 """
 
 from .meshes import pose_matrix, tool_mesh
-from .renderer import TOOL_COLOR, MATERIAL_COLORS, Renderer, material_color
+from .renderer import MATERIAL_COLORS, TOOL_COLOR, Renderer, material_color
 from .video import record_video, render_rollout
 
 __all__ = [
