@@ -269,9 +269,9 @@ def elastic():
 
 def test_identify_recovers_youngs_modulus(elastic):
     scene, actions, observed = elastic
-    r = identify(scene, actions, observed, 0, "E", 4e3, iters=14, lr=0.1, progress=False)
-    assert r.relative_error(2e3) < 0.1, (r.value, r.values)
-    assert r.losses[0] > 100 * r.loss and r.values[0] == 4e3 and len(r.values) == len(r.losses)
+    r = identify(scene, actions, {"mpm.E": 4e3}, observed=observed, iters=14, lr=0.1, progress=False)
+    assert r.relative_error(2e3) < 0.1, (r.value, r.history)
+    assert r.losses[0] > 100 * r.loss and r.history[0] == {"mpm.E": 4e3} and len(r.history) == len(r.losses)
     assert scene.get_material_param(0, "E") == pytest.approx(r.value)  # the scene keeps the identified value
 
 
@@ -298,15 +298,17 @@ def test_bad_inputs_name_the_value(elastic):
         train_policy(q, progress=False)
     scene, actions, observed = elastic
     with pytest.raises(ValueError, match="youngs"):
-        identify(scene, actions, observed, 0, "youngs", 1e3, progress=False)
+        identify(scene, actions, {"mpm.youngs": 1e3}, observed=observed, progress=False)
     with pytest.raises(ValueError, match="yield_stress"):  # Elastic has no yield stress
-        identify(scene, actions, observed, 0, "yield_stress", 10.0, progress=False)
+        identify(scene, actions, {"mpm.yield_stress": 10.0}, observed=observed, progress=False)
     with pytest.raises(ValueError, match="iters"):
-        identify(scene, actions, observed, 0, "E", 1e3, iters=0, progress=False)
+        identify(scene, actions, {"mpm.E": 1e3}, observed=observed, iters=0, progress=False)
     with pytest.raises(ValueError, match="observed"):
-        identify(scene, actions, observed[:5], 0, "E", 1e3, progress=False)
-    with pytest.raises(ValueError, match="material"):
-        identify(scene, actions, observed, 3, "E", 1e3, progress=False)
+        identify(scene, actions, {"mpm.E": 1e3}, observed=observed[:5], progress=False)
+    with pytest.raises(ValueError, match="rows"):
+        identify(scene, actions, {"mpm.E[3]": 1e3}, observed=observed, progress=False)
+    with pytest.raises(ValueError, match="outside its search interval"):
+        identify(scene, actions, {"mpm.nu": 0.7}, observed=observed, progress=False)
 
 
 def test_plot_losses(tmp_path):

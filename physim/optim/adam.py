@@ -8,16 +8,9 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .result import (
-    OptimResult,
-    check_callback,
-    check_positive_float,
-    check_positive_int,
-    check_problem,
-    check_schedule,
-    initial_actions,
-    learning_rate,
-)
+from .checks import check_callback, check_positive_float, check_positive_int, check_problem, initial_actions
+from .result import OptimResult
+from .schedules import check_schedule, learning_rate
 
 __all__ = ["adam"]
 
@@ -46,6 +39,7 @@ def adam(
     lr_min_frac: float = 0.1,
     step_every: int | None = None,
     step_gamma: float = 0.5,
+    backtrack: bool = False,
     seed: int | None = None,
     progress: bool = True,
     callback=None,
@@ -81,6 +75,10 @@ def adam(
         expand: number of temporal-expansion stages (None or 1: optimize the full horizon).
         expand_on_plateau, patience, plateau_tol: end an expansion stage early on a plateau.
         betas, eps: Adam's moment decay rates and denominator floor.
+        backtrack: when a full-horizon evaluation is worse than the best so far, return to the
+            best iterate, restart Adam's moments there and halve the step size (a robust line
+            search for few-parameter problems such as :func:`~physim.optim.identify`, where
+            Adam's momentum alone overshoots and oscillates around the minimum).
         seed: accepted for a uniform signature; this method is deterministic.
         progress: show a tqdm progress bar.
         callback: ``callback(iteration, loss, actions)`` after every iteration (``loss`` is the
@@ -122,11 +120,14 @@ def adam(
     v = np.zeros((T, A))
     count = np.zeros(T)  # Adam steps taken by each row (bias correction per row: rows join late)
 
-    best = {"loss": math.inf, "actions": a.copy()}
+    best = {"loss": math.inf, "actions": a.copy(), "grad": None}
+    factor = 1.0  # step-size factor, halved by each backtrack
 
-    def consider(loss: float, actions: np.ndarray) -> None:
+    def consider(loss: float, actions: np.ndarray, grad: np.ndarray | None = None) -> bool:
         if loss < best["loss"]:
-            best["loss"], best["actions"] = float(loss), actions.copy()
+            best["loss"], best["actions"], best["grad"] = float(loss), actions.copy(), grad
+            return True
+        return False
 
     initial_loss = None
     if horizons[0] != T:
@@ -156,8 +157,11 @@ def adam(
                 g = np.asarray(g, dtype=np.float64).reshape(w, A)
                 if initial_loss is None:
                     initial_loss = loss
-                if w == T:
-                    consider(loss, snapshot)
+                if w == T and not consider(loss, snapshot, g) and backtrack and best["grad"] is not None:
+                    # overshot: continue from the best iterate with a fresh Adam and half the step
+                    factor *= 0.5
+                    a, g = best["actions"].copy(), best["grad"]
+                    m[:] = v[:] = count[:] = 0
                 losses.append(loss)
                 stage_losses.append(loss)
                 window_of.append(w)
@@ -165,7 +169,7 @@ def adam(
                 grad_norms.append(norm)
                 if clip_norm is not None and norm > clip_norm:
                     g = g * (clip_norm / norm)
-                rate = learning_rate(lr_arr, lr_schedule, i, budget, lr_min_frac, step_every, step_gamma)
+                rate = factor * learning_rate(lr_arr, lr_schedule, i, budget, lr_min_frac, step_every, step_gamma)
                 count[:w] += 1
                 m[:w] = b1 * m[:w] + (1 - b1) * g
                 v[:w] = b2 * v[:w] + (1 - b2) * g * g

@@ -1,33 +1,40 @@
-"""System identification: recover a material parameter from an observed final state."""
+"""System identification: recover parameters of any part from observations, by gradients.
+
+Any differentiable parameter a part declares (``scene.param_names``: ``"mpm.E"``,
+``"mpm.friction_angle"``, ``"tools.friction"``, ``"springs.stiffness"``, ``"coupler.damping"``,
+...; a row other than 0 as ``"springs.stiffness[3]"``) under any loss of the state (final, or
+the time series of the observed entries): the parameters become the variables of a small
+problem that :func:`physim.optim.adam` optimizes in log space (projected onto the bounds,
+with backtracking), so identification shares the optimizer, its schedules, progress bar and
+callback with trajectory optimization.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
-from tqdm.auto import tqdm
+import torch
 
-from ..materials import DIFF_PARAMS, Material
-from .result import (
-    check_callback,
-    check_positive_float,
-    check_positive_int,
-    check_schedule,
-    learning_rate,
-)
+from ..materials import DIFF_PARAMS
+from .adam import adam
+from .checks import check_positive_float, check_positive_int
 
-__all__ = ["identify", "SysIdResult"]
+__all__ = ["identify", "SysIdResult", "positions_loss"]
 
-#: default search interval of each parameter, in the units of Scene.set_material_param
-_DEFAULT_BOUNDS = {
+#: default search interval of the MPM material parameters, in user units
+_MPM_BOUNDS = {
     "E": (1e-6, 1e12),  # Pa
     "nu": (1e-4, 0.499),
     "yield_stress": (1e-8, 1e12),  # Pa
     "viscosity": (1e-8, 1e12),  # Pa s
     "friction_angle": (0.1, 89.9),  # degrees
 }
+_NAME = re.compile(r"^(?P<name>[a-z_]+\.[A-Za-z_]+)(\[(?P<row>\d+)\])?$")
 
 
 @dataclass
@@ -35,205 +42,223 @@ class SysIdResult:
     """What :func:`identify` returns.
 
     Attributes:
-        value: the identified parameter (the evaluated value with the lowest loss), in the units of
-            :meth:`Scene.set_material_param` (Pa for E and yield_stress, Pa s for viscosity,
-            degrees for friction_angle).
-        loss: its loss, the mean squared position error in m^2 (plus the weighted mean squared
-            velocity error in (m/s)^2 when velocities were observed).
+        params: the identified values (the evaluation with the lowest loss), name -> value in
+            user units (Pa for E, degrees for friction_angle, N/m for a spring stiffness, ...).
+        loss: its loss.
         losses: the loss of every iteration.
-        values: the parameter value evaluated at every iteration (same units as ``value``).
-        grads: d loss / d parameter at every iteration (loss units per parameter unit; per degree
-            for friction_angle).
-        initial_guess, material (index), param: what was asked.
+        history: the values evaluated at every iteration (name -> value).
+        initial_guess: the starting values.
         sim_steps: simulated steps (a forward + reverse evaluation counts its steps twice).
         wall_seconds: wall-clock time, in seconds.
     """
 
-    value: float
+    params: dict[str, float]
     loss: float
     losses: list[float]
-    values: list[float]
-    grads: list[float]
-    initial_guess: float
-    material: int
-    param: str
+    history: list[dict[str, float]]
+    initial_guess: dict[str, float]
     sim_steps: int
     wall_seconds: float
 
-    def relative_error(self, true_value: float) -> float:
-        """|value - true_value| / |true_value| (dimensionless)."""
-        return abs(self.value - true_value) / abs(true_value)
+    @property
+    def value(self) -> float:
+        """The identified value when one parameter was identified."""
+        if len(self.params) != 1:
+            raise ValueError(f"{len(self.params)} parameters were identified; read result.params")
+        return next(iter(self.params.values()))
+
+    def relative_error(self, truth: Mapping[str, float] | float) -> float:
+        """Largest |value - truth| / |truth| over the parameters (dimensionless)."""
+        if not isinstance(truth, Mapping):
+            truth = {next(iter(self.params)): truth} if len(self.params) == 1 else {}
+        return max(abs(self.params[k] - t) / abs(t) for k, t in truth.items())
 
 
-def _material_index(scene, material) -> int:
-    if isinstance(material, Material):
-        for i, m in enumerate(scene.materials):
-            if m is material:
-                return i
-        raise ValueError(f"material {material!r} is not a material of this scene")
-    if isinstance(material, bool) or not isinstance(material, (int, np.integer)) or not (
-            0 <= material < len(scene.materials)):
-        raise ValueError(f"material must be a material index in [0, {len(scene.materials)}) or a Material of the "
-                         f"scene, got {material!r}")
-    return int(material)
+def positions_loss(observed, observed_v=None, v_weight: float = 1.0, name: str = "mpm"):
+    """The classic identification loss: mean over entries of ``(x - observed)^2`` (m^2) for the
+    final positions of part ``name`` (``"mpm"``: particles, ``"springs"``: nodes), plus
+    ``v_weight`` times the same for velocities when ``observed_v`` is given."""
+    obs_x = torch.as_tensor(np.asarray(observed, dtype=np.float64))
+    obs_v = None if observed_v is None else torch.as_tensor(np.asarray(observed_v, dtype=np.float64))
+
+    def loss(state):
+        out = ((state[f"{name}.x"] - obs_x) ** 2).mean()
+        if obs_v is not None:
+            out = out + v_weight * ((state[f"{name}.v"] - obs_v) ** 2).mean()
+        return out
+
+    return loss
+
+
+class _ParamProblem:
+    """Parameters in log space as a one-step problem for :func:`physim.optim.adam`."""
+
+    def __init__(self, scene, actions, loss_fn, keys, lo, hi, observe):
+        self.scene, self.actions, self.loss_fn, self.keys, self.observe = scene, actions, loss_fn, keys, observe
+        self.horizon, self.action_dim = 1, len(keys)
+        self.action_low, self.action_high = np.log(lo), np.log(hi)
+        self.sim_steps = 0
+        self.history: list[dict[str, float]] = []
+        self.exact: dict[tuple, float] = {}  # log value -> the exact value it came from (the guess)
+
+    def values(self, u: np.ndarray) -> list[float]:
+        return [self.exact.get((i, float(ui)), math.exp(ui)) for i, ui in enumerate(u)]
+
+    def evaluate(self, actions, grad: bool):
+        u = np.asarray(actions, dtype=np.float64).reshape(-1)
+        vals = self.values(u)
+        scene = self.scene
+        for (name, row), value in zip(self.keys, vals, strict=True):
+            scene.set_param(name, value, row=row)
+        scene.reset()
+        series = scene.forward(self.actions, requires_grad=grad, observe=self.observe)
+        arrays = scene.get_state() if series is None else series
+        tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=grad) for k, v in arrays.items()}
+        loss = self.loss_fn(tensors)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError("the identification loss must return a scalar torch tensor")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the identification loss is {value} at {self._labels} = {vals}")
+        self.sim_steps += len(self.actions)
+        self.history.append(dict(zip(self._labels, vals, strict=True)))
+        if not grad:
+            return value, None
+        loss.backward()
+        used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
+        if series is not None:  # a loss of the time series: one seed per step
+            used = {s: {k: g[s] for k, g in used.items()} for s in range(len(self.actions) + 1)}
+        g = scene.backward(used)
+        self.sim_steps += len(self.actions)
+        # d loss / d log(value) = d loss / d value * value
+        du = np.array([g.params[name][row] * value for (name, row), value in zip(self.keys, vals, strict=True)])
+        return value, du[None, :]
+
+    @property
+    def _labels(self):
+        return [name if row == 0 else f"{name}[{row}]" for name, row in self.keys]
+
+    def loss(self, actions) -> float:
+        return self.evaluate(actions, grad=False)[0]
+
+    def loss_and_grad(self, actions):
+        return self.evaluate(actions, grad=True)
+
+
+def _parse(scene, key: str) -> tuple[str, int]:
+    m = _NAME.match(key)
+    if m is None or m["name"] not in scene.param_names:
+        raise ValueError(f"unknown parameter {key!r}; identifiable: "
+                         f"{[d['name'] for d in scene.describe_params() if d['differentiable']]} "
+                         f"(a row other than 0 as 'name[row]')")
+    name, row = m["name"], int(m["row"] or 0)
+    info = next(d for d in scene.describe_params() if d["name"] == name)
+    if not info["differentiable"]:
+        raise ValueError(f"parameter {name!r} is not differentiable; it cannot be identified by gradients")
+    if not 0 <= row < info["rows"]:
+        raise ValueError(f"{key!r}: {name} has {info['rows']} rows")
+    if name.startswith("mpm."):
+        short = name[4:]
+        mat = scene.materials[row]
+        own = {f.name for f in fields(mat)} | ({"E"} if hasattr(mat, "bulk_modulus") else set())
+        if short in DIFF_PARAMS and short not in own:
+            raise ValueError(f"{type(mat).__name__} (material {row}) has no parameter {short!r}; "
+                             f"it has {sorted(own & set(DIFF_PARAMS))}")
+    return name, row
 
 
 def identify(
     scene,
     actions,
-    observed,
-    material,
-    param: str,
-    initial_guess: float,
-    iters: int = 40,
-    lr: float = 0.1,
+    guess: Mapping[str, float],
+    loss: Callable | None = None,
+    *,
+    observed=None,
     observed_v=None,
     v_weight: float = 1.0,
-    max_step: float = 0.5,
-    bounds: tuple[float, float] | None = None,
+    observe: Sequence[str] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    iters: int = 40,
+    lr: float = 0.1,
     lr_schedule: str = "cosine",
-    lr_min_frac: float = 0.1,
-    betas: tuple[float, float] = (0.9, 0.999),
     backtrack: bool = True,
-    tol: float = 0.0,
-    min_step: float = 1e-4,
-    seed: int | None = None,
     progress: bool = True,
     callback=None,
 ) -> SysIdResult:
-    """Recover one material parameter from the observed final state of a known rollout.
+    """Identify parameters of a known rollout from observations.
 
-    Each iteration: ``scene.set_material_param(material, param, value)``, ``scene.reset()``,
-    ``scene.forward(actions)``; loss = mean over particles and axes of (x - observed)^2 (m^2),
-    plus ``v_weight`` times the same for velocities if ``observed_v`` is given; its gradient from
-    ``scene.backward(grad_x=..., grad_v=...)`` -> ``Gradients.materials[material][param]``. Adam
-    runs on ``log(value)`` (``lr`` and ``max_step`` are in log units: 0.1 is about a 10 % change),
-    each step limited to ``max_step`` and the value kept inside ``bounds``; see ``backtrack``. The scene is left with
-    the identified value set and reset to its initial state.
+    Each iteration sets the parameters, resets the scene, runs ``actions`` forward and
+    backward once, and takes one step of :func:`physim.optim.adam` on ``log(value)`` (``lr``
+    in log units: 0.1 is about a 10 % change; projected onto ``bounds``; ``backtrack`` returns
+    to the best point with half the step when a step raises the loss). The scene is left with
+    the identified values set and reset to its initial state.
 
     Args:
-        scene: the built scene that produced ``observed`` (same bodies, same initial state).
-        actions: (steps, scene.action_dim) actions of the observed rollout.
-        observed: (n_particles, dim) observed final positions, in m.
-        material: material index or the :class:`~physim.Material` object of the scene.
-        param: one of "E", "nu", "yield_stress", "viscosity", "friction_angle" that this material has.
-        initial_guess: starting value (Pa, Pa s, or degrees for friction_angle), > 0.
+        scene: the built scene of the observed rollout (same bodies, same initial state).
+        actions: (steps, scene.action_dim) actions of the rollout.
+        guess: starting values by parameter name (``{"mpm.E": 4e3}``, ``{"springs.stiffness[2]": 50}``),
+            positive, in user units.
+        loss: ``loss(state) -> scalar tensor`` of the final state by name (torch float64), or
+            with ``observe`` of the time series of those entries; default :func:`positions_loss`
+            of ``observed`` (and ``observed_v``).
+        observed, observed_v, v_weight: the classic loss: observed final MPM positions (n, dim)
+            in m and optionally velocities in m/s.
+        observe: state names whose time series ``loss`` reads (a loss at every step).
+        bounds: (low, high) search interval per name (positive; defaults: per MPM parameter,
+            else the parameter's declared bounds within [1e-12, 1e12]).
         iters: iterations (one forward + one reverse rollout each).
-        lr: Adam step size in log units. max_step: largest |change of log(value)| per iteration.
-        observed_v: optional (n_particles, dim) observed final velocities in m/s; v_weight their weight.
-        bounds: (low, high) search interval (default per parameter, e.g. nu in [1e-4, 0.499]).
-        lr_schedule, lr_min_frac: learning-rate schedule as in :func:`physim.optim.adam`.
-        betas: Adam moment decay rates.
-        backtrack: when a step raises the loss, return to the best value so far and restart Adam
-            there with half the step size (a robust 1-D line search; Adam's momentum alone
-            overshoots and oscillates around the minimum).
-        tol: stop once the loss is <= tol.
-        min_step: stop once the step size (log units) falls below this.
-        seed: accepted for a uniform signature; the method is deterministic.
-        progress: show a tqdm progress bar.
-        callback: ``callback(iteration, loss, value)``; returning True stops.
+        lr, lr_schedule: Adam step size in log units and its schedule (see :func:`adam`).
+        progress: show a progress bar. callback: as in :func:`adam` (``actions`` is the (1, P)
+            array of log values).
     """
-    if param not in DIFF_PARAMS:
-        raise ValueError(f"unknown material parameter param={param!r}; identifiable: {list(DIFF_PARAMS)}")
     scene._check_built()
-    mi = _material_index(scene, material)
-    mat = scene.materials[mi]
-    own = {f.name for f in fields(mat)}
-    if "bulk_modulus" in own:
-        own.add("E")
-    if param not in own:
-        raise ValueError(f"{type(mat).__name__} (material {mi}) has no parameter param={param!r}; "
-                         f"it has {sorted(own & set(DIFF_PARAMS))}")
+    if not isinstance(guess, Mapping) or not guess:
+        raise ValueError(f"guess must be a non-empty dict of parameter name -> starting value, got {guess!r}")
     iters = check_positive_int("iters", iters)
     lr = check_positive_float("lr", lr)
-    max_step = check_positive_float("max_step", max_step)
     v_weight = check_positive_float("v_weight", v_weight, allow_zero=True)
-    tol = check_positive_float("tol", tol, allow_zero=True)
-    min_step = check_positive_float("min_step", min_step, allow_zero=True)
-    check_schedule(lr_schedule, lr_min_frac, None, 0.5)
-    check_callback(callback)
-    b1, b2 = (float(b) for b in betas)
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-    lo, hi = _DEFAULT_BOUNDS[param] if bounds is None else (float(bounds[0]), float(bounds[1]))
-    if not (0 < lo < hi and math.isfinite(hi)):
-        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
-    guess = check_positive_float("initial_guess", initial_guess)
-    if not lo <= guess <= hi:
-        raise ValueError(f"initial_guess={initial_guess!r} is outside the search interval [{lo:g}, {hi:g}] of {param}")
-    shape = (scene.n_particles, scene.dim)
-    obs_x = np.asarray(observed, dtype=np.float64)
-    if obs_x.shape != shape or not np.isfinite(obs_x).all():
-        raise ValueError(f"observed must be a finite {shape} array of final positions, got shape {obs_x.shape}")
-    obs_v = None
-    if observed_v is not None:
-        obs_v = np.asarray(observed_v, dtype=np.float64)
-        if obs_v.shape != shape or not np.isfinite(obs_v).all():
-            raise ValueError(f"observed_v must be a finite {shape} array of final velocities, got shape {obs_v.shape}")
+    if loss is None:
+        if observed is None:
+            raise ValueError("give a loss(state) or the observed final positions (observed=...)")
+        shape = (scene.n_particles, scene.dim)
+        if np.shape(observed) != shape or not np.isfinite(observed).all():
+            raise ValueError(f"observed must be a finite {shape} array of final positions, got shape "
+                             f"{np.shape(observed)}")
+        if observed_v is not None and (np.shape(observed_v) != shape or not np.isfinite(observed_v).all()):
+            raise ValueError(f"observed_v must be a finite {shape} array of final velocities, got shape "
+                             f"{np.shape(observed_v)}")
+        loss = positions_loss(observed, observed_v, v_weight)
+    elif not callable(loss):
+        raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+    keys, lo, hi, start = [], [], [], []
+    for key, value in guess.items():
+        name, row = _parse(scene, key)
+        info = next(d for d in scene.describe_params() if d["name"] == name)
+        default = _MPM_BOUNDS.get(name[4:]) if name.startswith("mpm.") else (
+            max(info["lower"], 1e-12), min(info["upper"], 1e12))
+        b = (bounds or {}).get(key, default)
+        low, high = float(b[0]), float(b[1])
+        if not (0 < low < high and math.isfinite(high)):
+            raise ValueError(f"bounds of {key} must satisfy 0 < low < high < inf, got {b!r}")
+        g0 = check_positive_float(f"initial guess of {key}", value)
+        if not low <= g0 <= high:
+            raise ValueError(f"initial guess {key}={value!r} is outside its search interval [{low:g}, {high:g}]")
+        keys.append((name, row))
+        lo.append(low)
+        hi.append(high)
+        start.append(g0)
     a = scene._check_actions(actions)
-    size = obs_x.size
-
+    prob = _ParamProblem(scene, a, loss, keys, np.array(lo), np.array(hi), None if observe is None else list(observe))
+    u0 = np.log(np.array(start))
+    prob.exact = {(i, float(u)): g for i, (u, g) in enumerate(zip(u0, start, strict=True))}
     t0 = time.perf_counter()
-    u, u_lo, u_hi = math.log(guess), math.log(lo), math.log(hi)
-    m = v = 0.0
-    losses: list[float] = []
-    values: list[float] = []
-    grads: list[float] = []
-    best_loss, best_u, best_du, best_value = math.inf, u, 0.0, guess
-    factor, count = 1.0, 0
-    bar = tqdm(range(iters), desc=f"sysid {param}", disable=not progress, leave=False)
-    try:
-        for it in bar:
-            value = guess if it == 0 else math.exp(u)  # exactly the guess first (exp(log(x)) != x)
-            scene.set_material_param(mi, param, value)
-            scene.reset()
-            scene.forward(a, requires_grad=True)
-            s = scene.get_state()
-            dx = s["mpm.x"] - obs_x
-            loss = float((dx**2).sum() / size)
-            gx, gv = 2.0 * dx / size, None
-            if obs_v is not None:
-                dv = s["mpm.v"] - obs_v
-                loss += v_weight * float((dv**2).sum() / size)
-                gv = 2.0 * v_weight * dv / size
-            g = scene.backward(grad_x=gx, grad_v=gv)
-            dl_dvalue = float(g.params["mpm." + param][mi])  # per user unit (degrees for friction_angle)
-            losses.append(loss)
-            values.append(value)
-            grads.append(dl_dvalue)
-            du = dl_dvalue * value  # d loss / d log(value)
-            if loss < best_loss:
-                best_loss, best_u, best_du, best_value = loss, u, du, value
-            elif backtrack:  # overshot: back to the best point, a fresh Adam with half the step
-                factor *= 0.5
-                m = v = 0.0
-                count = 0
-                u, du = best_u, best_du
-            bar.set_postfix(loss=f"{loss:.3e}", value=f"{value:.5g}")
-            if (callback is not None and callback(it, loss, value)) or loss <= tol:
-                break
-            rate = factor * learning_rate(lr, lr_schedule, it, iters, lr_min_frac, None, 0.5)
-            if rate < min_step:
-                break
-            count += 1
-            m = b1 * m + (1 - b1) * du
-            v = b2 * v + (1 - b2) * du * du
-            mhat, vhat = m / (1 - b1**count), v / (1 - b2**count)
-            step = float(np.clip(rate * mhat / (math.sqrt(vhat) + 1e-300), -max_step, max_step))
-            u = min(max(u - step, u_lo), u_hi)
-    finally:
-        bar.close()
-    scene.set_material_param(mi, param, best_value)
+    r = adam(prob, iters=iters, lr=lr, init=u0[None, :], lr_schedule=lr_schedule, backtrack=backtrack,
+             progress=progress, callback=callback)
+    best = dict(zip(prob._labels, prob.values(r.actions[0]), strict=True))
+    for (name, row), value in zip(keys, best.values(), strict=True):
+        scene.set_param(name, value, row=row)
     scene.reset()
     return SysIdResult(
-        value=best_value,
-        loss=best_loss,
-        losses=losses,
-        values=values,
-        grads=grads,
-        initial_guess=guess,
-        material=mi,
-        param=param,
-        sim_steps=2 * len(a) * len(losses),
-        wall_seconds=time.perf_counter() - t0,
-    )
+        params=best, loss=r.loss, losses=r.losses, history=prob.history[: len(r.losses)],
+        initial_guess=dict(zip(prob._labels, start, strict=True)), sim_steps=prob.sim_steps,
+        wall_seconds=time.perf_counter() - t0)
