@@ -11,14 +11,8 @@ from tqdm.auto import tqdm
 
 from ..scene import GradientError, SimulationError
 from .adam import adam
-from .result import (
-    OptimResult,
-    check_callback,
-    check_positive_float,
-    check_positive_int,
-    check_problem,
-    initial_actions,
-)
+from .checks import check_callback, check_positive_float, check_positive_int, check_problem, initial_actions
+from .result import OptimResult
 
 __all__ = ["cmaes", "hybrid", "keyframe_matrix"]
 

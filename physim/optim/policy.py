@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .result import OptimResult, check_callback, check_positive_float, check_positive_int, check_problem
+from .checks import check_callback, check_positive_float, check_positive_int, check_problem
+from .result import OptimResult
 
 __all__ = ["MLPPolicy", "train_policy"]
 
