@@ -1,0 +1,95 @@
+"""The tape's debug mode checks its contract: replayed launches change no slot state, and every
+adjoint leaves finite gradients; a real scene passes it with unchanged gradients."""
+
+import numpy as np
+import pytest
+import taichi as ti
+from conftest import small_scene
+
+import physim as ps
+from physim.tape import Tape, TapeContractError
+
+
+@ti.data_oriented
+class _Toy:
+    """A one-substep 'solver': state[1] = 2 * state[0] (slot field), scratch = state[0] ** 2."""
+
+    def __init__(self):
+        self.state = ti.field(ti.f64, shape=(2, 4), needs_grad=True)
+        self.scratch = ti.field(ti.f64, shape=4, needs_grad=True)
+
+    @ti.kernel
+    def good_replay(self):
+        for i in range(4):
+            self.scratch[i] = self.state[0, i] ** 2
+
+    @ti.kernel
+    def bad_replay(self):  # writes slot state: breaks the contract
+        for i in range(4):
+            self.state[1, i] = self.state[1, i] + 1.0
+
+    @ti.kernel
+    def step(self):
+        for i in range(4):
+            self.state[1, i] = 2.0 * self.state[0, i] + self.scratch[i]
+
+    @ti.kernel
+    def nan_adjoint(self):
+        for i in range(4):
+            self.state[1, i] = ti.sqrt(self.state[0, i])  # d/dx sqrt(0) = inf
+
+
+def _tape(toy, replay):
+    tape = Tape(debug=True)
+    tape.snapshot = lambda: toy.state.to_numpy()
+    tape.nonfinite = lambda: None if np.isfinite(toy.state.grad.to_numpy()).all() else "the gradient of toy.state"
+    tape.begin_substep()
+    tape.launch(replay, replay=True, grad=None)
+    tape.launch(toy.step)
+    tape.end_substep()
+    return tape
+
+
+def test_debug_mode_refuses_a_replay_that_writes_state():
+    toy = _Toy()
+    toy.state.from_numpy(np.ones((2, 4)))
+    toy.state.grad.fill(0.0)
+    toy.state.grad[1, 0] = 1.0
+    _tape(toy, toy.good_replay).backward_substep(0, lambda: toy.scratch.grad.fill(0))
+    assert toy.state.grad[0, 0] == pytest.approx(2.0)  # d state1 / d state0 through step (scratch is constant)
+    with pytest.raises(TapeContractError, match="bad_replay.*changed slot state"):
+        _tape(toy, toy.bad_replay).backward_substep(0, lambda: toy.scratch.grad.fill(0))
+
+
+def test_debug_mode_names_the_adjoint_that_made_a_nan():
+    toy = _Toy()
+    toy.state.from_numpy(np.zeros((2, 4)))
+    tape = Tape(debug=True)
+    tape.snapshot = lambda: toy.state.to_numpy()
+    tape.nonfinite = lambda: None if np.isfinite(toy.state.grad.to_numpy()).all() else "the gradient of toy.state"
+    tape.begin_substep()
+    tape.launch(toy.nan_adjoint)
+    tape.end_substep()
+    toy.state.grad.fill(0.0)
+    toy.state.grad[1, 2] = 1.0
+    with pytest.raises(TapeContractError, match="adjoint of nan_adjoint.*toy.state non-finite"):
+        tape.backward_substep(0, lambda: None)
+
+
+def test_a_scene_passes_the_debug_checks_with_the_same_gradients():
+    scene = small_scene(2, ps.Plasticine(E=2e3, nu=0.3, yield_stress=30.0))
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, (5, scene.action_dim))
+    seed = {"mpm.x": np.ones((scene.n_particles, 2)), "tools.pos": np.ones((1, 2))}
+
+    def grads(debug):
+        scene.tape.debug = debug
+        scene.reset()
+        scene.forward(actions)
+        return scene.backward(seed)
+
+    try:
+        plain, checked = grads(False), grads(True)
+    finally:
+        scene.tape.debug = False
+    np.testing.assert_array_equal(plain.actions, checked.actions)
+    np.testing.assert_array_equal(plain.initial["mpm.x"], checked.initial["mpm.x"])
