@@ -46,6 +46,15 @@ WAVE_CFL_DEFAULT = 0.4
 MAX_DEFAULT_DT = 1e-3
 
 
+def floor_height(grid_res: int) -> float:
+    """Height of the floor of a ``grid_res`` grid: the top of MPM's bottom wall, ``BOUND`` cells.
+
+    :attr:`Scene.floor` is this value; call it directly only where a height is needed before a
+    scene exists (a module-level constant of a demo). Written as ``BOUND * (1 / grid_res)`` so
+    it equals ``BOUND * scene.dx`` bit for bit."""
+    return BOUND * (1.0 / grid_res)
+
+
 @dataclass
 class _Body:
     shape: Shape
@@ -159,8 +168,8 @@ class Scene(Rollout):
 
     @property
     def floor(self) -> float:
-        """Height of the floor: MPM's bottom wall (``BOUND`` grid cells)."""
-        return BOUND * self.dx
+        """Height of the floor: MPM's bottom wall (``BOUND`` grid cells, :func:`floor_height`)."""
+        return floor_height(self.grid_res)
 
     # ------------------------------------------------------------------ building
     def add_body(
@@ -531,14 +540,16 @@ class Scene(Rollout):
         return {k: v.copy() for k, v in self._initial.items()}
 
     def reset(self, state: dict | None = None) -> None:
-        """Return to the initial state, with entries of ``state`` (name -> array) replaced.
-        Gradients with respect to every entry come from :meth:`backward`."""
+        """Return to the initial state, with entries of ``state`` (name -> array; ``None`` keeps
+        the initial value) replaced. Gradients with respect to every entry come from
+        :meth:`backward`."""
         self._check_built()
         init = dict(self._initial)
         for name, value in (state or {}).items():
             if name not in init:
                 raise KeyError(f"unknown state entry {name!r}; this scene has {sorted(init)}")
-            init[name] = np.asarray(value, dtype=np.float64)
+            if value is not None:
+                init[name] = np.asarray(value, dtype=np.float64)
         self.set_state(init)
         self.time = 0.0
 
