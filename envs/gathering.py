@@ -80,11 +80,12 @@ class GatheringEnv(PhysimEnv):
     def _build_scene(self):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="slip",
                          particle_spacing=self.spacing)
-        floor = 3.0 / self.grid_res
+        floor = scene.floor
         self._floor = floor
         self._surface = floor + self.depth
         b = self.block
-        centers = [(0.44, self._surface, 0.44), (0.44, self._surface, 0.56), (0.5, self._surface, 0.5)]
+        # three separate blocks, about one grid cell apart (they used to overlap and fuse into one)
+        centers = [(0.42, self._surface, 0.42), (0.42, self._surface, 0.58), (0.53, self._surface, 0.5)]
         blocks = [ps.Box(center=c, size=(b, b, b)) for c in centers]
         paddle_y = floor + 0.01 + self.paddle_half[1]
         paddle_box = ps.Box(center=(self.paddle_x, paddle_y, 0.5), size=2 * np.asarray(self.paddle_half) + 0.01)

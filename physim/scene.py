@@ -222,6 +222,19 @@ class Scene(Rollout):
             if d.shape != (self.dim,) or not np.linalg.norm(d) > 0:
                 raise ValueError(f"fiber must be a nonzero {self.dim}-vector, got {fiber!r}")
             d = d / np.linalg.norm(d)
+        if self._x:
+            # a body sampled into another doubles the density where they overlap: almost always a
+            # mistake in the scene description, so refuse it (touching bodies are fine)
+            from scipy.spatial import cKDTree
+
+            dist, idx = cKDTree(np.concatenate(self._x)).query(pts)
+            close = dist < 0.5 * self.spacing
+            if close.any():
+                other = next(i for i, b in enumerate(self.bodies) if b.start <= idx[close][0] < b.start + b.count)
+                raise ValueError(
+                    f"body {len(self.bodies)} ({shape!r}) overlaps body {other}: {int(close.sum())} of its particles "
+                    f"lie within half a particle spacing of body {other}'s (e.g. at "
+                    f"{np.round(pts[close][0], 4).tolist()}); move or shrink one of them")
         n = len(pts)
         self.bodies.append(_Body(shape, m, actuator, sum(len(x) for x in self._x), n))
         self._x.append(pts)

@@ -107,3 +107,16 @@ def test_backward_without_forward(scene):
         scene.backward(grad_x=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         scene.backward(grad_x=np.full((scene.n_particles, 2), np.nan))
+
+
+def test_overlapping_bodies_and_a_tool_inside_material_are_refused():
+    s = ps.Scene(dim=2, grid_res=32)
+    s.add_body(ps.Box(center=(0.5, 0.3), size=(0.2, 0.2)), ps.Elastic())
+    s.add_body(ps.Box(center=(0.5, 0.45), size=(0.2, 0.1)), ps.Elastic())  # touches the first: fine
+    with pytest.raises(ValueError, match=r"body 2 .*overlaps body 0"):
+        s.add_body(ps.Sphere(center=(0.5, 0.3), radius=0.05), ps.Fluid())
+    s.add_tool(ps.SphereTool(position=(0.5, 0.3), radius=0.06))  # deep inside body 0
+    with pytest.raises(ValueError, match="a tool starts inside the material"):
+        s.build(max_steps=2)
+    with pytest.raises(TypeError, match="physim tool"):
+        ps.Scene(dim=2).add_tool("spoon")
