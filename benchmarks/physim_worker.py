@@ -13,6 +13,9 @@ The case is a JSON object (``--spec``); :mod:`run` builds these. Keys:
   (exactly N particles uniformly random in the cube [a, b]^dim, like Taichi's
   examples) or ``"box": {"center": [...], "size": [...]}`` (physim's default
   lattice, two particles per cell per axis);
+* or, instead of ``material`` and particles, ``"cloth": {...}``: the mass-spring cloth of
+  Taichi's ``mass_spring_3d_ggui.py`` (see :func:`build_cloth`; ``gravity`` is then in the
+  example's units);
 * ``mode``: ``"forward"`` (time forward without gradients) or ``"gradient"``
   (time forward without gradients, then forward + backward with the tape).
 
@@ -58,6 +61,78 @@ def make_material(ps, spec: dict):
     raise ValueError(f"unknown material kind {kind!r}")
 
 
+def cloth_springs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Springs of Taichi's ``mass_spring_3d_ggui.py`` cloth, each counted once.
+
+    The example gives node (i, j) (number ``i * n + j``) a spring to every (i, j) + (a, b) on
+    the grid with (a, b) != 0 and |a| + |b| <= 2 (12 offsets; each spring is visited from both
+    ends). Returns the (m, 2) node pairs, one per unordered pair, and each spring's length in
+    grid spacings, |(a, b)|."""
+    offsets = [(a, b) for a in range(-2, 3) for b in range(-2, 3)
+               if (a, b) != (0, 0) and abs(a) + abs(b) <= 2 and (a > 0 or (a == 0 and b > 0))]
+    i, j = (k.ravel() for k in np.indices((n, n)))
+    pairs, lengths = [], []
+    for a, b in offsets:
+        ok = (i + a >= 0) & (i + a < n) & (j + b >= 0) & (j + b < n)
+        pairs.append(np.stack([i[ok] * n + j[ok], (i[ok] + a) * n + j[ok] + b], axis=1))
+        lengths.append(np.full(int(ok.sum()), float(np.hypot(a, b))))
+    return np.concatenate(pairs), np.concatenate(lengths)
+
+
+def build_cloth(ps, spec: dict, common: dict, capacity: int):
+    """physim's version of ``mass_spring_3d_ggui.py``'s cloth (``spec["cloth"]``).
+
+    Keys of ``spec["cloth"]`` (example units; defaults: the example's constants):
+    ``n``, ``spring_Y``, ``dashpot_damping``, ``ball_radius``, ``ball_center``,
+    ``first_node`` (position of node (0, 0); the example's is (-0.5, 0.6, -0.5) plus a random
+    horizontal offset, which the reference worker reports so both start alike), ``scale`` and
+    ``origin`` (physim position = origin + scale * example position: the example's cloth spans
+    [-0.55, 0.55] horizontally, physim's domain is the unit cube).
+
+    The mapping, example -> physim (p = origin + s r, s = ``scale``):
+
+    * mass: 1 kg per node (the example adds ``force * dt`` to v: unit masses);
+    * stiffness of a spring of rest length L0 = quad_size |(a, b)|: the example's force is
+      -spring_Y (L / L0 - 1) d = -(spring_Y / L0) (L - L0) d, so k = spring_Y / L0 N/m with L0
+      in example units. In physim units lengths are s times larger, so k (L' - L0') is s times
+      the example's force: s times its acceleration, exactly what p = origin + s r needs;
+    * damping: the example's dashpot is -(v_ij . d) d dashpot_damping quad_size, so
+      c = dashpot_damping * quad_size N s/m on every spring (velocities scale by s like forces);
+    * gravity: s times the example's (``spec["gravity"]``, example units);
+    * ball: ``SphereTool`` at origin + s ball_center, radius s ball_radius, friction 0 and
+      hard contact: the example's velocity projection (remove the approaching normal velocity
+      inside or on the ball, no friction);
+    * drag: physim has none; the case runs the example with ``drag_damping=0``;
+    * floor and walls: physim only; the horizons are short enough that no node reaches them.
+
+    Symplectic Euler's stable dt depends on k / m and c / m only, so the scaling leaves it as is.
+    """
+    c = spec["cloth"]
+    n, s = int(c["n"]), float(c.get("scale", 0.5))
+    origin = np.asarray(c.get("origin", [0.5, 0.45, 0.5]), np.float64)
+    quad = 1.0 / n  # the example's quad_size
+    first = np.asarray(c.get("first_node", [-0.5, 0.6, -0.5]), np.float64)
+    i, j = (k.ravel() for k in np.indices((n, n)))
+    r = first + np.stack([i * quad, np.zeros(n * n), j * quad], axis=1)  # the example's initialize_mass_points
+    pairs, lengths = cloth_springs(n)
+    rest = quad * lengths  # example units
+    body = ps.MassSpring(origin + s * r, pairs, mass=1.0, stiffness=c.get("spring_Y", 3e4) / rest,
+                         damping=c.get("dashpot_damping", 1e4) * quad, rest_length=s * rest, friction=0.0)
+    gravity = s * np.asarray(spec.get("gravity", [0.0, -9.8, 0.0]), np.float64)
+    scene = ps.Scene(**{**common, "gravity": gravity})
+    scene.add_mass_spring(body)
+    ball = origin + s * np.asarray(c.get("ball_center", [0.0, 0.0, 0.0]), np.float64)
+    scene.add_tool(ps.SphereTool(position=ball, radius=s * c.get("ball_radius", 0.3), friction=0.0))
+    scene.build(max_steps=capacity)
+    return scene
+
+
+def to_example_units(spec: dict, p: np.ndarray) -> np.ndarray:
+    """Cloth positions in physim units -> the example's (inverse of :func:`build_cloth`'s map)."""
+    c = spec["cloth"]
+    return (p - np.asarray(c.get("origin", [0.5, 0.45, 0.5]))) / float(c.get("scale", 0.5))
+
+
 def build_scene(ps, spec: dict):
     """Build the scene of ``spec``; returns it built for ``spec['substeps']`` substeps."""
     dim = spec["dim"]
@@ -68,6 +143,8 @@ def build_scene(ps, spec: dict):
     common = dict(dim=dim, grid_res=spec["grid"], dt=spec["dt"], substeps_per_step=spec["substeps_per_step"],
                   gravity=spec.get("gravity"), boundary=spec.get("boundary", "slip"),
                   checkpoint_every=spec["checkpoint_every"], specialize=spec.get("specialize", True))
+    if "cloth" in spec:
+        return build_cloth(ps, spec, common, capacity), n_steps
     material = make_material(ps, spec["material"])
     if "random" in spec:
         # physim samples bodies on a lattice, so first make a lattice body with exactly
@@ -113,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     actions = np.zeros((n_steps, scene.action_dim))
     repeats = spec.get("repeats", 3)
     grad_mode = spec["mode"] == "gradient"
+    cloth = "cloth" in spec
+    # d loss / d final positions = 1: MPM particles, or the cloth's nodes
+    seed_name = "springs.x" if cloth else "mpm.x"
+    seeds = {seed_name: np.ones_like(scene.get_state()[seed_name])}
 
     # Warm-up: compile (or load from Taichi's offline cache) every kernel the timed runs
     # use. A checkpoint interval of 4 substeps over one step makes the short warm-up
@@ -124,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     if grad_mode:
         scene.reset()
         scene.forward(actions[:1], requires_grad=True)
-        scene.backward(grad_x=np.ones((scene.n_particles, spec["dim"])))
+        scene.backward(seeds)
     scene.set_checkpoint_every(horizon_k)
     scene.reset()
     ti.sync()
@@ -134,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
                     repeats=repeats)
     record = {
         "dim": spec["dim"],
-        "particles": scene.n_particles,
         "grid": spec["grid"],
         "dt": scene.dt,
         "substeps": substeps,
@@ -147,14 +227,18 @@ def main(argv: list[str] | None = None) -> None:
         "forward_seconds": fwd["seconds"],
         "forward_seconds_all": fwd["seconds_all"],
         "seconds": fwd["seconds"],
-        "particle_steps_per_s": scene.n_particles * substeps / fwd["seconds"],
     }
+    if cloth:
+        nodes, springs = scene.get_state()["springs.x"].shape[0], len(cloth_springs(spec["cloth"]["n"])[0])
+        record.update(nodes=nodes, springs=springs, node_steps_per_s=nodes * substeps / fwd["seconds"],
+                      spring_steps_per_s=springs * substeps / fwd["seconds"])
+    else:
+        record.update(particles=scene.n_particles,
+                      particle_steps_per_s=scene.n_particles * substeps / fwd["seconds"])
     if grad_mode:
-        grad_x = np.ones((scene.n_particles, spec["dim"]))
-
         def forward_backward():
             scene.forward(actions, requires_grad=True)
-            scene.backward(grad_x=grad_x)
+            scene.backward(seeds)
 
         try:
             fb = time_runs(forward_backward, prepare=scene.reset, sync=ti.sync, repeats=repeats)
@@ -168,9 +252,12 @@ def main(argv: list[str] | None = None) -> None:
                 "fwd_bwd_seconds_all": fb["seconds_all"],
                 "fwd_bwd_over_fwd": fb["seconds"] / fwd["seconds"],
             })
-    pos = scene.particle_positions()
+    pos = scene.get_state()[seed_name]
     if not np.isfinite(pos).all():
         raise RuntimeError("physim produced non-finite positions")
+    if cloth:  # where the last run ended, in the example's units (run.py compares it with the example)
+        r = to_example_units(spec, pos)
+        record["final_summary"] = {"mean": r.mean(0).tolist(), "min": r.min(0).tolist(), "max": r.max(0).tolist()}
     record["peak_memory_bytes"] = peak_rss_bytes()
     write_result(args.out, record)
 

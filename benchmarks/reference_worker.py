@@ -1,17 +1,22 @@
-"""Time one of Taichi's own MPM examples (``mpm88.py`` / ``mpm3d.py``) headless.
+"""Time one of Taichi's own examples (``mpm88.py``, ``mpm3d.py``, ``mass_spring_3d_ggui.py``) headless.
 
-The examples ship in the taichi wheel under ``taichi/examples/simulation/``. They
-are scripts, not libraries: they call ``ti.init(arch=ti.gpu)`` at import, size
-their fields from module-level constants, and open a GUI (``mpm88.py`` at module
-level, ``mpm3d.py`` under ``if __name__ == "__main__"``). This worker runs the
-installed file unmodified on disk, but before executing it in a fresh namespace:
+The examples ship in the taichi wheel under ``taichi/examples/<directory>/`` (see
+:data:`EXAMPLES`: directory, init and substep function of each). They are scripts, not
+libraries: they call ``ti.init(arch=ti.gpu)`` (or ``ti.vulkan`` / ``ti.cuda``) at import,
+size their fields from module-level constants, and open a GUI or a GGUI window
+(``mpm88.py`` at module level, the others under ``if __name__ == "__main__"``). This
+worker runs the installed file unmodified on disk, but before executing it in a fresh
+namespace:
 
-* ``ti.init`` is wrapped so the requested arch is used instead of ``ti.gpu``;
+* ``ti.init`` is wrapped so the requested arch is used instead of the example's;
 * the source is parsed with :mod:`ast` and every top-level statement that would
   run the demo rather than define it is dropped: ``while``/``for`` loops, ``if``
   blocks (the ``__main__`` guard), statements outside function definitions that
-  mention ``GUI``, and bare calls other than ``ti.init`` (the example's own
-  ``init()``, which we call ourselves);
+  mention ``GUI`` or ``ti.ui`` (GGUI's Window, Canvas, Scene, Camera), statements
+  that use a name bound by a dropped statement (``canvas = window.get_canvas()``),
+  and bare calls other than ``ti.init`` and the example's set-up calls listed in
+  :data:`EXAMPLES` (``initialize_spring_offsets()``): its init kernel, which we call
+  ourselves, and render-only set-up (``initialize_mesh_indices()``);
 * constants given with ``--set NAME=VALUE`` replace the value assigned to that
   name at top level (also inside a tuple assignment such as
   ``dim, n_grid, steps, dt = 3, 32, 25, 4e-4``), before any field is allocated,
@@ -31,18 +36,51 @@ import argparse
 import ast
 import os
 import sys
+from dataclasses import dataclass
 
 from bench_util import peak_rss_bytes, time_runs, write_result
 
-EXAMPLES = ("mpm88", "mpm3d")
-REPORTED = ("dim", "n_particles", "n_grid", "dt", "E", "gravity", "bound", "p_rho")
+
+@dataclass(frozen=True)
+class Example:
+    """Where an example lives and what the benchmark calls.
+
+    Attributes:
+        directory: folder under ``taichi/examples``.
+        init, substep: names of its initial-state and one-substep functions.
+        keep_calls: top-level bare calls that set the example up and must run (other bare
+            calls are dropped).
+        reported: top-level constants copied into the record's ``config``.
+        positions: candidate names of its position field (the first one defined is read).
+    """
+
+    directory: str
+    init: str
+    substep: str
+    keep_calls: tuple[str, ...] = ()
+    reported: tuple[str, ...] = ()
+    positions: tuple[str, ...] = ("x", "F_x")
+
+
+MPM_REPORTED = ("dim", "n_particles", "n_grid", "dt", "E", "gravity", "bound", "p_rho")
+EXAMPLES = {
+    "mpm88": Example("simulation", "init", "substep", reported=MPM_REPORTED),
+    "mpm3d": Example("simulation", "init", "substep", reported=MPM_REPORTED),
+    # a cloth: n x n unit masses, springs to every offset with |i| + |j| <= 2, a ball
+    "mass_spring_3d_ggui": Example(
+        "ggui_examples", "initialize_mass_points", "substep", keep_calls=("initialize_spring_offsets",),
+        reported=("n", "quad_size", "dt", "spring_Y", "dashpot_damping", "drag_damping", "ball_radius",
+                  "bending_springs")),
+}
+#: the examples whose throughput is counted in particles (the rest: mass-spring nodes and springs)
+MPM_EXAMPLES = ("mpm88", "mpm3d")
 
 
 def example_path(name: str) -> str:
     """Path of a Taichi example in the installed taichi package."""
     import taichi
 
-    path = os.path.join(os.path.dirname(taichi.__file__), "examples", "simulation", f"{name}.py")
+    path = os.path.join(os.path.dirname(taichi.__file__), "examples", EXAMPLES[name].directory, f"{name}.py")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: this taichi wheel does not ship the {name} example")
     return path
@@ -53,15 +91,52 @@ def _is_ti_init(call: ast.AST) -> bool:
             and isinstance(call.func.value, ast.Name) and call.func.value.id == "ti")
 
 
-def _runs_demo(node: ast.stmt) -> bool:
-    """True for a top-level statement that runs the interactive demo instead of defining it."""
+def _call_name(call: ast.AST) -> str | None:
+    """``f`` for a call ``f(...)``; None for any other expression."""
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
+        return call.func.id
+    return None
+
+
+def _bound_names(node: ast.stmt) -> set[str]:
+    """Names a top-level statement binds (assignment targets)."""
+    targets = []
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        targets = [node.target]
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _runs_demo(node: ast.stmt, keep_calls: tuple[str, ...] = (), dropped_names: frozenset[str] = frozenset()) -> bool:
+    """True for a top-level statement that runs the interactive demo instead of defining it.
+
+    ``keep_calls``: bare calls that set the example up (kept); ``dropped_names``: names bound
+    by statements dropped before this one (a statement using one of them is dropped too)."""
     if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
         return False  # a definition runs nothing (mpm3d's main() opens the GUI only when called)
     if isinstance(node, (ast.While, ast.For, ast.If)):
         return True
-    if "GUI" in ast.unparse(node):
+    source = ast.unparse(node)
+    if "GUI" in source or "ti.ui" in source:
         return True
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and not _is_ti_init(node.value)
+    if any(isinstance(n, ast.Name) and n.id in dropped_names for n in ast.walk(node)):
+        return True
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        return not (_is_ti_init(node.value) or _call_name(node.value) in keep_calls)
+    return False
+
+
+def filter_statements(tree: ast.Module, keep_calls: tuple[str, ...] = ()) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """Split an example's top-level statements into (kept, dropped); see :func:`_runs_demo`."""
+    kept, dropped, names = [], [], set()
+    for node in tree.body:
+        if _runs_demo(node, keep_calls, frozenset(names)):
+            dropped.append(node)
+            names |= _bound_names(node)
+        else:
+            kept.append(node)
+    return kept, dropped
 
 
 def _override(node: ast.stmt, values: dict[str, float], applied: set[str]) -> None:
@@ -89,13 +164,12 @@ def load_example(name: str, arch: str, values: dict[str, float]) -> tuple[dict, 
     path = example_path(name)
     with open(path) as f:
         tree = ast.parse(f.read(), filename=path)
-    kept, dropped, applied = [], [], set()
-    for node in tree.body:
-        if _runs_demo(node):
-            dropped.append(ast.unparse(node).splitlines()[0])
-            continue
+    example = EXAMPLES[name]
+    kept, dropped_nodes = filter_statements(tree, example.keep_calls)
+    dropped = [ast.unparse(node).splitlines()[0] for node in dropped_nodes]
+    applied = set()
+    for node in kept:
         _override(node, values, applied)
-        kept.append(node)
     missing = set(values) - applied
     if missing:
         raise ValueError(f"{name}.py has no top-level assignment to {sorted(missing)}")
@@ -115,10 +189,28 @@ def load_example(name: str, arch: str, values: dict[str, float]) -> tuple[dict, 
         exec(compile(module, path, "exec"), namespace)
     finally:
         ti.init = original_init
-    for fn in ("init", "substep"):
+    for fn in (example.init, example.substep):
         if not callable(namespace.get(fn)):
             raise RuntimeError(f"{name}.py no longer defines {fn}(); the benchmark needs it")
     return namespace, dropped
+
+
+def cloth_spring_count(n: int, offsets) -> int:
+    """Springs of an n x n cloth whose nodes each visit every neighbour at ``offsets`` (the
+    example's ``spring_offsets``: symmetric, so every spring is visited twice), counted once."""
+    pairs = [tuple(int(c) for c in off) for off in offsets]
+    if set(pairs) != {(-a, -b) for a, b in pairs}:
+        raise ValueError(f"spring offsets {pairs} are not symmetric: springs would not be visited twice")
+    visits = sum(max(0, n - abs(a)) * max(0, n - abs(b)) for a, b in pairs)
+    return visits // 2
+
+
+def _summary(x) -> dict[str, list[float]]:
+    """Centroid and bounding box of an (..., 3) position array."""
+    import numpy as np
+
+    p = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    return {"mean": p.mean(0).tolist(), "min": p.min(0).tolist(), "max": p.max(0).tolist()}
 
 
 def _parse_set(items: list[str]) -> dict[str, float]:
@@ -131,7 +223,7 @@ def _parse_set(items: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("example", choices=EXAMPLES)
+    parser.add_argument("example", choices=sorted(EXAMPLES))
     parser.add_argument("--arch", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--substeps", type=int, default=500, help="substeps per timed repeat")
     parser.add_argument("--warmup", type=int, default=20, help="untimed substeps first (compilation)")
@@ -143,8 +235,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import taichi as ti
 
+    example = EXAMPLES[args.example]
     ns, dropped = load_example(args.example, args.arch, _parse_set(args.set))
-    init, substep = ns["init"], ns["substep"]
+    init, substep = ns[example.init], ns[example.substep]
+    field = next(ns[k] for k in example.positions if k in ns)
+    initial = {}
+
+    def prepare():
+        init()
+        initial["x"] = field.to_numpy()  # the example's init may be random (the cloth's offset)
 
     def run():
         for _ in range(args.substeps):
@@ -153,12 +252,24 @@ def main(argv: list[str] | None = None) -> None:
     init()
     for _ in range(args.warmup):
         substep()
-    timing = time_runs(run, prepare=init, sync=ti.sync, repeats=args.repeats)
-    x = next(ns[k] for k in ("x", "F_x") if k in ns).to_numpy()
+    timing = time_runs(run, prepare=prepare, sync=ti.sync, repeats=args.repeats)
+    x = field.to_numpy()
     if not (abs(x).max() < 1e30):
         raise RuntimeError(f"{args.example} produced non-finite positions")
-    config = {k: ns[k] for k in REPORTED if k in ns and isinstance(ns[k], (int, float))}
-    config.setdefault("dim", 2)
+    config = {k: ns[k] for k in example.reported if k in ns and isinstance(ns[k], (int, float))}
+    if args.example in MPM_EXAMPLES:
+        config.setdefault("dim", 2)
+        rates = {"particle_steps_per_s": config["n_particles"] * args.substeps / timing["seconds"]}
+    else:
+        # the last timed repeat's initial and final state, so physim can start where it
+        # started and run.py can compare where both end
+        nodes = config["n"] ** 2
+        springs = cloth_spring_count(config["n"], ns["spring_offsets"])
+        config.update(nodes=nodes, springs=springs)
+        rates = {"node_steps_per_s": nodes * args.substeps / timing["seconds"],
+                 "spring_steps_per_s": springs * args.substeps / timing["seconds"],
+                 "first_node": initial["x"].reshape(-1, 3)[0].tolist(),
+                 "initial_summary": _summary(initial["x"]), "final_summary": _summary(x)}
     record = {
         "example": args.example,
         "path": example_path(args.example),
@@ -169,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         "substeps": args.substeps,
         "repeats": args.repeats,
         **timing,
-        "particle_steps_per_s": config["n_particles"] * args.substeps / timing["seconds"],
+        **rates,
         "peak_memory_bytes": peak_rss_bytes(),
     }
     write_result(args.out, record)

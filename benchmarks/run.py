@@ -1,5 +1,5 @@
-"""physim benchmark suite: throughput against Taichi's own MPM examples, gradient cost,
-memory versus horizon, and scaling with the particle count.
+"""physim benchmark suite: throughput against Taichi's own MPM and mass-spring examples,
+gradient cost, memory versus horizon, and scaling with the particle count.
 
 Usage::
 
@@ -45,6 +45,9 @@ MEMORY_FLAT_TARGET = 1.2
 GRADIENT_COST_TARGET = 3.0
 #: physim's forward throughput should be at least this fraction of the Taichi example's
 THROUGHPUT_TARGET = 1.0
+#: the same for the mass-spring cloth: physim's general solver (tape-ready slots, per-spring
+#: atomics, walls, health checks) against mass_spring_3d_ggui.py's one hand-fused kernel
+SPRING_THROUGHPUT_TARGET = 0.5
 
 ELASTIC = {"kind": "elastic", "E": 1000.0, "nu": 0.2}
 FLUID = {"kind": "fluid", "bulk_modulus": 400.0}  # Taichi's examples: E = 400, pressure only
@@ -60,7 +63,7 @@ class Case:
     """One benchmark case: a physim run, optionally compared with a Taichi example."""
 
     name: str
-    group: str  # "reference", "scaling", "gradient" or "horizon"
+    group: str  # "reference", "scaling", "gradient", "horizon" or "mass_spring"
     physim: dict
     reference: tuple[str, list[str]] | None = None  # (example, ["NAME=VALUE", ...])
     skip: str | None = None
@@ -99,6 +102,25 @@ def _gradient_spec(dim, substeps, checkpoint_every, repeats):
     }
 
 
+#: Taichi's mass_spring_3d_ggui.py cloth: n x n unit masses, 12 springs per node, a ball
+CLOTH_EXAMPLE = "mass_spring_3d_ggui"
+#: one dt for every cloth size, below physim's stable limit for n = 32..128 (1.07e-4 to 1.25e-4 s;
+#: the example's own dt is 4e-2 / n: 1.25e-3 at n = 32, 3.1e-4 at its n = 128)
+CLOTH_DT = 1e-4
+
+
+def _cloth_case(name: str, n: int, substeps: int, repeats: int, mode: str) -> Case:
+    """physim's cloth (physim_worker.build_cloth) next to the example with the same n and dt.
+    The example runs without its air drag (physim has none): ``drag_damping=0``."""
+    spec = {
+        "mode": mode, "dim": 3, "grid": 64, "dt": CLOTH_DT, "substeps": substeps,
+        "substeps_per_step": SUBSTEPS_PER_STEP, "checkpoint_every": 50, "build_steps": 1,
+        "gravity": [0.0, -9.8, 0.0], "repeats": repeats, "cloth": {"n": n},
+    }
+    return Case(name, "mass_spring", spec,
+                reference=(CLOTH_EXAMPLE, [f"n={n}", f"dt={CLOTH_DT:g}", "drag_damping=0"]))
+
+
 def _round_substeps(n: float, lo: int, hi: int) -> int:
     n = min(hi, max(lo, n))
     return int(SUBSTEPS_PER_STEP * round(n / SUBSTEPS_PER_STEP))
@@ -126,6 +148,12 @@ def make_cases(quick: bool) -> list[Case]:
         substeps = _round_substeps(3e6 / n, 50, 300) if quick else _round_substeps(2e7 / n, 100, 1000)
         cases.append(Case(f"mpm3d_64_n{n}", "scaling", _forward_spec(3, 64, 2e-4, n, 0.15, 0.55, substeps, reps),
                           reference=("mpm3d", ["n_grid=64", "dt=2e-4", f"n_particles={n}"])))
+    # mass-spring cloth against mass_spring_3d_ggui.py: n = 32 (full: 0.4 s, falls onto the ball
+    # at ~0.25 s and drapes; quick: 0.05 s of free fall), physim also forward + backward; and the
+    # example's own n = 128, forward only
+    cases.append(_cloth_case("cloth_n32", 32, 500 if quick else 4000, 2, "gradient"))
+    if not quick:
+        cases.append(_cloth_case("cloth_n128", 128, 1000, reps, "forward"))
     cases.append(Case("grad_2d", "gradient", _gradient_spec(2, 200 if quick else 1000, 50, 1 if quick else 2)))
     # gradient cost and memory versus horizon, 3D, with (K = 50) and without (K = T) checkpointing
     # (quick: checkpointed T = 100 and 400, unchecked T = 200, whose 256 slots match full T = 250)
@@ -224,13 +252,17 @@ def run_case(case: Case, arch: str, timeout: float) -> dict:
             for v in values:
                 ref_args += ["--set", v]
             ref = _run_worker("reference_worker.py", ref_args, timeout)
+            if "cloth" in spec:  # start physim's cloth where the example's last timed run started
+                spec["cloth"] = {**spec["cloth"], "first_node": ref["first_node"]}
         mine = _run_worker("physim_worker.py", ["--spec", json.dumps(spec)], timeout)
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         record["error"] = str(err)
         return record
     record.update(mine)
     record["case"] = case.name
-    if ref is not None:
+    if ref is not None and "cloth" in spec:
+        record.update(_compare_cloth(ref, mine, spec))
+    elif ref is not None:
         cfg = ref["config"]
         if cfg["n_particles"] != mine["particles"] or cfg["n_grid"] != mine["grid"] or cfg["dt"] != mine["dt"]:
             record["error"] = f"configuration mismatch: reference {cfg} vs physim {mine['particles']} particles"
@@ -245,6 +277,33 @@ def run_case(case: Case, arch: str, timeout: float) -> dict:
             "ratio_vs_reference": mine["particle_steps_per_s"] / ref["particle_steps_per_s"],
         })
     return record
+
+
+def _compare_cloth(ref: dict, mine: dict, spec: dict) -> dict:
+    """The reference fields of a cloth record: throughput ratio, and how far apart the two
+    final states are (centroid and bounding box, the example's units)."""
+    cfg = ref["config"]
+    out = {}
+    if (cfg["n"] != spec["cloth"]["n"] or cfg["nodes"] != mine["nodes"] or cfg["springs"] != mine["springs"]
+            or abs(cfg["dt"] - mine["dt"]) > 1e-6 * mine["dt"]):
+        out["error"] = (f"configuration mismatch: reference {cfg} vs physim {mine['nodes']} nodes, "
+                        f"{mine['springs']} springs, dt {mine['dt']}")
+    diff = max(abs(a - b) for key in ("mean", "min", "max")
+               for a, b in zip(ref["final_summary"][key], mine["final_summary"][key], strict=True))
+    out.update({
+        "reference": ref["example"],
+        "reference_config": cfg,
+        "reference_dropped_statements": ref["dropped_statements"],
+        "reference_seconds": ref["seconds"],
+        "reference_seconds_all": ref["seconds_all"],
+        "reference_node_steps_per_s": ref["node_steps_per_s"],
+        "reference_spring_steps_per_s": ref["spring_steps_per_s"],
+        "reference_peak_memory_bytes": ref["peak_memory_bytes"],
+        "reference_final_summary": ref["final_summary"],
+        "final_state_difference": diff,
+        "ratio_vs_reference": mine["node_steps_per_s"] / ref["node_steps_per_s"],
+    })
+    return out
 
 
 # --------------------------------------------------------------------------- reporting
@@ -271,6 +330,29 @@ COLUMNS = [
 ]
 
 
+#: the mass-spring cases' table (rates in million node- and spring-substeps per second; springs
+#: counted once on both sides; "state diff": largest difference of the final centroid and
+#: bounding box, the example's units)
+SPRING_COLUMNS = [
+    ("case", lambda r: r["case"]),
+    ("nodes", lambda r: _fmt(r.get("nodes"), ",")),
+    ("springs", lambda r: _fmt(r.get("springs"), ",")),
+    ("dt", lambda r: _fmt(r.get("dt"), "g")),
+    ("substeps", lambda r: _fmt(r.get("substeps"), ",")),
+    ("K", lambda r: _fmt(r.get("checkpoint_every"))),
+    ("fwd s", lambda r: _fmt(r.get("seconds"), ".2f")),
+    ("Mnode-steps/s", lambda r: _fmt(r.get("node_steps_per_s", math.nan) / 1e6, ".2f")),
+    ("Mspring-steps/s", lambda r: _fmt(r.get("spring_steps_per_s", math.nan) / 1e6, ".1f")),
+    ("Taichi ex. Mnode/s", lambda r: _fmt(r.get("reference_node_steps_per_s", math.nan) / 1e6, ".2f")),
+    ("Taichi ex. Mspring/s", lambda r: _fmt(r.get("reference_spring_steps_per_s", math.nan) / 1e6, ".1f")),
+    ("vs Taichi", lambda r: _fmt(r.get("ratio_vs_reference"), ".2f", "x")),
+    ("fwd+bwd s", lambda r: _fmt(r.get("fwd_bwd_seconds"), ".2f")),
+    ("fwd+bwd/fwd", lambda r: _fmt(r.get("fwd_bwd_over_fwd"), ".2f", "x")),
+    ("state diff", lambda r: _fmt(r.get("final_state_difference"), ".1e")),
+    ("peak MiB", lambda r: _fmt(r.get("peak_memory_bytes", math.nan) / 2**20, ".0f")),
+]
+
+
 def _note(r: dict) -> str:
     if "skipped" in r:
         return f"skipped: {r['skipped']}"
@@ -281,10 +363,11 @@ def _note(r: dict) -> str:
     return ""
 
 
-def format_table(records: list[dict], markdown: bool = False) -> str:
-    """The results as a plain-text (or Markdown) table."""
-    header = [c[0] for c in COLUMNS] + ["note"]
-    rows = [[fn(r) for _, fn in COLUMNS] + [_note(r)] for r in records]
+def format_table(records: list[dict], markdown: bool = False, columns=None) -> str:
+    """The results as a plain-text (or Markdown) table (``columns``: default :data:`COLUMNS`)."""
+    columns = COLUMNS if columns is None else columns
+    header = [c[0] for c in columns] + ["note"]
+    rows = [[fn(r) for _, fn in columns] + [_note(r)] for r in records]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -294,9 +377,18 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
     return "\n".join(fmt.format(*row).rstrip() for row in [header, *rows])
 
 
+def format_tables(records: list[dict], markdown: bool = False) -> str:
+    """The MPM cases' table, then the mass-spring cases' (each only if it has rows)."""
+    groups = ([r for r in records if r["group"] != "mass_spring"], COLUMNS), \
+        ([r for r in records if r["group"] == "mass_spring"], SPRING_COLUMNS)
+    return "\n\n".join(format_table(rs, markdown, cols) for rs, cols in groups if rs)
+
+
 def evaluate_targets(records: list[dict]) -> list[dict]:
-    """Compare the records with the issue's three targets."""
+    """Compare the records with the issue's three targets, and the mass-spring cases with theirs."""
     ok = [r for r in records if "error" not in r and "skipped" not in r]
+    springs = [r for r in ok if r["group"] == "mass_spring"]
+    ok = [r for r in ok if r["group"] != "mass_spring"]
     targets = []
     ratios = {r["case"]: r["ratio_vs_reference"] for r in ok if "ratio_vs_reference" in r}
     if ratios:
@@ -324,6 +416,12 @@ def evaluate_targets(records: list[dict]) -> list[dict]:
         targets.append({"target": f"checkpointed peak memory at the longest horizon <= {MEMORY_FLAT_TARGET}x "
                                   f"the shortest", "value": m1 / m0, "where": where,
                         "met": m1 / m0 <= MEMORY_FLAT_TARGET})
+    ratios = {r["case"]: r["ratio_vs_reference"] for r in springs if "ratio_vs_reference" in r}
+    if ratios:
+        worst = min(ratios, key=ratios.get)
+        targets.append({"target": f"mass-spring forward throughput >= {SPRING_THROUGHPUT_TARGET:.1f}x Taichi's "
+                                  f"{CLOTH_EXAMPLE}.py", "value": ratios[worst], "where": f"worst case {worst}",
+                        "met": all(v >= SPRING_THROUGHPUT_TARGET for v in ratios.values()), "all": ratios})
     return targets
 
 
@@ -453,7 +551,7 @@ def _run_suite(args, cases: list[Case], json_path: str, plot_path: str, origin: 
         with open(json_path, "w") as f:  # after every case, so an interrupted run keeps its results
             json.dump({"meta": meta, "records": records, "targets": targets}, f, indent=1)
     bar.close()
-    print(format_table(records))
+    print(format_tables(records))
     print()
     for t in evaluate_targets(records):
         print(f"{'MET ' if t['met'] else 'MISS'}  {t['target']}: {t['value']:.2f} ({t['where']})")
@@ -463,7 +561,7 @@ def _run_suite(args, cases: list[Case], json_path: str, plot_path: str, origin: 
         plot_scaling(records, plot_path, device)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(format_table(records, markdown=True) + "\n")
+            f.write(format_tables(records, markdown=True) + "\n")
     return 1 if any("error" in r for r in records) else 0
 
 

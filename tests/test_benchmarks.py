@@ -1,0 +1,95 @@
+"""Pure helpers of the benchmark workers: which top-level statements of Taichi's examples run
+headless, and the mass-spring cloth's springs (no Taichi kernels run here)."""
+
+import ast
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import physim_worker  # noqa: E402
+import reference_worker  # noqa: E402
+
+#: the shape of mass_spring_3d_ggui.py with its GGUI set-up and loop at top level
+GGUI_SCRIPT = '''
+import taichi as ti
+arch = ti.vulkan if ti._lib.core.with_vulkan() else ti.cuda
+ti.init(arch=arch)
+n = 128
+dt = 4e-2 / n
+spring_offsets = []
+def initialize_spring_offsets():
+    spring_offsets.append(1)
+initialize_spring_offsets()
+initialize_mesh_indices()
+window = ti.ui.Window("Cloth", (768, 768), vsync=True)
+canvas = window.get_canvas()
+scene = ti.ui.Scene()
+camera = ti.ui.Camera()
+camera_target = camera
+initialize_mass_points()
+while window.running:
+    substep()
+'''
+
+
+def _split(source, keep_calls=()):
+    kept, dropped = reference_worker.filter_statements(ast.parse(source), keep_calls)
+    return [ast.unparse(s).splitlines()[0] for s in kept], [ast.unparse(s).splitlines()[0] for s in dropped]
+
+
+def test_ggui_statements_are_dropped_and_set_up_kept():
+    kept, dropped = _split(GGUI_SCRIPT, keep_calls=("initialize_spring_offsets",))
+    assert kept == ["import taichi as ti", "arch = ti.vulkan if ti._lib.core.with_vulkan() else ti.cuda",
+                    "ti.init(arch=arch)", "n = 128", "dt = 0.04 / n", "spring_offsets = []",
+                    "def initialize_spring_offsets():", "initialize_spring_offsets()"]
+    # ti.ui objects, what uses them (canvas, camera_target), bare calls, the loop
+    assert dropped == ["initialize_mesh_indices()", "window = ti.ui.Window('Cloth', (768, 768), vsync=True)",
+                       "canvas = window.get_canvas()", "scene = ti.ui.Scene()", "camera = ti.ui.Camera()",
+                       "camera_target = camera", "initialize_mass_points()", "while window.running:"]
+
+
+def test_mpm88_gui_statements_still_dropped():
+    src = ("import taichi as ti\nti.init(arch=ti.gpu)\nn = 8\ninit()\ngui = ti.GUI('MPM88')\n"
+           "while gui.running:\n    pass\n")
+    kept, dropped = _split(src)
+    assert kept == ["import taichi as ti", "ti.init(arch=ti.gpu)", "n = 8"]
+    assert dropped == ["init()", "gui = ti.GUI('MPM88')", "while gui.running:"]
+
+
+def test_installed_examples_filter_as_documented():
+    pytest.importorskip("taichi")
+    try:
+        path = reference_worker.example_path("mass_spring_3d_ggui")
+    except FileNotFoundError:
+        pytest.skip("this taichi wheel does not ship mass_spring_3d_ggui.py")
+    with open(path) as f:
+        kept, dropped = _split(f.read(), reference_worker.EXAMPLES["mass_spring_3d_ggui"].keep_calls)
+    assert "initialize_spring_offsets()" in kept and "ti.init(arch=arch)" in kept
+    assert not any("ti.ui" in s or s.startswith(("while", "if")) for s in kept)
+    assert "initialize_mass_points()" not in kept
+
+
+@pytest.mark.parametrize("n", [3, 4, 32])
+def test_cloth_springs_match_the_example_offsets(n):
+    offsets = [(i, j) for i in range(-2, 3) for j in range(-2, 3) if (i, j) != (0, 0) and abs(i) + abs(j) <= 2]
+    pairs, lengths = physim_worker.cloth_springs(n)
+    # every spring once: 2 n (n - 1) axis, 2 (n - 1)^2 diagonal, 2 n (n - 2) two-apart
+    assert len(pairs) == 2 * n * (n - 1) + 2 * (n - 1) ** 2 + 2 * n * (n - 2)
+    assert len(pairs) == reference_worker.cloth_spring_count(n, offsets)
+    unordered = {tuple(sorted(p)) for p in pairs.tolist()}
+    assert len(unordered) == len(pairs)
+    # the same set as the example's neighbour visits, halved
+    visits = {tuple(sorted((i * n + j, (i + a) * n + j + b))) for i in range(n) for j in range(n)
+              for a, b in offsets if 0 <= i + a < n and 0 <= j + b < n}
+    assert unordered == visits
+    (i0, j0), (i1, j1) = np.divmod(pairs[:, 0], n), np.divmod(pairs[:, 1], n)
+    assert np.allclose(lengths, np.hypot(i1 - i0, j1 - j0))
+
+
+def test_cloth_spring_count_refuses_asymmetric_offsets():
+    with pytest.raises(ValueError, match="not symmetric"):
+        reference_worker.cloth_spring_count(8, [(1, 0)])
