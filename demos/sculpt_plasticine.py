@@ -19,12 +19,13 @@ import numpy as np
 import physim as ps
 from physim.render import Renderer, material_color
 from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
+from physim.scene import floor_height
 
 HELP = ("Sculpt plasticine\n"
         "A/D or Left/Right: x    W/S or Up/Down: z    E/Q: up/down\n"
         "R: reset    Esc: quit")
 GRID = 32
-FLOOR = 3.0 / GRID  # top of the grid's bottom wall
+FLOOR = floor_height(GRID)  # top of the grid's bottom wall: module constants below need it
 TOOL_SPEED = 1.5  # m/s while a key is held
 TOOL_RADIUS = 0.055
 #: the tool's center stays in this box (at least 5 cm above the floor)

@@ -51,7 +51,7 @@ def build_scene() -> ps.Scene:
     s = scene.spacing
     muscle = ps.Muscle(E=400.0, nu=0.2, actuation_strength=100.0)
     body = ps.Elastic(E=400.0, nu=0.2, density=2.0)
-    y0 = 3.0 / GRID + 0.25 * s  # just above the bottom wall
+    y0 = scene.floor + 0.25 * s  # just above the bottom wall
     hw, lh, bw, bh = LEG_HALF_WIDTH * s, LEG_HEIGHT * s, BODY_WIDTH * s, BODY_HEIGHT * s
     scene.add_body(ps.Box(center=(START_X, y0 + lh + bh / 2), size=(bw, bh)), body)
     pitch = (bw - 2 * hw) / (N_LEGS - 1)

@@ -1,16 +1,10 @@
-"""Floor helpers shared by the plasticine / ice-cream tasks (IceCream, RollingPin, Writer)."""
+"""Floor helper shared by the plasticine / ice-cream tasks (IceCream, RollingPin, Writer).
+
+The floor's height itself is the scene's: ``scene.floor``."""
 
 from __future__ import annotations
 
-__all__ = ["FLOOR", "floor_height", "sink_into_floor"]
-
-#: the grid's bottom wall on a 32-cell grid (3 cells); bodies are sampled above it
-FLOOR = 3.0 / 32
-
-
-def floor_height(grid_res: int) -> float:
-    """Height of the grid's bottom wall (3 cells) on a ``grid_res`` grid."""
-    return 3.0 / grid_res
+__all__ = ["sink_into_floor"]
 
 
 def sink_into_floor(scene, depth: float) -> None:

@@ -8,7 +8,7 @@ import torch
 import physim as ps
 from physim import losses
 
-from ._floor import FLOOR, sink_into_floor
+from ._floor import sink_into_floor
 from .base import PhysimEnv
 
 __all__ = ["IceCreamEnv"]
@@ -92,9 +92,9 @@ class IceCreamEnv(PhysimEnv):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky",
                          gravity=(0.0, -self.gravity, 0.0))
         h = self.column_height
-        scene.add_body(Frustum((0.5, FLOOR + 0.005 + h / 2, 0.5), self.mound_radius, self.mound_top_radius, h),
+        scene.add_body(Frustum((0.5, scene.floor + 0.005 + h / 2, 0.5), self.mound_radius, self.mound_top_radius, h),
                        ps.Viscoplastic(E=1e3, nu=0.3, yield_stress=self.yield_stress, viscosity=1.0))
-        self._top = FLOOR + 0.005 + h - SINK
+        self._top = scene.floor + 0.005 + h - SINK
         y = self._top + self.gap + self.nozzle_radius + self.nozzle_half_length
         scene.add_tool(ps.CapsuleTool(position=(0.5, y, 0.5), radius=self.nozzle_radius,
                                           half_length=self.nozzle_half_length, friction=0.8, softness=100.0))
@@ -145,7 +145,7 @@ class IceCreamEnv(PhysimEnv):
 
     def _top_center(self, x: np.ndarray) -> np.ndarray:
         """(x, z) center of the particles above half the column's height."""
-        top = x[x[:, 1] > FLOOR - SINK + 0.5 * self.column_height]
+        top = x[x[:, 1] > self.scene.floor - SINK + 0.5 * self.column_height]
         return top[:, [0, 2]].mean(axis=0) if len(top) else x[:, [0, 2]].mean(axis=0)
 
     def _loss(self, state):

@@ -79,7 +79,7 @@ class LatteArtEnv(PhysimEnv):
     def _build_scene(self):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="slip",
                          particle_spacing=self.spacing)
-        floor = 3.0 / self.grid_res
+        floor = scene.floor
         self.coffee = ps.Fluid(bulk_modulus=300.0, viscosity=0.02, density=1.0)
         self.milk = ps.Fluid(bulk_modulus=300.0, viscosity=0.1, density=0.8)
         h = self.coffee_height

@@ -81,8 +81,7 @@ class PouringEnv(PhysimEnv):
                        ps.Fluid(bulk_modulus=300.0, viscosity=0.05, density=1.0))
         scene.add_tool(ps.CupTool(position=self.cup_pos, radius=self.cup_radius, half_height=self.cup_half_height,
                                       thickness=self.cup_thickness, friction=0.1, softness=self.softness))
-        floor = 3.0 / self.grid_res
-        self._target_y = floor + self.target_half_height + 0.002
+        self._target_y = scene.floor + self.target_half_height + 0.002
         scene.add_tool(ps.CupTool(position=(0.66, self._target_y, 0.5), radius=self.target_radius,
                                       half_height=self.target_half_height, thickness=self.target_thickness,
                                       friction=0.1, softness=self.softness))

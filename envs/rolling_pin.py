@@ -8,15 +8,14 @@ import torch
 import physim as ps
 from physim import losses
 
-from ._floor import FLOOR, sink_into_floor
+from ._floor import sink_into_floor
 from .base import PhysimEnv
 
 __all__ = ["RollingPinEnv"]
 
 #: the dough is sunk this deep into the floor's wall band (see ``sink_into_floor``), so the
-#: table's surface is at TABLE
+#: table's surface is ``scene.floor - SINK``
 SINK = 0.02
-TABLE = FLOOR - SINK
 
 
 class RollingPinEnv(PhysimEnv):
@@ -66,9 +65,10 @@ class RollingPinEnv(PhysimEnv):
     def _build_scene(self):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky")
         sx, sy, sz = self.dough_size
-        scene.add_body(ps.Box(center=(0.5, FLOOR + 0.001 + sy / 2, 0.5), size=self.dough_size),
+        self._table = scene.floor - SINK
+        scene.add_body(ps.Box(center=(0.5, scene.floor + 0.001 + sy / 2, 0.5), size=self.dough_size),
                        ps.Plasticine(E=1e3, nu=0.3, yield_stress=15.0))
-        self._top = TABLE + 0.001 + sy
+        self._top = self._table + 0.001 + sy
         # capsule axis: local y -> world z (90 degrees about x)
         q = (np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0)
         scene.add_tool(ps.CapsuleTool(position=(0.5, self._top + self.gap + self.pin_radius, 0.5), rotation=q,
@@ -92,7 +92,7 @@ class RollingPinEnv(PhysimEnv):
         T = self.horizon
         step = self.scene.substeps_per_step * self.scene.dt * self.speed
         y0 = self._top + self.gap + self.pin_radius
-        y_press = TABLE + thickness + self.pin_radius
+        y_press = self._table + thickness + self.pin_radius
         y_half = 0.5 * (y_press + self._top + self.pin_radius)
         waypoints = [(x_hi, y_half), (x_lo, y_press), (x_lo, y0)]
         ends = np.round(np.array([0.32, 0.9, 1.0]) * T).astype(int)
@@ -125,9 +125,9 @@ class RollingPinEnv(PhysimEnv):
         self._target_grid = torch.as_tensor(tg)
         self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
 
-    @staticmethod
-    def _thickness(x: np.ndarray) -> float:
-        return float(np.percentile(x[:, 1], 95) - TABLE)
+    def _thickness(self, x: np.ndarray) -> float:
+        """95th percentile of the dough's height above the table."""
+        return float(np.percentile(x[:, 1], 95) - self._table)
 
     def _loss(self, state):
         x, tool_pos = state["mpm.x"], state["tools.pos"]

@@ -174,7 +174,7 @@ class Walker2DEnv(_WalkerEnv):
 
     def _add_robot(self, scene, muscle, body):
         sp = scene.spacing  # lattice spacing: every part is a whole number of particles
-        x0, y0 = 0.1, 3 * scene.dx  # back of the robot; the floor wall's top
+        x0, y0 = 0.1, scene.floor  # back of the robot; the floor wall's top
         leg_w, leg_h, body_w, body_h = 12 * sp, 12 * sp, 40 * sp, 12 * sp
         scene.add_body(ps.Box(center=(x0 + body_w / 2, y0 + leg_h + body_h / 2), size=(body_w, body_h)), body)
         k = 0
@@ -228,7 +228,7 @@ class Walker3DEnv(_WalkerEnv):
 
     def _add_robot(self, scene, muscle, body):
         sp = scene.spacing
-        x0, y0 = 0.15, 3 * scene.dx
+        x0, y0 = 0.15, scene.floor
         L, H, W = 20 * sp, 5 * sp, 15 * sp  # torso length (x), height, width (z)
         leg_l, leg_h, leg_w = 6 * sp, 6 * sp, 4 * sp
         z0 = 0.5 - W / 2

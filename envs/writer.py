@@ -8,7 +8,7 @@ import torch
 import physim as ps
 from physim import losses
 
-from ._floor import FLOOR, sink_into_floor
+from ._floor import sink_into_floor
 from .base import PhysimEnv
 
 __all__ = ["WriterEnv"]
@@ -69,9 +69,9 @@ class WriterEnv(PhysimEnv):
     def _build_scene(self):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky")
         sy = self.slab_size[1]
-        scene.add_body(ps.Box(center=(0.5, FLOOR + 0.001 + sy / 2, 0.5), size=self.slab_size),
+        scene.add_body(ps.Box(center=(0.5, scene.floor + 0.001 + sy / 2, 0.5), size=self.slab_size),
                        ps.Plasticine(E=1e3, nu=self.nu, yield_stress=self.yield_stress))
-        self._top = FLOOR + 0.001 + sy - SINK
+        self._top = scene.floor + 0.001 + sy - SINK
         self._pen_y0 = self._top + self.gap + self.pen_radius + self.pen_half_length
         scene.add_tool(ps.CapsuleTool(position=(0.5, self._pen_y0, 0.5), radius=self.pen_radius,
                                           half_length=self.pen_half_length, friction=self.pen_friction, softness=100.0))

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 import numpy as np
 import pyvista as pv
 
-from ..solvers.mpm import BOUND
 from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
 
 __all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR"]
@@ -182,9 +181,9 @@ class Renderer:
 
     # ------------------------------------------------------------------ set-up
     def _add_floor(self) -> None:
-        """Floor at the bottom wall (the solver's walls are ``BOUND`` cells thick) and the
+        """Floor at ``scene.floor`` (the top of the bottom wall; the walls on every side are as thick) and the
         outline of the region particles can occupy."""
-        lo = BOUND / self.scene.grid_res
+        lo = self.scene.floor
         hi = 1.0 - lo
         if self.dim == 3:
             floor = pv.Plane(center=(0.5, lo, 0.5), direction=(0, 1, 0), i_size=hi - lo, j_size=hi - lo,
