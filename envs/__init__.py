@@ -36,6 +36,9 @@ ENVS: dict[str, tuple[str, str]] = {
                            "2D actuated soft robot that must walk forward (DiffTaichi / ChainQueen walker)"),
     "physim/Walker3D-v0": ("physim.envs.walker:Walker3DEnv",
                            "3D four-legged actuated soft robot that must walk forward (ChainQueen)"),
+    "physim/MassSpringWalker2D-v0": ("physim.envs.mass_spring_walker:MassSpringWalker2DEnv",
+                                     "2D mass-spring robot (point masses, actuated springs) that must walk "
+                                     "forward (DiffTaichi mass_spring)"),
 }
 
 

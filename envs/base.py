@@ -41,15 +41,22 @@ class PhysimEnv(gym.Env):
     * ``_sample_goal(rng)``: the procedural goal (and optionally a new start state via
       ``self.scene.reset(...)``), seeded by ``reset(seed=...)``,
     * ``_loss(state) -> torch scalar``: the task loss of a state (name -> float64 tensor:
-      ``state["mpm.x"]``, ``state["tools.pos"]``, ...),
+      ``state["mpm.x"]``, ``state["springs.x"]``, ``state["tools.pos"]``, ...),
     * optionally ``_goal_features() -> 1-D array`` (fixed size) appended to observations,
       ``_metrics(state) -> dict`` added to ``info``, ``_goal_points() -> (m, dim)`` drawn by
       the renderer.
+
+    The observation is the rows ``obs_index`` (at most ``obs_particles``, drawn once with a
+    fixed seed) of every state entry in ``obs_entries`` (default the MPM particles' x and v;
+    a mass-spring task uses ``("springs.x", "springs.v")``), the tools' poses, the goal
+    features and the phase ``t / horizon``.
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
     default_horizon = 50
-    #: particles sampled (fixed indices) into the observation
+    #: per-row state entries (particles, nodes) whose sampled rows start the observation
+    obs_entries: tuple[str, ...] = ("mpm.x", "mpm.v")
+    #: rows of ``obs_entries`` sampled (fixed indices) into the observation (all if fewer)
     obs_particles = 128
 
     def __init__(self, render_mode: str | None = None, horizon: int | None = None, seed: int | None = None):
@@ -66,8 +73,10 @@ class PhysimEnv(gym.Env):
         self.action_high = np.ones(self.action_dim)
         self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)
         self.problem = SceneProblem(self.scene, self._loss, self.horizon, -1.0, 1.0, action_map=M)
-        self._mass = torch.as_tensor(self.scene.particle_mass().astype(np.float64))
-        n = self.scene.n_particles
+        # particle masses only where there are MPM particles (a mass-spring scene has none)
+        self._mass = (torch.as_tensor(self.scene.particle_mass().astype(np.float64))
+                      if self.scene.n_particles else None)
+        n = int(self.scene.initial_state()[self.obs_entries[0]].shape[0])
         pick = np.random.default_rng(12345).choice(n, size=min(self.obs_particles, n), replace=False)
         self._obs_index = np.sort(pick)
         self._renderer = None
@@ -107,14 +116,14 @@ class PhysimEnv(gym.Env):
 
     @property
     def mass(self) -> torch.Tensor:
-        """(n,) particle masses (float64 tensor)."""
+        """(n,) MPM particle masses (kg, float64 tensor); raises in a scene without particles."""
+        if self._mass is None:
+            raise RuntimeError(f"{type(self).__name__}: the scene has no MPM particles, so no particle masses")
         return self._mass
 
     def _observation(self, state: dict) -> np.ndarray:
         i = self._obs_index
-        parts = [
-            state["mpm.x"][i].reshape(-1),
-            state["mpm.v"][i].reshape(-1),
+        parts = [np.asarray(state[name])[i].reshape(-1) for name in self.obs_entries] + [
             state["tools.pos"].reshape(-1),
             state["tools.rot"].reshape(-1),
             np.asarray(self._goal_features(), dtype=np.float64).reshape(-1),

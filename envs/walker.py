@@ -28,6 +28,10 @@ class _WalkerEnv(PhysimEnv):
     The goal is a seeded target distance: ``U(0.6, 1.0)`` x the distance the hand gait
     (:meth:`hand_gait`) covers in ``horizon`` steps, so every goal is reachable. The hand-gait
     distance is simulated once per (class, horizon) and cached.
+
+    The body is the rows of state entries ``obs_entries`` (positions, velocities): MPM
+    particles here, mass-spring nodes in :class:`physim.envs.mass_spring_walker.MassSpringWalker2DEnv`;
+    :meth:`_body_mass` weights them in the centroid.
     """
 
     default_horizon = 50
@@ -82,21 +86,29 @@ class _WalkerEnv(PhysimEnv):
         key = (type(self).__name__, self.horizon)
         if key not in self._gait_distance_cache:
             self.scene.reset()
-            c0 = self._centroid(self.scene.particle_positions())[0]
+            c0 = self._centroid(self._body_x())[0]
             self.scene.forward(self.hand_gait() @ self._action_map(), requires_grad=False)
-            c1 = self._centroid(self.scene.particle_positions())[0]
+            c1 = self._centroid(self._body_x())[0]
             self.scene.reset()
             self._gait_distance_cache[key] = float(c1 - c0)
         return self._gait_distance_cache[key]
 
     # ------------------------------------------------------------------ task hooks
+    def _body_mass(self):
+        """(n,) masses (kg, float64 tensor) of the body's rows (default the MPM particles')."""
+        return self.mass
+
+    def _body_x(self) -> np.ndarray:
+        """(n, dim) current body positions (m)."""
+        return self.scene.get_state()[self.obs_entries[0]]
+
     def _centroid(self, x: np.ndarray) -> np.ndarray:
-        m = self.mass.numpy()
+        m = self._body_mass().numpy()
         return m @ np.asarray(x, dtype=np.float64) / m.sum()
 
     def _sample_goal(self, rng):
         self.scene.reset()
-        self._x_start = self.scene.particle_positions().astype(np.float64)
+        self._x_start = self._body_x().astype(np.float64)
         self.start_x = float(self._centroid(self._x_start)[0])
         # (the gait needs ~8 steps to get going: guard against a zero distance for tiny horizons)
         d = max(self.gait_distance(), 1e-3)
@@ -104,8 +116,8 @@ class _WalkerEnv(PhysimEnv):
         self.target_x = self.start_x + self.target_distance
 
     def _loss(self, state):
-        x = state["mpm.x"]
-        m = self.mass
+        x = state[self.obs_entries[0]]
+        m = self._body_mass()
         cx = (m * x[:, 0]).sum() / m.sum()
         return ((cx - self.target_x) / self.target_distance) ** 2
 
@@ -114,13 +126,13 @@ class _WalkerEnv(PhysimEnv):
 
     def _observation(self, state):
         base = super()._observation(state)
-        c = self._centroid(state["mpm.x"])
-        vc = self._centroid(state["mpm.v"])
+        c = self._centroid(state[self.obs_entries[0]])
+        vc = self._centroid(state[self.obs_entries[1]])
         extra = np.concatenate([c, vc, [self.target_x - c[0]]]).astype(np.float32)
         return np.concatenate([base, extra])
 
     def _metrics(self, state):
-        cx = float(self._centroid(state["mpm.x"])[0])
+        cx = float(self._centroid(state[self.obs_entries[0]])[0])
         return {"displacement": cx - self.start_x,
                 "progress": (cx - self.start_x) / self.target_distance,
                 "target_distance": self.target_distance}

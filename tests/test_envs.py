@@ -152,7 +152,8 @@ def test_loss_api_matches_stepping_and_leaves_episode_alone(env_id):
     before = task.scene.get_state()
     loss = task.loss(actions)
     after = task.scene.get_state()
-    np.testing.assert_array_equal(before["mpm.x"], after["mpm.x"])  # the running episode is untouched
+    for name in task.obs_entries:  # the running episode is untouched (mpm.x, springs.x, ...)
+        np.testing.assert_array_equal(before[name], after[name])
     losses, _ = task.rollout(actions)
     assert losses[-1] == pytest.approx(loss, rel=1e-6, abs=1e-9)
 

@@ -15,6 +15,7 @@ import physim as ps  # noqa: E402
 from physim.render import MATERIAL_COLORS, Renderer, material_color, record_video, render_rollout  # noqa: E402
 from physim.render.interactive import KeyControl, scripted_keys  # noqa: E402
 from physim.render.meshes import pose_matrix, quaternion_matrix, tool_mesh  # noqa: E402
+from physim.render.renderer import SPRING_COLORS  # noqa: E402
 
 pv.OFF_SCREEN = True
 SIZE = (320, 240)
@@ -209,6 +210,37 @@ def test_add_points_draws_a_translucent_target():
     assert after[mask].max(axis=1).mean() < 250  # translucent: blended with the background, not pure magenta
 
 
+def test_mass_spring_scene_draws_nodes_and_springs_where_they_are():
+    """A scene with only a mass-spring body (no particles): its nodes are dark spheres and its
+    actuated springs muscle-red lines, both drawn where the state says, and moving the body
+    moves them. Layout as tests/test_springs.py's springs-only scenes (shared kernels)."""
+    body = ps.MassSpring.grid((0.3, 0.2), (0.5, 0.3), (2, 1), mass=2e-3, stiffness=50.0)
+    body.actuator[:4] = 0  # the four lattice edges along x: actuated
+    scene = ps.Scene(dim=2, grid_res=32, dt=2e-4, substeps_per_step=4, gravity=(0.0, 0.0), checkpoint_every=8)
+    scene.add_mass_spring(body)
+    scene.build(max_steps=8)
+    assert scene.n_particles == 0 and "mpm.x" not in scene.get_state()
+    red = SPRING_COLORS["actuated"]
+    with Renderer(scene, window_size=SIZE, off_screen=True) as r:
+        assert r.particles is None and r.nodes.n_points == 6 and r.springs.n_cells == body.n_springs
+        frames, centers = [], []
+        for shift in (0.0, 0.3):
+            scene.reset({"springs.x": body.vertices + [shift, 0.2]})
+            frames.append(r.frame())
+            centers.append(_to_pixel(r, body.vertices.mean(axis=0) + [shift, 0.2]))
+        r.node_actor.visibility = r.spring_actor.visibility = False
+        hidden = r.frame()
+    for img, px in zip(frames, centers, strict=True):
+        dark = img.max(axis=2) < 100  # the nodes (background, floor and outline are light)
+        lines = _hue_mask(img, red)
+        assert dark.sum() > 100 and lines.sum() > 60
+        for mask in (dark, lines):
+            rows, cols = np.nonzero(mask)
+            assert np.hypot(cols.mean() - px[0], rows.mean() - px[1]) < 0.04 * SIZE[0]
+    assert (hidden.max(axis=2) < 100).sum() == 0 and _hue_mask(hidden, red).sum() == 0
+    assert centers[1][0] - centers[0][0] > 50  # moved right: the frames followed the state
+
+
 def test_renderer_needs_a_built_scene_and_rejects_bad_colors():
     scene = ps.Scene(dim=2, grid_res=32, substeps_per_step=4, dt=2e-4, checkpoint_every=8, specialize=False)
     scene.add_body(ps.Box(center=(0.5, 0.3), size=(0.1, 0.1)), ps.Elastic())
@@ -281,14 +313,14 @@ def test_offscreen_rendering_without_display_prints_no_x_server_warning():
     window directly. VTK's real errors still reach stderr (the unreadable file below)."""
     import ctypes.util
     import os
-    import subprocess
     import sys
+
+    from subproc import run_python
 
     if not sys.platform.startswith("linux") or ctypes.util.find_library("EGL") is None:
         pytest.skip("needs Linux with libEGL (elsewhere VTK does not try an X window first)")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "VTK_DEFAULT_OPENGL_WINDOW")}
-    r = subprocess.run([sys.executable, "-c", _HEADLESS_RENDER], capture_output=True, text=True, timeout=300,
-                       env={**env, "PYVISTA_OFF_SCREEN": "true"})
+    r = run_python(["-c", _HEADLESS_RENDER], timeout=300, env={**env, "PYVISTA_OFF_SCREEN": "true"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.split("frame std")[-1]) > 5.0  # it rendered a picture
     assert "bad X server connection" not in r.stderr, r.stderr[-3000:]

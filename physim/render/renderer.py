@@ -1,8 +1,10 @@
 """PyVista view of a built :class:`physim.Scene`: particles as spheres colored by material,
+mass-spring bodies as node spheres joined by lines (actuated springs in the muscle color),
 tools as posed meshes, a floor and the domain outline.
 
-The renderer only reads the scene (``particle_positions``, ``tool_poses``); it never
-steps or resets it. Actors are created once and updated in place on every frame.
+The renderer only reads the scene (its state: ``mpm.x``, ``springs.x``, ``tools.pos``,
+``tools.rot``); it never steps or resets it. Actors are created once and updated in place on
+every frame.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyvista as pv
 
 from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
 
-__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR"]
+__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR", "SPRING_COLORS"]
 
 #: RGB (0-1) per material class name
 MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
@@ -38,6 +40,8 @@ DEFAULT_COLOR = (0.6, 0.6, 0.6)
 TOOL_COLOR = (0.55, 0.60, 0.68)
 #: the cup is drawn as translucent glass in 3D, so what it holds stays visible
 GLASS_COLOR = (0.70, 0.82, 0.90)
+#: RGB (0-1) of mass-spring nodes, passive springs and actuated springs
+SPRING_COLORS = {"node": (0.20, 0.24, 0.32), "passive": (0.45, 0.50, 0.58), "actuated": MATERIAL_COLORS["Muscle"]}
 
 
 def material_color(material) -> tuple[float, float, float]:
@@ -102,6 +106,8 @@ class Renderer:
         particle_radius: sphere radius of a particle in world units (default
             0.6 * ``scene.spacing`` in 3D, 0.7 in 2D, so neighbouring spheres touch); drawn with
             ``render_points_as_spheres`` at the matching size in pixels.
+        node_radius: sphere radius (world units) of a mass-spring node (default a quarter of
+            the shortest spring rest length).
         floor: draw the floor at the bottom wall and the outline of the domain.
         background: (bottom, top) colors of the background gradient.
         color_fn: optional ``color_fn(positions) -> (n, 3)`` RGB (0-1) called on every frame
@@ -110,7 +116,10 @@ class Renderer:
 
     Attributes:
         plotter: the ``pyvista.Plotter`` (add key events, text, ... to it).
-        particles: the ``pyvista.PolyData`` of the particles (points updated in place).
+        particles: the ``pyvista.PolyData`` of the particles (points updated in place), ``None``
+            in a scene without MPM particles (``particle_actor`` too).
+        nodes, springs: ``pyvista.PolyData`` of the mass-spring nodes (points) and springs
+            (lines between them), ``None`` in a scene without mass-spring bodies.
         tool_actors: one actor per tool.
     """
 
@@ -122,11 +131,12 @@ class Renderer:
         colors: Mapping[int, object] | None = None,
         off_screen: bool | None = None,
         particle_radius: float | None = None,
+        node_radius: float | None = None,
         floor: bool = True,
         background: Sequence[object] = ("#fbfbfc", "#cfd9e4"),
         color_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
-        if getattr(scene, "engine", None) is None:
+        if getattr(scene, "engine", None) is None and getattr(scene, "partset", None) is None:
             raise RuntimeError("the scene is not built; call scene.build() before creating a Renderer")
         self.scene = scene
         self.dim = int(scene.dim)
@@ -146,8 +156,9 @@ class Renderer:
         self._closed = False
         self._extra: dict[str, object] = {}
 
+        state = scene.get_state()
         # particles: one PolyData whose points are replaced every frame
-        mats = np.asarray(scene.particle_materials(), dtype=np.int64)
+        mats = np.asarray(scene.particle_materials() if "mpm.x" in state else [], dtype=np.int64)
         palette = np.array([material_color(m) for m in scene.materials], dtype=np.float64) * 255.0
         palette = np.clip(np.round(palette), 0, 255).astype(np.uint8).reshape(-1, 3)
         for index, color in (colors or {}).items():
@@ -155,13 +166,18 @@ class Renderer:
                 raise ValueError(f"colors has material index {index}, the scene has {len(palette)} materials")
             palette[int(index)] = _rgb255(color)
         self.palette = palette
-        self.particles = pv.PolyData(embed(scene.particle_positions(), self.dim))
-        self.particles.point_data["rgb"] = palette[mats]
-        self.particle_actor = self.plotter.add_mesh(
-            self.particles, scalars="rgb", rgb=True, style="points", render_points_as_spheres=True,
-            point_size=4, ambient=0.25, diffuse=0.8, specular=0.25, specular_power=20,
-            show_scalar_bar=False, name="particles", reset_camera=False,
-        )
+        self.particles = self.particle_actor = None
+        if "mpm.x" in state:
+            self.particles = pv.PolyData(embed(state["mpm.x"], self.dim))
+            self.particles.point_data["rgb"] = palette[mats]
+            self.particle_actor = self.plotter.add_mesh(
+                self.particles, scalars="rgb", rgb=True, style="points", render_points_as_spheres=True,
+                point_size=4, ambient=0.25, diffuse=0.8, specular=0.25, specular_power=20,
+                show_scalar_bar=False, name="particles", reset_camera=False,
+            )
+        self.nodes = self.springs = self.node_actor = self.spring_actor = None
+        if "springs.x" in state:
+            self._add_springs(state["springs.x"], node_radius)
 
         # tools: meshes built once, posed through the actor's user matrix
         self.tool_actors = []
@@ -180,6 +196,29 @@ class Renderer:
         self.sync()
 
     # ------------------------------------------------------------------ set-up
+    def _add_springs(self, x: np.ndarray, node_radius: float | None) -> None:
+        """Node spheres and spring lines of the scene's mass-spring bodies (one actor each)."""
+        bodies = self.scene.spring_bodies
+        offsets = np.cumsum([0] + [b.n_vertices for b in bodies])
+        ends = np.concatenate([b.springs + o for b, o in zip(bodies, offsets, strict=False)]).astype(np.int64)
+        actuated = np.concatenate([b.actuator >= 0 for b in bodies])
+        rest = np.concatenate([b.rest_length for b in bodies])
+        self.node_radius = float(node_radius) if node_radius is not None else (
+            0.25 * float(rest.min()) if len(rest) else self.particle_radius)
+        if not (math.isfinite(self.node_radius) and self.node_radius > 0):
+            raise ValueError(f"node_radius must be positive, got {node_radius!r}")
+        pts = embed(x, self.dim)
+        self.springs = pv.PolyData(pts, lines=np.hstack([np.full((len(ends), 1), 2), ends]).ravel()
+                                   if len(ends) else None)
+        rgb = np.where(actuated[:, None], SPRING_COLORS["actuated"], SPRING_COLORS["passive"]) * 255.0
+        self.springs.cell_data["rgb"] = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+        self.spring_actor = self.plotter.add_mesh(self.springs, scalars="rgb", rgb=True, line_width=2.5,
+                                                  show_scalar_bar=False, name="springs", reset_camera=False)
+        self.nodes = pv.PolyData(pts.copy())
+        self.node_actor = self.plotter.add_mesh(
+            self.nodes, color=SPRING_COLORS["node"], style="points", render_points_as_spheres=True, point_size=4,
+            ambient=0.25, diffuse=0.8, specular=0.25, name="nodes", reset_camera=False)
+
     def _add_floor(self) -> None:
         """Floor at ``scene.floor`` (the top of the bottom wall; the walls on every side are as thick) and the
         outline of the region particles can occupy."""
@@ -250,6 +289,8 @@ class Renderer:
     def set_particle_colors(self, rgb) -> None:
         """Per-particle colors for the next frames: (n, 3), floats in 0-1 or integers in
         0-255; ``None`` goes back to the material colors."""
+        if self.particles is None:
+            raise ValueError("the scene has no MPM particles to color")
         if rgb is None:
             self.particles.point_data["rgb"] = self.palette[np.asarray(self.scene.particle_materials())]
             return
@@ -272,17 +313,25 @@ class Renderer:
 
     def _resize_points(self) -> None:
         ppu = self.pixels_per_unit()
-        self.particle_actor.prop.point_size = max(1.0, 2.0 * self.particle_radius * ppu)
+        if self.particle_actor is not None:
+            self.particle_actor.prop.point_size = max(1.0, 2.0 * self.particle_radius * ppu)
+        if self.node_actor is not None:
+            self.node_actor.prop.point_size = max(1.0, 2.0 * self.node_radius * ppu)
         for actor, radius in self._extra.values():
             actor.prop.point_size = max(1.0, 2.0 * radius * ppu)
 
     def sync(self) -> None:
-        """Copy the scene's particle positions and tool poses into the actors (no render)."""
-        state = self.scene.get_state()  # one read of the device state (particle_positions + tool_poses)
-        x = state["mpm.x"]
-        self.particles.points = embed(x, self.dim)
-        if self.color_fn is not None:
-            self.set_particle_colors(self.color_fn(x))
+        """Copy the scene's particle and node positions and tool poses into the actors (no render)."""
+        state = self.scene.get_state()  # one read of the device state (particles, nodes, tool poses)
+        if self.particles is not None:
+            x = state["mpm.x"]
+            self.particles.points = embed(x, self.dim)
+            if self.color_fn is not None:
+                self.set_particle_colors(self.color_fn(x))
+        if self.nodes is not None:
+            pts = embed(state["springs.x"], self.dim)
+            self.nodes.points = pts
+            self.springs.points = pts.copy()
         for i, actor in enumerate(self.tool_actors):
             actor.user_matrix = pose_matrix(state["tools.pos"][i], state["tools.rot"][i], self.dim)
         self._resize_points()
@@ -358,7 +407,7 @@ class Renderer:
         self.plotter.close()
         self.plotter.deep_clean()
         # drop the VTK objects now: left to the interpreter's exit, PyVista's finalizers fail noisily
-        self.particle_actor = None
+        self.particle_actor = self.node_actor = self.spring_actor = None
         self.tool_actors = []
         self._extra.clear()
         self.plotter = None
