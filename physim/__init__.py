@@ -4,9 +4,7 @@ Importing physim initializes nothing; call :func:`physim.init` (or let the first
 scene do it with the defaults / ``PHYSIM_ARCH``).
 """
 
-from pathlib import Path as _Path
-
-from . import _source_tree, backend
+from . import backend
 from .backend import init
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
@@ -16,8 +14,6 @@ from .tape import Tape
 from .tools import BoxTool, CapsuleTool, CupTool, CylinderTool, SphereTool, Tool
 
 __version__ = "0.1.0"
-
-_source_tree.install(_Path(__file__).parent)
 
 __all__ = [
     "init",

@@ -3,9 +3,19 @@ f64), fast compilation, and scene builders whose layouts coincide so compiled
 engines are shared across tests (see physim.solvers.get_engine)."""
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The suite tests the installed physim (see tests/subproc.py and the README's "Layout"):
+# `python -m pytest` puts the working directory first on sys.path, and in the repository root
+# that is the checkout's physim/, which would shadow a regular install. Drop it before the first
+# `import physim`. (An editable install still maps physim to the checkout, through its finder.)
+_ROOT = Path(__file__).resolve().parents[1]
+assert "physim" not in sys.modules, "physim was imported before tests/conftest.py could drop the checkout from sys.path"
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _ROOT]
 
 os.environ.setdefault("PYVISTA_OFF_SCREEN", "true")
 # in-process tests check real sizes (frames, iterations); the README command tests set

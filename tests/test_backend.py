@@ -1,9 +1,7 @@
 """Backend selection, in fresh processes (Taichi initializes once per process)."""
 
-import subprocess
-import sys
-
 import pytest
+from subproc import run_python
 
 
 def _run(code, env=None):
@@ -12,7 +10,7 @@ def _run(code, env=None):
     full_env = dict(os.environ)
     full_env.pop("PHYSIM_ARCH", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    return run_python(["-c", code], env=full_env, timeout=120)
 
 
 def test_import_initializes_nothing():

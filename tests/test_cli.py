@@ -1,18 +1,17 @@
 """The `physim` command: list, optimize (the README's main job), demo dispatch."""
 
 import json
-import subprocess
-import sys
 
 import imageio.v3 as iio
 import pytest
+from subproc import run_python
 
 from physim import cli
 from physim.envs import ENVS
 
 
 def test_list_prints_every_env():
-    r = subprocess.run([sys.executable, "-m", "physim.cli", "list"], capture_output=True, text=True, timeout=300)
+    r = run_python(["-m", "physim.cli", "list"], timeout=300)
     assert r.returncode == 0, r.stderr
     for env_id in ENVS:
         assert env_id in r.stdout

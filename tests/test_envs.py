@@ -5,13 +5,12 @@ Envs are made with ``horizon=8`` everywhere so each task compiles one engine lay
 
 import gc
 import importlib
-import subprocess
-import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from subproc import run_python
 
 from physim.envs import ENVS
 
@@ -198,5 +197,5 @@ def test_pinch_gradients_match_finite_differences_and_adam_lowers_the_loss():
     """FD check of d loss / d actions and d loss / d initial tool pose on a real 3D task, then
     Adam on it. In a fresh process: Taichi 1.7.4 has segfaulted in a grad launch when a
     process already holds many 3D engines of other layouts (the other envs' tests)."""
-    r = subprocess.run([sys.executable, "-c", _GRAD_SCRIPT], capture_output=True, text=True, timeout=1200)
+    r = run_python(["-c", _GRAD_SCRIPT], timeout=1200)
     assert r.returncode == 0 and "GRAD-OK" in r.stdout, r.stderr[-3000:]

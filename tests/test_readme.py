@@ -1,9 +1,9 @@
 """The README's ten-line scene runs as written (in a fresh process: it calls physim.init)."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from subproc import run_python
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -12,8 +12,7 @@ def test_readme_ten_line_scene_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     scene_block = next(b for b in blocks if "ps.Scene(" in b and "scene.forward(" in b)
     assert len(scene_block.strip().splitlines()) <= 12
-    r = subprocess.run([sys.executable, "-c", scene_block], capture_output=True, text=True, timeout=600,
-                       env={"PHYSIM_FAST_COMPILE": "1", **__import__("os").environ})
+    r = run_python(["-c", scene_block], timeout=600, env={"PHYSIM_FAST_COMPILE": "1", **__import__("os").environ})
     assert r.returncode == 0, r.stderr[-2000:]
     mean = [float(v) for v in re.findall(r"[-\d.]+", r.stdout.strip().splitlines()[-1])]
     assert len(mean) == 2 and all(0.0 < m < 1.0 for m in mean)
