@@ -15,6 +15,10 @@ One substep (record-and-run launches on the tape; see :mod:`physim.tape`):
    / m``, tool contact, floor and walls (velocity level, as MPM's ``"friction"`` walls), then
    ``x' = x + dt v'``.
 
+The forward pass runs these as one fused launch (``substep_fused``: each node gathers its
+springs' forces from incidence lists, no atomics) and records the three phase kernels for
+reverse mode, as MPM does.
+
 Actuation (DiffTaichi's mass-spring robots): spring ``s`` with actuator ``a >= 0`` has rest
 length ``rest_s * (1 + actuation_strength * signal_a)``, ``signal_a`` the action column
 ``scene.spring_actuation_slice.start + a`` (actuators numbered body by body).
@@ -266,6 +270,11 @@ class SpringsPart(Part):
         self.mass = ti.field(real, shape=N)  # kg
         self.friction = ti.field(real, shape=N)  # Coulomb coefficient against floor and walls
         self.ends = ti.Vector.field(2, ti.i32, shape=M)
+        # incidence lists (CSR) for the fused forward's per-node gather: node i's springs are
+        # adj_spring[adj_start[i]:adj_start[i + 1]], adj_sign +1 where i is the spring's first end
+        self.adj_start = ti.field(ti.i32, shape=N + 1)
+        self.adj_spring = ti.field(ti.i32, shape=2 * M)
+        self.adj_sign = ti.field(real, shape=2 * M)
         self.rest = ti.field(real, shape=M)  # m
         self.actuator = ti.field(ti.i32, shape=M)  # action column offset within this part, -1 passive
         self.act_strength = ti.field(real, shape=M)
@@ -315,6 +324,16 @@ class SpringsPart(Part):
         self.mass.from_numpy(mass.astype(r))
         self.friction.from_numpy(fric.astype(r))
         self.ends.from_numpy(ends)
+        node = np.concatenate([ends[:m, 0], ends[:m, 1]])
+        order = np.argsort(node, kind="stable")
+        adj_spring, adj_sign = np.zeros(2 * M, np.int32), np.zeros(2 * M)
+        adj_spring[: 2 * m] = np.concatenate([np.arange(m), np.arange(m)])[order]
+        adj_sign[: 2 * m] = np.concatenate([np.ones(m), -np.ones(m)])[order]
+        start = np.zeros(N + 1, np.int32)
+        start[1:] = np.cumsum(np.bincount(node, minlength=N)[:N])
+        self.adj_start.from_numpy(start)
+        self.adj_spring.from_numpy(adj_spring)
+        self.adj_sign.from_numpy(adj_sign.astype(r))
         self.rest.from_numpy(rest.astype(r))
         self.actuator.from_numpy(act)
         self.act_strength.from_numpy(strength.astype(r))
@@ -424,45 +443,67 @@ class SpringsPart(Part):
         """Spring and dashpot forces of slot ``l`` (action row ``t``), added to both ends."""
         for s in range(self.n_springs[None]):
             a, b = self.ends[s][0], self.ends[s][1]
-            d = self.x[l, b] - self.x[l, a]
-            length = safe_norm(d)
-            u = d / length
-            rest = self.rest[s]
-            act = self.actuator[s]
-            if act >= 0:  # a branch, not ti.select: a passive part may have no action column to read
-                rest = rest * (1.0 + self.act_strength[s] * self.controls.action[t, self.act_offset[None] + act])
-            # tension > 0 pulls a towards b; the dashpot resists the ends separating along u
-            tension = self.stiffness[s] * (length - rest) + self.damping[s] * (self.v[l, b] - self.v[l, a]).dot(u)
-            f = tension * u
+            f = self._spring_force(s, l, t)
             self.force[a] += f
             self.force[b] -= f
+
+    @ti.func
+    def _spring_force(self, s, l, t):
+        """Force of spring ``s`` (slot ``l``, action row ``t``) on its first end (minus it on the second)."""
+        a, b = self.ends[s][0], self.ends[s][1]
+        d = self.x[l, b] - self.x[l, a]
+        length = safe_norm(d)
+        u = d / length
+        rest = self.rest[s]
+        act = self.actuator[s]
+        if act >= 0:  # a branch, not ti.select: a passive part may have no action column to read
+            rest = rest * (1.0 + self.act_strength[s] * self.controls.action[t, self.act_offset[None] + act])
+        # tension > 0 pulls a towards b; the dashpot resists the ends separating along u
+        tension = self.stiffness[s] * (length - rest) + self.damping[s] * (self.v[l, b] - self.v[l, a]).dot(u)
+        return tension * u
 
     @ti.kernel
     def integrate(self, l: ti.i32, t: ti.i32):
         """Symplectic Euler from slot ``l`` to ``l + 1`` with contact and walls."""
         for i in range(self.rows[None]):
-            dt = self.dt[None]
-            m = self.mass[i]
-            f = self.force[i] + m * self.gravity[None]
-            if ti.static(self.layout.external_force):
-                f += self.f_ext[i]
-            x = self.x[l, i]
-            v = self.v[l, i] + dt * f / m
-            if ti.static(self.layout.tool_contact):
-                v = self.tools.contact(l, t, x, v)
-            # floor and walls, MPM's "friction" response: a node whose step would cross a wall
-            # loses its approaching normal velocity, Coulomb friction scales the tangential part
-            x_pred = x + dt * v
-            for d in ti.static(range(self.dim)):
-                into_wall = (x_pred[d] < self.lo[None][d] and v[d] < 0) or (x_pred[d] > self.hi[None][d] and v[d] > 0)
-                if into_wall:
-                    normal = ti.Vector.unit(self.dim, d, self.real)
-                    vn = v.dot(normal)
-                    v = v - vn * normal
-                    vt = safe_norm(v)
-                    v = v * ti.max(1.0 - self.friction[i] * ti.abs(vn) / vt, 0.0)
-            self.v[l + 1, i] = v
-            self.x[l + 1, i] = x + dt * v
+            self._integrate_node(l, t, i, self.force[i])
+
+    @ti.func
+    def _integrate_node(self, l, t, i, spring_force):
+        dt = self.dt[None]
+        m = self.mass[i]
+        f = spring_force + m * self.gravity[None]
+        if ti.static(self.layout.external_force):
+            f += self.f_ext[i]
+        x = self.x[l, i]
+        v = self.v[l, i] + dt * f / m
+        if ti.static(self.layout.tool_contact):
+            v = self.tools.contact(l, t, x, v)
+        # floor and walls, MPM's "friction" response: a node whose step would cross a wall
+        # loses its approaching normal velocity, Coulomb friction scales the tangential part
+        x_pred = x + dt * v
+        for d in ti.static(range(self.dim)):
+            into_wall = (x_pred[d] < self.lo[None][d] and v[d] < 0) or (x_pred[d] > self.hi[None][d] and v[d] > 0)
+            if into_wall:
+                normal = ti.Vector.unit(self.dim, d, self.real)
+                vn = v.dot(normal)
+                v = v - vn * normal
+                vt = safe_norm(v)
+                v = v * ti.max(1.0 - self.friction[i] * ti.abs(vn) / vt, 0.0)
+        self.v[l + 1, i] = v
+        self.x[l + 1, i] = x + dt * v
+
+    @ti.kernel
+    def substep_fused(self, l: ti.i32, t: ti.i32):
+        """The whole substep in one launch, forward only: every node gathers its springs' forces
+        (each spring evaluated at both ends, no atomics) and integrates. Writes slot ``l + 1``
+        as ``clear_forces -> accumulate_forces -> integrate`` do, to round-off (summation
+        order), but not the force scratch, which reverse mode restores by replaying those."""
+        for i in range(self.rows[None]):
+            f = ti.Vector.zero(self.real, self.dim)
+            for k in range(self.adj_start[i], self.adj_start[i + 1]):
+                f += self.adj_sign[k] * self._spring_force(self.adj_spring[k], l, t)
+            self._integrate_node(l, t, i, f)
 
     @ti.kernel
     def zero_scratch_grads(self):
@@ -473,8 +514,11 @@ class SpringsPart(Part):
                 self.f_ext.grad[i] = ti.zero(self.f_ext.grad[i])
 
     def substep(self, tape, l: int, t: int) -> None:
-        # the force launches write scratch the integration's adjoint reads: replayed; the
-        # clear has no adjoint worth running (zero_scratch_grads zeroes force.grad anyway)
-        tape.launch(self.clear_forces, grad=None, replay=True)
-        tape.launch(self.accumulate_forces, l, t, replay=True)
-        tape.launch(self.integrate, l, t)  # writes slot l + 1 only
+        """One fused launch (a per-node gather: 3 launches and the atomics saved); when recording,
+        the phase kernels are recorded for reverse mode: the force launches write scratch the
+        integration's adjoint reads, so they are replayed; the clear has no adjoint worth running
+        (zero_scratch_grads zeroes force.grad anyway); integrate writes slot ``l + 1`` only."""
+        self.substep_fused(l, t)
+        tape.record(self.clear_forces, grad=None, replay=True)
+        tape.record(self.accumulate_forces, l, t, replay=True)
+        tape.record(self.integrate, l, t)
