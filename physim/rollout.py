@@ -26,7 +26,7 @@ from . import backend
 from .checkpoints import CheckpointStore
 from .materials import DIFF_PARAMS
 
-__all__ = ["Rollout", "Gradients", "SimulationError", "GradientError"]
+__all__ = ["Rollout", "Gradients", "SimulationError", "GradientError", "series_seeds"]
 
 
 class SimulationError(RuntimeError):
@@ -83,6 +83,16 @@ class Gradients:
         (from :attr:`params`)."""
         n = len(self.params.get("mpm.E", ()))
         return [{p: float(self.params[f"mpm.{p}"][i]) for p in DIFF_PARAMS} for i in range(n)]
+
+
+def series_seeds(grads: Mapping[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """Seeds for :meth:`Rollout.backward` from gradients of time series (name -> array with a
+    leading axis of steps + 1, as :meth:`Rollout.forward` returns with ``observe``)."""
+    steps = {len(g) for g in grads.values()}
+    if len(steps) > 1:
+        raise ValueError(f"time series of different lengths: {sorted(steps)}")
+    n = steps.pop() if steps else 0
+    return {s: {k: g[s] for k, g in grads.items()} for s in range(n)}
 
 
 class Rollout:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .rollout import series_seeds
+
 __all__ = ["rollout", "rollout_state"]
 
 
@@ -30,7 +32,7 @@ class _Rollout(torch.autograd.Function):
         series = scene.forward(actions.detach().cpu().double().numpy(), requires_grad=True,
                                observe=list(names) if per_step else None)
         s = series if per_step else scene.get_state()
-        ctx.scene, ctx.names, ctx.per_step, ctx.steps = scene, names, per_step, actions.shape[0]
+        ctx.scene, ctx.names, ctx.per_step = scene, names, per_step
         ctx.dtype, ctx.device = actions.dtype, actions.device
         return tuple(torch.as_tensor(np.asarray(s[k], dtype=np.float64), dtype=actions.dtype, device=actions.device)
                      for k in names)
@@ -38,11 +40,7 @@ class _Rollout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         used = {k: g.detach().cpu().double().numpy() for k, g in zip(ctx.names, grads, strict=True) if g is not None}
-        if ctx.per_step:
-            seeds = {step: {k: g[step] for k, g in used.items()} for step in range(ctx.steps + 1)}
-        else:
-            seeds = used
-        g = ctx.scene.backward(seeds)
+        g = ctx.scene.backward(series_seeds(used) if ctx.per_step else used)
         return torch.as_tensor(g.actions, dtype=ctx.dtype, device=ctx.device), None, None, None, None
 
 

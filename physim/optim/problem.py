@@ -22,7 +22,31 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["SceneProblem", "Evaluation"]
+from ..rollout import series_seeds
+
+__all__ = ["SceneProblem", "Evaluation", "rollout_loss"]
+
+
+def rollout_loss(scene, actions: np.ndarray, loss_fn, observe=None, grad: bool = True, what: str = "the loss"):
+    """Run ``actions`` from the scene's current state and evaluate ``loss_fn`` (a torch scalar
+    of the final state by name, or with ``observe`` of those entries' time series); with
+    ``grad``, run reverse mode seeded by the loss's gradient (one seed per step for a time
+    series). Returns (loss value, :class:`physim.Gradients` or None, final numpy state)."""
+    series = scene.forward(actions, requires_grad=grad, observe=observe)
+    final = scene.get_state()
+    arrays = final if series is None else series
+    tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=grad) for k, v in arrays.items()}
+    loss = loss_fn(tensors)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError("the loss function must return a scalar torch tensor")
+    value = float(loss.detach())
+    if not np.isfinite(value):
+        raise FloatingPointError(f"{what} is {value} (NaN/inf)")
+    if not grad:
+        return value, None, final
+    loss.backward()
+    used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
+    return value, scene.backward(used if series is None else series_seeds(used)), final
 
 
 @dataclass
@@ -132,27 +156,11 @@ class SceneProblem:
         saved = scene.get_state()
         try:
             scene.set_state(self.start_state)
-            series = scene.forward(a @ self.action_map, requires_grad=grad, observe=self.observe)
-            s = scene.get_state()
-            arrays = s if series is None else series
-            tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=grad) for k, v in arrays.items()}
-            loss = self.loss_fn(tensors)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise TypeError("loss_fn must return a scalar torch tensor")
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise FloatingPointError(f"the task loss is {value} (NaN/inf) after {len(a)} steps")
-            self.sim_steps += len(a)
+            value, grads, s = rollout_loss(scene, a @ self.action_map, self.loss_fn, self.observe, grad,
+                                           f"the task loss after {len(a)} steps")
+            self.sim_steps += len(a) * (2 if grad else 1)
             out = Evaluation(loss=value, state=s if keep_state else None)
             if grad:
-                loss.backward()
-                used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
-                if series is None:
-                    seeds = used
-                else:  # one seed per step of the time series
-                    seeds = {step: {k: g[step] for k, g in used.items()} for step in range(len(a) + 1)}
-                grads = scene.backward(seeds)
-                self.sim_steps += len(a)
                 out.grad_actions = grads.actions @ self.action_map.T
                 out.grad_initial = grads.initial
                 out.grad_params = grads.params

@@ -23,6 +23,7 @@ import torch
 from ..materials import DIFF_PARAMS
 from .adam import adam
 from .checks import check_positive_float, check_positive_int
+from .problem import rollout_loss
 
 __all__ = ["identify", "SysIdResult", "positions_loss"]
 
@@ -111,25 +112,12 @@ class _ParamProblem:
         for (name, row), value in zip(self.keys, vals, strict=True):
             scene.set_param(name, value, row=row)
         scene.reset()
-        series = scene.forward(self.actions, requires_grad=grad, observe=self.observe)
-        arrays = scene.get_state() if series is None else series
-        tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=grad) for k, v in arrays.items()}
-        loss = self.loss_fn(tensors)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TypeError("the identification loss must return a scalar torch tensor")
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"the identification loss is {value} at {self._labels} = {vals}")
-        self.sim_steps += len(self.actions)
+        value, g, _ = rollout_loss(scene, self.actions, self.loss_fn, self.observe, grad,
+                                   f"the identification loss at {self._labels} = {vals}")
+        self.sim_steps += len(self.actions) * (2 if grad else 1)
         self.history.append(dict(zip(self._labels, vals, strict=True)))
         if not grad:
             return value, None
-        loss.backward()
-        used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
-        if series is not None:  # a loss of the time series: one seed per step
-            used = {s: {k: g[s] for k, g in used.items()} for s in range(len(self.actions) + 1)}
-        g = scene.backward(used)
-        self.sim_steps += len(self.actions)
         # d loss / d log(value) = d loss / d value * value
         du = np.array([g.params[name][row] * value for (name, row), value in zip(self.keys, vals, strict=True)])
         return value, du[None, :]

@@ -200,6 +200,17 @@ class Part:
         """The first slot in ``first..last`` whose state is bad, and why (``None``: all fine)."""
         return None
 
+    @staticmethod
+    def first_flagged(flags: np.ndarray, first: int, last: int, reasons: dict[int, str]) -> tuple[int, str] | None:
+        """For :meth:`health`: the first slot in ``first..last`` whose ``flags`` entry is
+        nonzero, and the reason of its lowest set bit (``reasons``: bit -> text, in priority order)."""
+        hits = np.nonzero(flags[first: last + 1])[0]
+        if len(hits) == 0:
+            return None
+        slot = first + int(hits[0])
+        flag = int(flags[slot])
+        return slot, next(why for bit, why in reasons.items() if flag & bit)
+
     # ------------------------------------------------- generic slot bookkeeping
     @property
     def width(self) -> int:

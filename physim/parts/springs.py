@@ -395,20 +395,11 @@ class SpringsPart(Part):
 
     def health(self, first: int, last: int):
         self.health_check(first, last)
-        bad = self.bad.to_numpy()[first: last + 1]
-        hits = np.nonzero(bad)[0]
-        if len(hits) == 0:
-            return None
-        k = int(hits[0])
-        flag = int(bad[k])
-        if flag & BAD_NONFINITE:
-            why = "mass-spring node state became NaN/inf"
-        elif flag & BAD_OUTSIDE:
-            why = "mass-spring nodes left the simulation domain"
-        else:
-            why = (f"mass-spring nodes moved more than {MAX_MOVE_FRACTION} of the shortest rest length "
-                   f"({self.max_move[None]:.3g} m) in one substep (explicit integration unstable)")
-        return first + k, why
+        return self.first_flagged(self.bad.to_numpy(), first, last, {
+            BAD_NONFINITE: "mass-spring node state became NaN/inf",
+            BAD_OUTSIDE: "mass-spring nodes left the simulation domain",
+            BAD_FAST: (f"mass-spring nodes moved more than {MAX_MOVE_FRACTION} of the shortest rest length "
+                       f"({self.max_move[None]:.3g} m) in one substep (explicit integration unstable)")})
 
     @ti.kernel
     def health_check(self, first: ti.i32, last: ti.i32):

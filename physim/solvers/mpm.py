@@ -224,19 +224,10 @@ class MPMEngine(Part):
 
     def health(self, first: int, last: int):
         self.health_check(first, last, VELOCITY_CFL_LIMIT)
-        bad = self.bad.to_numpy()[first: last + 1]
-        hits = np.nonzero(bad)[0]
-        if len(hits) == 0:
-            return None
-        k = int(hits[0])
-        flag = int(bad[k])
-        if flag & BAD_NONFINITE:
-            why = "particle state became NaN/inf"
-        elif flag & BAD_OUTSIDE:
-            why = "particles left the simulation domain"
-        else:
-            why = f"particles moved more than {VELOCITY_CFL_LIMIT} grid cell in one substep (CFL violated)"
-        return first + k, why
+        return self.first_flagged(self.bad.to_numpy(), first, last, {
+            BAD_NONFINITE: "particle state became NaN/inf",
+            BAD_OUTSIDE: "particles left the simulation domain",
+            BAD_CFL: f"particles moved more than {VELOCITY_CFL_LIMIT} grid cell in one substep (CFL violated)"})
 
     # ------------------------------------------------------------------ substep
     @ti.func
