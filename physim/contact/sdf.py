@@ -41,7 +41,7 @@ def _cylinder_sdf(p, radius, half_height):
 
 @ti.func
 def tool_sdf(shape: ti.i32, size, p, dim: ti.template()):
-    """Signed distance and outward unit normal of an effector shape at local point p.
+    """Signed distance and outward unit normal of a tool shape at local point p.
 
     shape: 0 sphere(r), 1 box(half extents), 2 capsule(r, half length, axis y),
     3 cylinder(r, half height, axis y), 4 cup (inner r, half height, wall thickness;
