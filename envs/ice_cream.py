@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import physim as ps
-from physim import losses
 
-from ._floor import sink_into_floor
-from .base import PhysimEnv
+from ._shaping import ShapingEnv, capsule_tip
 
 __all__ = ["IceCreamEnv"]
-
-#: the mound is sunk this deep into the floor's wall band (see ``sink_into_floor``): it
-#: sticks to the plate
-SINK = 0.02
 
 
 class Frustum(ps.Shape):
@@ -37,7 +30,7 @@ class Frustum(ps.Shape):
         return (np.hypot(d[:, 0], d[:, 2]) <= radius) & (np.abs(d[:, 1]) <= self.height / 2)
 
 
-class IceCreamEnv(PhysimEnv):
+class IceCreamEnv(ShapingEnv):
     """Shape a mound of soft-serve ice cream (Bingham viscoplastic) standing on a plate with
     a spinning nozzle until it matches a target shape.
 
@@ -75,7 +68,9 @@ class IceCreamEnv(PhysimEnv):
     """
 
     default_horizon = 40
-    grid_res = 32
+    #: the mound is sunk this deep into the floor's wall band (``sink_into_floor``): it sticks
+    #: to the plate
+    sink = 0.02
     speed = 2.0       # m/s per unit action
     spin_speed = 20.0  # rad/s per unit action
     mound_radius = 0.12   # at the plate
@@ -84,23 +79,16 @@ class IceCreamEnv(PhysimEnv):
     nozzle_radius = 0.025
     nozzle_half_length = 0.08
     gap = 0.02
-    gravity = 9.8
-    substeps = 10
     yield_stress = 2.5
 
-    def _build_scene(self):
-        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky",
-                         gravity=(0.0, -self.gravity, 0.0))
+    def _add_body_and_tool(self, scene):
         h = self.column_height
         scene.add_body(Frustum((0.5, scene.floor + 0.005 + h / 2, 0.5), self.mound_radius, self.mound_top_radius, h),
                        ps.Viscoplastic(E=1e3, nu=0.3, yield_stress=self.yield_stress, viscosity=1.0))
-        self._top = scene.floor + 0.005 + h - SINK
+        self._top = scene.floor + 0.005 + h - self.sink
         y = self._top + self.gap + self.nozzle_radius + self.nozzle_half_length
         scene.add_tool(ps.CapsuleTool(position=(0.5, y, 0.5), radius=self.nozzle_radius,
                                           half_length=self.nozzle_half_length, friction=0.8, softness=100.0))
-        scene.build(max_steps=self.horizon)
-        sink_into_floor(scene, SINK)
-        return scene
 
     def _action_map(self):
         M = np.zeros((4, self.scene.action_dim))
@@ -125,44 +113,25 @@ class IceCreamEnv(PhysimEnv):
             a[t2:, 1] = (self.gap + depth) / ((T - t2) * step)
         return np.clip(a, -1, 1)
 
-    def _sample_goal(self, rng):
+    def _make_goal(self, rng):
         angle = rng.uniform(0, 2 * np.pi)
         dist = rng.uniform(0.06, 0.1)
         depth = rng.uniform(0.05, 0.08)
         spin = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0)
         self.goal_params = np.array([np.cos(angle), np.sin(angle), dist, depth, spin])
-        self._goal_actions = self._script(angle, dist, depth, spin)
-        self.scene.reset()
-        self.scene.forward(self._goal_actions @ self._action_map(), requires_grad=False)
-        x = self.scene.particle_positions()
-        self.scene.reset()
-        self._target_x = x
-        m = self.scene.particle_mass().astype(np.float64)
-        tg = losses.grid_mass_numpy(x, m, self.grid_res)
-        self._target_grid = torch.as_tensor(tg)
-        self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
-        self._target_top = self._top_center(x)
+        return self._script(angle, dist, depth, spin)
+
+    def _sample_goal(self, rng):
+        super()._sample_goal(rng)
+        self._target_top = self._top_center(self._target_x)
 
     def _top_center(self, x: np.ndarray) -> np.ndarray:
         """(x, z) center of the particles above half the column's height."""
-        top = x[x[:, 1] > self.scene.floor - SINK + 0.5 * self.column_height]
+        top = x[x[:, 1] > self.scene.floor - self.sink + 0.5 * self.column_height]
         return top[:, [0, 2]].mean(axis=0) if len(top) else x[:, [0, 2]].mean(axis=0)
 
-    def _loss(self, state):
-        x, tool_pos = state["mpm.x"], state["tools.pos"]
-        g = losses.grid_mass(x, self.mass, self.grid_res)
-        tip = tool_pos[0] - torch.tensor([0.0, self.nozzle_half_length, 0.0], dtype=x.dtype)
-        return (losses.density_l1(g, self._target_grid)
-                + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
-                + 0.5 * losses.contact_distance(x, tip, radius=self.nozzle_radius))
+    def _contact(self, x, tool_pos):
+        return x, capsule_tip(tool_pos[0], self.nozzle_half_length), self.nozzle_radius
 
-    def _goal_features(self):
-        return self.goal_params
-
-    def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
-        off = float(np.linalg.norm(self._top_center(state["mpm.x"]) - self._target_top))
-        return {"iou": losses.iou(g, self._target_grid.numpy()), "offset": off}
-
-    def _goal_points(self):
-        return self._target_x
+    def _shape_metrics(self, x, grid):
+        return {"offset": float(np.linalg.norm(self._top_center(x) - self._target_top))}

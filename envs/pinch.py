@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import physim as ps
-from physim import losses
 
-from .base import PhysimEnv
+from ._shaping import ShapingEnv
 
 __all__ = ["PinchEnv"]
 
 
-class PinchEnv(PhysimEnv):
+class PinchEnv(ShapingEnv):
     """Press a plasticine block with a sphere tool until its shape matches a target dent.
 
     The target is made procedurally by the simulator itself: a scripted press at a random
@@ -33,15 +31,15 @@ class PinchEnv(PhysimEnv):
     """
 
     default_horizon = 40
-    grid_res = 32
+    boundary = "friction"
     speed = 1.0
+    finger_radius = 0.04
 
-    def _build_scene(self):
-        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=10, boundary="friction")
+    def _add_body_and_tool(self, scene):
         scene.add_body(ps.Box(center=(0.5, 0.15, 0.5), size=(0.24, 0.1, 0.24)),
                        ps.Plasticine(E=1e3, nu=0.2, yield_stress=15.0))
-        scene.add_tool(ps.SphereTool(position=(0.5, 0.26, 0.5), radius=0.04, friction=0.3, softness=100.0))
-        return scene.build(max_steps=self.horizon)
+        scene.add_tool(ps.SphereTool(position=(0.5, 0.26, 0.5), radius=self.finger_radius, friction=0.3,
+                                     softness=100.0))
 
     def _action_map(self):
         M = np.zeros((3, self.scene.action_dim))
@@ -59,32 +57,11 @@ class PinchEnv(PhysimEnv):
         a[t2:, 1] = 0.5 * depth / ((T - t2) * self.scene.substeps_per_step * self.scene.dt * self.speed)
         return np.clip(a, -1, 1)
 
-    def _sample_goal(self, rng):
+    def _make_goal(self, rng):
         self.target_xz = np.array([0.5, 0.5]) + rng.uniform(-0.07, 0.07, size=2)
+        self.goal_params = self.target_xz
         depth = rng.uniform(0.07, 0.1)
-        actions = self._script(self.target_xz, depth)
-        self.scene.reset()
-        self.scene.forward(actions @ self._action_map(), requires_grad=False)
-        x = self.scene.particle_positions()
-        self.scene.reset()
-        self._target_x = x
-        tg = losses.grid_mass_numpy(x, self.scene.particle_mass().astype(np.float64), self.grid_res)
-        self._target_grid = torch.as_tensor(tg)
-        self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
+        return self._script(self.target_xz, depth)
 
-    def _loss(self, state):
-        x, tool_pos = state["mpm.x"], state["tools.pos"]
-        g = losses.grid_mass(x, self.mass, self.grid_res)
-        return (losses.density_l1(g, self._target_grid)
-                + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
-                + 0.5 * losses.contact_distance(x, tool_pos[0], radius=0.04))
-
-    def _goal_features(self):
-        return self.target_xz
-
-    def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
-        return {"iou": losses.iou(g, self._target_grid.numpy())}
-
-    def _goal_points(self):
-        return self._target_x
+    def _contact(self, x, tool_pos):
+        return x, tool_pos[0], self.finger_radius

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import physim as ps
-from physim import losses
 
-from ._floor import sink_into_floor
-from .base import PhysimEnv
+from ._shaping import ShapingEnv
 
 __all__ = ["RollingPinEnv"]
 
-#: the dough is sunk this deep into the floor's wall band (see ``sink_into_floor``), so the
-#: table's surface is ``scene.floor - SINK``
-SINK = 0.02
 
-
-class RollingPinEnv(PhysimEnv):
+class RollingPinEnv(ShapingEnv):
     """Flatten a plasticine dough block with a rolling pin until it matches a target sheet.
 
     The pin is a capsule lying along z (its local y axis rotated by 90 degrees about x); the
@@ -53,8 +46,10 @@ class RollingPinEnv(PhysimEnv):
     """
 
     default_horizon = 50
-    grid_res = 32
     substeps = 15
+    #: the dough is sunk this deep into the floor's wall band, so the table's surface is
+    #: ``scene.floor - sink``
+    sink = 0.02
     speed = 3.0        # m/s per unit action
     spin_speed = 50.0  # rad/s per unit action
     dough_size = (0.2, 0.12, 0.2)
@@ -62,10 +57,9 @@ class RollingPinEnv(PhysimEnv):
     pin_half_length = 0.16
     gap = 0.01
 
-    def _build_scene(self):
-        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky")
+    def _add_body_and_tool(self, scene):
         sx, sy, sz = self.dough_size
-        self._table = scene.floor - SINK
+        self._table = scene.floor - self.sink
         scene.add_body(ps.Box(center=(0.5, scene.floor + 0.001 + sy / 2, 0.5), size=self.dough_size),
                        ps.Plasticine(E=1e3, nu=0.3, yield_stress=15.0))
         self._top = self._table + 0.001 + sy
@@ -74,9 +68,6 @@ class RollingPinEnv(PhysimEnv):
         scene.add_tool(ps.CapsuleTool(position=(0.5, self._top + self.gap + self.pin_radius, 0.5), rotation=q,
                                           radius=self.pin_radius, half_length=self.pin_half_length, friction=1.5,
                                           softness=100.0))
-        scene.build(max_steps=self.horizon)
-        sink_into_floor(scene, SINK)
-        return scene
 
     def _action_map(self):
         M = np.zeros((3, self.scene.action_dim))
@@ -109,41 +100,24 @@ class RollingPinEnv(PhysimEnv):
         a[:, 2] = -a[:, 0] * self.speed / (self.pin_radius * self.spin_speed)
         return np.clip(a, -1, 1)
 
-    def _sample_goal(self, rng):
+    def _make_goal(self, rng):
         thickness = rng.uniform(0.05, 0.075)
         x_lo = 0.5 - rng.uniform(0.13, 0.18)
         x_hi = 0.5 + rng.uniform(0.13, 0.18)
         self.goal_params = np.array([thickness, x_lo, x_hi])
-        self._goal_actions = self._script(thickness, x_lo, x_hi)
-        self.scene.reset()
-        self.scene.forward(self._goal_actions @ self._action_map(), requires_grad=False)
-        x = self.scene.particle_positions()
-        self.scene.reset()
-        self._target_x = x
-        self._target_thickness = self._thickness(x)
-        tg = losses.grid_mass_numpy(x, self.scene.particle_mass().astype(np.float64), self.grid_res)
-        self._target_grid = torch.as_tensor(tg)
-        self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
+        return self._script(thickness, x_lo, x_hi)
+
+    def _sample_goal(self, rng):
+        super()._sample_goal(rng)
+        self._target_thickness = self._thickness(self._target_x)
 
     def _thickness(self, x: np.ndarray) -> float:
         """95th percentile of the dough's height above the table."""
         return float(np.percentile(x[:, 1], 95) - self._table)
 
-    def _loss(self, state):
-        x, tool_pos = state["mpm.x"], state["tools.pos"]
-        g = losses.grid_mass(x, self.mass, self.grid_res)
+    def _contact(self, x, tool_pos):
         # distance from the pin's axis (a line along z): distance in the x-y plane
-        return (losses.density_l1(g, self._target_grid)
-                + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
-                + 0.5 * losses.contact_distance(x[:, :2], tool_pos[0, :2], radius=self.pin_radius))
+        return x[:, :2], tool_pos[0, :2], self.pin_radius
 
-    def _goal_features(self):
-        return self.goal_params
-
-    def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
-        return {"iou": losses.iou(g, self._target_grid.numpy()), "thickness": self._thickness(state["mpm.x"]),
-                "target_thickness": self._target_thickness}
-
-    def _goal_points(self):
-        return self._target_x
+    def _shape_metrics(self, x, grid):
+        return {"thickness": self._thickness(x), "target_thickness": self._target_thickness}

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import physim as ps
 from physim import losses
 
-from ._floor import sink_into_floor
-from .base import PhysimEnv
+from ._shaping import ShapingEnv, capsule_tip
 
 __all__ = ["WriterEnv"]
 
 STROKES = ("line", "arc", "L")
-#: the slab is sunk this deep into the floor's wall band (see ``sink_into_floor``)
-SINK = 0.02
 
 
-class WriterEnv(PhysimEnv):
+class WriterEnv(ShapingEnv):
     """Carve a stroke into the top of a plasticine slab with a pen until the slab matches a
     target.
 
@@ -55,7 +51,8 @@ class WriterEnv(PhysimEnv):
 
     default_horizon = 50
     substeps = 20
-    grid_res = 32
+    #: the slab is sunk this deep into the floor's wall band (``sink_into_floor``)
+    sink = 0.02
     speed = 1.5  # m/s per unit action
     slab_size = (0.28, 0.1, 0.28)
     pen_radius = 0.04
@@ -66,18 +63,14 @@ class WriterEnv(PhysimEnv):
     nu = 0.38
     depth_lo = 0.05
 
-    def _build_scene(self):
-        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="sticky")
+    def _add_body_and_tool(self, scene):
         sy = self.slab_size[1]
         scene.add_body(ps.Box(center=(0.5, scene.floor + 0.001 + sy / 2, 0.5), size=self.slab_size),
                        ps.Plasticine(E=1e3, nu=self.nu, yield_stress=self.yield_stress))
-        self._top = scene.floor + 0.001 + sy - SINK
+        self._top = scene.floor + 0.001 + sy - self.sink
         self._pen_y0 = self._top + self.gap + self.pen_radius + self.pen_half_length
         scene.add_tool(ps.CapsuleTool(position=(0.5, self._pen_y0, 0.5), radius=self.pen_radius,
                                           half_length=self.pen_half_length, friction=self.pen_friction, softness=100.0))
-        scene.build(max_steps=self.horizon)
-        sink_into_floor(scene, SINK)
-        return scene
 
     def _action_map(self):
         M = np.zeros((3, self.scene.action_dim))
@@ -123,48 +116,32 @@ class WriterEnv(PhysimEnv):
             a[t2:, 1] = down / ((T - t2) * step)
         return np.clip(a, -1, 1)
 
-    def _sample_goal(self, rng):
+    def _make_goal(self, rng):
         self.stroke_kind = STROKES[int(rng.integers(len(STROKES)))]
         angle = rng.uniform(0, 2 * np.pi)
         length = rng.uniform(0.14, 0.19)
         depth = rng.uniform(self.depth_lo, self.depth_lo + 0.015)
         self.stroke_params = (self.stroke_kind, angle, length, depth)
-        self._goal_actions = self._script(*self.stroke_params)
         onehot = np.eye(len(STROKES))[STROKES.index(self.stroke_kind)]
         self.goal_params = np.concatenate([onehot, self.stroke_points(self.stroke_kind, angle, length, 5).reshape(-1),
                                            [depth]])
+        return self._script(*self.stroke_params)
+
+    def _sample_goal(self, rng):
+        # the start slab's grid mass: the groove metric measures what was carved away from it
         self.scene.reset()
         m = self.scene.particle_mass().astype(np.float64)
         self._start_grid = losses.grid_mass_numpy(self.scene.particle_positions(), m, self.grid_res)
-        self.scene.forward(self._goal_actions @ self._action_map(), requires_grad=False)
-        x = self.scene.particle_positions()
-        self.scene.reset()
-        self._target_x = x
-        tg = losses.grid_mass_numpy(x, m, self.grid_res)
-        self._target_grid = torch.as_tensor(tg)
-        self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
+        super()._sample_goal(rng)
 
-    def _loss(self, state):
-        x, tool_pos = state["mpm.x"], state["tools.pos"]
-        g = losses.grid_mass(x, self.mass, self.grid_res)
-        tip = tool_pos[0] - torch.tensor([0.0, self.pen_half_length, 0.0], dtype=x.dtype)
-        return (losses.density_l1(g, self._target_grid)
-                + 5.0 * losses.sdf_weighted_mass(g, self._target_sdf)
-                + 0.5 * losses.contact_distance(x, tip, radius=self.pen_radius))
-
-    def _goal_features(self):
-        return self.goal_params
+    def _contact(self, x, tool_pos):
+        return x, capsule_tip(tool_pos[0], self.pen_half_length), self.pen_radius
 
     def _groove(self, grid: np.ndarray) -> np.ndarray:
         """Cells where at least 30 % of the start slab's mass has been carved away."""
         return (self._start_grid - grid) > 0.3 * self._start_grid.max()
 
-    def _metrics(self, state):
-        g = losses.grid_mass_numpy(state["mpm.x"], self.mass.numpy(), self.grid_res)
-        a, b = self._groove(g), self._groove(self._target_grid.numpy())
+    def _shape_metrics(self, x, grid):
+        a, b = self._groove(grid), self._groove(self._target_grid.numpy())
         union = np.logical_or(a, b).sum()
-        groove_iou = float(np.logical_and(a, b).sum() / union) if union else 1.0
-        return {"iou": losses.iou(g, self._target_grid.numpy()), "groove_iou": groove_iou}
-
-    def _goal_points(self):
-        return self._target_x
+        return {"groove_iou": float(np.logical_and(a, b).sum() / union) if union else 1.0}
