@@ -58,6 +58,9 @@ class PhysimEnv(gym.Env):
     obs_entries: tuple[str, ...] = ("mpm.x", "mpm.v")
     #: rows of ``obs_entries`` sampled (fixed indices) into the observation (all if fewer)
     obs_particles = 128
+    #: keyword arguments of :func:`physim.optim.train_policy` that suit this task, used by
+    #: ``physim optimize ... --method policy`` unless the command line says otherwise
+    policy_defaults: dict = {}
 
     def __init__(self, render_mode: str | None = None, horizon: int | None = None, seed: int | None = None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

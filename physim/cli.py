@@ -94,7 +94,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         cma_iters = max(1, iters // 3)
         res = optim.hybrid(task, cma_iters=cma_iters, adam_iters=max(1, iters - cma_iters), **opts)
     else:
-        res = optim.train_policy(env, iters=iters, **opts)
+        res = optim.train_policy(env, iters=iters, **{**getattr(task, "policy_defaults", {}), **opts})
     wall = time.perf_counter() - t0
     env.reset(seed=seed)
     actions = np.asarray(res.actions, dtype=np.float64)
