@@ -8,6 +8,8 @@ from . import backend
 from .backend import init
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
+from .meshes import TetMesh, dome_gel, flat_pad, read_tet_mesh
+from .parts.fem import FEMBody
 from .parts.springs import MassSpring
 from .scene import GradientError, Gradients, Scene, SimulationError
 from .tape import Tape
@@ -38,6 +40,11 @@ __all__ = [
     "Viscoplastic",
     "Muscle",
     "MassSpring",
+    "FEMBody",
+    "TetMesh",
+    "flat_pad",
+    "dome_gel",
+    "read_tet_mesh",
     "Tool",
     "SphereTool",
     "BoxTool",

@@ -13,7 +13,8 @@ Ten lines::
 
 What a scene holds is decided by what is added: particle bodies (:meth:`add_body`) make an
 MPM part, tools (:meth:`add_tool`) the tools part, mass-spring bodies
-(:meth:`add_mass_spring`) the mass-spring part, and MPM + mass-spring together a coupler.
+(:meth:`add_mass_spring`) the mass-spring part, tetrahedral FEM bodies (:meth:`add_fem`) the
+FEM part, and MPM + mass-spring together a coupler.
 State is a mapping of namespaced arrays (``"mpm.x"``, ``"tools.pos"``, ``"springs.x"``);
 parameters are named the same way (``"mpm.E"``, ``"tools.friction"``,
 ``"springs.stiffness"``). Stepping and reverse mode are in :mod:`physim.rollout`.
@@ -154,6 +155,8 @@ class Scene(Rollout):
         self.bodies: list[_Body] = []
         self.tools: list[Tool] = []
         self.spring_bodies: list = []
+        self.fem_bodies: list = []
+        self._fem_subcycle = True
         self._x: list[np.ndarray] = []
         self._v: list[np.ndarray] = []
         self._mat: list[np.ndarray] = []
@@ -276,6 +279,33 @@ class Scene(Rollout):
         self.spring_bodies.append(body)
         return len(self.spring_bodies) - 1
 
+    def add_fem(self, body, subcycle: bool = True) -> int:
+        """Add a :class:`physim.FEMBody` (a tetrahedral gel); returns its index.
+
+        Args:
+            subcycle: when the scene's dt exceeds the gels' explicit stability limit, take as
+                many equal sub-steps per substep as it needs (announced by a
+                :class:`physim.parts.fem.Subcycling` warning; ``scene.partset.fem.subcycles``
+                reads the count). ``False`` (for any body) makes such a dt a ValueError.
+        """
+        from .parts.fem import FEMBody
+
+        self._check_not_built()
+        if not isinstance(body, FEMBody):
+            raise TypeError(f"expected a physim.FEMBody, got {type(body).__name__}")
+        if self.dim != 3:
+            raise ValueError(f"FEM bodies are 3D but the scene is {self.dim}D")
+        lo, hi = self.floor, 1.0 - BOUND * self.dx
+        x = body.mesh.vertices
+        out = np.any((x < lo) | (x > hi), axis=1)
+        if out.any():
+            i = int(np.argmax(out))
+            raise ValueError(f"FEM body {len(self.fem_bodies)}: node {i} at {x[i].round(4).tolist()} is outside the "
+                             f"domain [{lo:.4f}, {hi:.4f}]^3")
+        self.fem_bodies.append(body)
+        self._fem_subcycle = self._fem_subcycle and bool(subcycle)
+        return len(self.fem_bodies) - 1
+
     def couple(self, stiffness: float = 2e3, damping: float = 2.0, friction: float = 0.3,
                radius: float | None = None) -> None:
         """Set the MPM <-> mass-spring contact (used when the scene has both): a penalty force
@@ -362,11 +392,25 @@ class Scene(Rollout):
             from .parts.coupler import CouplerLayout
 
             coupler = CouplerLayout(dim=self.dim, res=self.grid_res)
+        fem = None
+        if self.fem_bodies:
+            from .parts.fem import FEMLayout
+
+            # sub-step ring for the largest dt this scene can have (requested, or the default's cap),
+            # with 2x headroom for stiffer parameters set later
+            limit = min(b.stable_dt() for b in self.fem_bodies)
+            need = math.ceil((self.requested_dt or MAX_DEFAULT_DT) / limit) if self._fem_subcycle else 1
+            fem = FEMLayout(
+                nodes=_next_pow2(sum(b.n_vertices for b in self.fem_bodies), 16),
+                tets=_next_pow2(sum(b.n_tets for b in self.fem_bodies), 16),
+                bodies=_next_pow2(len(self.fem_bodies), 1),
+                models=tuple(sorted({b.model for b in self.fem_bodies})), tool_contact=has_tools,
+                subcycles=_next_pow2(2 * need, 1) if need > 1 else 1)
         return SceneLayout(
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),
             action_capacity=_next_pow2(self.action_dim, 8),
             tools=_next_pow2(len(self.tools), 1) if has_tools or (self.bodies and not self.specialize) else 0,
-            mpm=mpm, springs=springs, coupler=coupler)
+            mpm=mpm, springs=springs, coupler=coupler, fem=fem)
 
     def build(self, max_steps: int = 100) -> Scene:
         """Compile (or reuse) the parts for this scene's layout and load the initial state.
@@ -375,8 +419,9 @@ class Scene(Rollout):
             max_steps: longest action sequence :meth:`forward` will be given.
         """
         self._check_not_built()
-        if not self.bodies and not self.spring_bodies:
-            raise ValueError("the scene has no particle bodies; add one with add_body() (or add_mass_spring())")
+        if not self.bodies and not self.spring_bodies and not self.fem_bodies:
+            raise ValueError("the scene has no particle bodies; add one with add_body() (or add_mass_spring(), "
+                             "add_fem())")
         if not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         cfg = backend.ensure_init()
@@ -401,6 +446,13 @@ class Scene(Rollout):
             from .parts.coupler import CouplingSpec
 
             ps.coupler.load(self.coupling or CouplingSpec(radius=self.dx))
+        if ps.fem is not None:
+            from .parts.fem import FEMSpec
+
+            poses = [(t.position, t.initial_rotation()) for t in self.tools]
+            ps.fem.load(FEMSpec(bodies=self.fem_bodies, tool_poses=poses,
+                                gravity=self.gravity, floor=self.floor, wall_lo=BOUND * self.dx,
+                                wall_hi=1.0 - BOUND * self.dx, subcycle=self._fem_subcycle))
         self.dt = self._choose_dt()
         offset = 0
         for part in self.parts:
@@ -478,6 +530,9 @@ class Scene(Rollout):
         if self.spring_bodies:
             init["springs.x"] = np.concatenate([b.vertices for b in self.spring_bodies])
             init["springs.v"] = np.concatenate([b.initial_velocities() for b in self.spring_bodies])
+        if self.fem_bodies:
+            init["fem.x"] = np.concatenate([b.mesh.vertices for b in self.fem_bodies])
+            init["fem.v"] = np.concatenate([b.initial_velocities() for b in self.fem_bodies])
         return init
 
     # ------------------------------------------------------------------ state I/O

@@ -3,7 +3,7 @@
 pooled by layout so scenes of the same shape share compiled kernels.
 
 Step order every substep: tools (kinematic poses) -> coupler (forces between solvers) ->
-the solvers (MPM, mass-spring). Each reads slot ``l`` and writes slot ``l + 1``.
+the solvers (MPM, mass-spring, FEM). Each reads slot ``l`` and writes slot ``l + 1``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class SceneLayout:
         mpm: the MPM part's layout, or None.
         springs: the mass-spring part's layout, or None.
         coupler: the coupler's layout, or None.
+        fem: the FEM part's layout, or None.
     """
 
     dim: int
@@ -38,6 +39,7 @@ class SceneLayout:
     mpm: object = None
     springs: object = None
     coupler: object = None
+    fem: object = None
 
 
 class PartSet:
@@ -49,7 +51,7 @@ class PartSet:
         self.layout = layout
         self.controls = Controls(layout.max_steps, layout.action_capacity, real)
         self.tools = ToolsPart(layout.dim, layout.tools, layout.K, real, self.controls)
-        self.mpm = self.springs = self.coupler = None
+        self.mpm = self.springs = self.coupler = self.fem = None
         if layout.mpm is not None:
             from ..solvers.mpm import MPMEngine
 
@@ -62,7 +64,12 @@ class PartSet:
             from .coupler import Coupler
 
             self.coupler = Coupler(layout.coupler, layout.K, real, self.mpm, self.springs)
-        self.parts: list[Part] = [p for p in (self.tools, self.coupler, self.mpm, self.springs) if p is not None]
+        if layout.fem is not None:
+            from .fem import FEMPart
+
+            self.fem = FEMPart(layout.fem, layout.K, real, self.tools, self.controls)
+        self.parts: list[Part] = [p for p in (self.tools, self.coupler, self.mpm, self.springs, self.fem)
+                                  if p is not None]
 
     def by_name(self) -> dict[str, Part]:
         return {p.name: p for p in self.parts}

@@ -85,9 +85,14 @@ class ToolsPart(Part):
     @ti.func
     def contact(self, l, t, x, v):
         """Velocity ``v`` of a point at ``x`` after contact with every tool (poses of slot ``l``)."""
+        return self.contact_except(l, t, x, v, -1)
+
+    @ti.func
+    def contact_except(self, l, t, x, v, skip):
+        """:meth:`contact` with every tool but tool ``skip`` (-1: none; FEM skips a body's mount)."""
         out = v
         for e in ti.static(range(self.capacity)):
-            if e < self.rows[None]:
+            if e < self.rows[None] and e != skip:
                 c = self.pos[l, e]
                 R = rotation_matrix(self.rot[l, e], self.dim)
                 r = x - c
