@@ -168,7 +168,7 @@ def test_patch_test_uniform_strain_gives_uniform_stress():
     """Both pads deformed by one affine map x = A X + b (and moving with a uniform velocity
     gradient): every interior node's net force vanishes and every boundary node's equals
     -P N A / 3 summed over its boundary faces, P the analytic first Piola stress (elastic, and
-    elastic + the damping stress beta (2 mu D + lam tr D I) cof A, D = sym(Adot A^-1)), to
+    elastic + the damping stress A beta (2 mu Edot + lam tr Edot I), Edot = sym(A^T Adot)), to
     1e-9 of the largest force (round-off of sums of ~10 tet forces); the kernel's elastic
     energy is V Psi(A) to 1e-10."""
     scene = fem_scene(fixed=([], []), mount=None, **FAR)
@@ -190,9 +190,8 @@ def test_patch_test_uniform_strain_gives_uniform_stress():
         for i, mesh in enumerate(meshes):
             P = P_np(MODELS[i], A, mu, lam)
             if beta:
-                L = Adot @ np.linalg.inv(A)
-                D = 0.5 * (L + L.T)
-                P = P + beta * (2 * mu * D + lam * np.trace(D) * np.eye(3)) @ cof(A)
+                Edot = 0.5 * (A.T @ Adot + Adot.T @ A)
+                P = P + A @ (beta * (2 * mu * Edot + lam * np.trace(Edot) * np.eye(3)))
             want = boundary_force(mesh, P)
             got = f[start: start + mesh.n_vertices]
             interior = np.abs(want).sum(axis=1) == 0
@@ -240,7 +239,7 @@ def _spin(X, rng):
 
 def test_free_bodies_conserve_linear_and_angular_momentum():
     """Both pads free, no gravity, spinning and stretching (body 1 with stiffness damping
-    beta = 2e-5 s: the damping stress is a symmetric Cauchy stress, so it conserves both):
+    beta = 2e-5 s: P_v F^T = F S_v F^T is symmetric, so the damping conserves both):
     linear and angular momentum (about the origin) stay at their initial values to 1e-12
     relative over 32 substeps (64 sub-steps; measured 3e-16) while the pads deform (velocities
     change by 40 % of their largest)."""
