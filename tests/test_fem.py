@@ -553,3 +553,42 @@ def test_bad_bodies_and_scenes_are_refused(tmp_path):
     meshio.write(path, meshio.Mesh(V4, [("triangle", np.array([[0, 1, 2]]))]))
     with pytest.raises(ValueError, match=r"no tetrahedra \(cell types \['triangle'\]\)"):
         ps.read_tet_mesh(path)
+
+
+def test_crushed_gel_is_reported():
+    """A node thrown into its pad at 100 m/s crosses its neighbours within a substep: the health
+    check names the inverted tet as the cause (not a NaN several steps later)."""
+    scene = fem_scene(fixed=([], []), mount=None, **FAR)
+    v = scene.initial_state()["fem.v"]
+    top_centre = int(np.argmin(np.linalg.norm(pad(0).vertices - [0.35, 0.305, 0.5], axis=1)))
+    v[top_centre] = [0.0, -100.0, 0.0]
+    scene.reset({"fem.v": v})
+    with pytest.raises(ps.SimulationError, match=r"substep 1 .*fem part: a FEM tet inverted"):
+        scene.forward(np.zeros((1, scene.action_dim)), requires_grad=False)
+
+
+def test_dome_gel_pressed_by_a_plate():
+    """A fingertip: a hemispherical dome gel (1 -> 1.5 cm, 1 layer, 60 degrees) cast on a rigid
+    core (a sphere tool it is mounted on) pressed 1.5 mm into a flat plate (a box tool). Forward
+    only. The apex flattens against the plate: the apex node ends within 0.1 mm of the plate's
+    underside and no node is above it by more than that, no tet inverts (the health check),
+    and the core nodes stay on the core to round-off."""
+    gc.collect()
+    c = np.array([0.5, 0.3, 0.5])
+    mesh = ps.dome_gel(center=c, inner_radius=0.01, outer_radius=0.015, layers=1, angle=60.0)
+    scene = ps.Scene(dim=3, grid_res=32, dt=DT, substeps_per_step=4, gravity=(0.0, 0.0, 0.0))
+    scene.add_tool(ps.SphereTool(position=c, radius=0.01))
+    plate_y = c[1] + 0.015 - 1.5e-3  # the plate's underside at the end: 1.5 mm into the gel
+    start = plate_y + 1.6e-3  # 0.1 mm above the apex
+    scene.add_tool(ps.BoxTool(position=(0.5, start + 0.005, 0.5), half_extents=(0.02, 0.005, 0.02)))
+    scene.add_fem(ps.FEMBody(mesh, E=5e4, nu=0.4, density=1000.0, beta=2e-5, mount=0))
+    scene.build(max_steps=8)
+    act = np.zeros(scene.action_dim)
+    act[7] = -1.6e-3 / (20 * 4 * DT)  # the plate comes down 1.6 mm in 20 steps, then stays
+    run(scene, 20, ["fem.x"], act)
+    x = run(scene, 40, ["fem.x"])["fem.x"][-1]
+    apex = int(np.argmax(mesh.vertices[:, 1]))
+    assert x[apex, 1] == pytest.approx(plate_y, abs=1e-4)
+    assert (x[:, 1] < plate_y + 1e-4).all()
+    r = np.linalg.norm(x[mesh.fixed] - c, axis=1)
+    assert np.allclose(r, 0.01, rtol=0, atol=1e-12)
