@@ -167,6 +167,14 @@ def build_scene(ps, spec: dict):
     return scene, n_steps
 
 
+def backward(scene, seeds: dict) -> None:
+    """Reverse mode seeded by ``seeds``: named state (current physim) or ``grad_x`` (older physim)."""
+    if "grad_x" in seeds:
+        scene.backward(grad_x=seeds["grad_x"])
+    else:
+        scene.backward(seeds)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="JSON case specification")
@@ -193,7 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     cloth = "cloth" in spec
     # d loss / d final positions = 1: MPM particles, or the cloth's nodes
     seed_name = "springs.x" if cloth else "mpm.x"
+    if seed_name not in scene.get_state():  # physim before named state (--physim-rev of an older commit)
+        seed_name = "x"
     seeds = {seed_name: np.ones_like(scene.get_state()[seed_name])}
+    if seed_name == "x":
+        seeds = {"grad_x": seeds["x"]}
 
     # Warm-up: compile (or load from Taichi's offline cache) every kernel the timed runs
     # use. A checkpoint interval of 4 substeps over one step makes the short warm-up
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     if grad_mode:
         scene.reset()
         scene.forward(actions[:1], requires_grad=True)
-        scene.backward(seeds)
+        backward(scene, seeds)
     scene.set_checkpoint_every(horizon_k)
     scene.reset()
     ti.sync()
@@ -238,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     if grad_mode:
         def forward_backward():
             scene.forward(actions, requires_grad=True)
-            scene.backward(seeds)
+            backward(scene, seeds)
 
         try:
             fb = time_runs(forward_backward, prepare=scene.reset, sync=ti.sync, repeats=repeats)
