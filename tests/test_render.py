@@ -15,7 +15,7 @@ import physim as ps  # noqa: E402
 from physim.render import MATERIAL_COLORS, Renderer, material_color, record_video, render_rollout  # noqa: E402
 from physim.render.interactive import KeyControl, scripted_keys  # noqa: E402
 from physim.render.meshes import pose_matrix, quaternion_matrix, tool_mesh  # noqa: E402
-from physim.render.renderer import SPRING_COLORS  # noqa: E402
+from physim.render.renderer import FEM_COLORS, SPRING_COLORS  # noqa: E402
 
 pv.OFF_SCREEN = True
 SIZE = (320, 240)
@@ -239,6 +239,48 @@ def test_mass_spring_scene_draws_nodes_and_springs_where_they_are():
             assert np.hypot(cols.mean() - px[0], rows.mean() - px[1]) < 0.04 * SIZE[0]
     assert (hidden.max(axis=2) < 100).sum() == 0 and _hue_mask(hidden, red).sum() == 0
     assert centers[1][0] - centers[0][0] > 50  # moved right: the frames followed the state
+
+
+@pytest.mark.filterwarnings("ignore::physim.parts.fem.Subcycling")
+def test_fem_pad_pressed_by_a_sphere_is_drawn_where_it_is():
+    """A 2 x 2 x 1 cm flat pad (FEM only, no particles) pressed 1 mm by a sphere for 8 steps: its
+    boundary surface is drawn in the gel color around the pad's projected centre, the faces
+    on its rigid back are the mount color, and moving ``fem.x`` 2 cm along x moves the drawing."""
+    c = np.array([0.5, 0.3, 0.5])
+    mesh = ps.flat_pad(center=c, size=(0.02, 0.02), thickness=0.01, resolution=(4, 2, 4))
+    scene = ps.Scene(dim=3, grid_res=32, dt=1e-4, substeps_per_step=4, gravity=(0.0, 0.0, 0.0), checkpoint_every=8)
+    scene.add_tool(ps.SphereTool(position=c + [0.002, 0.005 + 0.008 + 1e-4, 0.0], radius=0.008))
+    scene.add_fem(ps.FEMBody(mesh, E=5e4, nu=0.4, density=1000.0, beta=2e-5))
+    scene.build(max_steps=8)
+    act = np.zeros(scene.action_dim)
+    act[1] = -1e-3 / (8 * 4 * 1e-4)  # 1 mm down in 8 steps
+    scene.forward(np.repeat(act[None], 8, axis=0), requires_grad=False)
+    x = scene.get_state()["fem.x"][: mesh.n_vertices]
+    top = np.isclose(mesh.vertices[:, 1], c[1] + 0.005)
+    assert (mesh.vertices[top, 1] - x[top, 1]).max() > 3e-4 and np.isfinite(x).all()  # dented
+    cam = [(0.5, 0.36, 0.56), (0.5, 0.3, 0.5), (0.0, 1.0, 0.0)]
+    gel = FEM_COLORS["gel"]
+    with Renderer(scene, window_size=SIZE, off_screen=True, camera=cam) as r:
+        assert r.particles is None and r.fem.n_points == mesh.n_vertices
+        assert r.fem.n_cells == len(mesh.surface_faces()) == 2 * 2 * (4 * 2 + 4 * 2 + 4 * 4)
+        mount = (r.fem.cell_data["rgb"] != np.round(np.array(gel) * 255)).any(axis=1)
+        assert mount.sum() == 2 * 4 * 4  # the back's triangles
+        r.tool_actors[0].visibility = False
+        frames, centers = [], []
+        for shift in (0.0, 0.02):
+            scene.reset({"fem.x": x + [shift, 0.0, 0.0]})
+            frames.append(r.frame())
+            centers.append(_to_pixel(r, x.mean(axis=0) + [shift, 0.0, 0.0]))
+            assert np.allclose(r.fem.points, x + [shift, 0.0, 0.0], atol=1e-6)
+        r.fem_actor.visibility = False
+        hidden = r.frame()
+    assert _hue_mask(hidden, gel).sum() == 0
+    for img, px in zip(frames, centers, strict=True):
+        mask = _hue_mask(img, gel, min_sat=0.2)
+        assert mask.sum() > 2000  # the pad fills a good part of the 320 x 240 frame
+        rows, cols = np.nonzero(mask)
+        assert np.hypot(cols.mean() - px[0], rows.mean() - px[1]) < 0.06 * SIZE[0]
+    assert centers[1][0] - centers[0][0] > 40  # moved right: the drawing followed the state
 
 
 def test_renderer_needs_a_built_scene_and_rejects_bad_colors():

@@ -1,8 +1,9 @@
 """PyVista view of a built :class:`physim.Scene`: particles as spheres colored by material,
 mass-spring bodies as node spheres joined by lines (actuated springs in the muscle color),
-tools as posed meshes, a floor and the domain outline.
+FEM bodies (3D) as their smooth-shaded boundary surface in a gel color (the faces on the
+mount in gray), tools as posed meshes, a floor and the domain outline.
 
-The renderer only reads the scene (its state: ``mpm.x``, ``springs.x``, ``tools.pos``,
+The renderer only reads the scene (its state: ``mpm.x``, ``springs.x``, ``fem.x``, ``tools.pos``,
 ``tools.rot``); it never steps or resets it. Actors are created once and updated in place on
 every frame.
 """
@@ -21,7 +22,7 @@ import pyvista as pv
 
 from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
 
-__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR", "SPRING_COLORS"]
+__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR", "SPRING_COLORS", "FEM_COLORS"]
 
 #: RGB (0-1) per material class name
 MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
@@ -42,6 +43,8 @@ TOOL_COLOR = (0.55, 0.60, 0.68)
 GLASS_COLOR = (0.70, 0.82, 0.90)
 #: RGB (0-1) of mass-spring nodes, passive springs and actuated springs
 SPRING_COLORS = {"node": (0.20, 0.24, 0.32), "passive": (0.45, 0.50, 0.58), "actuated": MATERIAL_COLORS["Muscle"]}
+#: RGB (0-1) of FEM gel surfaces and of their faces on the mount (all three nodes kinematic)
+FEM_COLORS = {"gel": (0.66, 0.50, 0.86), "mount": (0.42, 0.43, 0.46)}
 
 
 def material_color(material) -> tuple[float, float, float]:
@@ -120,6 +123,9 @@ class Renderer:
             in a scene without MPM particles (``particle_actor`` too).
         nodes, springs: ``pyvista.PolyData`` of the mass-spring nodes (points) and springs
             (lines between them), ``None`` in a scene without mass-spring bodies.
+        fem: ``pyvista.PolyData`` of the FEM bodies' boundary triangles (faces of one tet
+            only, outward; points are ``fem.x``, updated every frame), ``None`` in a scene
+            without FEM bodies (``fem_actor`` too).
         tool_actors: one actor per tool.
     """
 
@@ -178,6 +184,9 @@ class Renderer:
         self.nodes = self.springs = self.node_actor = self.spring_actor = None
         if "springs.x" in state:
             self._add_springs(state["springs.x"], node_radius)
+        self.fem = self.fem_actor = None
+        if "fem.x" in state:
+            self._add_fem(state["fem.x"])
 
         # tools: meshes built once, posed through the actor's user matrix
         self.tool_actors = []
@@ -218,6 +227,25 @@ class Renderer:
         self.node_actor = self.plotter.add_mesh(
             self.nodes, color=SPRING_COLORS["node"], style="points", render_points_as_spheres=True, point_size=4,
             ambient=0.25, diffuse=0.8, specular=0.25, name="nodes", reset_camera=False)
+
+    def _add_fem(self, x: np.ndarray) -> None:
+        """Boundary surface of the scene's FEM bodies (one actor): outward triangles computed once
+        from the meshes, the gel color, mount faces (all three nodes kinematic) in gray."""
+        bodies = self.scene.fem_bodies
+        offsets = np.cumsum([0] + [b.mesh.n_vertices for b in bodies])
+        self._fem_n = int(offsets[-1])
+        faces = np.concatenate([b.mesh.surface_faces() + o for b, o in zip(bodies, offsets, strict=False)])
+        kinematic = np.zeros(self._fem_n, dtype=bool)
+        for b, o in zip(bodies, offsets, strict=False):
+            kinematic[b.fixed + o] = True
+        self.fem = pv.PolyData(embed(np.asarray(x)[: self._fem_n], self.dim),
+                               faces=np.hstack([np.full((len(faces), 1), 3), faces]).ravel())
+        rgb = np.where(kinematic[faces].all(axis=1)[:, None], FEM_COLORS["mount"], FEM_COLORS["gel"]) * 255.0
+        self.fem.cell_data["rgb"] = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+        # smooth shading runs as a filter in the pipeline: normals follow the points on every frame
+        self.fem_actor = self.plotter.add_mesh(
+            self.fem, scalars="rgb", rgb=True, smooth_shading=True, split_sharp_edges=True, ambient=0.2,
+            diffuse=0.8, specular=0.35, specular_power=25, show_scalar_bar=False, name="fem", reset_camera=False)
 
     def _add_floor(self) -> None:
         """Floor at ``scene.floor`` (the top of the bottom wall; the walls on every side are as thick) and the
@@ -321,7 +349,7 @@ class Renderer:
             actor.prop.point_size = max(1.0, 2.0 * radius * ppu)
 
     def sync(self) -> None:
-        """Copy the scene's particle and node positions and tool poses into the actors (no render)."""
+        """Copy the scene's particle, node and FEM node positions and tool poses into the actors (no render)."""
         state = self.scene.get_state()  # one read of the device state (particles, nodes, tool poses)
         if self.particles is not None:
             x = state["mpm.x"]
@@ -332,6 +360,8 @@ class Renderer:
             pts = embed(state["springs.x"], self.dim)
             self.nodes.points = pts
             self.springs.points = pts.copy()
+        if self.fem is not None:
+            self.fem.points = embed(np.asarray(state["fem.x"])[: self._fem_n], self.dim)
         for i, actor in enumerate(self.tool_actors):
             actor.user_matrix = pose_matrix(state["tools.pos"][i], state["tools.rot"][i], self.dim)
         self._resize_points()
@@ -407,7 +437,7 @@ class Renderer:
         self.plotter.close()
         self.plotter.deep_clean()
         # drop the VTK objects now: left to the interpreter's exit, PyVista's finalizers fail noisily
-        self.particle_actor = self.node_actor = self.spring_actor = None
+        self.particle_actor = self.node_actor = self.spring_actor = self.fem_actor = None
         self.tool_actors = []
         self._extra.clear()
         self.plotter = None
