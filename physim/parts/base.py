@@ -35,7 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
-__all__ = ["Part", "Param", "Controls"]
+__all__ = ["Part", "Param", "Controls", "BAD_NONFINITE", "BAD_OUTSIDE", "BAD_FAST", "BAD_PART"]
+
+#: health flags of a slot (bits): a point's state is NaN/inf, it left the domain, it moved too far
+#: in one substep; a part's own reasons use BAD_PART and up
+BAD_NONFINITE, BAD_OUTSIDE, BAD_FAST, BAD_PART = 1, 2, 4, 8
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,24 @@ class Part:
     def health(self, first: int, last: int) -> tuple[int, str] | None:
         """The first slot in ``first..last`` whose state is bad, and why (``None``: all fine)."""
         return None
+
+    @ti.func
+    def point_health(self, x, v, lo, hi, max_step):
+        """For a part's health kernel: the flag of one point at ``x`` moving at ``v``: BAD_NONFINITE,
+        BAD_OUTSIDE (a coordinate outside [lo, hi]), BAD_FAST (moves more than ``max_step`` in one
+        substep of ``dt``), or 0."""
+        finite = 1
+        for d in ti.static(range(x.n)):
+            if not (ti.abs(x[d]) < 1e30 and ti.abs(v[d]) < 1e30):  # false for NaN and inf
+                finite = 0
+        flag = 0
+        if finite == 0:
+            flag = BAD_NONFINITE
+        elif x.min() < lo or x.max() > hi:
+            flag = BAD_OUTSIDE
+        elif v.norm() * self.dt[None] > max_step:
+            flag = BAD_FAST
+        return flag
 
     @staticmethod
     def first_flagged(flags: np.ndarray, first: int, last: int, reasons: dict[int, str]) -> tuple[int, str] | None:

@@ -72,7 +72,7 @@ import taichi as ti
 
 from ..meshes import TetMesh
 from ..solvers._linalg import rotation_matrix, safe_norm
-from .base import Part
+from .base import BAD_NONFINITE, BAD_OUTSIDE, BAD_PART, Part
 
 __all__ = ["FEMBody", "FEMLayout", "FEMSpec", "FEMPart", "Subcycling", "explicit_limit", "MODELS"]
 
@@ -83,7 +83,7 @@ POLAR_ITERS = 7
 # node kinds
 FREE, PINNED = -2, -1
 # health flags
-BAD_NONFINITE, BAD_OUTSIDE, BAD_INVERTED = 1, 2, 4
+BAD_INVERTED = BAD_PART
 
 
 class Subcycling(UserWarning):
@@ -467,15 +467,9 @@ class FEMPart(Part):
         for s in range(first, last + 1):
             self.bad[s] = 0
         for s, i in ti.ndrange((first, last + 1), self.rows[None]):
-            x, v = self.x[s, i], self.v[s, i]
-            finite = 1
-            for d in ti.static(range(3)):
-                if not (ti.abs(x[d]) < 1e30 and ti.abs(v[d]) < 1e30):
-                    finite = 0
-            if finite == 0:
-                ti.atomic_or(self.bad[s], BAD_NONFINITE)
-            elif x.min() < 0.0 or x.max() > 1.0:
-                ti.atomic_or(self.bad[s], BAD_OUTSIDE)
+            flag = self.point_health(self.x[s, i], self.v[s, i], 0.0, 1.0, 1e30)  # no speed limit
+            if flag != 0:
+                ti.atomic_or(self.bad[s], flag)
         for s, e in ti.ndrange((first, last + 1), self.n_tets[None]):
             F = self._F(self.x, s, e)
             _c, J = _cof_det(F)

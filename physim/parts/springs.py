@@ -32,12 +32,10 @@ import numpy as np
 import taichi as ti
 
 from ..solvers._linalg import safe_norm
-from .base import Part
+from .base import BAD_FAST, BAD_NONFINITE, BAD_OUTSIDE, Part
 
 __all__ = ["MassSpring", "SpringsLayout", "SpringsSpec", "SpringsPart"]
 
-# reasons the health check flags a slot
-BAD_NONFINITE, BAD_OUTSIDE, BAD_FAST = 1, 2, 4
 #: a node may move at most this fraction of the shortest rest length in one substep; faster
 #: means explicit integration has gone unstable (a stable spring oscillates far slower)
 MAX_MOVE_FRACTION = 0.5
@@ -408,18 +406,7 @@ class SpringsPart(Part):
         for s in range(first, last + 1):
             self.bad[s] = 0
         for s, i in ti.ndrange((first, last + 1), self.rows[None]):
-            x, v = self.x[s, i], self.v[s, i]
-            finite = 1
-            for d in ti.static(range(self.dim)):
-                if not (ti.abs(x[d]) < 1e30 and ti.abs(v[d]) < 1e30):  # false for NaN and inf
-                    finite = 0
-            flag = 0
-            if finite == 0:
-                flag = BAD_NONFINITE
-            elif x.min() < 0.0 or x.max() > 1.0:
-                flag = BAD_OUTSIDE
-            elif v.norm() * self.dt[None] > self.max_move[None]:
-                flag = BAD_FAST
+            flag = self.point_health(self.x[s, i], self.v[s, i], 0.0, 1.0, self.max_move[None])
             if flag != 0:
                 ti.atomic_or(self.bad[s], flag)
 

@@ -36,7 +36,7 @@ import numpy as np
 import taichi as ti
 
 from ..materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS
-from ..parts.base import Part
+from ..parts.base import BAD_FAST, BAD_NONFINITE, BAD_OUTSIDE, Part
 from ._linalg import (
     SVD_GAP_EPS,
     SVD_TOL,
@@ -52,8 +52,8 @@ COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
 BOUND = 3  # cells of wall on each side of the grid
 
-# reasons the health check flags a slot
-BAD_NONFINITE, BAD_OUTSIDE, BAD_CFL = 1, 2, 4
+# reasons the health check flags a slot (BAD_CFL: a particle moved more than VELOCITY_CFL_LIMIT cells)
+BAD_CFL = BAD_FAST
 #: a particle may move at most this many cells in one substep
 VELOCITY_CFL_LIMIT = 1.0
 #: the time step must satisfy dt * wave_speed / dx <= this (explicit MPM stability)
@@ -604,18 +604,7 @@ class MPMEngine(Part):
         for s in range(first, last + 1):
             self.bad[s] = 0
         for s, p in ti.ndrange((first, last + 1), self.n_particles[None]):
-            x, v = self.x[s, p], self.v[s, p]
-            finite = 1
-            for i in ti.static(range(self.dim)):
-                if not (ti.abs(x[i]) < 1e30 and ti.abs(v[i]) < 1e30):  # false for NaN and inf
-                    finite = 0
-            flag = 0
-            if finite == 0:
-                flag = BAD_NONFINITE
-            elif x.min() < self.dx or x.max() > 1.0 - self.dx:
-                flag = BAD_OUTSIDE
-            elif v.norm() * self.dt[None] > max_cells * self.dx:
-                flag = BAD_CFL
+            flag = self.point_health(self.x[s, p], self.v[s, p], self.dx, 1.0 - self.dx, max_cells * self.dx)
             if flag != 0:
                 ti.atomic_or(self.bad[s], flag)
 
