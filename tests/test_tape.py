@@ -1,5 +1,5 @@
 """The tape's debug mode checks its contract: replayed launches change no slot state, and every
-adjoint leaves finite gradients; a real scene passes it with unchanged gradients."""
+adjoint leaves finite gradients; a real scene passes it with the same gradients (to round-off)."""
 
 import numpy as np
 import pytest
@@ -91,5 +91,7 @@ def test_a_scene_passes_the_debug_checks_with_the_same_gradients():
         plain, checked = grads(False), grads(True)
     finally:
         scene.tape.debug = False
-    np.testing.assert_array_equal(plain.actions, checked.actions)
-    np.testing.assert_array_equal(plain.initial["mpm.x"], checked.initial["mpm.x"])
+    # the same computation; multi-threaded atomic adds sum in a different order run to run, so
+    # equal to round-off (CI saw 3e-16 relative), not bit for bit
+    for a, b in ((plain.actions, checked.actions), (plain.initial["mpm.x"], checked.initial["mpm.x"])):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
