@@ -41,3 +41,15 @@ def assert_close(fd, ad, what, scale=None):
     rel = np.abs(fd - ad)[mask] / big[mask]
     assert mask.any(), f"{what}: no entry above the absolute floor"
     assert rel.max() < REL_TOL, f"{what}: max relative error {rel.max():.2e}\nfd={fd}\nad={ad}"
+
+
+def chunked_and_full(scene, actions, seeds, ks=(4, 16)):
+    """Gradients of the same rollout and seeds with checkpoint chunks of each K in ``ks``
+    (e.g. chunks not aligned with steps, and one chunk for the whole rollout)."""
+    results = []
+    for k in ks:
+        scene.set_checkpoint_every(k)
+        scene.reset()
+        scene.forward(actions)
+        results.append(scene.backward(seeds))
+    return results

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.linalg
+from gradcheck import chunked_and_full
 
 import physim as ps
 from physim.meshes import quality
@@ -364,13 +365,7 @@ def test_checkpointed_equals_full_tape():
     actions = rng.normal(scale=0.05, size=(4, scene.action_dim))
     actions[:, 7] -= 0.3
     seeds = {s: {"fem.x": rng.normal(size=(n, 3)), "fem.v": 1e-3 * rng.normal(size=(n, 3))} for s in (1, 2, 3, 4)}
-    results = []
-    for k in (4, 16):
-        scene.set_checkpoint_every(k)
-        scene.reset()
-        scene.forward(actions)
-        results.append(scene.backward(seeds))
-    chunked, full = results
+    chunked, full = chunked_and_full(scene, actions, seeds)
     assert_close(chunked.actions, full.actions, "actions", 1e-9)
     for name in ("fem.x", "fem.v", "tools.pos", "tools.rot"):
         assert_close(chunked.initial[name], full.initial[name], f"initial {name}", 1e-9)

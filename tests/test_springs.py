@@ -13,6 +13,7 @@ import gc
 
 import numpy as np
 import pytest
+from gradcheck import chunked_and_full
 
 import physim as ps
 from physim import MassSpring
@@ -296,13 +297,7 @@ def test_checkpointed_equals_full_tape_in_a_coupled_scene():
     actions = rng.normal(scale=0.5, size=(4, 1))
     n = scene.n_particles
     seeds = {s: {"springs.x": rng.normal(size=(6, 2)), "mpm.v": rng.normal(size=(n, 2))} for s in (1, 2, 3, 4)}
-    results = []
-    for k in (4, 16):
-        scene.set_checkpoint_every(k)
-        scene.reset()
-        scene.forward(actions)
-        results.append(scene.backward(seeds))
-    chunked, full = results
+    chunked, full = chunked_and_full(scene, actions, seeds)
     assert_close(chunked.actions, full.actions, "actions", 1e-9)
     for name in ("springs.x", "springs.v", "mpm.x", "mpm.v"):
         assert_close(chunked.initial[name], full.initial[name], f"initial {name}", 1e-9)
