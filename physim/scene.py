@@ -405,7 +405,8 @@ class Scene(Rollout):
                 tets=_next_pow2(sum(b.n_tets for b in self.fem_bodies), 16),
                 bodies=_next_pow2(len(self.fem_bodies), 1),
                 models=tuple(sorted({b.model for b in self.fem_bodies})), tool_contact=has_tools,
-                subcycles=_next_pow2(2 * need, 1) if need > 1 else 1)
+                subcycles=_next_pow2(2 * need, 1) if need > 1 else 1, mpm_contact=bool(self.bodies),
+                faces=_next_pow2(sum(len(b.mesh.surface_faces()) for b in self.fem_bodies), 16))
         return SceneLayout(
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),
             action_capacity=_next_pow2(self.action_dim, 8),
@@ -533,6 +534,7 @@ class Scene(Rollout):
         if self.fem_bodies:
             init["fem.x"] = np.concatenate([b.mesh.vertices for b in self.fem_bodies])
             init["fem.v"] = np.concatenate([b.initial_velocities() for b in self.fem_bodies])
+            init["fem.f_contact"] = np.zeros_like(init["fem.x"])
         return init
 
     # ------------------------------------------------------------------ state I/O

@@ -274,6 +274,7 @@ def test_undamped_free_body_conserves_energy():
     fem = scene.partset.fem
     for row in range(2):
         scene.set_param("fem.E", 2e4, row=row)
+        scene.set_param("fem.contact_stiffness", 1e6, row=row)  # the tools are far: no contact
     assert fem.subcycles == 1
     rng = np.random.default_rng(4)
     X = scene.initial_state()["fem.x"]
@@ -292,7 +293,7 @@ def test_undamped_free_body_conserves_energy():
 
 # ------------------------------------------------------------------ gradients
 def _fd_setup():
-    """Body 0 mounted on the moving box (tool 0) with a sphere (tool 1, hard contact) 0.1 mm above
+    """Body 0 mounted on the moving box (tool 0) with a sphere (tool 1, penalty contact) 0.1 mm above
     its centre node moving down into it (contact from the 4th substep on), body 1 pinned at its
     back; damped (alpha, beta > 0), gravity on. (A soft sphere touches every node of the pad a
     little, many of them at the velocity projection's kinks: finite differences then need
@@ -304,7 +305,10 @@ def _fd_setup():
     actions[:, :6] = rng.normal(scale=0.05, size=(3, 6))  # the mount: translate and rotate
     actions[:, 6:12] = rng.normal(scale=0.05, size=(3, 6))
     actions[:, 7] -= 0.3  # the sphere moves down into the pad
-    weights = {"fem.x": rng.normal(size=(n, 3)), "fem.v": 1e-3 * rng.normal(size=(n, 3))}
+    weights = {"fem.x": rng.normal(size=(n, 3)), "fem.v": 1e-3 * rng.normal(size=(n, 3)),
+               "fem.f_contact": 1e-2 * rng.normal(size=(n, 3))}
+    for row in range(2):
+        scene.set_param("fem.contact_damping", 2e3, row=row)
     v0 = scene.initial_state()["fem.v"]
     v0[: 75] += rng.normal(scale=0.01, size=(75, 3))
     v0[pad(0).fixed] = 0.0
@@ -314,13 +318,14 @@ def _fd_setup():
 
 def test_fem_gradients_match_finite_differences():
     """d loss / d (actions of the mount and the indenter, initial fem.x and fem.v, E, nu,
-    density, alpha, beta of both bodies), loss linear in the final state after 3 steps (12
-    substeps, 24 sub-steps). f64, h = 1e-6 (actions, m/s), 1e-8 m and 1e-6 m/s (initial
-    state along random directions) or 1e-5 relative (parameters): small, because contact's
-    velocity projection has kinks (approaching / separating, stick / slip) that a node crosses
-    for larger h (the error then falls only linearly with h: 3e-3 for positions at h = 1e-6 m,
-    1e-3 at 1e-7 m; without the sphere it is 4e-7 at 1e-6 m, as h^2 predicts); plus round-off
-    LOSS_NOISE / h absolute (1e-8 for the actions: 2e-6 of the largest entry); tol 1e-5."""
+    density, alpha, beta, tool-contact stiffness and damping of both bodies, both tools'
+    friction), loss linear in the final state (positions, velocities and the contact force
+    field fem.f_contact) after 3 steps (12 substeps). f64, h = 1e-6 (actions, m/s), 1e-8 m and
+    1e-6 m/s (initial state along random directions) or 1e-5 relative (parameters): small,
+    because the penalty's onset (phi = 0) is a kink a node may cross for larger h; plus
+    round-off LOSS_NOISE / h absolute (1e-8 for the actions: 2e-6 of the largest entry);
+    tol 1e-5 (3e-5 for the parameters: measured 1.3e-5 for beta, whose h = 1e-10 s moves a
+    node across the penalty's onset). (tools.friction row 0 is the mount's: the pad does not touch it, gradient 0.)"""
     scene, actions, weights, rng = _fd_setup()
     scene.reset()
     scene.forward(actions)
@@ -341,7 +346,8 @@ def test_fem_gradients_match_finite_differences():
             d = rng.normal(size=init[name].shape)
             num = fd(lambda e, d=d, name=name: final_loss(scene, actions, weights, {name: init[name] + e * d}, ref), h)
             assert_close(num, (g.initial[name] * d).sum(), f"initial {name}", 1e-5, LOSS_NOISE / h)
-    for name in ("fem.E", "fem.nu", "fem.density", "fem.alpha", "fem.beta"):
+    for name in ("fem.E", "fem.nu", "fem.density", "fem.alpha", "fem.beta", "fem.contact_stiffness",
+                 "fem.contact_damping", "tools.friction"):
         num = []
         for row in range(2):
             v = scene.get_param(name, row)
@@ -352,7 +358,7 @@ def test_fem_gradients_match_finite_differences():
                 return final_loss(scene, actions, weights, ref=ref)
             num.append(fd(f, h))
             scene.set_param(name, v, row=row)
-        assert_close(num, g.params[name], name, 1e-5, LOSS_NOISE / h)
+        assert_close(num, g.params[name], name, 3e-5, LOSS_NOISE / h)
 
 
 def test_checkpointed_equals_full_tape():
@@ -375,11 +381,12 @@ def test_checkpointed_equals_full_tape():
 
 # ------------------------------------------------------------------ contact, mount, sub-cycling
 def test_sphere_indents_the_pad_where_it_presses():
-    """A rigid sphere (r = 1 cm, hard contact) moved 2 mm down into pad 0 (its back mounted on the
+    """A rigid sphere (r = 1 cm, penalty contact) moved 2 mm down into pad 0 (its back mounted on the
     still box), 3 mm off the pad's centre: the deepest top-surface node is the one under the
     sphere (measured: 1.43 mm), nodes over 1 cm away sink less than half as much (0.19 mm), no
-    node is inside the sphere by more than 0.1 mm (velocity-level contact lets a node lag by
-    about one substep's tool motion, 10 um; measured 6 um), and the back does not move."""
+    node is inside the sphere by more than 0.15 mm (the penalty's penetration, pressure over the
+    default contact stiffness 5 E / h: measured 0.108 mm, 7.5 % of the sink, on this coarse
+    5 mm pad where one node carries the sphere's load), and the back does not move."""
     top = 0.305
     c = np.array([0.353, top + 0.01 + 1e-4, 0.497])
     scene = fem_scene(sphere=tuple(c))
@@ -398,7 +405,7 @@ def test_sphere_indents_the_pad_where_it_presses():
     assert sink.max() > 1e-3
     far = np.linalg.norm(xz - sphere_c[[0, 2]], axis=1) > 0.01
     assert sink[far].max() < 0.5 * sink.max()
-    assert np.linalg.norm(x - sphere_c, axis=1).min() > 0.01 - 1e-4
+    assert np.linalg.norm(x - sphere_c, axis=1).min() > 0.01 - 1.5e-4
     back = pad(0).fixed
     assert np.abs(x[back] - x0[back]).max() < 1e-12
 
@@ -429,20 +436,22 @@ def test_mount_drives_the_kinematic_nodes():
 
 
 def test_subcycling_is_announced_and_can_be_refused():
-    """dt = 1e-4 s is above the pads' limit 6.97e-5 s: the part takes 2 sub-steps per substep
+    """dt = 1e-4 s is above the pads' limit 4.09e-5 s (elasticity and the default tool contact
+    stiffness 5 E / h = 2.45e8 Pa/m on the corner nodes): the part takes 3 sub-steps per substep
     and says so (a Subcycling warning and ``fem.subcycles``); with subcycle=False the same scene
     is refused with the limit and its cause."""
     scene = fem_scene()
     fem = scene.partset.fem
-    assert fem.subcycles == 2
-    assert fem.limits() == pytest.approx([6.97e-5, 6.97e-5], rel=1e-3)
+    assert fem.subcycles == 3
+    assert fem.limits() == pytest.approx([4.09e-5, 4.09e-5], rel=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        with pytest.warns(Subcycling, match=r"sub-cycles 2 explicit steps of 5e-05 s"):
+        with pytest.warns(Subcycling, match=r"sub-cycles 3 explicit steps of 3.33e-05 s"):
             scene.forward(np.zeros((1, scene.action_dim)), requires_grad=False)
     del scene
-    with pytest.raises(ValueError, match=r"dt=0.0001 is unstable: the fem part's stability limit is 6.97e-05 s "
-                                         r"\(FEM body 0: P-wave speed 14.6 m/s .*E=1e\+05 Pa.*sub-cycle"):
+    with pytest.raises(ValueError, match=r"dt=0.0001 is unstable: the fem part's stability limit is 4.09e-05 s "
+                                         r"\(FEM body 0: P-wave speed 14.6 m/s .*E=1e\+05 Pa.*tool contact "
+                                         r"stiffness 2.45e\+08 Pa/m.*sub-cycle"):
         fem_scene(subcycle=False)
 
 
@@ -538,9 +547,9 @@ def test_bad_bodies_and_scenes_are_refused(tmp_path):
         scene.set_param("fem.nu", 0.5, row=1)
     with pytest.raises(ValueError, match=r"fem.density .* must be in \(0, inf\], got 0.0"):
         scene.set_param("fem.density", 0.0)
-    # a parameter change that needs more sub-steps than the layout holds (4) is refused at forward
-    scene.set_param("fem.E", 1e6)
-    with pytest.raises(ValueError, match=r"needs 5 sub-steps per substep .* built for at most 4"):
+    # a parameter change that needs more sub-steps than the layout holds (8) is refused at forward
+    scene.set_param("fem.E", 4e6)
+    with pytest.raises(ValueError, match=r"needs 10 sub-steps per substep .* built for at most 8"):
         scene.forward(np.zeros((1, scene.action_dim)))
     path = tmp_path / "tri.vtu"
     import meshio
@@ -565,8 +574,9 @@ def test_crushed_gel_is_reported():
 def test_dome_gel_pressed_by_a_plate():
     """A fingertip: a hemispherical dome gel (1 -> 1.5 cm, 1 layer, 60 degrees) cast on a rigid
     core (a sphere tool it is mounted on) pressed 1.5 mm into a flat plate (a box tool). Forward
-    only. The apex flattens against the plate: the apex node ends within 0.1 mm of the plate's
-    underside and no node is above it by more than that, no tet inverts (the health check),
+    only. The apex flattens against the plate: the apex node ends within 0.25 mm of the plate's
+    underside and no node is above it by more than that (the penalty's penetration: measured
+    0.16 mm at the default contact stiffness), no tet inverts (the health check),
     and the core nodes stay on the core to round-off."""
     gc.collect()
     c = np.array([0.5, 0.3, 0.5])
@@ -583,8 +593,8 @@ def test_dome_gel_pressed_by_a_plate():
     run(scene, 20, ["fem.x"], act)
     x = run(scene, 40, ["fem.x"])["fem.x"][-1]
     apex = int(np.argmax(mesh.vertices[:, 1]))
-    assert x[apex, 1] == pytest.approx(plate_y, abs=1e-4)
-    assert (x[:, 1] < plate_y + 1e-4).all()
+    assert x[apex, 1] == pytest.approx(plate_y, abs=2.5e-4)
+    assert (x[:, 1] < plate_y + 2.5e-4).all()
     r = np.linalg.norm(x[mesh.fixed] - c, axis=1)
     assert np.allclose(r, 0.01, rtol=0, atol=1e-12)
 

@@ -47,11 +47,28 @@ its reverse mode compiles faster.
 
 Time stepping: symplectic Euler; the kinematic nodes follow their mount tool's pose
 (``x = R(rot) X_local + pos``, ``X_local`` the node in the tool's frame at the start) or stay
-pinned; floor, walls and tool contact at velocity level as the mass-spring part does. The
-explicit limit (:func:`explicit_limit`) is rigorous for the linearized system: by the
+pinned; floor and walls at velocity level as the mass-spring part does.
+
+Contact with the tools (every tool but the body's mount) is a penalty on the surface nodes,
+evaluated at every sub-step with the tools' pose interpolated to it (a rigid indenter is
+felt as smoothly as the gel deforms, and the force is a smooth function of the state)::
+
+    f_n = A_i * max(kc * (-phi) - cc * (v_rel . n), 0)                  (phi < 0: penetration)
+    f_t = -mu * f_n * v_t / sqrt(|v_t|^2 + v_s^2),   v_s = mu f_n / eta + 1e-6 m/s
+
+``A_i`` the node's lumped rest surface area, ``phi``/``n`` the tool's signed distance and
+normal, ``kc`` = ``fem.contact_stiffness`` (Pa/m), ``cc`` = ``fem.contact_damping``,
+``mu`` = ``tools.friction``; the stick viscosity ``eta = STICK m_i / h`` removes at most
+half of a node's tangential slip per sub-step (static friction without overshoot). The
+coupler's force of MPM material (:mod:`physim.parts.coupler`) is added to the same nodes.
+The sum is kept per node as the slot state ``fem.f_contact`` (N; the mean over the
+substep's sub-steps), the force field a tactile sensor reads (:mod:`physim.tactile`).
+
+The explicit limit (:func:`explicit_limit`) is rigorous for the linearized system: by the
 element eigenvalue bound, every mode has ``w^2 <= 4 (lam + 2 mu) / rho * max_e sum_a
-|grad N_a|^2``; symplectic Euler with damping rate ``beta w^2`` is stable iff
-``dt^2 w^2 / 4 + dt beta w^2 / 2 < 1``; half that dt is used (nonlinear stiffening,
+|grad N_a|^2`` (plus ``kc A_i / m_i`` for a node in tool contact); symplectic Euler with
+damping rate ``c = beta w^2`` (plus ``cc A_i / m_i``) is stable iff
+``dt^2 w^2 / 4 + dt c / 2 < 1``; half that dt is used (nonlinear stiffening,
 contact). When the scene's dt is larger, the part **sub-cycles**: n = ceil(dt / limit) equal
 sub-steps per substep (:attr:`FEMPart.subcycles`, announced by a :class:`Subcycling`
 warning), each recorded on the tape; with ``subcycle=False`` such a dt is a ValueError.
@@ -59,7 +76,8 @@ warning), each recorded on the tape; with ``subcycle=False`` such a dt is a Valu
 One substep on the tape (every launch record-and-run; all but the last replayed in reverse
 mode, restoring the sub-step ring ``xs``/``vs``/``force`` the adjoints read):
 ``copy_in`` (slot l -> ring 0), ``clear_forces``, n x (``deform`` k, [``polar`` k,]
-``elastic_forces`` k, ``damping_forces`` k, ``integrate`` k), ``copy_out`` (ring n -> slot l + 1).
+``elastic_forces`` k, ``damping_forces`` k, [``contact_forces`` k,] ``integrate`` k),
+``copy_out`` (ring n -> slot l + 1).
 """
 
 
@@ -70,6 +88,7 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
+from ..contact.sdf import tool_sdf
 from ..meshes import TetMesh
 from ..solvers._linalg import rotation_matrix, safe_norm
 from .base import BAD_NONFINITE, BAD_OUTSIDE, BAD_PART, Part
@@ -80,6 +99,12 @@ MODELS = {"stable_neohookean": 0, "corotated": 1}
 #: fraction of the explicit stability bound used
 SAFETY = 0.5
 POLAR_ITERS = 7
+#: default tool-contact stiffness, in units of E / h (h: the smallest tet's height scale)
+CONTACT_K = 5.0
+#: fraction of a sticking node's tangential velocity friction may remove per sub-step
+STICK = 0.5
+#: velocity floor of the friction regularization (m/s)
+V_FLOOR = 1e-6
 # node kinds
 FREE, PINNED = -2, -1
 # health flags
@@ -95,12 +120,17 @@ def lame(E, nu):
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
 
 
-def explicit_limit(E, nu, density, beta, smax):
+def explicit_limit(E, nu, density, beta, smax, kc=0.0, cc=0.0, amax=0.0):
     """Largest safe explicit step (s) of a body: see the module docstring. ``smax``: the body's
-    largest ``sum_a |grad N_a|^2`` over its tets (1/m^2)."""
+    largest ``sum_a |grad N_a|^2`` over its tets (1/m^2); ``kc``, ``cc``: tool-contact
+    stiffness (Pa/m) and damping (Pa s/m), ``amax`` the largest surface area over lumped volume
+    of a node (1/m): a node pressed into a tool adds ``kc amax / density`` to w^2 and
+    ``cc amax / density`` to the damping rate."""
     mu, lam = lame(np.asarray(E, float), np.asarray(nu, float))
-    w2 = 4.0 * (lam + 2 * mu) / np.asarray(density, float) * np.asarray(smax, float)
-    cd = np.asarray(beta, float) * w2
+    rho = np.asarray(density, float)
+    w2e = 4.0 * (lam + 2 * mu) / rho * np.asarray(smax, float)
+    w2 = w2e + np.asarray(kc, float) * np.asarray(amax, float) / rho
+    cd = np.asarray(beta, float) * w2e + np.asarray(cc, float) * np.asarray(amax, float) / rho
     return SAFETY * (np.sqrt(cd**2 / 4 + w2) - cd / 2) / (w2 / 2)
 
 
@@ -130,6 +160,11 @@ class FEMBody:
             ``None``: they stay where they are.
         velocity: initial velocity of every free node (3 values, m/s).
         friction: Coulomb coefficient against the floor and the walls.
+        contact_stiffness: penalty stiffness of the surface against the tools (Pa/m: contact
+            pressure per metre of penetration); ``None``: ``CONTACT_K E / h``, ``h`` the smallest
+            tet's height scale (``1/sqrt(max sum_a |grad N_a|^2)``): contact much stiffer than
+            one layer of tets, so penetration is a few % of the indentation.
+        contact_damping: normal dashpot of that contact (Pa s/m).
     """
 
     mesh: TetMesh
@@ -143,6 +178,8 @@ class FEMBody:
     mount: int | None = None
     velocity: np.ndarray | None = None
     friction: float = 0.5
+    contact_stiffness: float | None = None
+    contact_damping: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.mesh, TetMesh):
@@ -155,6 +192,10 @@ class FEMBody:
         self.alpha = _finite_scalar("FEMBody", "alpha", self.alpha, 0.0)
         self.beta = _finite_scalar("FEMBody", "beta", self.beta, 0.0)
         self.friction = _finite_scalar("FEMBody", "friction", self.friction, 0.0)
+        if self.contact_stiffness is not None:
+            self.contact_stiffness = _finite_scalar("FEMBody", "contact_stiffness", self.contact_stiffness, 0.0,
+                                                    lo_open=True)
+        self.contact_damping = _finite_scalar("FEMBody", "contact_damping", self.contact_damping, 0.0)
         n = self.mesh.n_vertices
         fixed = self.mesh.fixed if self.fixed is None else np.asarray(self.fixed)
         if fixed.size == 0:
@@ -205,9 +246,28 @@ class FEMBody:
         np.add.at(vnode, self.mesh.tets.ravel(), np.repeat(vol / 4.0, 4))
         return Dminv, vol, s, vnode
 
+    def surface_area(self) -> np.ndarray:
+        """(n,) lumped rest surface area per node (m^2): a third of each boundary triangle's."""
+        x = self.mesh.vertices
+        f = self.mesh.surface_faces()
+        area = 0.5 * np.linalg.norm(np.cross(x[f[:, 1]] - x[f[:, 0]], x[f[:, 2]] - x[f[:, 0]]), axis=1)
+        out = np.zeros(self.n_vertices)
+        np.add.at(out, f.ravel(), np.repeat(area / 3.0, 3))
+        return out
+
+    def contact_k(self, smax: float | None = None) -> float:
+        """The tool-contact stiffness in use (Pa/m): :attr:`contact_stiffness` or its default."""
+        if self.contact_stiffness is not None:
+            return self.contact_stiffness
+        smax = self.geometry()[2].max() if smax is None else smax
+        return CONTACT_K * self.E * math.sqrt(smax)
+
     def stable_dt(self) -> float:
         """This body's explicit limit (s) at its current parameters."""
-        return float(explicit_limit(self.E, self.nu, self.density, self.beta, self.geometry()[2].max()))
+        _d, _v, s, vnode = self.geometry()
+        amax = float((self.surface_area() / vnode).max())
+        return float(explicit_limit(self.E, self.nu, self.density, self.beta, s.max(),
+                                    self.contact_k(s.max()), self.contact_damping, amax))
 
 
 @dataclass(frozen=True)
@@ -221,6 +281,8 @@ class FEMLayout:
     models: tuple
     tool_contact: bool
     subcycles: int = 1
+    mpm_contact: bool = False
+    faces: int = 16
 
 
 @dataclass
@@ -275,11 +337,17 @@ class FEMPart(Part):
         self.capacity = N
         self.x = self.slot_field("x", (3,), N)
         self.v = self.slot_field("v", (3,), N)
+        # contact force on each node (N), mean over the substep that ended at the slot (0 at slot 0)
+        self.f_contact = self.slot_field("f_contact", (3,), N)
         # the sub-step ring: states 0..n and forces 0..n-1 of the current substep
         self.xs = self.scratch_field((3,), (NS + 1, N))
         self.vs = self.scratch_field((3,), (NS + 1, N))
         self.force = self.scratch_field((3,), (NS, N))
+        self.fc = self.scratch_field((3,), (NS, N))  # contact part of force (tools + coupler)
+        # force of the coupler (MPM material) on each node, written once per substep
+        self.f_ext = self.scratch_field((3,), N if layout.mpm_contact else 1)
         self.corotated = "corotated" in layout.models
+        self._contact = layout.tool_contact or layout.mpm_contact
         # per sub-step and tet: F and dF/dt (gathered once: the stress launches read them)
         self.Fs = self.scratch_field((3, 3), (NS, M))
         self.Fdot = self.scratch_field((3, 3), (NS, M))
@@ -292,6 +360,10 @@ class FEMPart(Part):
         self.tet_body = ti.field(ti.i32, shape=M)
         self.node_body = ti.field(ti.i32, shape=N)
         self.vnode = ti.field(real, shape=N)  # lumped volume (m^3)
+        self.anode = ti.field(real, shape=N)  # lumped rest surface area (m^2), 0 inside
+        # boundary triangles (outward), every body's, for the coupler and the readings
+        self.faces = ti.Vector.field(3, ti.i32, shape=layout.faces)
+        self.n_faces = ti.field(ti.i32, shape=())
         self.kind = ti.field(ti.i32, shape=N)  # FREE, PINNED or the mount tool's index
         self.X_local = ti.Vector.field(3, real, shape=N)  # kinematic node in its mount's frame
         self.model = ti.field(ti.i32, shape=B)
@@ -310,6 +382,11 @@ class FEMPart(Part):
         self.param("density", "kg/m^3", self.density, lower=0.0, lower_open=True, doc="gel density (kg/m^3)")
         self.param("alpha", "1/s", self.alpha, lower=0.0, doc="mass-proportional damping (1/s)")
         self.param("beta", "s", self.beta, lower=0.0, doc="stiffness-proportional damping (s)")
+        self.kc = ti.field(real, shape=B, needs_grad=True)
+        self.cc = ti.field(real, shape=B, needs_grad=True)
+        self.param("contact_stiffness", "Pa/m", self.kc, lower=0.0, lower_open=True,
+                   doc="tool contact stiffness (pressure per metre of penetration, Pa/m)")
+        self.param("contact_damping", "Pa s/m", self.cc, lower=0.0, doc="tool contact normal damping (Pa s/m)")
         self.gravity = ti.Vector.field(3, real, shape=())
         self.lo = ti.Vector.field(3, real, shape=())
         self.hi = ti.Vector.field(3, real, shape=())
@@ -320,6 +397,7 @@ class FEMPart(Part):
         self._announced = 1
         self._smax = np.zeros(0)
         self._hmin = np.zeros(0)
+        self._amax = np.zeros(0)
 
     def param_rows(self, name: str) -> int:
         return int(self.n_bodies[None])
@@ -337,10 +415,12 @@ class FEMPart(Part):
         r = self.np_real
         tets, dminv = np.zeros((M, 4), np.int32), np.tile(np.eye(3), (M, 1, 1))
         vol, tbody = np.zeros(M), np.zeros(M, np.int32)
-        nbody, vnode = np.zeros(N, np.int32), np.ones(N)
+        nbody, vnode, anode = np.zeros(N, np.int32), np.ones(N), np.zeros(N)
+        faces = []
+        amax = []
         kind, xloc = np.full(N, FREE, np.int32), np.zeros((N, 3))
         model, mount, fric = np.zeros(B, np.int32), np.full(B, -1, np.int32), np.zeros(B)
-        prm = {k: np.ones(B) for k in ("E", "nu", "density", "alpha", "beta")}
+        prm = {k: np.ones(B) for k in ("E", "nu", "density", "alpha", "beta", "kc", "cc")}
         prm["nu"][:] = 0.0
         smax, hmin = [], []
         v0 = t0 = 0
@@ -350,6 +430,11 @@ class FEMPart(Part):
             tets[t0: t0 + nt] = b.mesh.tets + v0
             dminv[t0: t0 + nt], vol[t0: t0 + nt], tbody[t0: t0 + nt] = Di, vo, bi
             nbody[v0: v0 + nv], vnode[v0: v0 + nv] = bi, vn
+            area = b.surface_area()
+            area[b.fixed] = 0.0  # kinematic nodes feel no contact
+            anode[v0: v0 + nv] = area
+            amax.append(float((area / vn).max()))
+            faces.append(b.mesh.surface_faces() + v0)
             X = b.mesh.vertices
             if b.mount is None:
                 kind[v0 + b.fixed] = PINNED
@@ -364,8 +449,9 @@ class FEMPart(Part):
                 xloc[v0 + b.fixed] = (X[b.fixed] - p0) @ R0  # R0^T (X - p0), row-wise
                 mount[bi] = b.mount
             model[bi], fric[bi] = MODELS[b.model], b.friction
-            for k in prm:
+            for k in ("E", "nu", "density", "alpha", "beta"):
                 prm[k][bi] = getattr(b, k)
+            prm["kc"][bi], prm["cc"][bi] = b.contact_k(float(s.max())), b.contact_damping
             smax.append(float(s.max()))
             hmin.append(float(1.0 / np.sqrt(s.max())))
             v0, t0 = v0 + nv, t0 + nt
@@ -381,6 +467,14 @@ class FEMPart(Part):
         self.tet_body.from_numpy(tbody)
         self.node_body.from_numpy(nbody)
         self.vnode.from_numpy(vnode.astype(r))
+        self.anode.from_numpy(anode.astype(r))
+        faces = np.concatenate(faces).astype(np.int32)
+        if len(faces) > L.faces:
+            raise ValueError(f"{len(faces)} surface triangles exceed this layout's capacity {L.faces}")
+        fbuf = np.zeros((L.faces, 3), np.int32)
+        fbuf[: len(faces)] = faces
+        self.faces.from_numpy(fbuf)
+        self.n_faces[None] = len(faces)
         self.kind.from_numpy(kind)
         self.X_local.from_numpy(xloc.astype(r))
         self.model.from_numpy(model)
@@ -394,18 +488,21 @@ class FEMPart(Part):
         self.lo[None] = lo.tolist()
         self.hi[None] = [spec.wall_hi] * 3
         self.subcycle = bool(spec.subcycle)
-        self._smax, self._hmin = np.array(smax), np.array(hmin)
+        self._smax, self._hmin, self._amax = np.array(smax), np.array(hmin), np.array(amax)
         self._n = self._announced = 1
         self.bodies = list(bodies)
 
     def _params(self) -> dict[str, np.ndarray]:
         nb = int(self.n_bodies[None])
-        return {k: getattr(self, k).to_numpy()[:nb].astype(np.float64) for k in ("E", "nu", "density", "beta")}
+        return {k: getattr(self, k).to_numpy()[:nb].astype(np.float64)
+                for k in ("E", "nu", "density", "beta", "kc", "cc")}
 
     def limits(self) -> np.ndarray:
-        """Explicit stability limit (s) of each body at the current parameters."""
+        """Explicit stability limit (s) of each body at the current parameters (tool contact
+        included when the scene has tools)."""
         p = self._params()
-        return explicit_limit(p["E"], p["nu"], p["density"], p["beta"], self._smax)
+        amax = self._amax if self.layout.tool_contact else 0.0
+        return explicit_limit(p["E"], p["nu"], p["density"], p["beta"], self._smax, p["kc"], p["cc"], amax)
 
     def stable_dt(self) -> float:
         """The gels' explicit limit, or ``inf`` when the part sub-cycles (the default)."""
@@ -419,10 +516,13 @@ class FEMPart(Part):
         p = self._params()
         mu, lam = lame(p["E"][b], p["nu"][b])
         c = math.sqrt((lam + 2 * mu) / p["density"][b])
+        contact = ""
+        if self.layout.tool_contact:
+            contact = f" with tool contact stiffness {p['kc'][b]:.3g} Pa/m"
         return (f"FEM body {b}: P-wave speed {c:.3g} m/s (E={p['E'][b]:.3g} Pa, nu={p['nu'][b]:.3g}, density="
                 f"{p['density'][b]:.3g} kg/m^3, beta={p['beta'][b]:.3g} s) across its smallest tet (height "
-                f"~{self._hmin[b] * 2:.3g} m) limits explicit steps to {lim[b]:.3g} s; let the part sub-cycle "
-                f"(scene.add_fem(body, subcycle=True)), lower dt, or soften the gel")
+                f"~{self._hmin[b] * 2:.3g} m){contact} limits explicit steps to {lim[b]:.3g} s; let the part "
+                f"sub-cycle (scene.add_fem(body, subcycle=True)), lower dt, or soften the gel")
 
     def subcycles_for(self, dt: float) -> int:
         """Sub-steps per scene substep of length ``dt`` at the current parameters."""
@@ -564,9 +664,13 @@ class FEMPart(Part):
 
     @ti.kernel
     def copy_out(self, l: ti.i32, n: ti.i32):
+        """Ring ``n`` -> slot ``l + 1``; the contact force of the slot is the sub-steps' mean."""
         for i in range(self.rows[None]):
             self.x[l + 1, i] = self.xs[n, i]
             self.v[l + 1, i] = self.vs[n, i]
+            self.f_contact[l + 1, i] = self.fc[0, i] / n
+        for k, i in ti.ndrange((1, n), self.rows[None]):
+            self.f_contact[l + 1, i] += self.fc[k, i] / n
 
     @ti.kernel
     def clear_forces(self, n: ti.i32):
@@ -621,6 +725,50 @@ class FEMPart(Part):
         self.force[k, ids[0]] += -(f1 + f2 + f3)
 
     @ti.kernel
+    def contact_forces(self, l: ti.i32, t: ti.i32, k: ti.i32, n: ti.i32):
+        """Contact forces of ring state ``k`` (sub-step ``k`` of ``n``): the coupler's force
+        (MPM material) and the penalty against every tool but the body's mount, at the tools'
+        pose interpolated to the sub-step (module docstring); added to ``force[k]`` and kept
+        apart in ``fc[k]`` (the ``fem.f_contact`` reading)."""
+        for i in range(self.rows[None]):
+            f = ti.Vector.zero(self.real, 3)
+            if self.kind[i] == FREE:
+                if ti.static(self.layout.mpm_contact):
+                    f += self.f_ext[i]
+                if ti.static(self.layout.tool_contact):
+                    if self.anode[i] > 0:
+                        f += self._tool_penalty(l, t, k, n, i)
+            self.fc[k, i] = f
+            self.force[k, i] += f
+
+    @ti.func
+    def _tool_penalty(self, l, t, k, n, i):
+        """Penalty + regularized Coulomb force on surface node ``i`` against the tools."""
+        b = self.node_body[i]
+        x, v = self.xs[k, i], self.vs[k, i]
+        area = self.anode[i]
+        m = self.density[b] * self.vnode[i]
+        eta = STICK * m * n / self.dt[None]  # removes at most STICK of v_t per sub-step
+        f = ti.Vector.zero(self.real, 3)
+        s = k / n
+        for e in ti.static(range(self.tools.capacity)):
+            if e < self.tools.rows[None] and e != self.mount[b]:
+                c = self.tools.pos[l, e] + s * (self.tools.pos[l + 1, e] - self.tools.pos[l, e])
+                R = rotation_matrix(self.tools.rot[l, e] + s * (self.tools.rot[l + 1, e] - self.tools.rot[l, e]), 3)
+                r = x - c
+                phi, n_local = tool_sdf(self.tools.shape[e], self.tools.size[e], R.transpose() @ r, 3)
+                if phi < 0:
+                    nrm = R @ n_local
+                    v_rel = v - self.tools.velocity(e, t, r)
+                    vn = v_rel.dot(nrm)
+                    fn = area * ti.max(self.kc[b] * (-phi) - self.cc[b] * vn, 0.0)
+                    v_t = v_rel - vn * nrm
+                    mu = self.tools.friction[e]
+                    v_s = mu * fn / eta + V_FLOOR
+                    f += fn * nrm - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
+        return f
+
+    @ti.kernel
     def integrate(self, l: ti.i32, t: ti.i32, k: ti.i32, n: ti.i32):
         """Sub-step ``k`` of ``n`` of substep ``l``: ring ``k`` -> ring ``k + 1``."""
         for i in range(self.rows[None]):
@@ -633,8 +781,6 @@ class FEMPart(Part):
                 b = self.node_body[i]
                 m = self.density[b] * self.vnode[i]
                 v = (v + h * (self.force[k, i] / m + self.gravity[None])) / (1.0 + h * self.alpha[b])
-                if ti.static(self.layout.tool_contact):
-                    v = self.tools.contact_except(l, t, x, v, self.mount[b])
                 x_pred = x + h * v
                 for d in ti.static(range(3)):
                     into_wall = ((x_pred[d] < self.lo[None][d] and v[d] < 0)
@@ -666,6 +812,10 @@ class FEMPart(Part):
             self.vs.grad[k, i] = ti.zero(self.vs.grad[k, i])
             if k < n:
                 self.force.grad[k, i] = ti.zero(self.force.grad[k, i])
+                self.fc.grad[k, i] = ti.zero(self.fc.grad[k, i])
+        if ti.static(self.layout.mpm_contact):
+            for i in range(self.rows[None]):
+                self.f_ext.grad[i] = ti.zero(self.f_ext.grad[i])
         for k, e in ti.ndrange(n, self.n_tets[None]):
             self.Fs.grad[k, e] = ti.zero(self.Fs.grad[k, e])
             self.Fdot.grad[k, e] = ti.zero(self.Fdot.grad[k, e])
@@ -687,6 +837,8 @@ class FEMPart(Part):
                 tape.launch(self.polar, k, grad=self.polar_grad, replay=True)
             tape.launch(self.elastic_forces, k, replay=True)
             tape.launch(self.damping_forces, k, replay=True)
+            if self._contact:
+                tape.launch(self.contact_forces, l, t, k, n, replay=True)
             tape.launch(self.integrate, l, t, k, n, replay=True)
         tape.launch(self.copy_out, l, n)
 
