@@ -16,6 +16,9 @@ The case is a JSON object (``--spec``); :mod:`run` builds these. Keys:
 * or, instead of ``material`` and particles, ``"cloth": {...}``: the mass-spring cloth of
   Taichi's ``mass_spring_3d_ggui.py`` (see :func:`build_cloth`; ``gravity`` is then in the
   example's units);
+* or ``"fem": {...}``: a tetrahedral FEM body, either the mesh Taichi's ``implicit_fem.py``
+  built (``"mesh_file"``, see :func:`build_fem_box`) or a DiffTactile-scale dome gel pressed
+  onto a plate (``"dome"``, see :func:`build_fem_dome`);
 * ``mode``: ``"forward"`` (time forward without gradients) or ``"gradient"``
   (time forward without gradients, then forward + backward with the tape).
 
@@ -128,9 +131,106 @@ def build_cloth(ps, spec: dict, common: dict, capacity: int):
 
 
 def to_example_units(spec: dict, p: np.ndarray) -> np.ndarray:
-    """Cloth positions in physim units -> the example's (inverse of :func:`build_cloth`'s map)."""
+    """Cloth (or FEM box) positions in physim units -> the example's (inverse of
+    :func:`build_cloth`'s and :func:`build_fem_box`'s maps)."""
+    if "fem" in spec:
+        f = spec["fem"]
+        return (p - np.asarray(f["origin"])) / float(f["scale"])
     c = spec["cloth"]
     return (p - np.asarray(c.get("origin", [0.5, 0.45, 0.5]))) / float(c.get("scale", 0.5))
+
+
+def oriented_tets(vertices: np.ndarray, tets: np.ndarray) -> np.ndarray:
+    """``tets`` with the last two vertices of every negatively oriented tet swapped (physim's
+    TetMesh wants positive volumes; the example's 5-tet split of a cube mixes both)."""
+    x = vertices[tets]
+    vol = np.einsum("ij,ij->i", np.cross(x[:, 1] - x[:, 0], x[:, 2] - x[:, 0]), x[:, 3] - x[:, 0])
+    out = tets.copy()
+    neg = vol < 0
+    out[neg, 2], out[neg, 3] = tets[neg, 3], tets[neg, 2]
+    return out
+
+
+def build_fem_box(ps, spec: dict, common: dict, capacity: int):
+    """physim's version of ``implicit_fem.py``'s explicit mode on the example's own mesh.
+
+    ``spec["fem"]``: ``mesh_file`` (the .npz the reference worker wrote: the example's rest
+    vertices ``F_ox``, tets ``F_vertices`` and initial positions ``F_x``), ``E``, ``nu``,
+    ``density`` (the example's), ``scale`` and ``origin`` (physim position = origin + scale *
+    example position; the example's 1 m cube starts 1 m above its floor y = 0, physim's domain is
+    the unit cube with its floor at ``scene.floor``; default origin: the example's x = z = 0.5 at
+    the domain's centre and its floor on physim's, written back into the spec).
+
+    The mapping: the example's force is fixed corotated, P = 2 mu (F - R) with lambda = 0
+    (nu = 0), exactly physim's ``"corotated"`` at nu = 0; lumped masses density * V / 4 per tet
+    corner on both sides. Lengths scale by s = ``scale``: with E' = s^2 E and gravity s g every
+    acceleration scales by s too, so the same dt gives the same motion (and the same stability
+    limit). The example's floor (position projection after every 10 steps, no friction) is
+    physim's floor wall with friction 0 (velocity level, every step); no damping on either side.
+    """
+    f = spec["fem"]
+    data = np.load(f["mesh_file"])
+    s = float(f["scale"])
+    if "origin" not in f:  # the example's x = z = 0.5 at the domain's centre, its floor on physim's
+        f["origin"] = [0.5 - 0.5 * s, ps.scene.floor_height(common["grid_res"]), 0.5 - 0.5 * s]
+    origin = np.asarray(f["origin"], np.float64)
+    rest = origin + s * data["x"].astype(np.float64)  # the example's initial state: F_ox lifted 1 m
+    tets = oriented_tets(rest, data["tets"].astype(np.int64))
+    mesh = ps.TetMesh(rest, tets)
+    body = ps.FEMBody(mesh, E=s * s * float(f["E"]), nu=float(f["nu"]), density=float(f["density"]),
+                      model=f.get("model", "corotated"), fixed=[], friction=0.0)
+    scene = ps.Scene(**{**common, "gravity": s * np.asarray(spec.get("gravity", [0.0, -9.8, 0.0]), np.float64)})
+    scene.add_fem(body, subcycle=False)  # same dt as the example, or a ValueError
+    scene.build(max_steps=capacity)
+    return scene
+
+
+def dome_mesh(ps, d: dict):
+    """The DiffTactile-scale dome gel of ``spec["fem"]["dome"]`` (bulging down, -y)."""
+    return ps.dome_gel(center=d["center"], inner_radius=d["inner_radius"], outer_radius=d["outer_radius"],
+                       layers=d["layers"], angle=d["angle"], rings=d.get("rings"), axis=(0.0, -1.0, 0.0))
+
+
+def build_fem_dome(ps, spec: dict, common: dict, capacity: int):
+    """A DiffTactile-style tactile sensor: a dome gel (``spec["fem"]["dome"]``: centre, inner
+    and outer radius, layers, half-angle, rings; bulging down) cast on a rigid spherical core
+    (tool 0, ``SphereTool`` of the inner radius; the inner surface's nodes are mounted on it),
+    pressed down onto a plate (tool 1, a fixed ``BoxTool`` whose top is ``gap`` below the apex).
+    The actions (:func:`fem_actions`) move the core down at ``press_speed``.
+
+    ``spec["fem"]["mpm_object"]`` (``{"center", "size", "E", "nu"}``), when set, adds the object
+    the gel will press as MPM particles: the one line ``scene.add_body`` below. It is ``None``
+    in the suite until FEM <-> MPM contact exists (without it the gel would pass through the
+    particles); the plate stands in for it.
+    """
+    f = spec["fem"]
+    d = f["dome"]
+    mesh = dome_mesh(ps, d)
+    c = np.asarray(d["center"], np.float64)
+    scene = ps.Scene(**common)
+    scene.add_tool(ps.SphereTool(position=c, radius=d["inner_radius"]))  # the rigid core, tool 0
+    apex = c[1] - d["outer_radius"]
+    plate_top = apex - f.get("gap", 1e-4)
+    half = np.asarray(f.get("plate_half_extents", [0.03, 0.005, 0.03]), np.float64)
+    scene.add_tool(ps.BoxTool(position=(c[0], plate_top - half[1], c[2]), half_extents=half,
+                              friction=f.get("plate_friction", 0.3)))  # tool 1
+    scene.add_fem(ps.FEMBody(mesh, E=f["E"], nu=f["nu"], density=f["density"], model=f.get("model",
+                             "stable_neohookean"), beta=f.get("beta", 0.0), mount=0))
+    obj = f.get("mpm_object")
+    if obj:  # the ~20k-particle object under the gel (needs FEM <-> MPM coupling to interact)
+        scene.add_body(ps.Box(center=obj["center"], size=obj["size"]), ps.Elastic(E=obj["E"], nu=obj["nu"]))
+    scene.build(max_steps=capacity)
+    return scene
+
+
+def fem_actions(spec: dict, scene, n_steps: int) -> np.ndarray:
+    """Action rows of an FEM case: the dome's core moves down at ``press_speed`` (m/s); the box
+    case has no tools."""
+    actions = np.zeros((n_steps, scene.action_dim))
+    speed = spec["fem"].get("press_speed")
+    if speed:
+        actions[:, scene.tool_slice(0).start + 1] = -float(speed)
+    return actions
 
 
 def build_scene(ps, spec: dict):
@@ -145,6 +245,9 @@ def build_scene(ps, spec: dict):
                   checkpoint_every=spec["checkpoint_every"], specialize=spec.get("specialize", True))
     if "cloth" in spec:
         return build_cloth(ps, spec, common, capacity), n_steps
+    if "fem" in spec:
+        build = build_fem_dome if "dome" in spec["fem"] else build_fem_box
+        return build(ps, spec, common, capacity), n_steps
     material = make_material(ps, spec["material"])
     if "random" in spec:
         # physim samples bodies on a lattice, so first make a lattice body with exactly
@@ -195,12 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     build_seconds = time.perf_counter() - t0
     ns = spec["substeps_per_step"]
     substeps = n_steps * ns
-    actions = np.zeros((n_steps, scene.action_dim))
+    fem = "fem" in spec
+    actions = fem_actions(spec, scene, n_steps) if fem else np.zeros((n_steps, scene.action_dim))
     repeats = spec.get("repeats", 3)
     grad_mode = spec["mode"] == "gradient"
     cloth = "cloth" in spec
-    # d loss / d final positions = 1: MPM particles, or the cloth's nodes
-    seed_name = "springs.x" if cloth else "mpm.x"
+    # d loss / d final positions = 1: MPM particles, the cloth's or the FEM body's nodes
+    seed_name = "springs.x" if cloth else "fem.x" if fem else "mpm.x"
     if seed_name not in scene.get_state():  # physim before named state (--physim-rev of an older commit)
         seed_name = "x"
     seeds = {seed_name: np.ones_like(scene.get_state()[seed_name])}
@@ -240,7 +344,15 @@ def main(argv: list[str] | None = None) -> None:
         "forward_seconds_all": fwd["seconds_all"],
         "seconds": fwd["seconds"],
     }
-    if cloth:
+    if fem:
+        part = scene.partset.fem
+        nodes, tets, sub = int(part.rows[None]), int(part.n_tets[None]), int(part.subcycles)
+        # rates per FEM step: scene substeps x the part's sub-steps per substep (1 unless it sub-cycles)
+        record.update(nodes=nodes, tets=tets, fem_subcycles=sub, fem_dt=scene.dt / sub,
+                      fem_steps=substeps * sub, node_steps_per_s=nodes * substeps * sub / fwd["seconds"],
+                      tet_steps_per_s=tets * substeps * sub / fwd["seconds"],
+                      fem_steps_per_s=substeps * sub / fwd["seconds"])
+    elif cloth:
         nodes, springs = scene.get_state()["springs.x"].shape[0], len(cloth_springs(spec["cloth"]["n"])[0])
         record.update(nodes=nodes, springs=springs, node_steps_per_s=nodes * substeps / fwd["seconds"],
                       spring_steps_per_s=springs * substeps / fwd["seconds"])
@@ -267,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     pos = scene.get_state()[seed_name]
     if not np.isfinite(pos).all():
         raise RuntimeError("physim produced non-finite positions")
-    if cloth:  # where the last run ended, in the example's units (run.py compares it with the example)
+    if cloth or (fem and "mesh_file" in spec["fem"]):
+        # where the last run ended, in the example's units (run.py compares it with the example)
         r = to_example_units(spec, pos)
         record["final_summary"] = {"mean": r.mean(0).tolist(), "min": r.min(0).tolist(), "max": r.max(0).tolist()}
     record["peak_memory_bytes"] = peak_rss_bytes()

@@ -52,6 +52,12 @@ class Example:
             calls are dropped).
         reported: top-level constants copied into the record's ``config``.
         positions: candidate names of its position field (the first one defined is read).
+        argv: ``sys.argv[1:]`` while the example's module level runs (``implicit_fem.py``
+            parses its command line at import: ``--exp explicit``).
+        setup: functions called once after loading, before the first ``init`` (what the
+            example's ``main()`` calls first: ``get_vertices()`` builds its mesh).
+        steps_per_call: simulation steps one ``substep()`` call takes (``implicit_fem.py``'s
+            explicit mode: 10); ``--substeps`` counts steps and must be a multiple of it.
     """
 
     directory: str
@@ -60,6 +66,9 @@ class Example:
     keep_calls: tuple[str, ...] = ()
     reported: tuple[str, ...] = ()
     positions: tuple[str, ...] = ("x", "F_x")
+    argv: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    steps_per_call: int = 1
 
 
 MPM_REPORTED = ("dim", "n_particles", "n_grid", "dt", "E", "gravity", "bound", "p_rho")
@@ -71,9 +80,18 @@ EXAMPLES = {
         "ggui_examples", "initialize_mass_points", "substep", keep_calls=("initialize_spring_offsets",),
         reported=("n", "quad_size", "dt", "spring_Y", "dashpot_damping", "drag_damping", "ball_radius",
                   "bending_springs")),
+    # 3D tet FEM, fixed corotated with nu = 0 (lambda = 0), in its explicit mode: substep() is
+    # 10 x (get_force(), advect()) then floor_bound(). Its argparse set-up is kept (dotted
+    # keep_calls) so ``args.exp`` / ``args.dim`` exist; the mesh comes from get_vertices().
+    "implicit_fem": Example(
+        "simulation", "init", "substep", keep_calls=("parser.add_argument",),
+        reported=("n_verts", "n_cells", "dt", "E", "nu", "density", "dx"), argv=("--exp", "explicit"),
+        setup=("get_vertices",), steps_per_call=10),
 }
 #: the examples whose throughput is counted in particles (the rest: mass-spring nodes and springs)
 MPM_EXAMPLES = ("mpm88", "mpm3d")
+#: the tetrahedral FEM examples (throughput in nodes and tets; the mesh can be written out)
+FEM_EXAMPLES = ("implicit_fem",)
 
 
 def example_path(name: str) -> str:
@@ -92,10 +110,16 @@ def _is_ti_init(call: ast.AST) -> bool:
 
 
 def _call_name(call: ast.AST) -> str | None:
-    """``f`` for a call ``f(...)``; None for any other expression."""
-    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
-        return call.func.id
-    return None
+    """``f`` for a call ``f(...)``, ``a.b`` for ``a.b(...)``; None for any other expression."""
+    if not isinstance(call, ast.Call):
+        return None
+    parts, func = [], call.func
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name):
+        return None
+    return ".".join([func.id, *reversed(parts)])
 
 
 def _bound_names(node: ast.stmt) -> set[str]:
@@ -139,18 +163,25 @@ def filter_statements(tree: ast.Module, keep_calls: tuple[str, ...] = ()) -> tup
     return kept, dropped
 
 
-def _override(node: ast.stmt, values: dict[str, float], applied: set[str]) -> None:
+def _value_node(value) -> ast.expr:
+    """A number as a constant; an expression (``--set "n_cube=np.array([9] * 3)"``) as parsed."""
+    if isinstance(value, str):
+        return ast.parse(value, mode="eval").body
+    return ast.Constant(value)
+
+
+def _override(node: ast.stmt, values: dict[str, float | str], applied: set[str]) -> None:
     """Replace the values assigned to names in ``values`` by a top-level assignment."""
     if not isinstance(node, ast.Assign) or len(node.targets) != 1:
         return
     target = node.targets[0]
     if isinstance(target, ast.Name) and target.id in values:
-        node.value = ast.Constant(values[target.id])
+        node.value = _value_node(values[target.id])
         applied.add(target.id)
     elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
         for i, elt in enumerate(target.elts):
             if isinstance(elt, ast.Name) and elt.id in values:
-                node.value.elts[i] = ast.Constant(values[elt.id])
+                node.value.elts[i] = _value_node(values[elt.id])
                 applied.add(elt.id)
 
 
@@ -184,12 +215,17 @@ def load_example(name: str, arch: str, values: dict[str, float]) -> tuple[dict, 
         return original_init(*args, **kwargs)
 
     namespace = {"__name__": f"taichi_example_{name}", "__file__": path}
+    argv = sys.argv
     ti.init = forced_init
+    sys.argv = [path, *example.argv]
     try:
-        exec(compile(module, path, "exec"), namespace)
+        # dont_inherit: not this file's ``from __future__ import annotations``, which would turn
+        # the example's kernel annotations (``ret: ti.template()``) into strings Taichi refuses
+        exec(compile(module, path, "exec", dont_inherit=True), namespace)
     finally:
         ti.init = original_init
-    for fn in (example.init, example.substep):
+        sys.argv = argv
+    for fn in (*example.setup, example.init, example.substep):
         if not callable(namespace.get(fn)):
             raise RuntimeError(f"{name}.py no longer defines {fn}(); the benchmark needs it")
     return namespace, dropped
@@ -213,12 +249,28 @@ def _summary(x) -> dict[str, list[float]]:
     return {"mean": p.mean(0).tolist(), "min": p.min(0).tolist(), "max": p.max(0).tolist()}
 
 
-def _parse_set(items: list[str]) -> dict[str, float]:
+def _parse_set(items: list[str]) -> dict[str, float | str]:
+    """``NAME=VALUE`` pairs: an int, a float, or else a Python expression kept as text."""
     values = {}
     for item in items:
         key, _, text = item.partition("=")
-        values[key] = int(text) if text.lstrip("-").isdigit() else float(text)
+        if text.lstrip("-").isdigit():
+            values[key] = int(text)
+        else:
+            try:
+                values[key] = float(text)
+            except ValueError:
+                values[key] = text
     return values
+
+
+def _scalar(value):
+    """A Python number for an int, a float or a numpy scalar; None for anything else."""
+    if isinstance(value, (int, float)):
+        return value
+    if hasattr(value, "item") and getattr(value, "size", 0) == 1 and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a top-level constant of the example (e.g. n_grid=64)")
+    parser.add_argument("--mesh-out", help="FEM examples: write the rest mesh (vertices, tets) and the initial "
+                        "positions to this .npz file")
     parser.add_argument("--out", help="write the JSON record here (default: stdout)")
     args = parser.parse_args(argv)
 
@@ -238,6 +292,12 @@ def main(argv: list[str] | None = None) -> None:
     example = EXAMPLES[args.example]
     ns, dropped = load_example(args.example, args.arch, _parse_set(args.set))
     init, substep = ns[example.init], ns[example.substep]
+    if args.substeps % example.steps_per_call or args.warmup % example.steps_per_call:
+        raise SystemExit(f"{args.example}: --substeps and --warmup must be multiples of {example.steps_per_call} "
+                         f"(steps per substep() call)")
+    calls, warmup_calls = args.substeps // example.steps_per_call, args.warmup // example.steps_per_call
+    for fn in example.setup:
+        ns[fn]()
     field = next(ns[k] for k in example.positions if k in ns)
     initial = {}
 
@@ -246,20 +306,31 @@ def main(argv: list[str] | None = None) -> None:
         initial["x"] = field.to_numpy()  # the example's init may be random (the cloth's offset)
 
     def run():
-        for _ in range(args.substeps):
+        for _ in range(calls):
             substep()
 
     init()
-    for _ in range(args.warmup):
+    if args.mesh_out and args.example in FEM_EXAMPLES:
+        import numpy as np
+
+        np.savez(args.mesh_out, vertices=ns["F_ox"].to_numpy(), tets=ns["F_vertices"].to_numpy(),
+                 x=field.to_numpy())
+    for _ in range(warmup_calls):
         substep()
     timing = time_runs(run, prepare=prepare, sync=ti.sync, repeats=args.repeats)
     x = field.to_numpy()
     if not (abs(x).max() < 1e30):
         raise RuntimeError(f"{args.example} produced non-finite positions")
-    config = {k: ns[k] for k in example.reported if k in ns and isinstance(ns[k], (int, float))}
+    config = {k: _scalar(ns[k]) for k in example.reported if k in ns and _scalar(ns[k]) is not None}
     if args.example in MPM_EXAMPLES:
         config.setdefault("dim", 2)
         rates = {"particle_steps_per_s": config["n_particles"] * args.substeps / timing["seconds"]}
+    elif args.example in FEM_EXAMPLES:
+        config.update(nodes=int(ns["F_x"].shape[0]), tets=int(ns["F_vertices"].shape[0]),
+                      steps_per_call=example.steps_per_call)
+        rates = {"node_steps_per_s": config["nodes"] * args.substeps / timing["seconds"],
+                 "tet_steps_per_s": config["tets"] * args.substeps / timing["seconds"],
+                 "initial_summary": _summary(initial["x"]), "final_summary": _summary(x)}
     else:
         # the last timed repeat's initial and final state, so physim can start where it
         # started and run.py can compare where both end

@@ -1,4 +1,4 @@
-"""physim benchmark suite: throughput against Taichi's own MPM and mass-spring examples,
+"""physim benchmark suite: throughput against Taichi's own MPM, mass-spring and FEM examples,
 gradient cost, memory versus horizon, and scaling with the particle count.
 
 Usage::
@@ -48,6 +48,8 @@ THROUGHPUT_TARGET = 1.0
 #: the same for the mass-spring cloth: physim's general solver (tape-ready slots, per-spring
 #: atomics, walls, health checks) against mass_spring_3d_ggui.py's one hand-fused kernel
 SPRING_THROUGHPUT_TARGET = 0.5
+#: the tetrahedral FEM part against implicit_fem.py's explicit mode on the same mesh
+FEM_THROUGHPUT_TARGET = 1.0
 
 ELASTIC = {"kind": "elastic", "E": 1000.0, "nu": 0.2}
 FLUID = {"kind": "fluid", "bulk_modulus": 400.0}  # Taichi's examples: E = 400, pressure only
@@ -63,7 +65,7 @@ class Case:
     """One benchmark case: a physim run, optionally compared with a Taichi example."""
 
     name: str
-    group: str  # "reference", "scaling", "gradient", "horizon" or "mass_spring"
+    group: str  # "reference", "scaling", "gradient", "horizon", "mass_spring" or "fem"
     physim: dict
     reference: tuple[str, list[str]] | None = None  # (example, ["NAME=VALUE", ...])
     skip: str | None = None
@@ -121,6 +123,52 @@ def _cloth_case(name: str, n: int, substeps: int, repeats: int, mode: str) -> Ca
                 reference=(CLOTH_EXAMPLE, [f"n={n}", f"dt={CLOTH_DT:g}", "drag_damping=0"]))
 
 
+#: Taichi's implicit_fem.py in its explicit mode: a 1 m cube of n_cube^3 nodes split into
+#: 5 (n_cube - 1)^3 tets, fixed corotated (E 5e4, nu 0), density 1000, dt 2e-4, falling from 1 m
+FEM_EXAMPLE = "implicit_fem"
+FEM_DT = 2e-4
+#: physim position = origin + FEM_SCALE x example position (the cube becomes 0.25 m wide)
+FEM_SCALE = 0.25
+
+
+def _fem_box_case(name: str, n_cube: int, substeps: int, repeats: int) -> Case:
+    """physim's FEM part (physim_worker.build_fem_box) on the mesh implicit_fem.py builds with
+    ``n_cube`` nodes per edge (read from the example's fields: run_case passes the file), same dt.
+    ``substeps``: FEM steps, a multiple of 10 (the example's substep() takes 10)."""
+    spec = {
+        "mode": "forward", "dim": 3, "grid": 64, "dt": FEM_DT, "substeps": substeps,
+        "substeps_per_step": SUBSTEPS_PER_STEP, "checkpoint_every": 50, "build_steps": 1,
+        "gravity": [0.0, -9.8, 0.0], "repeats": repeats,
+        "fem": {"E": 5e4, "nu": 0.0, "density": 1000.0, "model": "corotated", "scale": FEM_SCALE},
+    }
+    values = [f"dt={FEM_DT:g}"] + ([f"n_cube=np.array([{n_cube}] * 3)"] if n_cube != 5 else [])
+    return Case(name, "fem", spec, reference=(FEM_EXAMPLE, values), extra={"n_cube": n_cube})
+
+
+#: the DiffTactile-scale dome gel: 1 -> 1.5 cm, 3 layers, 75 degrees, 13 rings: 1,952 nodes,
+#: 8,226 tets (488 of them on the core)
+DOME = {"center": [0.5, 0.3, 0.5], "inner_radius": 0.01, "outer_radius": 0.015, "layers": 3, "angle": 75.0,
+        "rings": 13}
+DOME_DT = 1e-4
+#: how far the core moves down over the timed horizon (the apex starts 0.1 mm above the plate)
+DOME_PRESS = 1.5e-3
+
+
+def _fem_dome_case(name: str, dome: dict, substeps: int, repeats: int) -> Case:
+    """A tactile sensor pressing a plate (physim_worker.build_fem_dome): forward, then forward +
+    backward with d loss / d fem.x(final) = 1. ``mpm_object``: the MPM object the gel will press
+    once FEM <-> MPM contact exists (``{"center", "size", "E", "nu"}``): a one-line change here."""
+    spec = {
+        "mode": "gradient", "dim": 3, "grid": 64, "dt": DOME_DT, "substeps": substeps,
+        "substeps_per_step": SUBSTEPS_PER_STEP, "checkpoint_every": 50, "build_steps": 1,
+        "gravity": [0.0, -9.8, 0.0], "repeats": repeats,
+        "fem": {"dome": dome, "E": 5e4, "nu": 0.4, "density": 1000.0, "beta": 2e-5,
+                "model": "stable_neohookean", "gap": 1e-4, "press_speed": DOME_PRESS / (substeps * DOME_DT),
+                "mpm_object": None},
+    }
+    return Case(name, "fem", spec)
+
+
 def _round_substeps(n: float, lo: int, hi: int) -> int:
     n = min(hi, max(lo, n))
     return int(SUBSTEPS_PER_STEP * round(n / SUBSTEPS_PER_STEP))
@@ -154,6 +202,12 @@ def make_cases(quick: bool) -> list[Case]:
     cases.append(_cloth_case("cloth_n32", 32, 500 if quick else 4000, 2, "gradient"))
     if not quick:
         cases.append(_cloth_case("cloth_n128", 128, 1000, reps, "forward"))
+    # tetrahedral FEM: implicit_fem.py's explicit mode as shipped (5^3 nodes, 320 tets: 0.2 s of
+    # free fall, full 1 s: lands at 0.45 s) and on a 13^3-node cube (2,197 nodes, 8,640 tets,
+    # DiffTactile's size), then the dome gel pressing a plate, forward and forward + backward
+    cases.append(_fem_box_case("fem_box_n5", 5, 1000 if quick else 5000, reps))
+    cases.append(_fem_box_case("fem_box_n13", 13, 200 if quick else 2500, reps))
+    cases.append(_fem_dome_case("fem_dome", DOME, 200 if quick else 1000, 1 if quick else 2))
     cases.append(Case("grad_2d", "gradient", _gradient_spec(2, 200 if quick else 1000, 50, 1 if quick else 2)))
     # gradient cost and memory versus horizon, 3D, with (K = 50) and without (K = T) checkpointing
     # (quick: checkpointed T = 100 and 400, unchecked T = 200, whose 256 slots match full T = 250)
@@ -245,16 +299,21 @@ def run_case(case: Case, arch: str, timeout: float) -> dict:
         return record
     ref = None
     try:
-        if case.reference is not None:
-            example, values = case.reference
-            ref_args = [example, "--arch", arch, "--substeps", str(spec["substeps"]),
-                        "--repeats", str(spec["repeats"])]
-            for v in values:
-                ref_args += ["--set", v]
-            ref = _run_worker("reference_worker.py", ref_args, timeout)
-            if "cloth" in spec:  # start physim's cloth where the example's last timed run started
-                spec["cloth"] = {**spec["cloth"], "first_node": ref["first_node"]}
-        mine = _run_worker("physim_worker.py", ["--spec", json.dumps(spec)], timeout)
+        with tempfile.TemporaryDirectory() as tmp:
+            if case.reference is not None:
+                example, values = case.reference
+                ref_args = [example, "--arch", arch, "--substeps", str(spec["substeps"]),
+                            "--repeats", str(spec["repeats"])]
+                for v in values:
+                    ref_args += ["--set", v]
+                if "fem" in spec:  # physim simulates the example's own mesh
+                    mesh = os.path.join(tmp, "mesh.npz")
+                    ref_args += ["--mesh-out", mesh]
+                    spec["fem"] = {**spec["fem"], "mesh_file": mesh}
+                ref = _run_worker("reference_worker.py", ref_args, timeout)
+                if "cloth" in spec:  # start physim's cloth where the example's last timed run started
+                    spec["cloth"] = {**spec["cloth"], "first_node": ref["first_node"]}
+            mine = _run_worker("physim_worker.py", ["--spec", json.dumps(spec)], timeout)
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         record["error"] = str(err)
         return record
@@ -262,6 +321,8 @@ def run_case(case: Case, arch: str, timeout: float) -> dict:
     record["case"] = case.name
     if ref is not None and "cloth" in spec:
         record.update(_compare_cloth(ref, mine, spec))
+    elif ref is not None and "fem" in spec:
+        record.update(_compare_fem(ref, mine))
     elif ref is not None:
         cfg = ref["config"]
         if cfg["n_particles"] != mine["particles"] or cfg["n_grid"] != mine["grid"] or cfg["dt"] != mine["dt"]:
@@ -302,6 +363,32 @@ def _compare_cloth(ref: dict, mine: dict, spec: dict) -> dict:
         "reference_final_summary": ref["final_summary"],
         "final_state_difference": diff,
         "ratio_vs_reference": mine["node_steps_per_s"] / ref["node_steps_per_s"],
+    })
+    return out
+
+
+def _compare_fem(ref: dict, mine: dict) -> dict:
+    """The reference fields of an FEM record: per-step throughput ratio on the same mesh and dt,
+    and how far apart the final states are (centroid and bounding box, the example's units)."""
+    cfg = ref["config"]
+    out = {}
+    if (cfg["nodes"] != mine["nodes"] or cfg["tets"] != mine["tets"] or mine["fem_subcycles"] != 1
+            or abs(cfg["dt"] - mine["fem_dt"]) > 1e-6 * mine["fem_dt"]):
+        out["error"] = (f"configuration mismatch: reference {cfg} vs physim {mine['nodes']} nodes, {mine['tets']} "
+                        f"tets, dt {mine['fem_dt']} ({mine['fem_subcycles']} sub-steps per substep)")
+    diff = max(abs(a - b) for key in ("mean", "min", "max")
+               for a, b in zip(ref["final_summary"][key], mine["final_summary"][key], strict=True))
+    out.update({
+        "reference": ref["example"],
+        "reference_config": cfg,
+        "reference_dropped_statements": ref["dropped_statements"],
+        "reference_seconds": ref["seconds"],
+        "reference_seconds_all": ref["seconds_all"],
+        "reference_tet_steps_per_s": ref["tet_steps_per_s"],
+        "reference_peak_memory_bytes": ref["peak_memory_bytes"],
+        "reference_final_summary": ref["final_summary"],
+        "final_state_difference": diff,
+        "ratio_vs_reference": mine["tet_steps_per_s"] / ref["tet_steps_per_s"],
     })
     return out
 
@@ -353,6 +440,27 @@ SPRING_COLUMNS = [
 ]
 
 
+#: the FEM cases' table: FEM steps (scene substeps x the part's sub-steps), rates in thousand FEM
+#: steps and million tet-steps per second ("state diff": as for the cloth, the example's units)
+FEM_COLUMNS = [
+    ("case", lambda r: r["case"]),
+    ("nodes", lambda r: _fmt(r.get("nodes"), ",")),
+    ("tets", lambda r: _fmt(r.get("tets"), ",")),
+    ("FEM dt", lambda r: _fmt(r.get("fem_dt"), ".3g")),
+    ("FEM steps", lambda r: _fmt(r.get("fem_steps"), ",")),
+    ("K", lambda r: _fmt(r.get("checkpoint_every"))),
+    ("fwd s", lambda r: _fmt(r.get("seconds"), ".2f")),
+    ("kstep/s", lambda r: _fmt(r.get("fem_steps_per_s", math.nan) / 1e3, ".2f")),
+    ("Mtet-steps/s", lambda r: _fmt(r.get("tet_steps_per_s", math.nan) / 1e6, ".2f")),
+    ("Taichi ex. Mtet/s", lambda r: _fmt(r.get("reference_tet_steps_per_s", math.nan) / 1e6, ".2f")),
+    ("vs Taichi", lambda r: _fmt(r.get("ratio_vs_reference"), ".2f", "x")),
+    ("fwd+bwd s", lambda r: _fmt(r.get("fwd_bwd_seconds"), ".2f")),
+    ("fwd+bwd/fwd", lambda r: _fmt(r.get("fwd_bwd_over_fwd"), ".2f", "x")),
+    ("state diff", lambda r: _fmt(r.get("final_state_difference"), ".1e")),
+    ("peak MiB", lambda r: _fmt(r.get("peak_memory_bytes", math.nan) / 2**20, ".0f")),
+]
+
+
 def _note(r: dict) -> str:
     if "skipped" in r:
         return f"skipped: {r['skipped']}"
@@ -378,9 +486,10 @@ def format_table(records: list[dict], markdown: bool = False, columns=None) -> s
 
 
 def format_tables(records: list[dict], markdown: bool = False) -> str:
-    """The MPM cases' table, then the mass-spring cases' (each only if it has rows)."""
-    groups = ([r for r in records if r["group"] != "mass_spring"], COLUMNS), \
-        ([r for r in records if r["group"] == "mass_spring"], SPRING_COLUMNS)
+    """The MPM cases' table, then the mass-spring and the FEM cases' (each only if it has rows)."""
+    groups = ([r for r in records if r["group"] not in ("mass_spring", "fem")], COLUMNS), \
+        ([r for r in records if r["group"] == "mass_spring"], SPRING_COLUMNS), \
+        ([r for r in records if r["group"] == "fem"], FEM_COLUMNS)
     return "\n\n".join(format_table(rs, markdown, cols) for rs, cols in groups if rs)
 
 
@@ -388,7 +497,8 @@ def evaluate_targets(records: list[dict]) -> list[dict]:
     """Compare the records with the issue's three targets, and the mass-spring cases with theirs."""
     ok = [r for r in records if "error" not in r and "skipped" not in r]
     springs = [r for r in ok if r["group"] == "mass_spring"]
-    ok = [r for r in ok if r["group"] != "mass_spring"]
+    fems = [r for r in ok if r["group"] == "fem"]
+    ok = [r for r in ok if r["group"] not in ("mass_spring", "fem")]
     targets = []
     ratios = {r["case"]: r["ratio_vs_reference"] for r in ok if "ratio_vs_reference" in r}
     if ratios:
@@ -422,6 +532,19 @@ def evaluate_targets(records: list[dict]) -> list[dict]:
         targets.append({"target": f"mass-spring forward throughput >= {SPRING_THROUGHPUT_TARGET:.1f}x Taichi's "
                                   f"{CLOTH_EXAMPLE}.py", "value": ratios[worst], "where": f"worst case {worst}",
                         "met": all(v >= SPRING_THROUGHPUT_TARGET for v in ratios.values()), "all": ratios})
+    ratios = {r["case"]: r["ratio_vs_reference"] for r in fems if "ratio_vs_reference" in r}
+    if ratios:
+        worst = min(ratios, key=ratios.get)
+        targets.append({"target": f"FEM forward throughput >= {FEM_THROUGHPUT_TARGET:.1f}x Taichi's "
+                                  f"{FEM_EXAMPLE}.py (explicit, same mesh and dt)", "value": ratios[worst],
+                        "where": f"worst case {worst}",
+                        "met": all(v >= FEM_THROUGHPUT_TARGET for v in ratios.values()), "all": ratios})
+    costs = {r["case"]: r["fwd_bwd_over_fwd"] for r in fems if "fwd_bwd_over_fwd" in r}
+    if costs:
+        worst = max(costs, key=costs.get)
+        targets.append({"target": f"FEM forward + backward <= {GRADIENT_COST_TARGET:.0f}x forward",
+                        "value": costs[worst], "where": f"worst case {worst}",
+                        "met": all(v <= GRADIENT_COST_TARGET for v in costs.values()), "all": costs})
     return targets
 
 
