@@ -7,7 +7,7 @@ scene do it with the defaults / ``PHYSIM_ARCH``).
 from . import backend
 from .backend import init
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
-from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Sand, Snow, Viscoplastic
+from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Rigid, Sand, Snow, Viscoplastic
 from .meshes import TetMesh, dome_gel, flat_pad, read_tet_mesh
 from .parts.fem import FEMBody
 from .parts.springs import MassSpring
@@ -39,6 +39,7 @@ __all__ = [
     "Fluid",
     "Viscoplastic",
     "Muscle",
+    "Rigid",
     "MassSpring",
     "FEMBody",
     "TetMesh",

@@ -5,7 +5,8 @@ in Pa, density in kg/m^3 (relative units are fine as long as they are consistent
 the defaults follow PlasticineLab/DiffTaichi, density 1, E in the hundreds to
 thousands). Each material maps to a model id used inside the solver's kernels; the
 differentiable parameters (``E``, ``nu``, ``yield_stress``, ``friction_angle``,
-``viscosity``) live in Taichi fields with gradients.
+``viscosity``; and ``density``, through the particle masses) live in Taichi fields with
+gradients.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "Fluid",
     "Viscoplastic",
     "Muscle",
+    "Rigid",
     "MODEL_IDS",
     "DIFF_PARAMS",
 ]
@@ -39,6 +41,7 @@ MODEL_IDS = {
     "snow": 4,
     "fluid": 5,
     "bingham": 6,
+    "rigid": 7,
 }
 
 #: parameters with gradients, in the order of the solver's ``material_params`` columns
@@ -214,3 +217,30 @@ class Muscle(Material):
     actuation_strength: float = 400.0
 
     model: ClassVar[str] = "corotated"
+
+
+@dataclass(eq=False)
+class Rigid(Material):
+    """A rigid body (per-body shape matching, as FluidLab's floating and grasped objects).
+
+    After every substep's grid-to-particle transfer the body's particles are projected onto
+    the rigid motion that best fits them (centre of mass, polar rotation of the moment
+    matrix) with the body's linear and angular momentum (APIC included) unchanged; their
+    deformation gradient stays the identity and their stress zero, so the grid carries only
+    the momentum exchange with other materials, tools and walls (a light body floats in a
+    denser fluid, a heavy one sinks). ``density`` (kg/m^3) is differentiable.
+
+    One instance is one rigid body: give every ``add_body`` its own ``Rigid(...)``; several
+    ``add_body`` calls with the same instance make one compound body (instances compare by
+    identity, so two equal-valued instances stay two bodies). A body needs at least 3 (2D)
+    / 4 (3D) particles not on one line / plane."""
+
+    model: ClassVar[str] = "rigid"
+
+    # identity, not value, equality: each instance is a body of its own (the scene keeps one
+    # material row per distinct material, and a row is a rigid body)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def lame(self) -> tuple[float, float]:
+        return 0.0, 0.0

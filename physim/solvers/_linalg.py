@@ -48,6 +48,22 @@ def svd_adjoint(U, sig, V, gU, gsig, gV, dim: ti.template(), gap_eps: ti.templat
 
 
 @ti.func
+def polar_adjoint(U, sig, V, gR, gap_eps: ti.template()):
+    """Adjoint of the polar rotation R = U V^T of A = U diag(sig) V^T: dL/dA given dL/dR.
+
+    dR = U W V^T with W_ij = (X_ij - X_ji) / (sig_i + sig_j), X = U^T dA V, so
+    dL/dA = U Z V^T with Z_ij = (Y_ij - Y_ji) / (sig_i + sig_j), Y = U^T gR V (zero diagonal).
+    Only the sums sig_i + sig_j appear: exact at repeated singular values (a cube at rest);
+    the sum is clamped at ``gap_eps`` (it vanishes only for a degenerate, flat A)."""
+    Y = U.transpose() @ gR @ V
+    Z = Y * 0.0
+    for i, j in ti.static(ti.ndrange(sig.n, sig.n)):
+        if ti.static(i != j):
+            Z[i, j] = (Y[i, j] - Y[j, i]) / _safe_gap(sig[i] + sig[j], gap_eps)
+    return U @ Z @ V.transpose()
+
+
+@ti.func
 def rotation_matrix(rot, dim: ti.template()):
     """Rotation from the 4-number rotation state: angle in rot[0] (2D) or a quaternion (3D)."""
     if ti.static(dim == 2):

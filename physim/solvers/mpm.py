@@ -26,21 +26,37 @@ The exception is the set of constitutive models: a layout either names the model
 scenes use (``models``, a sorted tuple; the kernels then contain only those, which makes
 a single-material scene's forward and reverse passes several times cheaper) or is
 generic (``models=None``: every model, shared by scenes of any materials).
+
+Rigid bodies (:class:`physim.Rigid`, model ``"rigid"``; one body per material row) add a
+last phase after g2p, ``rigid_project``: each body's particles are projected onto the rigid
+motion that best fits the gathered state (centre of mass, polar rotation of the moment
+matrix sum (x - c) X^T over the rest shape X) with the body's linear and angular momentum
+(orbital + APIC affine) unchanged; C becomes the rigid velocity gradient skew(omega), F stays
+I and the stress 0. The fused forward pass appends it as four more loops (compiled only
+when the scene has a rigid body: a template argument). On the tape it is four phase
+kernels after g2p -- ``rigid_save`` (whose hand-written adjoint hands the gradient of the
+gathered state back to g2p), ``rigid_reduce`` (per-body sums by atomics), ``rigid_polar``
+(2D: closed-form angle, Taichi's adjoint; 3D: physim's SVD, hand-written polar adjoint) and
+``rigid_project`` -- whose scratch (the gathered state, the sums, the polar factors) the
+replay launch restores. Particle masses are density * particle volume evaluated in the
+kernels, so ``mpm.density`` is differentiable (for every material).
 """
 
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 import taichi as ti
 
 from ..materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS
-from ..parts.base import BAD_FAST, BAD_NONFINITE, BAD_OUTSIDE, Part
+from ..parts.base import BAD_FAST, BAD_NONFINITE, BAD_OUTSIDE, Param, Part
 from ._linalg import (
     SVD_GAP_EPS,
     SVD_TOL,
     diag_matrix,
+    polar_adjoint,
     prod,
     safe_norm,
     svd2,
@@ -58,6 +74,22 @@ BAD_CFL = BAD_FAST
 VELOCITY_CFL_LIMIT = 1.0
 #: the time step must satisfy dt * wave_speed / dx <= this (explicit MPM stability)
 WAVE_CFL_LIMIT = 0.9
+#: a rigid body's rest shape must span the space: its smallest principal extent (singular
+#: value of the centred rest positions) at least this fraction of its largest
+RIGID_MIN_SPAN = 1e-6
+
+
+@dataclass(frozen=True)
+class _MassParam(Param):
+    """The density parameter: setting it also refreshes the per-particle mass table (read by
+    the coupler and ``particle_mass``; the MPM kernels evaluate density * volume themselves)."""
+
+    refresh: Callable | None = None
+
+    def set(self, row: int, value: float) -> None:
+        super().set(row, value)
+        if self.refresh is not None:
+            self.refresh()
 
 
 @dataclass(frozen=True)
@@ -69,7 +101,8 @@ class MPMLayout:
         dim, res: 2 or 3; grid cells per axis.
         capacity: particle rows.
         n_mat: material rows.
-        models: the constitutive models compiled in (sorted tuple), or ``None`` for every one.
+        models: the constitutive models compiled in (sorted tuple), or ``None`` for every one
+            (``"rigid"`` among them compiles the rigid-body projection and its fields).
         has_actuators: compile the active (muscle) stress.
         tool_contact: compile contact with the tools part.
         external_force: compile the ``f_ext`` input written by the coupler.
@@ -164,9 +197,13 @@ class MPMEngine(Part):
                 kw = dict(lower=0.0, upper=90.0, lower_open=True, upper_open=True, scale=math.pi / 180)
             else:
                 kw = dict(lower=0.0)
-            self.param(name, units.get(name, "1"), self.mat_params, col, differentiable=name in DIFF_PARAMS,
-                       doc=f"material {name}", **kw)
+            self.param(name, units.get(name, "1"), self.mat_params, col,
+                       differentiable=name in DIFF_PARAMS or name == "density", doc=f"material {name}", **kw)
+        dens = self.params["density"]
+        self.params["density"] = _MassParam(**{f.name: getattr(dens, f.name) for f in fields(Param)},
+                                            refresh=self._refresh_mass)
         self.n_materials = 0
+        self._n = 0
 
         # run-time scalars
         self.p_vol = ti.field(real, shape=())
@@ -176,6 +213,37 @@ class MPMEngine(Part):
         self.min_node_mass = ti.field(real, shape=())
         self.bad = ti.field(ti.i32, shape=self.S)
         self.needs_svd = True  # set by load() from the scene's materials
+        self.has_rigid = False  # set by load(): the scene has a rigid body
+        self._rest_pending = False
+        if self.has("rigid"):
+            self._declare_rigid()
+
+    def _declare_rigid(self) -> None:
+        """Fields of the rigid-body projection: one body per material row (``n_mat``)."""
+        dim, N, B, real = self.dim, self.capacity, self.n_mat, self.real
+        ad = 1 if dim == 2 else 3  # components of an angular velocity / momentum
+        self.ang_dim = ad
+        # constants (load / the first import of a scene's state)
+        self.rest = ti.Vector.field(dim, real, shape=N)  # X_p: rest position - rest centre of the body
+        self.body_rigid = ti.field(ti.i32, shape=B)
+        self.body_count = ti.field(real, shape=B)
+        self.body_sum_rest = ti.Vector.field(dim, real, shape=B)  # sum X_p (0 up to round-off)
+        # inverse of sum (|X|^2 I - X X^T) + 2 D I per particle (D = dx^2 / 4: APIC's own inertia)
+        self.body_inertia_inv = ti.Matrix.field(ad, ad, real, shape=B)
+        # scratch: the gathered (pre-projection) state of every particle, the body sums, polar factors
+        self.rg_x = self.scratch_field((dim,), N)
+        self.rg_v = self.scratch_field((dim,), N)
+        self.rg_C = self.scratch_field((dim, dim), N)
+        self.body_sx = self.scratch_field((dim,), B)  # sum x
+        self.body_sv = self.scratch_field((dim,), B)  # sum v
+        self.body_sa = self.scratch_field((dim, dim), B)  # sum x X^T
+        self.body_sl = self.scratch_field((ad,), B)  # sum x cross v + D axial(C - C^T)
+        self.body_R = self.scratch_field((dim, dim), B)
+        self.body_U = self.scratch_field((dim, dim), B, grad=False)
+        self.body_sig = self.scratch_field((dim,), B, grad=False)
+        self.body_V = self.scratch_field((dim, dim), B, grad=False)
+        self.rigid_particle_scratch = [self.rg_x, self.rg_v, self.rg_C]
+        self.body_scratch = [self.body_sx, self.body_sv, self.body_sa, self.body_sl, self.body_R]
 
     @property
     def action(self):
@@ -209,18 +277,85 @@ class MPMEngine(Part):
             models[i] = MODEL_IDS[m.model]
             params[i] = m.row()
         self.mat_model.from_numpy(models)
-        self.needs_svd = any(m.model not in ("fluid", "neohookean") for m in spec.materials)
+        self.needs_svd = any(m.model not in ("fluid", "neohookean", "rigid") for m in spec.materials)
         self.mat_params.from_numpy(params)
+        self._n = n
+        self._refresh_mass()
         dens = params[mat_id, PARAM_COLUMNS.index("density")]
-        self.p_mass.from_numpy((dens * spec.spacing**dim).astype(self.np_real))
+        self.has_rigid = any(m.model == "rigid" for m in spec.materials)
+        if self.has_rigid:
+            if not self.has("rigid"):  # a layout's models come from the scene's materials
+                raise ValueError("this MPM layout was compiled without rigid bodies")
+            rigid = np.array([m.model == "rigid" for m in spec.materials] +
+                             [False] * (self.n_mat - len(spec.materials)), np.int32)
+            need = self.dim + 1
+            for b in np.nonzero(rigid)[0]:
+                count = int((spec.material == b).sum())
+                if count < need:
+                    raise ValueError(
+                        f"rigid body of material {b} ({spec.materials[b]!r}) has {count} particle(s); a "
+                        f"{self.dim}D rigid body needs at least {need} (not all on one "
+                        f"{'line' if self.dim == 2 else 'plane'}): enlarge its shape or lower the particle spacing")
+            self.body_rigid.from_numpy(rigid)
+            # the rest shape is the state the scene imports first (its sampled bodies): see import_
+            self._rest_pending = True
         # f32: 1/m^2 in the adjoint must stay finite; f64 has the range to keep (almost) every node
         rel = 1e-9 if spec.precision == "f32" else 1e-14
         self.min_node_mass[None] = rel * float(dens[:n].min()) * spec.spacing**dim
         c = max((m.wave_speed() for m in spec.materials), default=0.0)
         self._limit = WAVE_CFL_LIMIT * self.dx / c if c > 0 else math.inf
 
+    def _refresh_mass(self) -> None:
+        """p_mass = density of the particle's material * particle volume (after load or a new density)."""
+        dens = self.mat_params.to_numpy()[:, COL["density"]].astype(np.float64)
+        mat = self.material.to_numpy()
+        mass = np.zeros(self.capacity, self.np_real)
+        mass[: self._n] = dens[mat[: self._n]] * float(self.p_vol[None])
+        self.p_mass.from_numpy(mass)
+
     def particle_mass(self) -> np.ndarray:
         return self.p_mass.to_numpy()[: int(self.rows[None])].astype(np.float64)
+
+    def import_(self, slot: int, state: dict, grad: bool = False) -> None:
+        super().import_(slot, state, grad)
+        if self._rest_pending and not grad:
+            # the scene's first import after load() is its initial state: the sampled bodies,
+            # whose shapes are the rigid bodies' rest shapes
+            self._rest_pending = False
+            self._set_rest(np.asarray(state["x"], dtype=np.float64))
+
+    def _set_rest(self, x: np.ndarray) -> None:
+        """Rest shapes X_p (positions relative to the body's centre) and the bodies' constants."""
+        n, dim, B = self._n, self.dim, self.n_mat
+        mat = self.material.to_numpy()[:n]
+        rigid = self.body_rigid.to_numpy()
+        D = 0.25 * self.dx**2
+        rest = np.zeros((self.capacity, dim))
+        count = np.zeros(B)
+        sum_rest = np.zeros((B, dim))
+        inv = np.zeros((B, self.ang_dim, self.ang_dim))
+        for b in np.nonzero(rigid)[0]:
+            idx = np.nonzero(mat == b)[0]
+            X = x[idx] - x[idx].mean(axis=0)
+            span = np.linalg.svd(X, compute_uv=False)
+            if not span[-1] > RIGID_MIN_SPAN * span[0]:
+                raise ValueError(
+                    f"rigid body of material {b} has its {len(idx)} particles on one "
+                    f"{'line' if dim == 2 else 'plane'} (principal extents {np.round(span, 6).tolist()}): its "
+                    f"rotation is undetermined; give it a shape at least two particle layers thick")
+            rest[idx] = X
+            count[b] = len(idx)
+            sum_rest[b] = X.sum(axis=0)
+            r2 = (X * X).sum()
+            if dim == 2:
+                inertia = np.array([[r2 + 2 * D * len(idx)]])
+            else:
+                inertia = r2 * np.eye(3) - X.T @ X + 2 * D * len(idx) * np.eye(3)
+            inv[b] = np.linalg.inv(inertia)
+        self.rest.from_numpy(rest.astype(self.np_real))
+        self.body_count.from_numpy(count.astype(self.np_real))
+        self.body_sum_rest.from_numpy(sum_rest.astype(self.np_real))
+        self.body_inertia_inv.from_numpy(inv.astype(self.np_real))
 
     def health(self, first: int, last: int):
         self.health_check(first, last, VELOCITY_CFL_LIMIT)
@@ -333,6 +468,11 @@ class MPMEngine(Part):
             J = ti.max(F_trial.determinant(), 1e-6)  # from F, not sig: fluid-only scenes skip the SVD
             F_fluid = diag_matrix(sig_c * 0.0 + ti.pow(J, 1.0 / dim), F_trial)
             F_new = ti.select(model == MODEL_IDS["fluid"], F_fluid, F_new)
+        if ti.static(self.has("rigid")):
+            # rigid: no deformation (the projection after g2p makes the motion rigid)
+            is_rigid = model == MODEL_IDS["rigid"]
+            F_new = ti.select(is_rigid, ti.Matrix.identity(self.real, dim), F_new)
+            sig_new = ti.select(is_rigid, sig_c * 0.0 + 1.0, sig_new)
         return F_new, sig_new, jp_new
 
     @ti.func
@@ -369,6 +509,8 @@ class MPMEngine(Part):
             a = ti.select(g >= 0, self.action[t, self.act_offset[None] + ti.max(g, 0)], 0.0)
             d = F @ self.fiber[p]
             tau += a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
+        if ti.static(self.has("rigid")):
+            tau = ti.select(model == MODEL_IDS["rigid"], identity * 0.0, tau)
         return tau
 
     @ti.func
@@ -403,7 +545,12 @@ class MPMEngine(Part):
     @ti.func
     def _affine(self, p, tau, C):
         inv_dx = ti.static(self.inv_dx)
-        return -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + self.p_mass[p] * C
+        return -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + self._mass(p) * C
+
+    @ti.func
+    def _mass(self, p):
+        """Particle ``p``'s mass, density * volume, in the kernels (so the density has a gradient)."""
+        return self.mat_params[self.material[p], COL["density"]] * self.p_vol[None]
 
     @ti.kernel
     def p2g(self, l: ti.i32):
@@ -447,7 +594,7 @@ class MPMEngine(Part):
     @ti.func
     def _scatter(self, l, p, affine):
         dim = ti.static(self.dim)
-        mass = self.p_mass[p]
+        mass = self._mass(p)
         base, fx, w = self._stencil(l, p)
         mv = mass * self.v[l, p]
         if ti.static(self.layout.external_force):
@@ -498,6 +645,14 @@ class MPMEngine(Part):
 
     @ti.func
     def _gather(self, l, p):
+        new_v, new_C, new_x = self._gather_values(l, p)
+        self.v[l + 1, p] = new_v
+        self.C[l + 1, p] = new_C
+        self.x[l + 1, p] = new_x
+
+    @ti.func
+    def _gather_values(self, l, p):
+        """Particle ``p``'s gathered v, C and advected x (g2p) from ``grid_v``."""
         dim, inv_dx = ti.static(self.dim, self.inv_dx)
         base, fx, w = self._stencil(l, p)
         new_v = self.v[l, p] * 0.0
@@ -510,9 +665,7 @@ class MPMEngine(Part):
             g_v = self.grid_v[base + offset]
             new_v += weight * g_v
             new_C += 4 * inv_dx * weight * g_v.outer_product(dpos)
-        self.v[l + 1, p] = new_v
-        self.C[l + 1, p] = new_C
-        self.x[l + 1, p] = self.x[l, p] + self.dt[None] * new_v
+        return new_v, new_C, self.x[l, p] + self.dt[None] * new_v
 
     @ti.kernel
     def g2p_grad(self, l: ti.i32):
@@ -540,6 +693,150 @@ class MPMEngine(Part):
                 g_fx += g_node.dot(along) * grad_weight
             g_fx -= g_C.transpose() @ new_v  # d dpos / d fx = -I, summed over the nodes
             self.x.grad[l, p] = self.x.grad[l, p] + g_x1 + inv_dx * g_fx
+
+    # ------------------------------------------------------------ rigid bodies
+    @ti.func
+    def _is_rigid(self, p):
+        return self.mat_model[self.material[p]] == MODEL_IDS["rigid"]
+
+    @ti.func
+    def _cross(self, a, b):
+        """a x b as an angular vector (one component in 2D)."""
+        out = ti.Vector.zero(self.real, self.ang_dim)
+        if ti.static(self.dim == 2):
+            out = ti.Vector([a[0] * b[1] - a[1] * b[0]])
+        else:
+            out = a.cross(b)
+        return out
+
+    @ti.func
+    def _axial(self, C):
+        """Axial vector of C - C^T (2D: its one component): APIC's affine angular momentum / (m D)."""
+        out = ti.Vector.zero(self.real, self.ang_dim)
+        if ti.static(self.dim == 2):
+            out = ti.Vector([C[1, 0] - C[0, 1]])
+        else:
+            out = ti.Vector([C[2, 1] - C[1, 2], C[0, 2] - C[2, 0], C[1, 0] - C[0, 1]])
+        return out
+
+    @ti.func
+    def _spin(self, w, r):
+        """Velocity w x r of a point at arm r (w: angular velocity)."""
+        out = r * 0.0
+        if ti.static(self.dim == 2):
+            out = w[0] * ti.Vector([-r[1], r[0]])
+        else:
+            out = w.cross(r)
+        return out
+
+    @ti.func
+    def _skew(self, w):
+        """The velocity gradient of a rigid rotation at angular velocity w (the APIC C)."""
+        out = ti.Matrix.zero(self.real, self.dim, self.dim)
+        if ti.static(self.dim == 2):
+            out = ti.Matrix([[0.0, -w[0]], [w[0], 0.0]])
+        else:
+            out = ti.Matrix([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
+        return out
+
+    @ti.func
+    def _rigid_clear(self, b):
+        for f in ti.static(self.body_scratch):
+            f[b] = ti.zero(f[b])
+
+    @ti.func
+    def _rigid_accumulate(self, p, x, v, C):
+        """Add rigid particle ``p``'s gathered state to its body's sums (per unit mass: a body's
+        particles share one density, which cancels from the projection)."""
+        b = self.material[p]
+        self.body_sx[b] += x
+        self.body_sv[b] += v
+        self.body_sa[b] += x.outer_product(self.rest[p])
+        self.body_sl[b] += self._cross(x, v) + ti.static(0.25 * self.dx * self.dx) * self._axial(C)
+
+    @ti.func
+    def _rigid_rotation(self, b):
+        """Body ``b``'s rotation: the polar rotation of A = sum (x - c) X^T (the rotation that
+        best fits the gathered positions to the rest shape)."""
+        A = self.body_sa[b] - (self.body_sx[b] / self.body_count[b]).outer_product(self.body_sum_rest[b])
+        if ti.static(self.dim == 2):
+            # closed form: the angle maximizing tr(R^T A)
+            theta = ti.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1])
+            c, s = ti.cos(theta), ti.sin(theta)
+            self.body_R[b] = ti.Matrix([[c, -s], [s, c]])
+        else:
+            U, sig, V = svd3(A, 5, self.svd_tol)
+            self.body_U[b], self.body_sig[b], self.body_V[b] = U, sig, V
+            self.body_R[b] = U @ V.transpose()
+
+    @ti.func
+    def _rigid_project(self, l, p):
+        """Rigid particle ``p`` onto its body's rigid motion: x = c + R X, v = V + w x R X,
+        C = skew(w), with w = I^-1 L (L about c, orbital + APIC affine; I = R I_rest R^T)."""
+        b = self.material[p]
+        n = self.body_count[b]
+        c = self.body_sx[b] / n
+        L = self.body_sl[b] - self._cross(c, self.body_sv[b])
+        R = self.body_R[b]
+        w = L * 0.0
+        if ti.static(self.dim == 2):
+            w = self.body_inertia_inv[b][0, 0] * L
+        else:
+            w = R @ (self.body_inertia_inv[b] @ (R.transpose() @ L))
+        r = R @ self.rest[p]
+        self.x[l + 1, p] = c + r
+        self.v[l + 1, p] = self.body_sv[b] / n + self._spin(w, r)
+        self.C[l + 1, p] = self._skew(w)
+
+    @ti.kernel
+    def rigid_save(self, l: ti.i32):
+        """Copy the rigid particles' gathered state (slot ``l + 1`` before the projection) to
+        scratch. Recorded for its adjoint (``rigid_save_grad``); the replay restores the copy."""
+        for p in range(self.n_particles[None]):
+            if self._is_rigid(p):
+                self.rg_x[p] = self.x[l + 1, p]
+                self.rg_v[p] = self.v[l + 1, p]
+                self.rg_C[p] = self.C[l + 1, p]
+
+    @ti.kernel
+    def rigid_save_grad(self, l: ti.i32):
+        """Adjoint of the in-place projection of slot ``l + 1``: the projection's adjoint has
+        read the gradients of the projected state; replace them by those of the gathered state."""
+        for p in range(self.n_particles[None]):
+            if self._is_rigid(p):
+                self.x.grad[l + 1, p] = self.rg_x.grad[p]
+                self.v.grad[l + 1, p] = self.rg_v.grad[p]
+                self.C.grad[l + 1, p] = self.rg_C.grad[p]
+
+    @ti.kernel
+    def rigid_reduce(self):
+        """Per-body sums of the gathered state (atomics)."""
+        for p in range(self.n_particles[None]):
+            if self._is_rigid(p):
+                self._rigid_accumulate(p, self.rg_x[p], self.rg_v[p], self.rg_C[p])
+
+    @ti.kernel
+    def rigid_polar(self):
+        """Each body's rotation (2D: Taichi's adjoint; 3D: ``rigid_polar_grad``)."""
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                self._rigid_rotation(b)
+
+    @ti.kernel
+    def rigid_polar_grad(self):
+        """Hand-written adjoint of the 3D :meth:`rigid_polar` (through the SVD factors the replay stored)."""
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                gA = polar_adjoint(self.body_U[b], self.body_sig[b], self.body_V[b], self.body_R.grad[b],
+                                   self.svd_gap_eps)
+                self.body_sa.grad[b] += gA
+                self.body_sx.grad[b] += -(gA @ self.body_sum_rest[b]) / self.body_count[b]
+
+    @ti.kernel
+    def rigid_project(self, l: ti.i32):
+        for p in range(self.n_particles[None]):
+            if self._is_rigid(p):
+                self._rigid_project(l, p)
 
     # ------------------------------------------------------------ fused forward
     @ti.func
@@ -569,7 +866,7 @@ class MPMEngine(Part):
         self._scatter(l, p, affine)
 
     @ti.kernel
-    def substep_fused(self, l: ti.i32, t: ti.i32, svd: ti.template()):
+    def substep_fused(self, l: ti.i32, t: ti.i32, svd: ti.template(), rigid: ti.template()):
         """One whole substep in one launch (the phases above as consecutive loops of one
         kernel), keeping per-particle intermediates in registers. Forward only: it writes
         slot ``l + 1`` exactly as the phase kernels do, but not their scratch fields, which
@@ -582,12 +879,25 @@ class MPMEngine(Part):
             self._update_node(I, l, t)
         for p in range(self.n_particles[None]):
             self._gather(l, p)
+        if ti.static(rigid):
+            for b in range(self.n_mat):
+                self._rigid_clear(b)
+            for p in range(self.n_particles[None]):
+                if self._is_rigid(p):
+                    self._rigid_accumulate(p, self.x[l + 1, p], self.v[l + 1, p], self.C[l + 1, p])
+            for b in range(self.n_mat):
+                if self.body_rigid[b] != 0:
+                    self._rigid_rotation(b)
+            for p in range(self.n_particles[None]):
+                if self._is_rigid(p):
+                    self._rigid_project(l, p)
 
     @ti.kernel
-    def substep_scratch(self, l: ti.i32, t: ti.i32, svd: ti.template()):
+    def substep_scratch(self, l: ti.i32, t: ti.i32, svd: ti.template(), rigid: ti.template()):
         """Reverse mode's replay of substep ``l`` in one launch: grid clear ... grid_update
         fused, storing every scratch value the phase kernels' adjoints read (particle
-        intermediates and the grid). Idempotent: it writes only scratch and F, Jp of slot
+        intermediates and the grid; with ``rigid`` the rigid particles' gathered state, the
+        body sums and rotations). Idempotent: it writes only scratch and F, Jp of slot
         ``l + 1``, with the values the forward pass wrote there."""
         for I in ti.grouped(self.grid_m):
             self._clear_node(I)
@@ -595,6 +905,17 @@ class MPMEngine(Part):
             self._particle_to_grid(l, t, p, svd, True)
         for I in ti.grouped(self.grid_m):
             self._update_node(I, l, t)
+        if ti.static(rigid):
+            for b in range(self.n_mat):
+                self._rigid_clear(b)
+            for p in range(self.n_particles[None]):
+                if self._is_rigid(p):
+                    v, C, x = self._gather_values(l, p)
+                    self.rg_x[p], self.rg_v[p], self.rg_C[p] = x, v, C
+                    self._rigid_accumulate(p, x, v, C)
+            for b in range(self.n_mat):
+                if self.body_rigid[b] != 0:
+                    self._rigid_rotation(b)
 
     # ------------------------------------------------------------ bookkeeping
     @ti.kernel
@@ -608,15 +929,25 @@ class MPMEngine(Part):
             if flag != 0:
                 ti.atomic_or(self.bad[s], flag)
 
-    @ti.kernel
-    def zero_scratch_grads(self):
+    def zero_scratch_grads(self) -> None:
         """Zero the gradients of every scratch field (one launch; the tape calls it per substep)."""
+        self._zero_scratch_grads(self.has_rigid)
+
+    @ti.kernel
+    def _zero_scratch_grads(self, rigid: ti.template()):
         for I in ti.grouped(self.grid_m):
             for f in ti.static(self.grid_scratch):
                 f.grad[I] = ti.zero(f.grad[I])
         for p in range(self.n_particles[None]):
             for f in ti.static(self.particle_scratch):
                 f.grad[p] = ti.zero(f.grad[p])
+            if ti.static(rigid):
+                for f in ti.static(self.rigid_particle_scratch):
+                    f.grad[p] = ti.zero(f.grad[p])
+        if ti.static(rigid):
+            for b in range(self.n_mat):
+                for f in ti.static(self.body_scratch):
+                    f.grad[b] = ti.zero(f.grad[b])
 
     def stable_dt(self) -> float:
         """0.9 dx / c, c the fastest elastic-wave speed of the scene's materials."""
@@ -628,12 +959,12 @@ class MPMEngine(Part):
 
         Runs as one fused launch; when ``tape.recording``, also records the phase kernels
         (without running them) so reverse mode can replay and differentiate them."""
-        self.substep_fused(l, t, self.needs_svd)
+        self.substep_fused(l, t, self.needs_svd, self.has_rigid)
         if not tape.recording:
             return
         # one fused launch restores the substep's scratch (replayed, no adjoint); the phase
         # kernels are recorded for their adjoints only
-        tape.record(self.substep_scratch, l, t, self.needs_svd, grad=None, replay=True)
+        tape.record(self.substep_scratch, l, t, self.needs_svd, self.has_rigid, grad=None, replay=True)
         tape.record(self.trial_deformation, l)
         if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
             tape.record(self.svd, grad=self.svd_grad)
@@ -642,3 +973,13 @@ class MPMEngine(Part):
         tape.record(self.p2g, l)
         tape.record(self.grid_update, l, t)
         tape.record(self.g2p, l, grad=self.g2p_grad)
+        if self.has_rigid:
+            # the projection of slot l + 1 in place; rigid_save's adjoint hands g2p's adjoint the
+            # gradients of the gathered (pre-projection) state
+            tape.record(self.rigid_save, l, grad=self.rigid_save_grad)
+            tape.record(self.rigid_reduce)
+            if self.dim == 2:
+                tape.record(self.rigid_polar)
+            else:
+                tape.record(self.rigid_polar, grad=self.rigid_polar_grad)
+            tape.record(self.rigid_project, l)
