@@ -307,15 +307,20 @@ class Scene(Rollout):
         return len(self.fem_bodies) - 1
 
     def couple(self, stiffness: float = 2e3, damping: float = 2.0, friction: float = 0.3,
-               radius: float | None = None) -> None:
-        """Set the MPM <-> mass-spring contact (used when the scene has both): a penalty force
-        ``stiffness * (radius - d)`` (N per m of overlap, per particle-node pair closer than
-        ``radius``), normal damping (N s/m) and regularized Coulomb friction ``friction``.
-        ``radius`` defaults to one grid cell."""
+               radius: float | None = None, *, fem_stiffness: float | None = None,
+               fem_damping: float | None = None, fem_friction: float | None = None) -> None:
+        """Set the contact of MPM material with mass-spring nodes and FEM surfaces (used when the
+        scene has MPM bodies and either): a penalty force ``stiffness * (radius - d)`` (N per m of
+        overlap, per particle-node or particle-triangle pair closer than ``radius``), normal
+        damping (N s/m) and regularized Coulomb friction ``friction``. ``fem_*``: other values
+        for the FEM surfaces (``None``: the same, but no damping). ``radius`` defaults to one grid cell. See
+        :mod:`physim.parts.coupler`; every coefficient is a differentiable parameter
+        (``coupler.stiffness``, ``coupler.fem_friction``, ...)."""
         from .parts.coupler import CouplingSpec
 
         self._check_not_built()
-        self.coupling = CouplingSpec(stiffness, damping, friction, self.dx if radius is None else radius)
+        self.coupling = CouplingSpec(stiffness, damping, friction, self.dx if radius is None else radius,
+                                     fem_stiffness, fem_damping, fem_friction)
 
     def _check_not_built(self):
         if self.partset is not None:
@@ -367,7 +372,7 @@ class Scene(Rollout):
     # ------------------------------------------------------------------ build
     def _layout(self, max_steps: int) -> SceneLayout:
         has_tools = bool(self.tools)
-        coupled = bool(self.bodies) and bool(self.spring_bodies)
+        coupled = bool(self.bodies) and (bool(self.spring_bodies) or bool(self.fem_bodies))
         mpm = None
         if self.bodies:
             mpm = MPMLayout(
@@ -391,14 +396,25 @@ class Scene(Rollout):
         if coupled:
             from .parts.coupler import CouplerLayout
 
-            coupler = CouplerLayout(dim=self.dim, res=self.grid_res)
+            coupler = CouplerLayout(
+                dim=self.dim, res=self.grid_res, springs=bool(self.spring_bodies),
+                fem_faces=_next_pow2(sum(len(b.mesh.surface_faces()) for b in self.fem_bodies), 16)
+                if self.fem_bodies else 0)
         fem = None
         if self.fem_bodies:
             from .parts.fem import FEMLayout
 
             # sub-step ring for the largest dt this scene can have (requested, or the default's cap),
             # with 2x headroom for stiffer parameters set later
-            limit = min(b.stable_dt() for b in self.fem_bodies)
+            ck = cc = 0.0
+            if self.bodies:  # MPM material touching the gel: the coupler's fem_rates (32 pi / 3 pairs)
+                from .parts.coupler import CouplingSpec
+
+                cs = self.coupling or CouplingSpec()
+                pairs = 32.0 * math.pi / 3.0
+                ck = pairs * (cs.stiffness if cs.fem_stiffness is None else cs.fem_stiffness)
+                cc = pairs * (cs.fem_damping or 0.0)
+            limit = min(b.stable_dt(ck, cc) for b in self.fem_bodies)
             need = math.ceil((self.requested_dt or MAX_DEFAULT_DT) / limit) if self._fem_subcycle else 1
             fem = FEMLayout(
                 nodes=_next_pow2(sum(b.n_vertices for b in self.fem_bodies), 16),
@@ -443,10 +459,6 @@ class Scene(Rollout):
 
             ps.springs.load(SpringsSpec(bodies=self.spring_bodies, gravity=self.gravity, floor=self.floor,
                                         wall_lo=BOUND * self.dx, wall_hi=1.0 - BOUND * self.dx))
-        if ps.coupler is not None:
-            from .parts.coupler import CouplingSpec
-
-            ps.coupler.load(self.coupling or CouplingSpec(radius=self.dx))
         if ps.fem is not None:
             from .parts.fem import FEMSpec
 
@@ -454,6 +466,10 @@ class Scene(Rollout):
             ps.fem.load(FEMSpec(bodies=self.fem_bodies, tool_poses=poses,
                                 gravity=self.gravity, floor=self.floor, wall_lo=BOUND * self.dx,
                                 wall_hi=1.0 - BOUND * self.dx, subcycle=self._fem_subcycle))
+        if ps.coupler is not None:
+            from .parts.coupler import CouplingSpec
+
+            ps.coupler.load(self.coupling or CouplingSpec(radius=self.dx))
         self.dt = self._choose_dt()
         offset = 0
         for part in self.parts:

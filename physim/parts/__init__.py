@@ -3,7 +3,8 @@
 pooled by layout so scenes of the same shape share compiled kernels.
 
 Step order every substep: tools (kinematic poses) -> coupler (forces between solvers) ->
-the solvers (MPM, mass-spring, FEM). Each reads slot ``l`` and writes slot ``l + 1``.
+the solvers (FEM, MPM, mass-spring; the FEM part evaluates the MPM <-> gel forces at its own
+sub-steps and the MPM part reads their mean). Each reads slot ``l`` and writes slot ``l + 1``.
 """
 
 from __future__ import annotations
@@ -60,15 +61,19 @@ class PartSet:
             from .springs import SpringsPart
 
             self.springs = SpringsPart(layout.springs, layout.K, real, self.tools, self.controls)
-        if layout.coupler is not None:
-            from .coupler import Coupler
-
-            self.coupler = Coupler(layout.coupler, layout.K, real, self.mpm, self.springs)
         if layout.fem is not None:
             from .fem import FEMPart
 
             self.fem = FEMPart(layout.fem, layout.K, real, self.tools, self.controls)
-        self.parts: list[Part] = [p for p in (self.tools, self.coupler, self.mpm, self.springs, self.fem)
+        if layout.coupler is not None:
+            from .coupler import Coupler
+
+            self.coupler = Coupler(layout.coupler, layout.K, real, self.mpm, self.springs, self.fem)
+        if self.fem is not None:
+            self.fem.coupler = self.coupler if self.coupler is not None and self.coupler.fem is not None else None
+        # the FEM part before the MPM part: it evaluates the MPM <-> gel forces at its sub-steps
+        # and the MPM part reads their mean (physim.parts.coupler)
+        self.parts: list[Part] = [p for p in (self.tools, self.coupler, self.fem, self.mpm, self.springs)
                                   if p is not None]
 
     def by_name(self) -> dict[str, Part]:

@@ -1,4 +1,4 @@
-"""Two-way coupling of MPM particles and mass-spring nodes by penalty contact forces.
+"""Two-way coupling of MPM particles with mass-spring nodes and FEM surfaces by penalty forces.
 
 Every substep, before the solvers step, the coupler writes ``mpm.f_ext`` (force on each
 particle, N) and ``springs.f_ext`` (force on each node, N) from slot ``l``: for every
@@ -35,6 +35,33 @@ the differentiated launch made Taichi's adjoint keep a stack per inner loop, 32 
 default: 48 nodes in one cell crashed it; the flat loop needs none.) The list holds
 ``PAIRS_PER_ROW`` pairs per particle (or node) row; a substep with more is reported by
 :meth:`Coupler.health`.
+
+**MPM <-> FEM surface** (``fem.f_ext``, added to the gel's nodes at every sub-step): each
+particle is paired with its *closest* boundary triangle of the FEM bodies (one pair per
+particle, so a particle over an edge or a vertex is pushed once, not by both triangles,
+and the closest point, hence the force, is continuous across edges: nothing leaks between
+triangles). With ``q = sum_j w_j x_j`` the closest point on the triangle (barycentric
+weights ``w``), ``n_f`` its outward normal and ``g = sign((x_p - q) . n_f) |x_p - q|`` the
+signed gap (negative once the particle is behind the surface)::
+
+    n   = sign * (x_p - q) / |x_p - q|,   v_rel = v_p - sum_j w_j v_j
+    f_n = s * max(fem_stiffness * (radius - g) - fem_damping * (v_rel . n), 0)
+    f   = f_n n + f_t      (f_t: the same regularized Coulomb law, fem_friction)
+
+``f`` goes to the particle and ``-w_j f`` to node ``j``: momentum is exchanged exactly.
+The gel's surface nodes are light (a DiffTactile dome's weigh ~4 mg), so a penalty stiff
+enough to hold material would be unstable at the MPM substep if evaluated once per
+substep: the coupler lists the pairs once per substep, but the FEM part evaluates the
+pair forces at each of its sub-steps (:meth:`Coupler.face_forces`: the gel at the
+sub-step's state, each particle moved on by its velocity), and the particle receives the
+mean. The FEM part therefore runs before the MPM part; its stability limit counts the
+coupling (:meth:`Coupler.fem_rates`), the coupler's own limit only the particle's side.
+The search: every triangle is listed in the cells its bounding box (grown by ``radius``)
+overlaps, so a particle only scans its own cell -- cost linear in particles and
+triangles, no search over all triangles -- and keeps the closest triangle with
+``|g| < radius`` (a particle pushed deeper than ``radius`` into the gel is lost: the
+penalty at ``g = 0`` is already ``stiffness * radius`` per pair). ``FACE_CELLS`` cell
+entries per triangle are allocated; more (triangles much larger than a cell) is reported by :meth:`Coupler.health`.
 """
 
 
@@ -53,6 +80,8 @@ STICK = 0.5
 PAIRS_PER_ROW = 16
 #: velocity floor of the friction regularization (m/s): keeps v_s > 0 where f_n = 0
 V_FLOOR = 1e-6
+#: cell-list entries per FEM surface triangle
+FACE_CELLS = 64
 
 
 @dataclass(frozen=True)
@@ -62,23 +91,33 @@ class CouplerLayout:
 
     dim: int
     res: int
+    springs: bool = True  #: couple mass-spring nodes
+    fem_faces: int = 0  #: capacity of FEM surface triangles (0: no FEM coupling)
 
 
 @dataclass
 class CouplingSpec:
-    """The MPM <-> mass-spring contact (see the module docstring).
+    """The MPM <-> mass-spring and MPM <-> FEM contact (see the module docstring).
 
     Attributes:
         stiffness: penalty stiffness (N/m per pair at the default sampling).
         damping: normal dashpot (N s/m per pair at the default sampling).
         friction: Coulomb coefficient.
         radius: contact distance (m); ``None``: one grid cell.
+        fem_stiffness, fem_friction: the same for MPM <-> FEM surfaces (``None``: the
+            mass-spring values).
+        fem_damping: the MPM <-> FEM normal dashpot (``None``: none; a dashpot on a gel's
+            light surface nodes would need many more sub-steps, and the gel is damped by its
+            own ``alpha`` / ``beta``).
     """
 
     stiffness: float = 2e3
     damping: float = 2.0
     friction: float = 0.3
     radius: float | None = None
+    fem_stiffness: float | None = None
+    fem_damping: float | None = None
+    fem_friction: float | None = None
 
 
 def _ball(dim: int) -> float:
@@ -88,50 +127,78 @@ def _ball(dim: int) -> float:
 
 @ti.data_oriented
 class Coupler(Part):
-    """Penalty contact between the MPM part's particles and the springs part's nodes."""
+    """Penalty contact of the MPM part's particles with the springs part's nodes and the FEM
+    part's surface triangles."""
 
     name = "coupler"
 
-    def __init__(self, layout: CouplerLayout, K: int, real, mpm, springs):
+    def __init__(self, layout: CouplerLayout, K: int, real, mpm, springs, fem=None):
         super().__init__(K, real)
         self.layout = layout
         self.dim = dim = layout.dim
-        self.mpm, self.springs = mpm, springs
-        # stiffness (N/m), damping (N s/m), friction (1) in columns 0, 1, 2 of one row
-        self.coef = ti.field(real, shape=(1, 3), needs_grad=True)
-        self.param("stiffness", "N/m", self.coef, 0, lower=0.0, doc="coupling penalty stiffness (N/m)")
-        self.param("damping", "N s/m", self.coef, 1, lower=0.0, doc="coupling normal damping (N s/m)")
-        self.param("friction", "1", self.coef, 2, lower=0.0, doc="coupling Coulomb friction coefficient")
+        self.mpm = mpm
+        self.springs = springs if layout.springs else None
+        self.fem = fem if layout.fem_faces > 0 else None
+        self._has_springs = self.springs is not None
+        # mass-spring coupling: stiffness (N/m), damping (N s/m), friction (1) in columns 0..2;
+        # FEM coupling: the same in columns 3..5
+        self.coef = ti.field(real, shape=(1, 6), needs_grad=True)
+        if self.springs is not None:
+            self.param("stiffness", "N/m", self.coef, 0, lower=0.0, doc="coupling penalty stiffness (N/m)")
+            self.param("damping", "N s/m", self.coef, 1, lower=0.0, doc="coupling normal damping (N s/m)")
+            self.param("friction", "1", self.coef, 2, lower=0.0, doc="coupling Coulomb friction coefficient")
+        if self.fem is not None:
+            self.param("fem_stiffness", "N/m", self.coef, 3, lower=0.0,
+                       doc="MPM-FEM penalty stiffness (N/m per pair)")
+            self.param("fem_damping", "N s/m", self.coef, 4, lower=0.0, doc="MPM-FEM normal damping (N s/m)")
+            self.param("fem_friction", "1", self.coef, 5, lower=0.0, doc="MPM-FEM Coulomb friction coefficient")
         self.radius = 1.0 / layout.res
         self.r = ti.field(real, shape=())  # contact radius (m)
         self.ref_vol = ti.field(real, shape=())  # (radius / 2)^dim
         self.stick = ti.field(real, shape=())  # STICK / n_ball (the stick viscosity is this * m_red / dt)
         self.inv_cell = ti.field(real, shape=())
         self.ncell = ti.field(ti.i32, shape=())  # cells per axis in use
-        nodes = springs.capacity
         cells = layout.res**dim
         self.cell_count = ti.field(ti.i32, shape=cells)
         self.cell_start = ti.field(ti.i32, shape=cells)
-        self.node_cell = ti.field(ti.i32, shape=nodes)
-        self.node_rank = ti.field(ti.i32, shape=nodes)
-        self.sorted = ti.field(ti.i32, shape=nodes)  # node ids ordered by cell
-        # contact pairs (particle, node) of the substep; room for PAIRS_PER_ROW per particle or node
-        self.pair_capacity = PAIRS_PER_ROW * max(mpm.capacity, nodes)
-        self.pairs = ti.Vector.field(2, ti.i32, shape=self.pair_capacity)
-        self.n_pairs = ti.field(ti.i32, shape=())
         self.pair_peak = ti.field(ti.i32, shape=())  # most pairs of one substep since the last health check
+        self.pair_capacity = 1
+        if self.springs is not None:
+            nodes = springs.capacity
+            self.node_cell = ti.field(ti.i32, shape=nodes)
+            self.node_rank = ti.field(ti.i32, shape=nodes)
+            self.sorted = ti.field(ti.i32, shape=nodes)  # node ids ordered by cell
+            # contact pairs (particle, node) of the substep; room for PAIRS_PER_ROW per particle or node
+            self.pair_capacity = PAIRS_PER_ROW * max(mpm.capacity, nodes)
+            self.pairs = ti.Vector.field(2, ti.i32, shape=self.pair_capacity)
+            self.n_pairs = ti.field(ti.i32, shape=())
+        if self.fem is not None:
+            self.entry_capacity = FACE_CELLS * layout.fem_faces
+            self.face_count = ti.field(ti.i32, shape=cells)
+            self.face_start = ti.field(ti.i32, shape=cells)
+            self.face_fill = ti.field(ti.i32, shape=cells)
+            self.face_entries = ti.field(ti.i32, shape=self.entry_capacity)
+            self.n_entries = ti.field(ti.i32, shape=())
+            self.entry_peak = ti.field(ti.i32, shape=())
+            # (particle, triangle) pairs: at most one per particle
+            self.fpairs = ti.Vector.field(2, ti.i32, shape=mpm.capacity)
+            self.n_fpairs = ti.field(ti.i32, shape=())
 
     def param_rows(self, name: str) -> int:
         return 1
 
     def load(self, spec: CouplingSpec) -> None:
-        """``spec``: a :class:`CouplingSpec`; reads the MPM part's particle volume (load it first)."""
+        """``spec``: a :class:`CouplingSpec`; reads the MPM part's particle volume and the FEM
+        part's surface (load those first)."""
         r = 1.0 / self.layout.res if spec.radius is None else float(spec.radius)
         if not (math.isfinite(r) and 0 < r <= 1.0 / 3.0):
             raise ValueError(f"coupling radius must be in (0, 1/3] m, got {spec.radius!r}")
+        values = {"stiffness": spec.stiffness, "damping": spec.damping, "friction": spec.friction}
         for name in ("stiffness", "damping", "friction"):
-            p = self.params[name]
-            p.set(0, p.check(getattr(spec, name), self.name))
+            v = getattr(spec, "fem_" + name)
+            values["fem_" + name] = (0.0 if name == "damping" else values[name]) if v is None else v
+        for name, p in self.params.items():
+            p.set(0, p.check(values[name], self.name))
         self.radius = r
         self.r[None] = r
         self.ref_vol[None] = (r / 2) ** self.dim
@@ -148,21 +215,30 @@ class Coupler(Part):
         """(dt limit, reason). A node inside material feels all ``n_ball`` particles of its
         radius ball: stiffness s * k * n_ball = k * ball / ref_vol against the node's mass; a
         particle feels the nodes near it (the most nodes within ``radius`` of a node, counted on
-        the initial vertices) against the particle's mass. Each is a damped oscillator: Jury's
-        bound dt^2 w^2 / 4 + dt c / (2 m) <= 1 (as the springs part), halved for margin."""
-        k, c, _ = (self.params[n].get(0) for n in ("stiffness", "damping", "friction"))
+        the initial vertices; one triangle for a FEM surface) against the particle's mass. Each
+        is a damped oscillator: Jury's bound dt^2 w^2 / 4 + dt c / (2 m) <= 1 (as the springs
+        part), halved for margin."""
         p_vol = float(self.mpm.p_vol[None])
         s = p_vol / float(self.ref_vol[None])
         n_ball = _ball(self.dim) * self.radius**self.dim / p_vol
-        m_node = float(self.springs.mass.to_numpy()[: int(self.springs.rows[None])].min())
         m_part = float(self.mpm.particle_mass().min())
-        verts = self.springs.vertices
-        from scipy.spatial import cKDTree
+        cases = []
+        if self.springs is not None:
+            k, c = self.params["stiffness"].get(0), self.params["damping"].get(0)
+            m_node = float(self.springs.mass.to_numpy()[: int(self.springs.rows[None])].min())
+            verts = self.springs.vertices
+            from scipy.spatial import cKDTree
 
-        near = int(cKDTree(verts).query_ball_point(verts, self.radius, return_length=True).max()) if len(verts) else 1
-        cases = [(s * n_ball, m_node, "node"), (s * near, m_part, "particle")]
+            near = 1
+            if len(verts):
+                near = int(cKDTree(verts).query_ball_point(verts, self.radius, return_length=True).max())
+            cases += [(k, c, s * n_ball, m_node, "mass-spring node"), (k, c, s * near, m_part, "particle")]
+        if self.fem is not None:
+            # the gel's side is sub-cycled with the FEM part (its limits() count this coupling)
+            k, c = self.params["fem_stiffness"].get(0), self.params["fem_damping"].get(0)
+            cases += [(k, c, s, m_part, "particle")]
         best = (math.inf, "")
-        for count, m, who in cases:
+        for k, c, count, m, who in cases:
             w2, cm = k * count / m, c * count / m
             if w2 > 0:
                 dt = (math.sqrt(cm**2 / 4 + w2) - cm / 2) / (w2 / 2)
@@ -176,6 +252,15 @@ class Coupler(Part):
 
     def stable_dt(self) -> float:
         return self._limit()[0]
+
+    def fem_rates(self) -> tuple[float, float]:
+        """(w^2 in 1/s^2, damping rate in 1/s) the MPM contact adds to a FEM surface node of
+        unit mass: a node inside material feels the ``s * n_ball = ball / (1/2)^3`` pairs
+        of its radius ball (divide by the node's mass)."""
+        if self.fem is None:
+            return 0.0, 0.0
+        pairs = _ball(self.dim) * 2.0**self.dim
+        return self.params["fem_stiffness"].get(0) * pairs, self.params["fem_damping"].get(0) * pairs
 
     def dt_reason(self) -> str:
         return self._limit()[1]
@@ -197,15 +282,20 @@ class Coupler(Part):
             out = out * n + c[d]
         return out
 
+    @ti.func
+    def _n_cells(self):
+        n = self.ncell[None]
+        total = n
+        for _ in ti.static(range(self.dim - 1)):
+            total *= n
+        return total
+
     @ti.kernel
     def build_pairs(self, l: ti.i32):
         """The contact pairs of slot ``l`` (integers only): counting sort of the nodes into the
         cell list, then every particle visits the 3^dim cells around it and lists the nodes
         closer than ``radius``."""
-        n = self.ncell[None]
-        total = n
-        for _ in ti.static(range(self.dim - 1)):
-            total *= n
+        total = self._n_cells()
         for c in range(total):
             self.cell_count[c] = 0
         for i in range(self.springs.rows[None]):
@@ -236,18 +326,131 @@ class Coupler(Part):
         for _ in range(1):
             self.pair_peak[None] = ti.max(self.pair_peak[None], self.n_pairs[None])
 
+    @ti.func
+    def _face_box(self, l, f):
+        """Cell range (lo, hi inclusive) of triangle ``f``'s bounding box grown by the radius."""
+        ids = self.fem.faces[f]
+        a, b, c = self.fem.x[l, ids[0]], self.fem.x[l, ids[1]], self.fem.x[l, ids[2]]
+        grow = self.r[None]
+        lo = ti.min(ti.min(a, b), c) - grow
+        hi = ti.max(ti.max(a, b), c) + grow
+        return self._cell(lo, 0), self._cell(hi, 0)
+
+    @ti.kernel
+    def build_face_pairs(self, l: ti.i32):
+        """Slot ``l``'s particle -> closest FEM surface triangle pairs (integers only): list each
+        triangle in the cells its grown bounding box overlaps (count, prefix sum, fill), then
+        every particle scans its own cell's triangles."""
+        total = self._n_cells()
+        for c in range(total):
+            self.face_count[c] = 0
+            self.face_fill[c] = 0
+        for f in range(self.fem.n_faces[None]):
+            lo, hi = self._face_box(l, f)
+            for i, j, k in ti.ndrange((lo[0], hi[0] + 1), (lo[1], hi[1] + 1), (lo[2], hi[2] + 1)):
+                ti.atomic_add(self.face_count[self._flat(ti.Vector([i, j, k]))], 1)
+        for _ in range(1):  # serial exclusive prefix sum
+            acc = 0
+            for c in range(total):
+                self.face_start[c] = acc
+                acc += self.face_count[c]
+            self.n_entries[None] = acc
+            self.entry_peak[None] = ti.max(self.entry_peak[None], acc)
+            self.n_fpairs[None] = 0
+        for f in range(self.fem.n_faces[None]):
+            lo, hi = self._face_box(l, f)
+            for i, j, k in ti.ndrange((lo[0], hi[0] + 1), (lo[1], hi[1] + 1), (lo[2], hi[2] + 1)):
+                c = self._flat(ti.Vector([i, j, k]))
+                slot = self.face_start[c] + ti.atomic_add(self.face_fill[c], 1)
+                if slot < self.entry_capacity:  # overflow: reported by health()
+                    self.face_entries[slot] = f
+        for p in range(self.mpm.rows[None]):
+            xp = self.mpm.x[l, p]
+            c = self._flat(self._cell(xp, 0))
+            best, best_g = -1, 0.0
+            for k in range(self.face_start[c], ti.min(self.face_start[c] + self.face_count[c], self.entry_capacity)):
+                f = self.face_entries[k]
+                ids = self.fem.faces[f]
+                g, _n, _w, _d = self._closest(xp, self.fem.x[l, ids[0]], self.fem.x[l, ids[1]], self.fem.x[l, ids[2]])
+                if g > -self.r[None] and g < self.r[None]:
+                    if best < 0 or ti.abs(g) < ti.abs(best_g):
+                        best, best_g = f, g
+            if best >= 0:
+                slot = ti.atomic_add(self.n_fpairs[None], 1)
+                self.fpairs[slot] = ti.Vector([p, best])
+
+    @ti.func
+    def _closest(self, xp, a, b, c):
+        """(signed gap g, contact normal n, barycentric weights w, unsigned distance) of point
+        ``xp`` and the triangle (a, b, c) (outward by its winding; module docstring). Pure
+        expressions (no mutable locals): the closest point is the nearest of the face's
+        interior projection (when inside) and the three edges' clamped projections."""
+        ab, ac = b - a, c - a
+        nf = ab.cross(ac)
+        nf = nf / ti.sqrt(nf.dot(nf) + 1e-30)
+        # interior: barycentrics of the projection
+        d00, d01, d11 = ab.dot(ab), ab.dot(ac), ac.dot(ac)
+        ap = xp - a
+        d20, d21 = ap.dot(ab), ap.dot(ac)
+        den = d00 * d11 - d01 * d01 + 1e-30
+        wv = (d11 * d20 - d01 * d21) / den
+        ww = (d00 * d21 - d01 * d20) / den
+        wu = 1.0 - wv - ww
+        inside = wu >= 0 and wv >= 0 and ww >= 0
+        q0 = wu * a + wv * b + ww * c
+        e0 = ti.select(inside, (xp - q0).dot(xp - q0), 1e30)
+        # edges a-b, b-c, c-a
+        t1 = ti.min(ti.max(ap.dot(ab) / (d00 + 1e-30), 0.0), 1.0)
+        q1 = a + t1 * ab
+        e1 = (xp - q1).dot(xp - q1)
+        bc = c - b
+        t2 = ti.min(ti.max((xp - b).dot(bc) / (bc.dot(bc) + 1e-30), 0.0), 1.0)
+        q2 = b + t2 * bc
+        e2 = (xp - q2).dot(xp - q2)
+        ca = a - c
+        t3 = ti.min(ti.max((xp - c).dot(ca) / (ca.dot(ca) + 1e-30), 0.0), 1.0)
+        q3 = c + t3 * ca
+        e3 = (xp - q3).dot(xp - q3)
+        w0 = ti.Vector([wu, wv, ww])
+        w1 = ti.Vector([1.0 - t1, t1, 0.0])
+        w2 = ti.Vector([0.0, 1.0 - t2, t2])
+        w3 = ti.Vector([t3, 0.0, 1.0 - t3])
+        use0 = e0 <= e1 and e0 <= e2 and e0 <= e3
+        use1 = (not use0) and e1 <= e2 and e1 <= e3
+        use2 = (not use0) and (not use1) and e2 <= e3
+        e = ti.select(use0, e0, ti.select(use1, e1, ti.select(use2, e2, e3)))
+        q = ti.select(use0, q0, ti.select(use1, q1, ti.select(use2, q2, q3)))
+        w = ti.select(use0, w0, ti.select(use1, w1, ti.select(use2, w2, w3)))
+        dist = ti.sqrt(e + 1e-24)
+        d = xp - q
+        side = ti.select(d.dot(nf) >= 0, 1.0, -1.0)
+        # contact normal: along x_p - q (continuous across edges); the face normal on the surface
+        n = ti.select(dist > 1e-9, side * d / dist, nf)
+        return side * dist, n, w, dist
+
     @ti.kernel
     def forces(self, l: ti.i32):
-        """Zero both parts' ``f_ext``, then add every pair's force (particle) and reaction (node)."""
+        """Zero the parts' ``f_ext``, then add every pair's force (particle) and reaction (nodes)."""
         for p in range(self.mpm.rows[None]):
             self.mpm.f_ext[p] = ti.zero(self.mpm.f_ext[p])
-        for i in range(self.springs.rows[None]):
-            self.springs.f_ext[i] = ti.zero(self.springs.f_ext[i])
-        # one flat loop over the pairs: a loop over each particle's cells here would make Taichi's
-        # adjoint keep a stack per inner loop (32 entries by default; more nodes in one cell
-        # overflowed it: a crash); the pairs need none
-        for k in range(ti.min(self.n_pairs[None], self.pair_capacity)):
-            self._pair(l, self.pairs[k][0], self.pairs[k][1])
+        if ti.static(self._has_springs):
+            for i in range(self.springs.rows[None]):
+                self.springs.f_ext[i] = ti.zero(self.springs.f_ext[i])
+            # one flat loop over the pairs: a loop over each particle's cells here would make Taichi's
+            # adjoint keep a stack per inner loop (32 entries by default; more nodes in one cell
+            # overflowed it: a crash); the pairs need none
+            for k in range(ti.min(self.n_pairs[None], self.pair_capacity)):
+                self._pair(l, self.pairs[k][0], self.pairs[k][1])
+
+    @ti.func
+    def _friction_force(self, fn, n, v_rel, mp, mi, mu):
+        """Normal force ``fn`` along ``n`` plus the regularized Coulomb force of a pair (module
+        docstring) of masses ``mp``, ``mi`` sliding at ``v_rel``."""
+        vn = v_rel.dot(n)
+        v_t = v_rel - vn * n
+        eta = self.stick[None] * mp * mi / ((mp + mi) * self.dt[None])
+        v_s = mu * fn / eta + V_FLOOR
+        return fn * n - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
 
     @ti.func
     def _pair(self, l, p, i):
@@ -259,32 +462,72 @@ class Coupler(Part):
         if dist < r:
             n = d / dist
             v_rel = mpm.v[l, p] - spr.v[l, i]
-            vn = v_rel.dot(n)
             s = mpm.p_vol[None] / self.ref_vol[None]
-            fn = s * ti.max(self.coef[0, 0] * (r - dist) - self.coef[0, 1] * vn, 0.0)
-            v_t = v_rel - vn * n
-            mp, mi = mpm.p_mass[p], spr.mass[i]
-            eta = self.stick[None] * mp * mi / ((mp + mi) * self.dt[None])
-            mu = self.coef[0, 2]
-            v_s = mu * fn / eta + V_FLOOR
-            f = fn * n - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
+            fn = s * ti.max(self.coef[0, 0] * (r - dist) - self.coef[0, 1] * v_rel.dot(n), 0.0)
+            f = self._friction_force(fn, n, v_rel, mpm.p_mass[p], spr.mass[i], self.coef[0, 2])
             mpm.f_ext[p] += f
             spr.f_ext[i] -= f
 
+    @ti.kernel
+    def face_forces(self, l: ti.i32, k: ti.i32, n: ti.i32):
+        """The MPM <-> FEM pair forces at the FEM part's sub-step ``k`` of ``n`` (called by it):
+        the gel at its ring state ``k``, each particle at slot ``l`` moved on by its velocity
+        to the sub-step's time. Reactions go to ``fem.f_ext[k]``, the forces' mean over the
+        sub-steps to ``mpm.f_ext`` (the MPM part steps after the FEM part)."""
+        for q in range(self.n_fpairs[None]):
+            self._face_pair(l, k, n, self.fpairs[q][0], self.fpairs[q][1])
+
+    @ti.func
+    def _face_pair(self, l, k, n, p, f):
+        """Force of pair (particle ``p``, FEM surface triangle ``f``) at sub-step ``k``: its mean
+        share added to the particle, the reaction split to the triangle's nodes by the
+        barycentric weights of the closest point."""
+        mpm, fem = self.mpm, self.fem
+        r = self.r[None]
+        vp = mpm.v[l, p]
+        xp = mpm.x[l, p] + (k / n) * self.dt[None] * vp
+        ids = fem.faces[f]
+        g, nrm, w, _d = self._closest(xp, fem.xs[k, ids[0]], fem.xs[k, ids[1]], fem.xs[k, ids[2]])
+        if g < r:
+            v_surf = w[0] * fem.vs[k, ids[0]] + w[1] * fem.vs[k, ids[1]] + w[2] * fem.vs[k, ids[2]]
+            m_surf = ti.max(w[0] * self._node_mass(ids[0]) + w[1] * self._node_mass(ids[1])
+                            + w[2] * self._node_mass(ids[2]), 1e-30)
+            v_rel = vp - v_surf
+            s = mpm.p_vol[None] / self.ref_vol[None]
+            fn = s * ti.max(self.coef[0, 3] * (r - g) - self.coef[0, 4] * v_rel.dot(nrm), 0.0)
+            fv = self._friction_force(fn, nrm, v_rel, mpm.p_mass[p], m_surf, self.coef[0, 5])
+            mpm.f_ext[p] += fv / n
+            for j in ti.static(range(3)):
+                fem.f_ext[k, ids[j]] -= w[j] * fv
+
+    @ti.func
+    def _node_mass(self, i):
+        return self.fem.density[self.fem.node_body[i]] * self.fem.vnode[i]
+
     def substep(self, tape, l: int, t: int) -> None:
-        # the pair list is integer scratch: replayed (the force adjoint walks it), no adjoint
-        tape.launch(self.build_pairs, l, grad=None, replay=True)
-        # f_ext is scratch both solvers' adjoints read through their own replays: replayed
+        # the pair lists are integer scratch: replayed (the force adjoint walks them), no adjoint
+        if self.springs is not None:
+            tape.launch(self.build_pairs, l, grad=None, replay=True)
+        if self.fem is not None:
+            tape.launch(self.build_face_pairs, l, grad=None, replay=True)
+        # f_ext is scratch the solvers' adjoints read through their own replays: replayed
         tape.launch(self.forces, l, replay=True)
 
     def health(self, first: int, last: int):
-        """Reports a substep that had more contact pairs than the pair list holds (the forces of
-        the pairs beyond it were left out). The slot is not known: reports ``first``."""
+        """Reports a substep that had more contact pairs (or FEM cell entries) than the coupler
+        holds (the forces beyond them were left out). The slot is not known: reports ``first``."""
         peak = int(self.pair_peak[None])
         self.pair_peak[None] = 0
         if peak > self.pair_capacity:
             return first, (f"{peak} MPM particle / mass-spring node pairs were within the contact radius "
                            f"{self.radius:.3g} m in one substep, more than the {self.pair_capacity} the coupler "
                            f"holds; lower the coupling radius or sample fewer particles or nodes")
+        if self.fem is not None:
+            peak = int(self.entry_peak[None])
+            self.entry_peak[None] = 0
+            if peak > self.entry_capacity:
+                return first, (f"the FEM surface triangles overlapped {peak} contact cells in one substep, more "
+                               f"than the {self.entry_capacity} the coupler holds ({FACE_CELLS} per triangle): "
+                               f"the gel's triangles are much larger than the coupling radius {self.radius:.3g} m; "
+                               f"refine the gel mesh or raise the radius")
         return None
-

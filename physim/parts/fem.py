@@ -63,6 +63,8 @@ half of a node's tangential slip per sub-step (static friction without overshoot
 coupler's force of MPM material (:mod:`physim.parts.coupler`) is added to the same nodes.
 The sum is kept per node as the slot state ``fem.f_contact`` (N; the mean over the
 substep's sub-steps), the force field a tactile sensor reads (:mod:`physim.tactile`).
+A tool that starts inside a gel (a free rest node deeper than ``START_DEPTH`` = 0.1 of the
+smallest tet's height scale) is a ValueError at load naming the body, node, tool and depth.
 
 The explicit limit (:func:`explicit_limit`) is rigorous for the linearized system: by the
 element eigenvalue bound, every mode has ``w^2 <= 4 (lam + 2 mu) / rho * max_e sum_a
@@ -92,6 +94,7 @@ from ..contact.sdf import tool_sdf
 from ..meshes import TetMesh
 from ..solvers._linalg import rotation_matrix, safe_norm
 from .base import BAD_NONFINITE, BAD_OUTSIDE, BAD_PART, Part
+from .tools import SHAPE_IDS
 
 __all__ = ["FEMBody", "FEMLayout", "FEMSpec", "FEMPart", "Subcycling", "explicit_limit", "MODELS"]
 
@@ -105,6 +108,9 @@ CONTACT_K = 5.0
 STICK = 0.5
 #: velocity floor of the friction regularization (m/s)
 V_FLOOR = 1e-6
+#: deepest a free rest node may start inside a tool, in units of the body's smallest tet height
+#: scale h (:meth:`FEMPart._check_tool_overlap`)
+START_DEPTH = 0.1
 # node kinds
 FREE, PINNED = -2, -1
 # health flags
@@ -120,17 +126,18 @@ def lame(E, nu):
     return E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
 
 
-def explicit_limit(E, nu, density, beta, smax, kc=0.0, cc=0.0, amax=0.0):
+def explicit_limit(E, nu, density, beta, smax, kc=0.0, cc=0.0, amax=0.0, w2_extra=0.0, c_extra=0.0):
     """Largest safe explicit step (s) of a body: see the module docstring. ``smax``: the body's
     largest ``sum_a |grad N_a|^2`` over its tets (1/m^2); ``kc``, ``cc``: tool-contact
     stiffness (Pa/m) and damping (Pa s/m), ``amax`` the largest surface area over lumped volume
     of a node (1/m): a node pressed into a tool adds ``kc amax / density`` to w^2 and
-    ``cc amax / density`` to the damping rate."""
+    ``cc amax / density`` to the damping rate; ``w2_extra``, ``c_extra``: more of each (the
+    MPM coupling)."""
     mu, lam = lame(np.asarray(E, float), np.asarray(nu, float))
     rho = np.asarray(density, float)
     w2e = 4.0 * (lam + 2 * mu) / rho * np.asarray(smax, float)
-    w2 = w2e + np.asarray(kc, float) * np.asarray(amax, float) / rho
-    cd = np.asarray(beta, float) * w2e + np.asarray(cc, float) * np.asarray(amax, float) / rho
+    w2 = w2e + np.asarray(kc, float) * np.asarray(amax, float) / rho + w2_extra
+    cd = np.asarray(beta, float) * w2e + np.asarray(cc, float) * np.asarray(amax, float) / rho + c_extra
     return SAFETY * (np.sqrt(cd**2 / 4 + w2) - cd / 2) / (w2 / 2)
 
 
@@ -262,12 +269,16 @@ class FEMBody:
         smax = self.geometry()[2].max() if smax is None else smax
         return CONTACT_K * self.E * math.sqrt(smax)
 
-    def stable_dt(self) -> float:
-        """This body's explicit limit (s) at its current parameters."""
+    def stable_dt(self, coupling_k: float = 0.0, coupling_c: float = 0.0) -> float:
+        """This body's explicit limit (s) at its current parameters; ``coupling_k`` (N/m),
+        ``coupling_c`` (N s/m): stiffness and damping MPM material adds to a surface node."""
         _d, _v, s, vnode = self.geometry()
-        amax = float((self.surface_area() / vnode).max())
+        area = self.surface_area()
+        amax = float((area / vnode).max())
+        m = self.density * float(vnode[area > 0].min())
         return float(explicit_limit(self.E, self.nu, self.density, self.beta, s.max(),
-                                    self.contact_k(s.max()), self.contact_damping, amax))
+                                    self.contact_k(s.max()), self.contact_damping, amax,
+                                    coupling_k / m, coupling_c / m))
 
 
 @dataclass(frozen=True)
@@ -345,7 +356,8 @@ class FEMPart(Part):
         self.force = self.scratch_field((3,), (NS, N))
         self.fc = self.scratch_field((3,), (NS, N))  # contact part of force (tools + coupler)
         # force of the coupler (MPM material) on each node, written once per substep
-        self.f_ext = self.scratch_field((3,), N if layout.mpm_contact else 1)
+        self.f_ext = self.scratch_field((3,), (NS, N) if layout.mpm_contact else (1, 1))
+        self.coupler = None  # set by the PartSet when MPM material touches the gel
         self.corotated = "corotated" in layout.models
         self._contact = layout.tool_contact or layout.mpm_contact
         # per sub-step and tet: F and dF/dt (gathered once: the stress launches read them)
@@ -398,6 +410,7 @@ class FEMPart(Part):
         self._smax = np.zeros(0)
         self._hmin = np.zeros(0)
         self._amax = np.zeros(0)
+        self._msurf = np.zeros(0)
 
     def param_rows(self, name: str) -> int:
         return int(self.n_bodies[None])
@@ -417,7 +430,7 @@ class FEMPart(Part):
         vol, tbody = np.zeros(M), np.zeros(M, np.int32)
         nbody, vnode, anode = np.zeros(N, np.int32), np.ones(N), np.zeros(N)
         faces = []
-        amax = []
+        amax, msurf = [], []  # per body: largest area / volume, smallest lumped volume of a surface node
         kind, xloc = np.full(N, FREE, np.int32), np.zeros((N, 3))
         model, mount, fric = np.zeros(B, np.int32), np.full(B, -1, np.int32), np.zeros(B)
         prm = {k: np.ones(B) for k in ("E", "nu", "density", "alpha", "beta", "kc", "cc")}
@@ -434,6 +447,7 @@ class FEMPart(Part):
             area[b.fixed] = 0.0  # kinematic nodes feel no contact
             anode[v0: v0 + nv] = area
             amax.append(float((area / vn).max()))
+            msurf.append(float(vn[area > 0].min()) if (area > 0).any() else math.inf)
             faces.append(b.mesh.surface_faces() + v0)
             X = b.mesh.vertices
             if b.mount is None:
@@ -489,8 +503,44 @@ class FEMPart(Part):
         self.hi[None] = [spec.wall_hi] * 3
         self.subcycle = bool(spec.subcycle)
         self._smax, self._hmin, self._amax = np.array(smax), np.array(hmin), np.array(amax)
+        self._msurf = np.array(msurf)
         self._n = self._announced = 1
         self.bodies = list(bodies)
+        if L.tool_contact:
+            self._check_tool_overlap(spec)
+
+    def _check_tool_overlap(self, spec: FEMSpec) -> None:
+        """Refuse a tool (other than a body's mount) that starts inside a gel: a free rest node
+        deeper than :data:`START_DEPTH` times the body's smallest tet height scale ``h`` (the
+        ``h`` of the default contact stiffness ``CONTACT_K E / h``). Shallower is a start in
+        touch: the penalty's first pressure is at most ``CONTACT_K * START_DEPTH E`` = 0.5 E and
+        the surface layer strains ~10 % to push the node out. Deeper, the penalty throws the
+        surface nodes through their tets (or, past a sphere's centre, out of its far side)."""
+        nt = len(spec.tool_poses)
+        if nt == 0:
+            return
+        shapes = self.tools.shape.to_numpy()[:nt]
+        sizes = self.tools.size.to_numpy()[:nt].astype(np.float64)
+        v0 = 0
+        for bi, b in enumerate(self.bodies):
+            free = np.setdiff1d(np.arange(b.n_vertices), b.fixed)
+            X = b.mesh.vertices[free]
+            tol = START_DEPTH * float(self._hmin[bi])
+            for e, (pos, quat) in enumerate(spec.tool_poses):
+                if e == b.mount:
+                    continue
+                p = (X - np.asarray(pos, np.float64).reshape(1, 3)) @ _quat_matrix(quat)  # R^T (x - c), row-wise
+                phi = tool_sdf_np(int(shapes[e]), sizes[e], p)
+                k = int(np.argmin(phi))
+                if phi[k] < -tol:
+                    i = int(free[k])
+                    name = {v: s for s, v in SHAPE_IDS.items()}.get(int(shapes[e]), str(shapes[e]))
+                    raise ValueError(
+                        f"FEM body {bi}: tool {e} ({name}) starts inside the gel: node {i} (scene node {v0 + i}) at "
+                        f"{X[k].round(5).tolist()} is {-phi[k]:.3g} m inside it ({int((phi < -tol).sum())} free nodes "
+                        f"deeper than the tolerance {tol:.3g} m = {START_DEPTH:g} x the smallest tet's height "
+                        f"scale); start the tool outside the gel (touching at most) and move it in with actions")
+            v0 += b.n_vertices
 
     def _params(self) -> dict[str, np.ndarray]:
         nb = int(self.n_bodies[None])
@@ -502,7 +552,10 @@ class FEMPart(Part):
         included when the scene has tools)."""
         p = self._params()
         amax = self._amax if self.layout.tool_contact else 0.0
-        return explicit_limit(p["E"], p["nu"], p["density"], p["beta"], self._smax, p["kc"], p["cc"], amax)
+        w2, c = (0.0, 0.0) if self.coupler is None else self.coupler.fem_rates()
+        m = self._msurf * p["density"]
+        return explicit_limit(p["E"], p["nu"], p["density"], p["beta"], self._smax, p["kc"], p["cc"], amax,
+                              w2 / m, c / m)
 
     def stable_dt(self) -> float:
         """The gels' explicit limit, or ``inf`` when the part sub-cycles (the default)."""
@@ -519,6 +572,9 @@ class FEMPart(Part):
         contact = ""
         if self.layout.tool_contact:
             contact = f" with tool contact stiffness {p['kc'][b]:.3g} Pa/m"
+        if self.coupler is not None:
+            contact += (f" and MPM coupling stiffness {self.coupler.params['fem_stiffness'].get(0):.3g} N/m on its "
+                        f"lightest surface node ({self._msurf[b] * p['density'][b]:.3g} kg)")
         return (f"FEM body {b}: P-wave speed {c:.3g} m/s (E={p['E'][b]:.3g} Pa, nu={p['nu'][b]:.3g}, density="
                 f"{p['density'][b]:.3g} kg/m^3, beta={p['beta'][b]:.3g} s) across its smallest tet (height "
                 f"~{self._hmin[b] * 2:.3g} m){contact} limits explicit steps to {lim[b]:.3g} s; let the part "
@@ -676,6 +732,8 @@ class FEMPart(Part):
     def clear_forces(self, n: ti.i32):
         for k, i in ti.ndrange(n, self.rows[None]):
             self.force[k, i] = ti.zero(self.force[k, i])
+            if ti.static(self.layout.mpm_contact):
+                self.f_ext[k, i] = ti.zero(self.f_ext[k, i])
 
     @ti.kernel
     def deform(self, k: ti.i32):
@@ -734,7 +792,7 @@ class FEMPart(Part):
             f = ti.Vector.zero(self.real, 3)
             if self.kind[i] == FREE:
                 if ti.static(self.layout.mpm_contact):
-                    f += self.f_ext[i]
+                    f += self.f_ext[k, i]
                 if ti.static(self.layout.tool_contact):
                     if self.anode[i] > 0:
                         f += self._tool_penalty(l, t, k, n, i)
@@ -814,8 +872,8 @@ class FEMPart(Part):
                 self.force.grad[k, i] = ti.zero(self.force.grad[k, i])
                 self.fc.grad[k, i] = ti.zero(self.fc.grad[k, i])
         if ti.static(self.layout.mpm_contact):
-            for i in range(self.rows[None]):
-                self.f_ext.grad[i] = ti.zero(self.f_ext.grad[i])
+            for k, i in ti.ndrange(n, self.rows[None]):
+                self.f_ext.grad[k, i] = ti.zero(self.f_ext.grad[k, i])
         for k, e in ti.ndrange(n, self.n_tets[None]):
             self.Fs.grad[k, e] = ti.zero(self.Fs.grad[k, e])
             self.Fdot.grad[k, e] = ti.zero(self.Fdot.grad[k, e])
@@ -837,6 +895,8 @@ class FEMPart(Part):
                 tape.launch(self.polar, k, grad=self.polar_grad, replay=True)
             tape.launch(self.elastic_forces, k, replay=True)
             tape.launch(self.damping_forces, k, replay=True)
+            if self.coupler is not None:
+                tape.launch(self.coupler.face_forces, l, k, n, replay=True)
             if self._contact:
                 tape.launch(self.contact_forces, l, t, k, n, replay=True)
             tape.launch(self.integrate, l, t, k, n, replay=True)
@@ -881,6 +941,33 @@ class FEMPart(Part):
         self.elastic_forces(0)
         self.damping_forces(0)
         return self.force.to_numpy()[0, : int(self.rows[None])].astype(np.float64)
+
+
+def tool_sdf_np(shape: int, size, p: np.ndarray) -> np.ndarray:
+    """Signed distance (m) of tool ``shape`` (:data:`physim.parts.tools.SHAPE_IDS`) with size
+    parameters ``size`` at local points ``p`` (k, 3): numpy twin of
+    :func:`physim.contact.sdf.tool_sdf` (3D), for load-time checks that need no kernel."""
+    p = np.asarray(p, np.float64)
+
+    def cylinder(q, r, hh):
+        dr = np.hypot(q[:, 0], q[:, 2]) - r
+        dy = np.abs(q[:, 1]) - hh
+        return np.where((dr > 0) & (dy > 0), np.sqrt(dr * dr + dy * dy), np.maximum(dr, dy))
+
+    if shape == 0:
+        return np.linalg.norm(p, axis=1) - size[0]
+    if shape == 1:
+        q = np.abs(p) - np.asarray(size[:3], np.float64)
+        return np.where(q.max(axis=1) > 0, np.linalg.norm(np.maximum(q, 0.0), axis=1), q.max(axis=1))
+    if shape == 2:
+        c = np.zeros_like(p)
+        c[:, 1] = np.clip(p[:, 1], -size[1], size[1])
+        return np.linalg.norm(p - c, axis=1) - size[0]
+    if shape == 3:
+        return cylinder(p, size[0], size[1])
+    q = p.copy()
+    q[:, 1] -= size[2]
+    return np.maximum(cylinder(p, size[0] + size[2], size[1]), -cylinder(q, size[0], size[1]))
 
 
 def _quat_matrix(q) -> np.ndarray:
