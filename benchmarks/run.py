@@ -207,7 +207,7 @@ def make_cases(quick: bool) -> list[Case]:
     # DiffTactile's size), then the dome gel pressing a plate, forward and forward + backward
     cases.append(_fem_box_case("fem_box_n5", 5, 1000 if quick else 5000, reps))
     cases.append(_fem_box_case("fem_box_n13", 13, 200 if quick else 2500, reps))
-    cases.append(_fem_dome_case("fem_dome", DOME, 200 if quick else 1000, 1 if quick else 2))
+    cases.append(_fem_dome_case("fem_dome", DOME, 200 if quick else 1000, 2))
     cases.append(Case("grad_2d", "gradient", _gradient_spec(2, 200 if quick else 1000, 50, 1 if quick else 2)))
     # gradient cost and memory versus horizon, 3D, with (K = 50) and without (K = T) checkpointing
     # (quick: checkpointed T = 100 and 400, unchecked T = 200, whose 256 slots match full T = 250)
