@@ -1,0 +1,252 @@
+"""Rigid MPM bodies (:class:`physim.Rigid`): per-body shape matching after g2p.
+
+Rigidity and momentum to f64 round-off, contact with the floor, a tool and a fluid, the
+errors, and reverse mode against central finite differences (2D and one small 3D scene).
+"""
+
+import numpy as np
+import pytest
+from gradcheck import assert_close, central_difference, loss_and_grad, loss_only
+
+import physim as ps
+
+#: central-difference step: the forward pass has ~1e-15 of atomics-order noise, so h = 1e-6
+#: leaves ~1e-9 of noise in a difference (as for the elastic scenes); h = 1e-4 brings it to ~1e-11
+#: while the truncation error stays below that (measured: h = 1e-4 and 1e-5 agree to 1e-11)
+H = 1e-4
+
+
+def _pairwise(x):
+    d = x[:, None, :] - x[None, :, :]
+    return np.sqrt((d * d).sum(-1))
+
+
+def _spin_velocity(x, v, w):
+    """v + w x (x - centre) in 2D."""
+    r = x - x.mean(axis=0)
+    return v + w * np.stack([-r[:, 1], r[:, 0]], axis=1)
+
+
+def _rigid_scene(gravity=None, **kw):
+    # every scene of these tests with only rigid bodies on a 64^2 grid shares one layout
+    return ps.Scene(dim=2, grid_res=64, dt=1e-3, substeps_per_step=5, gravity=gravity, **kw)
+
+
+def test_free_flight_keeps_shape_and_momentum():
+    """No gravity, no contact: a spinning, translating body keeps its pairwise distances and
+    its linear and angular momentum (orbital + APIC affine, what scene.angular_momentum
+    measures) to round-off. 150 substeps; measured: distances 2e-16, P and L 1e-11 relative
+    (grid sums of ~3000 terms per substep), asserted at 1e-9."""
+    scene = _rigid_scene(gravity=[0.0, 0.0])
+    scene.add_body(ps.Box(center=(0.45, 0.5), size=(0.2, 0.1)), ps.Rigid(density=2.0))
+    scene.build(max_steps=40)
+    x0 = scene.initial_state()["mpm.x"]
+    scene.set_initial_state(v=_spin_velocity(x0, np.array([0.3, 0.1]), 2.0))
+    P0, L0 = scene.momentum(), scene.angular_momentum()
+    out = scene.forward(np.zeros((30, 0)), requires_grad=False, observe=["mpm.x"])
+    x = scene.particle_positions()
+    for xs in out["mpm.x"][1:]:
+        assert np.abs(_pairwise(xs) - _pairwise(x0)).max() < 1e-12
+    assert np.abs(scene.momentum() - P0).max() < 1e-9 * np.abs(P0).max()
+    assert np.abs(scene.angular_momentum() - L0).max() < 1e-9 * np.abs(L0).max()
+    # it did move and turn: 0.15 s at 2 rad/s
+    assert np.linalg.norm(x.mean(axis=0) - x0.mean(axis=0)) > 0.04
+    # the velocity is a rigid field V + w x r, and C its gradient skew(w) (w a bit below 2 rad/s:
+    # the initial C = 0 spins no particle, the projection shares L with APIC's particle inertia)
+    s = scene.get_state()
+    r, dv = x - x.mean(axis=0), s["mpm.v"] - s["mpm.v"].mean(axis=0)
+    w = (dv * np.stack([-r[:, 1], r[:, 0]], axis=1)).sum() / (r * r).sum()
+    assert 1.8 < w < 2.0
+    assert np.abs(dv - w * np.stack([-r[:, 1], r[:, 0]], axis=1)).max() < 1e-12
+    assert np.abs(s["mpm.C"] - np.array([[0.0, -w], [w, 0.0]])).max() < 1e-12
+
+    # with gravity: P changes by exactly M g t, L about the centre of mass is kept
+    g = np.array([0.0, -9.8])
+    scene = _rigid_scene(gravity=g.tolist())
+    scene.add_body(ps.Box(center=(0.45, 0.7), size=(0.2, 0.1)), ps.Rigid(density=2.0))
+    scene.build(max_steps=40)
+    scene.set_initial_state(v=_spin_velocity(x0 + [0.0, 0.2], np.array([0.3, 0.5]), 2.0))
+    m = scene.particle_mass()
+
+    def spin_about_centre():
+        s = scene.get_state()
+        r = s["mpm.x"] - s["mpm.x"].mean(axis=0)
+        orbital = (m * (r[:, 0] * s["mpm.v"][:, 1] - r[:, 1] * s["mpm.v"][:, 0])).sum()
+        return orbital + (m * 0.25 * scene.dx**2 * (s["mpm.C"][:, 1, 0] - s["mpm.C"][:, 0, 1])).sum()
+
+    P0, S0 = scene.momentum(), spin_about_centre()
+    scene.forward(np.zeros((20, 0)), requires_grad=False)
+    t = 20 * 5 * scene.dt
+    assert np.abs(scene.momentum() - (P0 + m.sum() * g * t)).max() < 1e-9 * np.abs(P0).max()
+    assert abs(spin_about_centre() - S0) < 1e-9 * abs(S0)
+    assert np.abs(_pairwise(scene.particle_positions()) - _pairwise(x0)).max() < 1e-12
+
+
+def _dropped_block():
+    scene = _rigid_scene()
+    scene.add_body(ps.Box(center=(0.5, 0.2), size=(0.16, 0.08)), ps.Rigid(density=1.0), velocity=[0.0, -0.5])
+    scene.build(max_steps=120)
+    x0 = scene.initial_state()["mpm.x"]
+    out = scene.forward(np.zeros((100, 0)), requires_grad=False, observe=["mpm.x"])
+    return scene, x0, out["mpm.x"]
+
+
+def test_block_dropped_on_floor_stays_rigid():
+    scene, x0, xs = _dropped_block()
+    for x in xs[1:]:
+        assert np.abs(_pairwise(x) - _pairwise(x0)).max() < 1e-12
+    x = scene.particle_positions()
+    # landed level on the floor (in the wall band, above the domain's edge)
+    assert scene.dx < x[:, 1].min() < scene.floor + scene.dx
+    assert np.ptp(x[:, 1]) == pytest.approx(np.ptp(x0[:, 1]), abs=1e-3)
+    assert np.abs(scene.particle_velocities()[:, 0]).max() < 1e-9
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation of projecting after g2p: the wall stops only the grid nodes in it and the "
+    "projection shares that impulse with the whole body, so a resting body sinks into the wall band "
+    "at ~(1 - f) g dt / f (f: its mass fraction on wall nodes); measured 0.02 m/s after 0.5 s"))
+def test_block_on_floor_comes_to_rest():
+    scene, _, _ = _dropped_block()
+    assert np.abs(scene.particle_velocities()).max() < 0.005
+
+
+def test_tool_pushes_block_as_a_whole():
+    """No gravity: a sphere pushing a block at the height of its centre translates it."""
+    scene = _rigid_scene(gravity=[0.0, 0.0])
+    scene.add_body(ps.Box(center=(0.5, 0.5), size=(0.1, 0.1)), ps.Rigid(density=1.0))
+    scene.add_tool(ps.SphereTool(position=(0.39, 0.5), radius=0.04))
+    scene.build(max_steps=40)
+    x0 = scene.initial_state()["mpm.x"]
+    actions = np.zeros((30, scene.action_dim))
+    actions[:, 0] = 0.5  # the tool moves right at 0.5 m/s
+    out = scene.forward(actions, requires_grad=False, observe=["mpm.x"])
+    for xs in out["mpm.x"][1:]:
+        assert np.abs(_pairwise(xs) - _pairwise(x0)).max() < 1e-12
+    d = scene.particle_positions() - x0
+    # every particle moved right by (nearly) the same amount: a translation, hardly a turn
+    assert d[:, 0].min() > 0.03
+    assert np.ptp(d[:, 0]) < 0.1 * d[:, 0].mean()
+
+
+def test_light_body_floats_heavy_body_sinks():
+    """A light (0.4) and a heavy (2.5) body dropped into water (density 1). The heavy one ends
+    on the floor; the light one floats. Archimedes: submerged fraction = density ratio = 0.4.
+    The projection after g2p gives a body the share (its mass fraction) of the fluid's force
+    on the grid nodes it shares with the fluid, so the shape-matched body is buoyed less than
+    an elastic one and floats deeper: measured 0.66-0.74 over 0.8-1.2 s (an elastic body of
+    the same density: 0.43-0.5), and sinks by ~1 cm/s as the fluid slowly enters it. The test
+    asserts the fraction in [ratio, ratio + 0.4], the light body's top above the surface and
+    its bottom far above the heavy one's."""
+    scene = ps.Scene(dim=2, grid_res=64, substeps_per_step=20)
+    lo = scene.floor
+    scene.add_body(ps.Box(center=(0.5, lo + 0.125), size=(0.88, 0.25)), ps.Fluid(bulk_modulus=400.0, viscosity=0.05))
+    scene.add_body(ps.Box(center=(0.3, lo + 0.32), size=(0.16, 0.1)), ps.Rigid(density=0.4))
+    scene.add_body(ps.Box(center=(0.7, lo + 0.32), size=(0.16, 0.1)), ps.Rigid(density=2.5))
+    scene.build(max_steps=200)
+    steps = int(round(1.0 / (scene.dt * 20)))
+    scene.forward(np.zeros((steps, 0)), requires_grad=False)
+    x = scene.particle_positions()
+    b = scene.bodies
+    water, light, heavy = (x[bb.start: bb.start + bb.count] for bb in b)
+    half = scene.spacing / 2
+    # free surface away from the bodies (between them and at the walls)
+    away = (np.abs(water[:, 0] - 0.3) > 0.12) & (np.abs(water[:, 0] - 0.7) > 0.12)
+    surface = water[away, 1].max() + half
+    bottom, top = light[:, 1].min() - half, light[:, 1].max() + half
+    fraction = (surface - bottom) / (top - bottom)
+    assert top > surface, "the light body sank below the surface"
+    assert 0.4 - 0.05 < fraction < 0.4 + 0.4, fraction
+    assert heavy[:, 1].min() - half < lo + scene.dx, "the heavy body did not reach the floor"
+    assert bottom > heavy[:, 1].max()
+
+
+def test_rigid_errors():
+    scene = _rigid_scene()
+    scene.add_body(ps.Box(center=(0.5, 0.5), size=(0.01, 0.01)), ps.Rigid())  # one particle
+    with pytest.raises(ValueError, match="needs at least 3"):
+        scene.build(max_steps=1)
+    scene = _rigid_scene()
+    scene.add_body(ps.Box(center=(0.5, 0.5), size=(0.2, 0.005)), ps.Rigid())  # one row
+    with pytest.raises(ValueError, match="on one line"):
+        scene.build(max_steps=1)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="density"):
+            ps.Rigid(density=bad)
+    # two equal-valued instances are two bodies (two material rows)
+    scene = _rigid_scene()
+    scene.add_body(ps.Box(center=(0.3, 0.5), size=(0.1, 0.1)), ps.Rigid(density=2.0))
+    scene.add_body(ps.Box(center=(0.7, 0.5), size=(0.1, 0.1)), ps.Rigid(density=2.0))
+    assert len(scene.materials) == 2
+    scene.build(max_steps=1)
+    with pytest.raises(ValueError, match="density"):
+        scene.set_material_param(0, "density", 0.0)
+
+
+def _grad_scene(dim):
+    """A rigid body thrown into an elastic block, pushed by a tool: the elastic neighbour makes
+    the loss depend on the rigid density (a rigid body's own motion is mass-independent)."""
+    res = 32 if dim == 2 else 16
+    scene = ps.Scene(dim=dim, grid_res=res, dt=5e-4, substeps_per_step=4, checkpoint_every=8)
+    if dim == 2:
+        scene.add_body(ps.Box(center=(0.4, 0.3), size=(0.12, 0.1)), ps.Rigid(density=2.0), velocity=[0.8, 0.3],
+                       jitter=0.2, seed=2)
+        scene.add_body(ps.Box(center=(0.6, 0.3), size=(0.12, 0.14)), ps.Elastic(E=2e3, nu=0.3), velocity=[-0.3, 0])
+        scene.add_tool(ps.SphereTool(position=(0.4, 0.42), radius=0.04, softness=50.0, friction=0.4))
+    else:
+        scene.add_body(ps.Box(center=(0.4, 0.35, 0.5), size=(0.18, 0.18, 0.18)), ps.Rigid(density=2.0),
+                       velocity=[0.8, 0.3, 0.1], jitter=0.2, seed=2)
+        scene.add_body(ps.Box(center=(0.62, 0.35, 0.5), size=(0.2, 0.2, 0.2)), ps.Fluid(bulk_modulus=300.0),
+                       velocity=[-0.3, 0, 0])
+        scene.add_tool(ps.SphereTool(position=(0.4, 0.52, 0.5), radius=0.05, softness=50.0, friction=0.4))
+    scene.build(max_steps=8)
+    return scene
+
+
+@pytest.mark.parametrize("dim", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_gradients_match_finite_differences(dim):
+    """Loss on the rigid body's final positions, 4 steps x 4 substeps (16 projections):
+    d/d tool velocities, d/d initial velocities (rigid and neighbour particles) and d/d the
+    rigid density, against central differences. (3D is marked slow: ~50 s cold, mostly
+    compiling the 3D adjoints; 8 s with Taichi's offline cache warm.)"""
+    scene = _grad_scene(dim)
+    rng = np.random.default_rng(dim)
+    steps = 4
+    actions = rng.normal(scale=0.3, size=(steps, scene.action_dim))
+    actions[:, 1] -= 1.0  # the tool comes down onto the rigid body
+    n, nr = scene.n_particles, scene.bodies[0].count
+    wx = np.zeros((n, dim))
+    wx[:nr] = rng.normal(size=(nr, dim))
+    weights = (wx, np.zeros((n, dim)))
+    _, g = loss_and_grad(scene, actions, weights)
+
+    entries = [(t, j) for t in (0, steps - 1) for j in range(dim)]
+    fd = []
+    for t, j in entries:
+        def shifted(h, t=t, j=j):
+            a = actions.copy()
+            a[t, j] += h
+            return loss_only(scene, a, weights)
+        fd.append(central_difference(shifted, H))
+    assert_close(fd, [g.actions[t, j] for t, j in entries], f"{dim}D rigid d/d tool velocity")
+
+    v0 = scene.initial_state()["mpm.v"]
+    fd, an = [], []
+    for i in (0, nr // 2, nr - 1, nr + 3):
+        for d in range(dim):
+            def shifted(h, i=i, d=d):
+                arr = v0.copy()
+                arr[i, d] += h
+                return loss_only(scene, actions, weights, v0=arr)
+            fd.append(central_difference(shifted, H))
+            an.append(g.v0[i, d])
+    assert_close(fd, an, f"{dim}D rigid d/d v0")
+
+    def density(dh):
+        scene.set_material_param(0, "density", 2.0 + dh)
+        out = loss_only(scene, actions, weights)
+        scene.set_material_param(0, "density", 2.0)
+        return out
+    fd = central_difference(density, 2.0 * H)
+    assert abs(fd) > 1e-8, "the loss does not depend on the rigid density; scene too gentle"
+    assert_close([fd], [g.params["mpm.density"][0]], f"{dim}D rigid d/d density")
