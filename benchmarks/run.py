@@ -630,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", help="scaling plot (default: benchmarks/scaling.png)")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     parser.add_argument("--only", help="run only cases whose name matches this regular expression")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other cases' records already in the results file (with --only: refresh "
+                             "some rows of latest_quick.json without losing the rest)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per worker process")
     parser.add_argument("--physim-rev", metavar="REV",
                         help="benchmark physim as of this git revision (default: the working tree)")
@@ -664,15 +667,22 @@ def _run_suite(args, cases: list[Case], json_path: str, plot_path: str, origin: 
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     records = []
+    kept = []  # --merge: earlier records of cases this run does not repeat
+    if args.merge and os.path.exists(json_path):
+        with open(json_path) as f:
+            old = json.load(f)
+        names = {c.name for c in cases}
+        kept = [r for r in old.get("records", []) if r["case"] not in names]
+        meta["merged_from"] = {k: old.get("meta", {}).get(k) for k in ("date", "git_commit", "physim_source")}
     start = datetime.datetime.now()
     bar = tqdm(cases, unit="case", file=sys.stderr)
     for case in bar:
         bar.set_description(case.name)
         records.append(run_case(case, args.arch, args.timeout))
-        targets = evaluate_targets(records)
+        targets = evaluate_targets(kept + records)
         meta["wall_seconds"] = (datetime.datetime.now() - start).total_seconds()
         with open(json_path, "w") as f:  # after every case, so an interrupted run keeps its results
-            json.dump({"meta": meta, "records": records, "targets": targets}, f, indent=1)
+            json.dump({"meta": meta, "records": kept + records, "targets": targets}, f, indent=1)
     bar.close()
     print(format_tables(records))
     print()
