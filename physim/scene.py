@@ -307,20 +307,24 @@ class Scene(Rollout):
         return len(self.fem_bodies) - 1
 
     def couple(self, stiffness: float = 2e3, damping: float = 2.0, friction: float = 0.3,
-               radius: float | None = None, *, fem_stiffness: float | None = None,
-               fem_damping: float | None = None, fem_friction: float | None = None) -> None:
+               radius: float | None = None, *, fem_friction: float | None = None,
+               fem_radius: float | None = None) -> None:
         """Set the contact of MPM material with mass-spring nodes and FEM surfaces (used when the
-        scene has MPM bodies and either): a penalty force ``stiffness * (radius - d)`` (N per m of
-        overlap, per particle-node or particle-triangle pair closer than ``radius``), normal
-        damping (N s/m) and regularized Coulomb friction ``friction``. ``fem_*``: other values
-        for the FEM surfaces (``None``: the same, but no damping). ``radius`` defaults to one grid cell. See
-        :mod:`physim.parts.coupler`; every coefficient is a differentiable parameter
-        (``coupler.stiffness``, ``coupler.fem_friction``, ...)."""
+        scene has MPM bodies and either).
+
+        Mass-spring nodes: a penalty force ``stiffness * (radius - d)`` (N per m of overlap, per
+        particle-node pair closer than ``radius``, default one grid cell), normal damping
+        (N s/m) and regularized Coulomb friction ``friction``. FEM gels: the gel's own
+        ``contact_stiffness`` / ``contact_damping`` (pressure laws, as against the tools) within
+        ``fem_radius`` of its surface (default half the particle spacing), friction
+        ``fem_friction`` (default ``friction``). See :mod:`physim.parts.coupler`; every
+        coefficient is a differentiable parameter (``coupler.stiffness``,
+        ``coupler.fem_friction``, ``fem.contact_stiffness``, ...)."""
         from .parts.coupler import CouplingSpec
 
         self._check_not_built()
         self.coupling = CouplingSpec(stiffness, damping, friction, self.dx if radius is None else radius,
-                                     fem_stiffness, fem_damping, fem_friction)
+                                     fem_friction, fem_radius)
 
     def _check_not_built(self):
         if self.partset is not None:
@@ -406,15 +410,7 @@ class Scene(Rollout):
 
             # sub-step ring for the largest dt this scene can have (requested, or the default's cap),
             # with 2x headroom for stiffer parameters set later
-            ck = cc = 0.0
-            if self.bodies:  # MPM material touching the gel: the coupler's fem_rates (32 pi / 3 pairs)
-                from .parts.coupler import CouplingSpec
-
-                cs = self.coupling or CouplingSpec()
-                pairs = 32.0 * math.pi / 3.0
-                ck = pairs * (cs.stiffness if cs.fem_stiffness is None else cs.fem_stiffness)
-                cc = pairs * (cs.fem_damping or 0.0)
-            limit = min(b.stable_dt(ck, cc) for b in self.fem_bodies)
+            limit = min(b.stable_dt() for b in self.fem_bodies)
             need = math.ceil((self.requested_dt or MAX_DEFAULT_DT) / limit) if self._fem_subcycle else 1
             fem = FEMLayout(
                 nodes=_next_pow2(sum(b.n_vertices for b in self.fem_bodies), 16),

@@ -450,7 +450,7 @@ def test_subcycling_is_announced_and_can_be_refused():
             scene.forward(np.zeros((1, scene.action_dim)), requires_grad=False)
     del scene
     with pytest.raises(ValueError, match=r"dt=0.0001 is unstable: the fem part's stability limit is 4.09e-05 s "
-                                         r"\(FEM body 0: P-wave speed 14.6 m/s .*E=1e\+05 Pa.*tool contact "
+                                         r"\(FEM body 0: P-wave speed 14.6 m/s .*E=1e\+05 Pa.*contact "
                                          r"stiffness 2.45e\+08 Pa/m.*sub-cycle"):
         fem_scene(subcycle=False)
 

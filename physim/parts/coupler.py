@@ -45,22 +45,27 @@ weights ``w``), ``n_f`` its outward normal and ``g = sign((x_p - q) . n_f) |x_p 
 signed gap (negative once the particle is behind the surface)::
 
     n   = sign * (x_p - q) / |x_p - q|,   v_rel = v_p - sum_j w_j v_j
-    f_n = s * max(fem_stiffness * (radius - g) - fem_damping * (v_rel . n), 0)
-    f   = f_n n + f_t      (f_t: the same regularized Coulomb law, fem_friction)
+    f_n = A_p * max(kc * (fem_radius - g) - cc * (v_rel . n), 0)
+    f   = f_n n + f_t      (f_t: the same regularized Coulomb law, coefficient fem_friction)
 
-``f`` goes to the particle and ``-w_j f`` to node ``j``: momentum is exchanged exactly.
+``kc``, ``cc``: the gel's own surface contact law, ``fem.contact_stiffness`` (Pa/m) and
+``fem.contact_damping`` (Pa s/m), the same as against the tools; ``A_p = p_vol^(2/3)`` the
+surface a particle covers, so ``kc * overlap`` is a contact pressure whatever the
+sampling. ``fem_radius`` defaults to half the particle spacing: a particle stands for a
+cube of material of that half-width, so material rests on the gel where its surface would
+be. ``f`` goes to the particle and ``-w_j f`` to node ``j``: momentum is exchanged exactly.
 The gel's surface nodes are light (a DiffTactile dome's weigh ~4 mg), so a penalty stiff
 enough to hold material would be unstable at the MPM substep if evaluated once per
 substep: the coupler lists the pairs once per substep, but the FEM part evaluates the
 pair forces at each of its sub-steps (:meth:`Coupler.face_forces`: the gel at the
 sub-step's state, each particle moved on by its velocity), and the particle receives the
 mean. The FEM part therefore runs before the MPM part; its stability limit counts the
-coupling (:meth:`Coupler.fem_rates`), the coupler's own limit only the particle's side.
-The search: every triangle is listed in the cells its bounding box (grown by ``radius``)
+contact stiffness on its surface nodes, the coupler's limit the particle's side.
+The search: every triangle is listed in the cells its bounding box (grown by ``fem_radius``)
 overlaps, so a particle only scans its own cell -- cost linear in particles and
 triangles, no search over all triangles -- and keeps the closest triangle with
-``|g| < radius`` (a particle pushed deeper than ``radius`` into the gel is lost: the
-penalty at ``g = 0`` is already ``stiffness * radius`` per pair). ``FACE_CELLS`` cell
+``|g| < fem_radius`` (deeper than that behind the surface a particle is lost, but the
+pressure there is already ``2 kc fem_radius``). ``FACE_CELLS`` cell
 entries per triangle are allocated; more (triangles much larger than a cell) is reported by :meth:`Coupler.health`.
 """
 
@@ -104,20 +109,17 @@ class CouplingSpec:
         damping: normal dashpot (N s/m per pair at the default sampling).
         friction: Coulomb coefficient.
         radius: contact distance (m); ``None``: one grid cell.
-        fem_stiffness, fem_friction: the same for MPM <-> FEM surfaces (``None``: the
-            mass-spring values).
-        fem_damping: the MPM <-> FEM normal dashpot (``None``: none; a dashpot on a gel's
-            light surface nodes would need many more sub-steps, and the gel is damped by its
-            own ``alpha`` / ``beta``).
+        fem_friction: Coulomb coefficient of MPM material on FEM surfaces (``None``: ``friction``).
+        fem_radius: reach of the MPM <-> FEM contact (m); ``None``: half the particle spacing.
+            (Its stiffness and damping are the gel's ``contact_stiffness`` / ``contact_damping``.)
     """
 
     stiffness: float = 2e3
     damping: float = 2.0
     friction: float = 0.3
     radius: float | None = None
-    fem_stiffness: float | None = None
-    fem_damping: float | None = None
     fem_friction: float | None = None
+    fem_radius: float | None = None
 
 
 def _ball(dim: int) -> float:
@@ -141,19 +143,18 @@ class Coupler(Part):
         self.fem = fem if layout.fem_faces > 0 else None
         self._has_springs = self.springs is not None
         # mass-spring coupling: stiffness (N/m), damping (N s/m), friction (1) in columns 0..2;
-        # FEM coupling: the same in columns 3..5
-        self.coef = ti.field(real, shape=(1, 6), needs_grad=True)
+        # FEM coupling: friction in column 3
+        self.coef = ti.field(real, shape=(1, 4), needs_grad=True)
         if self.springs is not None:
             self.param("stiffness", "N/m", self.coef, 0, lower=0.0, doc="coupling penalty stiffness (N/m)")
             self.param("damping", "N s/m", self.coef, 1, lower=0.0, doc="coupling normal damping (N s/m)")
             self.param("friction", "1", self.coef, 2, lower=0.0, doc="coupling Coulomb friction coefficient")
         if self.fem is not None:
-            self.param("fem_stiffness", "N/m", self.coef, 3, lower=0.0,
-                       doc="MPM-FEM penalty stiffness (N/m per pair)")
-            self.param("fem_damping", "N s/m", self.coef, 4, lower=0.0, doc="MPM-FEM normal damping (N s/m)")
-            self.param("fem_friction", "1", self.coef, 5, lower=0.0, doc="MPM-FEM Coulomb friction coefficient")
+            self.param("fem_friction", "1", self.coef, 3, lower=0.0, doc="MPM-FEM Coulomb friction coefficient")
         self.radius = 1.0 / layout.res
         self.r = ti.field(real, shape=())  # contact radius (m)
+        self.fr = ti.field(real, shape=())  # MPM <-> FEM contact radius (m)
+        self.fem_radius = 0.0
         self.ref_vol = ti.field(real, shape=())  # (radius / 2)^dim
         self.stick = ti.field(real, shape=())  # STICK / n_ball (the stick viscosity is this * m_red / dt)
         self.inv_cell = ti.field(real, shape=())
@@ -194,15 +195,18 @@ class Coupler(Part):
         if not (math.isfinite(r) and 0 < r <= 1.0 / 3.0):
             raise ValueError(f"coupling radius must be in (0, 1/3] m, got {spec.radius!r}")
         values = {"stiffness": spec.stiffness, "damping": spec.damping, "friction": spec.friction}
-        for name in ("stiffness", "damping", "friction"):
-            v = getattr(spec, "fem_" + name)
-            values["fem_" + name] = (0.0 if name == "damping" else values[name]) if v is None else v
+        values["fem_friction"] = spec.friction if spec.fem_friction is None else spec.fem_friction
         for name, p in self.params.items():
             p.set(0, p.check(values[name], self.name))
         self.radius = r
         self.r[None] = r
         self.ref_vol[None] = (r / 2) ** self.dim
         p_vol = float(self.mpm.p_vol[None])
+        fr = 0.5 * p_vol ** (1.0 / self.dim) if spec.fem_radius is None else float(spec.fem_radius)
+        if not (math.isfinite(fr) and 0 < fr <= 1.0 / 3.0):
+            raise ValueError(f"fem_radius must be in (0, 1/3] m, got {spec.fem_radius!r}")
+        self.fem_radius = fr
+        self.fr[None] = fr
         self.stick[None] = STICK * p_vol / (_ball(self.dim) * r**self.dim)
         # cells of size >= radius (at most res per axis), at least 3 per axis so the 3^dim block
         # around a particle's (clamped) cell always lies inside the grid
@@ -234,9 +238,11 @@ class Coupler(Part):
                 near = int(cKDTree(verts).query_ball_point(verts, self.radius, return_length=True).max())
             cases += [(k, c, s * n_ball, m_node, "mass-spring node"), (k, c, s * near, m_part, "particle")]
         if self.fem is not None:
-            # the gel's side is sub-cycled with the FEM part (its limits() count this coupling)
-            k, c = self.params["fem_stiffness"].get(0), self.params["fem_damping"].get(0)
-            cases += [(k, c, s, m_part, "particle")]
+            # the gel's side is sub-cycled with the FEM part (its limits() count the contact)
+            nb = int(self.fem.n_bodies[None])
+            k = float(self.fem.kc.to_numpy()[:nb].max()) * p_vol ** (2.0 / self.dim)
+            c = float(self.fem.cc.to_numpy()[:nb].max()) * p_vol ** (2.0 / self.dim)
+            cases += [(k, c, 1.0, m_part, "particle (against a FEM gel: its contact_stiffness / damping)")]
         best = (math.inf, "")
         for k, c, count, m, who in cases:
             w2, cm = k * count / m, c * count / m
@@ -252,15 +258,6 @@ class Coupler(Part):
 
     def stable_dt(self) -> float:
         return self._limit()[0]
-
-    def fem_rates(self) -> tuple[float, float]:
-        """(w^2 in 1/s^2, damping rate in 1/s) the MPM contact adds to a FEM surface node of
-        unit mass: a node inside material feels the ``s * n_ball = ball / (1/2)^3`` pairs
-        of its radius ball (divide by the node's mass)."""
-        if self.fem is None:
-            return 0.0, 0.0
-        pairs = _ball(self.dim) * 2.0**self.dim
-        return self.params["fem_stiffness"].get(0) * pairs, self.params["fem_damping"].get(0) * pairs
 
     def dt_reason(self) -> str:
         return self._limit()[1]
@@ -331,7 +328,7 @@ class Coupler(Part):
         """Cell range (lo, hi inclusive) of triangle ``f``'s bounding box grown by the radius."""
         ids = self.fem.faces[f]
         a, b, c = self.fem.x[l, ids[0]], self.fem.x[l, ids[1]], self.fem.x[l, ids[2]]
-        grow = self.r[None]
+        grow = self.fr[None]
         lo = ti.min(ti.min(a, b), c) - grow
         hi = ti.max(ti.max(a, b), c) + grow
         return self._cell(lo, 0), self._cell(hi, 0)
@@ -372,7 +369,7 @@ class Coupler(Part):
                 f = self.face_entries[k]
                 ids = self.fem.faces[f]
                 g, _n, _w, _d = self._closest(xp, self.fem.x[l, ids[0]], self.fem.x[l, ids[1]], self.fem.x[l, ids[2]])
-                if g > -self.r[None] and g < self.r[None]:
+                if g > -self.fr[None] and g < self.fr[None]:
                     if best < 0 or ti.abs(g) < ti.abs(best_g):
                         best, best_g = f, g
             if best >= 0:
@@ -483,7 +480,7 @@ class Coupler(Part):
         share added to the particle, the reaction split to the triangle's nodes by the
         barycentric weights of the closest point."""
         mpm, fem = self.mpm, self.fem
-        r = self.r[None]
+        r = self.fr[None]
         vp = mpm.v[l, p]
         xp = mpm.x[l, p] + (k / n) * self.dt[None] * vp
         ids = fem.faces[f]
@@ -493,9 +490,10 @@ class Coupler(Part):
             m_surf = ti.max(w[0] * self._node_mass(ids[0]) + w[1] * self._node_mass(ids[1])
                             + w[2] * self._node_mass(ids[2]), 1e-30)
             v_rel = vp - v_surf
-            s = mpm.p_vol[None] / self.ref_vol[None]
-            fn = s * ti.max(self.coef[0, 3] * (r - g) - self.coef[0, 4] * v_rel.dot(nrm), 0.0)
-            fv = self._friction_force(fn, nrm, v_rel, mpm.p_mass[p], m_surf, self.coef[0, 5])
+            b = fem.node_body[ids[0]]
+            area = ti.pow(mpm.p_vol[None], 2.0 / 3.0)
+            fn = area * ti.max(fem.kc[b] * (r - g) - fem.cc[b] * v_rel.dot(nrm), 0.0)
+            fv = self._friction_force(fn, nrm, v_rel, mpm.p_mass[p], m_surf, self.coef[0, 3])
             mpm.f_ext[p] += fv / n
             for j in ti.static(range(3)):
                 fem.f_ext[k, ids[j]] -= w[j] * fv

@@ -167,11 +167,11 @@ class FEMBody:
             ``None``: they stay where they are.
         velocity: initial velocity of every free node (3 values, m/s).
         friction: Coulomb coefficient against the floor and the walls.
-        contact_stiffness: penalty stiffness of the surface against the tools (Pa/m: contact
-            pressure per metre of penetration); ``None``: ``CONTACT_K E / h``, ``h`` the smallest
+        contact_stiffness: penalty stiffness of the surface against the tools and MPM material
+            (Pa/m: contact pressure per metre of penetration); ``None``: ``CONTACT_K E / h``, ``h`` the smallest
             tet's height scale (``1/sqrt(max sum_a |grad N_a|^2)``): contact much stiffer than
             one layer of tets, so penetration is a few % of the indentation.
-        contact_damping: normal dashpot of that contact (Pa s/m).
+        contact_damping: normal dashpot of that contact (Pa s/m: pressure per m/s).
     """
 
     mesh: TetMesh
@@ -269,16 +269,12 @@ class FEMBody:
         smax = self.geometry()[2].max() if smax is None else smax
         return CONTACT_K * self.E * math.sqrt(smax)
 
-    def stable_dt(self, coupling_k: float = 0.0, coupling_c: float = 0.0) -> float:
-        """This body's explicit limit (s) at its current parameters; ``coupling_k`` (N/m),
-        ``coupling_c`` (N s/m): stiffness and damping MPM material adds to a surface node."""
+    def stable_dt(self) -> float:
+        """This body's explicit limit (s) at its current parameters (with surface contact)."""
         _d, _v, s, vnode = self.geometry()
-        area = self.surface_area()
-        amax = float((area / vnode).max())
-        m = self.density * float(vnode[area > 0].min())
+        amax = float((self.surface_area() / vnode).max())
         return float(explicit_limit(self.E, self.nu, self.density, self.beta, s.max(),
-                                    self.contact_k(s.max()), self.contact_damping, amax,
-                                    coupling_k / m, coupling_c / m))
+                                    self.contact_k(s.max()), self.contact_damping, amax))
 
 
 @dataclass(frozen=True)
@@ -397,8 +393,8 @@ class FEMPart(Part):
         self.kc = ti.field(real, shape=B, needs_grad=True)
         self.cc = ti.field(real, shape=B, needs_grad=True)
         self.param("contact_stiffness", "Pa/m", self.kc, lower=0.0, lower_open=True,
-                   doc="tool contact stiffness (pressure per metre of penetration, Pa/m)")
-        self.param("contact_damping", "Pa s/m", self.cc, lower=0.0, doc="tool contact normal damping (Pa s/m)")
+                   doc="surface contact stiffness against tools and MPM material (pressure per metre, Pa/m)")
+        self.param("contact_damping", "Pa s/m", self.cc, lower=0.0, doc="surface contact normal damping (Pa s/m)")
         self.gravity = ti.Vector.field(3, real, shape=())
         self.lo = ti.Vector.field(3, real, shape=())
         self.hi = ti.Vector.field(3, real, shape=())
@@ -410,7 +406,6 @@ class FEMPart(Part):
         self._smax = np.zeros(0)
         self._hmin = np.zeros(0)
         self._amax = np.zeros(0)
-        self._msurf = np.zeros(0)
 
     def param_rows(self, name: str) -> int:
         return int(self.n_bodies[None])
@@ -430,7 +425,7 @@ class FEMPart(Part):
         vol, tbody = np.zeros(M), np.zeros(M, np.int32)
         nbody, vnode, anode = np.zeros(N, np.int32), np.ones(N), np.zeros(N)
         faces = []
-        amax, msurf = [], []  # per body: largest area / volume, smallest lumped volume of a surface node
+        amax = []  # per body: the largest surface area / lumped volume of a node
         kind, xloc = np.full(N, FREE, np.int32), np.zeros((N, 3))
         model, mount, fric = np.zeros(B, np.int32), np.full(B, -1, np.int32), np.zeros(B)
         prm = {k: np.ones(B) for k in ("E", "nu", "density", "alpha", "beta", "kc", "cc")}
@@ -447,7 +442,6 @@ class FEMPart(Part):
             area[b.fixed] = 0.0  # kinematic nodes feel no contact
             anode[v0: v0 + nv] = area
             amax.append(float((area / vn).max()))
-            msurf.append(float(vn[area > 0].min()) if (area > 0).any() else math.inf)
             faces.append(b.mesh.surface_faces() + v0)
             X = b.mesh.vertices
             if b.mount is None:
@@ -503,7 +497,6 @@ class FEMPart(Part):
         self.hi[None] = [spec.wall_hi] * 3
         self.subcycle = bool(spec.subcycle)
         self._smax, self._hmin, self._amax = np.array(smax), np.array(hmin), np.array(amax)
-        self._msurf = np.array(msurf)
         self._n = self._announced = 1
         self.bodies = list(bodies)
         if L.tool_contact:
@@ -551,11 +544,8 @@ class FEMPart(Part):
         """Explicit stability limit (s) of each body at the current parameters (tool contact
         included when the scene has tools)."""
         p = self._params()
-        amax = self._amax if self.layout.tool_contact else 0.0
-        w2, c = (0.0, 0.0) if self.coupler is None else self.coupler.fem_rates()
-        m = self._msurf * p["density"]
-        return explicit_limit(p["E"], p["nu"], p["density"], p["beta"], self._smax, p["kc"], p["cc"], amax,
-                              w2 / m, c / m)
+        amax = self._amax if self._contact else 0.0
+        return explicit_limit(p["E"], p["nu"], p["density"], p["beta"], self._smax, p["kc"], p["cc"], amax)
 
     def stable_dt(self) -> float:
         """The gels' explicit limit, or ``inf`` when the part sub-cycles (the default)."""
@@ -570,11 +560,8 @@ class FEMPart(Part):
         mu, lam = lame(p["E"][b], p["nu"][b])
         c = math.sqrt((lam + 2 * mu) / p["density"][b])
         contact = ""
-        if self.layout.tool_contact:
-            contact = f" with tool contact stiffness {p['kc'][b]:.3g} Pa/m"
-        if self.coupler is not None:
-            contact += (f" and MPM coupling stiffness {self.coupler.params['fem_stiffness'].get(0):.3g} N/m on its "
-                        f"lightest surface node ({self._msurf[b] * p['density'][b]:.3g} kg)")
+        if self._contact:
+            contact = f" with contact stiffness {p['kc'][b]:.3g} Pa/m"
         return (f"FEM body {b}: P-wave speed {c:.3g} m/s (E={p['E'][b]:.3g} Pa, nu={p['nu'][b]:.3g}, density="
                 f"{p['density'][b]:.3g} kg/m^3, beta={p['beta'][b]:.3g} s) across its smallest tet (height "
                 f"~{self._hmin[b] * 2:.3g} m){contact} limits explicit steps to {lim[b]:.3g} s; let the part "
