@@ -39,6 +39,12 @@ ENVS: dict[str, tuple[str, str]] = {
     "physim/MassSpringWalker2D-v0": ("physim.envs.mass_spring_walker:MassSpringWalker2DEnv",
                                      "2D mass-spring robot (point masses, actuated springs) that must walk "
                                      "forward (DiffTaichi mass_spring)"),
+    "physim/SurfaceFollowing-v0": ("physim.envs.surface_following:SurfaceFollowingEnv",
+                                   "3D tactile: slide a FEM gel sensor along a curved rigid surface at a target "
+                                   "contact force (DiffTactile)"),
+    "physim/ElasticGrasp-v0": ("physim.envs.elastic_grasp:ElasticGraspEnv",
+                               "3D tactile: lift an elastic MPM object between two FEM gel fingertips without "
+                               "slip (DiffTactile)"),
 }
 
 
