@@ -12,6 +12,7 @@ from .meshes import TetMesh, dome_gel, flat_pad, read_tet_mesh
 from .parts.fem import FEMBody
 from .parts.springs import MassSpring
 from .scene import GradientError, Gradients, Scene, SimulationError
+from .tactile import TactileSensor
 from .tape import Tape
 from .tools import BoxTool, CapsuleTool, CupTool, CylinderTool, SphereTool, Tool
 
@@ -40,6 +41,7 @@ __all__ = [
     "Viscoplastic",
     "Muscle",
     "Rigid",
+    "TactileSensor",
     "MassSpring",
     "FEMBody",
     "TetMesh",
