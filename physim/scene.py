@@ -70,6 +70,29 @@ def _weak_call(method):
     return lambda: ref()()
 
 
+def _inside_tets(mesh, points: np.ndarray) -> np.ndarray:
+    """Which ``points`` (p, 3) lie inside (or on) a tet of ``mesh`` (barycentric test against the
+    8 tets with the nearest centroids, among points inside the mesh's bounding box)."""
+    from scipy.spatial import cKDTree
+
+    v, t = mesh.vertices, mesh.tets
+    out = np.zeros(len(points), bool)
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    cand = np.flatnonzero(((points >= lo) & (points <= hi)).all(axis=1))
+    if len(cand) == 0:
+        return out
+    x0 = v[t[:, 0]]
+    T = np.stack([v[t[:, 1]] - x0, v[t[:, 2]] - x0, v[t[:, 3]] - x0], axis=-1)
+    Tinv = np.linalg.inv(T)
+    _, near = cKDTree(v[t].mean(axis=1)).query(points[cand], k=min(8, len(t)))
+    near = near.reshape(len(cand), -1)
+    for k in range(near.shape[1]):
+        e = near[:, k]
+        b = np.einsum("pij,pj->pi", Tinv[e], points[cand] - x0[e])
+        out[cand] |= (b > -1e-12).all(axis=1) & (b.sum(axis=1) < 1 + 1e-12)  # a shared face: both tets
+    return out
+
+
 def _next_pow2(n: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
@@ -505,9 +528,10 @@ class Scene(Rollout):
 
     def _check_overlaps(self) -> None:
         """Refuse a tool that starts deep inside MPM material (deeper than one grid cell:
-        shallower overlaps are the documented soft-contact start of several tasks) and a
+        shallower overlaps are the documented soft-contact start of several tasks), a
         mass-spring body that starts overlapping MPM particles (closer than half the contact
-        radius: the first substep's penalty force would be enormous). Runs on slot 0."""
+        radius: the first substep's penalty force would be enormous) and MPM particles that
+        start inside a FEM gel's tets. Runs on slot 0."""
         ps = self.partset
         if self.tools and self.bodies:
             x = np.concatenate(self._x)
@@ -529,6 +553,17 @@ class Scene(Rollout):
                 raise ValueError(
                     f"mass-spring vertex {i} at {verts[i].round(4).tolist()} starts inside MPM material "
                     f"(nearest particle {dist[i]:.3g} away, contact radius {r:.3g}): move the bodies apart")
+        if self.fem_bodies and self.bodies:
+            x = np.concatenate(self._x)
+            for bi, body in enumerate(self.fem_bodies):
+                inside = _inside_tets(body.mesh, x)
+                if inside.any():
+                    i = int(np.argmax(inside))
+                    pressure = 2 * ps.fem.params["contact_stiffness"].get(bi) * ps.coupler.fem_radius
+                    raise ValueError(
+                        f"MPM particle {i} at {x[i].round(4).tolist()} starts inside FEM body {bi} "
+                        f"({int(inside.sum())} particles inside its tets): the contact would throw them out with "
+                        f"a pressure of up to {pressure:.3g} Pa; move the bodies apart (touching is fine)")
 
     def _initial_state(self) -> dict[str, np.ndarray]:
         init: dict[str, np.ndarray] = {}

@@ -167,3 +167,12 @@ def test_coupled_gradients_match_finite_differences():
     d = rng.normal(size=v0.shape)
     num = central_difference(lambda e: run({"mpm.v": v0 + e * d}), 1e-5)
     assert_close(num, (g.initial["mpm.v"] * d).sum(), "initial mpm.v")
+
+
+def test_material_starting_inside_the_gel_is_refused():
+    """A cube whose lowest layer starts 2 mm inside the pad is refused at build, naming the
+    particle and the body; a bad fem_radius is refused by name."""
+    with pytest.raises(ValueError, match=r"MPM particle \d+ at .* starts inside FEM body 0 \(16 particles"):
+        coupled_scene(gap=-2e-3)
+    with pytest.raises(ValueError, match=r"fem_radius must be in \(0, 1/3\] m, got -0.001"):
+        coupled_scene(fem_radius=-1e-3)
