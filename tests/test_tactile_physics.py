@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from subproc import run_python
 
 import physim as ps
@@ -122,6 +123,10 @@ def test_sphere_indentation_follows_hertz_for_a_bonded_layer():
 
     fc = press(-GAP / (4 * dt) * 0.5, 4)  # halfway down the gap: still apart
     assert np.all(fc == 0.0), f"contact force before contact: {np.abs(fc).max():.3g} N"
+    sensor = ps.TactileSensor(body, image_size=(33, 33), markers=(9, 9))
+    st = scene.get_state()
+    rest = sensor.reading(torch.tensor(st["fem.x"]), f_contact=torch.tensor(st["fem.f_contact"]))
+    background = sensor.image(torch.tensor(mesh.vertices))
     hold = int(math.ceil(5 / w1 / dt))
     depth, F, pen, drift = -GAP / 2, [], [], []
     for d in DEPTHS:
@@ -150,10 +155,51 @@ def test_sphere_indentation_follows_hertz_for_a_bonded_layer():
     print(f"\nindentation: exponent {k:.4f} (raw {k_raw:.4f}), F / (Hertz x factor) {np.round(ratio, 3)}, "
           f"factor {np.round(factor, 3)}, penetration {np.round(pen * 1e3, 4)} mm, drift {drift.max():.1e}, "
           f"balance {balance:.1e}, F {np.round(F * 1e3, 3)} mN, {time.time() - t_start:.1f} s")
+    # the sensor's readings of the simulated gel: at rest (no contact) nothing, under the
+    # sphere a centred, radially symmetric imprint
+    assert np.abs(rest["marker_displacement"].numpy()).max() < 1e-9  # px: the gel has not moved
+    assert np.abs(rest["depth"].numpy()).max() < 1e-12
+    assert np.abs((rest["image"] - background).numpy()).max() < 1e-9
+    assert np.all(rest["total_force"].numpy() == 0.0)
+    check_imprint(sensor, scene.get_state(), F[-1])
     assert abs(k - 1.5) < 0.06, f"exponent {k:.4f} (raw {k_raw:.4f}) vs 1.5; ratios {ratio}"
     assert k_raw > 1.55, f"raw exponent {k_raw:.4f}: the finite thickness should raise it above 1.5"
     assert ((ratio > 0.95) & (ratio < 1.25)).all(), f"F / (Hertz x thickness factor) = {ratio}"
     assert balance < 0.01, f"back reaction {back} vs total contact force {total} (F = {F[-1]:.4g} N)"
+
+
+def check_imprint(sensor, state, F):
+    """Readings of the gel pressed by the sphere at its centre (1.3 mm deep, F the contact
+    force): the deepest depth pixel is the centre one (to one pixel) and equals the gel's
+    deflection under the pole (the sphere's depth less the penalty's penetration, within
+    5 %: the pixel grid samples the rounded bottom); the depth map is symmetric under the
+    square's 90-degree turns and mirrors (the graded mesh is symmetric; its Kuhn diagonals
+    are not: tolerance 10 % of the peak, measured 5.6 %); markers move radially (their
+    azimuthal displacement, summed over markers, is < 15 % of the radial one: measured 10.3 %,
+    the same diagonals); the total force
+    in the sensor frame is F along the normal with shear < 1 % of F."""
+    x, fc = torch.tensor(state["fem.x"]), torch.tensor(state["fem.f_contact"])
+    r = sensor.reading(x, f_contact=fc)
+    depth = r["depth"].numpy()
+    H, W = depth.shape
+    i, j = np.unravel_index(np.argmax(depth), depth.shape)
+    assert abs(i - H // 2) <= 1 and abs(j - W // 2) <= 1, (i, j)
+    top = np.isclose(sensor.rest_vertices[:, 1], TOP)
+    pole = TOP - x[:, 1].numpy()[top].min()  # the top surface's deepest point (under the pole)
+    assert depth.max() == pytest.approx(pole, rel=0.05)
+    sym = max(np.abs(depth - np.rot90(depth, k)).max() for k in (1, 2, 3))
+    sym = max(sym, np.abs(depth - depth[::-1]).max(), np.abs(depth - depth[:, ::-1]).max())
+    print(f"imprint: peak {depth.max() * 1e3:.4f} mm (pole {pole * 1e3:.4f}), asymmetry {sym / depth.max():.3f}")
+    assert sym < 0.1 * depth.max()
+    m = sensor.markers(torch.tensor(sensor.rest_vertices)).numpy()
+    d = r["marker_displacement"].numpy()
+    rad = m - np.array([(W - 1) / 2, (H - 1) / 2])
+    rn = rad / np.maximum(np.linalg.norm(rad, axis=1, keepdims=True), 1e-12)
+    radial = (d * rn).sum(axis=1)
+    azim = d[:, 0] * rn[:, 1] - d[:, 1] * rn[:, 0]
+    assert np.abs(azim).sum() < 0.15 * np.abs(radial).sum(), (np.abs(azim).sum(), np.abs(radial).sum())
+    f = r["total_force"].numpy()
+    assert f[2] == pytest.approx(F, rel=1e-6) and np.abs(f[:2]).max() < 0.01 * F, f
 
 
 # ------------------------------------------------------------------ process stability
