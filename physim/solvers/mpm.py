@@ -540,12 +540,13 @@ class MPMEngine(Part):
             C = self.C[l, p]
             tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, self.U[p], self.V[p], self.F[l + 1, p],
                                          self.sig_elastic[p], self.Jp[l + 1, p], C, mu, la)
-            self.affine[p] = self._affine(p, tau, C)
+            self.affine[p] = self._affine(m, tau, C)
 
     @ti.func
-    def _affine(self, p, tau, C):
+    def _affine(self, m, tau, C):
         inv_dx = ti.static(self.inv_dx)
-        return -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + self._mass(p) * C
+        mass = self.mat_params[m, COL["density"]] * self.p_vol[None]
+        return -self.dt[None] * self.p_vol[None] * 4 * inv_dx * inv_dx * tau + mass * C
 
     @ti.func
     def _mass(self, p):
@@ -856,7 +857,7 @@ class MPMEngine(Part):
         self.Jp[l + 1, p] = jp_new
         C = self.C[l, p]
         tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, U, V, F_new, sig_new, jp_new, C, mu, la)
-        affine = self._affine(p, tau, C)
+        affine = self._affine(m, tau, C)
         if ti.static(keep):
             self.F_trial[p] = F_trial
             if ti.static(svd):
