@@ -4,7 +4,7 @@ gradient cost, memory versus horizon, and scaling with the particle count.
 Usage::
 
     python benchmarks/run.py                 # full suite (tens of minutes on 2 CPU cores)
-    python benchmarks/run.py --quick         # reduced sizes and horizons (< 3 minutes, warm kernel cache)
+    python benchmarks/run.py --quick         # reduced sizes and horizons (~5 minutes, warm kernel cache)
     python benchmarks/run.py --arch cuda --json benchmarks/results/cuda.json
 
 Every case runs in fresh subprocesses (``physim_worker.py`` for physim,
@@ -159,8 +159,9 @@ def _fem_dome_case(name: str, dome: dict, substeps: int, repeats: int) -> Case:
     backward with d loss / d fem.x(final) = 1. ``mpm_object``: the MPM object the gel will press
     once FEM <-> MPM contact exists (``{"center", "size", "E", "nu"}``): a one-line change here."""
     spec = {
+        # build_steps: quick and full share one compiled layout (the reverse kernels take ~2 min)
         "mode": "gradient", "dim": 3, "grid": 64, "dt": DOME_DT, "substeps": substeps,
-        "substeps_per_step": SUBSTEPS_PER_STEP, "checkpoint_every": 50, "build_steps": 1,
+        "substeps_per_step": SUBSTEPS_PER_STEP, "checkpoint_every": 50, "build_steps": 100,
         "gravity": [0.0, -9.8, 0.0], "repeats": repeats,
         "fem": {"dome": dome, "E": 5e4, "nu": 0.4, "density": 1000.0, "beta": 2e-5,
                 "model": "stable_neohookean", "gap": 1e-4, "press_speed": DOME_PRESS / (substeps * DOME_DT),
@@ -624,7 +625,7 @@ def machine_info(arch: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="physim benchmark suite")
-    parser.add_argument("--quick", action="store_true", help="reduced suite, under 3 minutes with a warm cache")
+    parser.add_argument("--quick", action="store_true", help="reduced suite, ~5 minutes with a warm cache")
     parser.add_argument("--arch", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--json", help="results file (default benchmarks/results/latest[_quick].json)")
     parser.add_argument("--plot", help="scaling plot (default: benchmarks/scaling.png)")
