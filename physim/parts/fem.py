@@ -402,6 +402,7 @@ class FEMPart(Part):
         self._energy = ti.field(real, shape=3)
         self.subcycle = True
         self._n = 1  # sub-steps of the current chunk
+        self._damped = True  # some body has beta > 0 (else a forward-only run skips damping_forces)
         self._announced = 1
         self._smax = np.zeros(0)
         self._hmin = np.zeros(0)
@@ -590,6 +591,8 @@ class FEMPart(Part):
 
     def _refresh(self) -> None:
         self._n = self.subcycles
+        nb = int(self.n_bodies[None])
+        self._damped = bool((self.beta.to_numpy()[:nb] != 0).any())
         if self._n != self._announced:
             self._announced = self._n
             if self._n > 1:
@@ -881,7 +884,8 @@ class FEMPart(Part):
             if self.corotated:
                 tape.launch(self.polar, k, grad=self.polar_grad, replay=True)
             tape.launch(self.elastic_forces, k, replay=True)
-            tape.launch(self.damping_forces, k, replay=True)
+            if self._damped or tape.recording:  # recorded: d loss / d beta exists even at beta = 0
+                tape.launch(self.damping_forces, k, replay=True)
             if self.coupler is not None:
                 tape.launch(self.coupler.face_forces, l, k, n, replay=True)
             if self._contact:
