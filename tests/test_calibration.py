@@ -12,9 +12,10 @@ friction 0.5 against the gel) that
    shears -- the shear force rises with E -- then slips: the shear force saturates at about
    mu F_n, measured 0.52 F_n; the ratio reads the friction coefficient).
 
-dt = 5e-5 s x 8 substeps per step (0.4 ms): one FEM sub-step per substep for every E in the
-search interval (1e4, 1e5) Pa (the stable limit is 6.4e-5 s at 1e5 Pa with the explicit contact
-stiffness 5e7 Pa/m), so the time discretization does not change with E during the fit.
+dt = 5e-5 s x 8 substeps per step (0.4 ms): one FEM sub-step per substep everywhere in the search
+interval E in (1e4, 8e4) Pa, nu in (0.1, 0.45) (the stable limit is 5.2e-5 s at its stiffest
+corner, with the explicit contact stiffness 5e7 Pa/m), so the time discretization does not change
+with the parameters during the fit (calibrate warns otherwise).
 """
 
 import math
@@ -37,7 +38,7 @@ PRESS, SLIDE = 12, 20
 STEP = 5e-5 * 8  # s per action step
 DEPTH, TRAVEL, GAP = 1.5e-3, 4e-3, 1e-5
 MOUNT_POS = (0.5, 0.29, 0.5)
-E_BOUNDS = (1e4, 1e5)
+E_BOUNDS, NU_BOUNDS = (1e4, 8e4), (0.1, 0.45)
 
 
 @pytest.fixture(scope="module")
@@ -79,25 +80,37 @@ def test_readings_show_pressing_and_stick_slip(rig):
     assert np.sqrt(((uv - uv[0]) ** 2).sum(-1).mean()) > 0.3  # px
 
 
-def test_calibration_recovers_E_and_friction(rig):
-    """From E + 40 % and friction - 40 % (nu known), 12 iterations of calibrate recover E within
-    5 % and the friction within 10 % (the issue's numbers; measured ~1 % and ~2 %)."""
+@pytest.mark.parametrize("free_nu", [False, True], ids=["nu_known", "nu_free"])
+def test_calibration_recovers_E_and_friction(rig, free_nu):
+    """From E + 40 % and friction - 40 %, 12 iterations of calibrate recover E within 5 % and the
+    friction within 10 % (the issue's numbers; measured -1.9 % and +2.7 % with nu known).
+
+    nu free (guess 0.4 for 0.3): recovered too, to 0.03 (measured 0.3016, with E -0.3 % and
+    friction -0.1 %). It is the least determined of the three: a 5 % change of nu raises the loss
+    4e-4, of the friction 1.1e-3, of E 1.7e-3 (the force term: displacement-controlled markers
+    barely see E); with 0.05 px marker and 1 % force noise a 20-iteration fit found nu 0.288
+    (-3.9 %) against E +0.4 % and friction +1.3 %. Fix nu where it is known."""
     scene, sensor, a, truth = rig
     guess = {"fem.E": 1.4 * E_TRUE, "tools.friction[1]": 0.6 * MU_TRUE}
+    if free_nu:
+        guess["fem.nu"] = 0.4
     set_params(scene)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = calibrate(scene, sensor, a, markers=truth["markers"], force=truth["force"], params=guess,
-                      bounds={"fem.E": E_BOUNDS}, iters=12, lr=0.1)
+                      bounds={"fem.E": E_BOUNDS, "fem.nu": NU_BOUNDS}, iters=12, lr=0.1)
     # one sub-step count inside the bounds: no warning of calibrate's
     assert not [w for w in caught if "calibrate:" in str(w.message)], [str(w.message) for w in caught]
-    E, mu = r.params["fem.E"], r.params["tools.friction[1]"]
+    E, mu, nu = r.params["fem.E"], r.params["tools.friction[1]"], r.params.get("fem.nu", NU_TRUE)
     print(f"\ncalibration: E {E:.1f} Pa ({E / E_TRUE - 1:+.2%}), friction {mu:.4f} ({mu / MU_TRUE - 1:+.2%}), "
-          f"loss {r.losses[0]:.3g} -> {r.loss:.3g} in {len(r.losses)} iterations, {r.wall_seconds:.1f} s")
+          f"nu {nu:.4f}{'' if free_nu else ' (known)'}, loss {r.losses[0]:.3g} -> {r.loss:.3g} in {len(r.losses)} "
+          f"iterations, {r.wall_seconds:.1f} s")
     assert abs(E / E_TRUE - 1) < 0.05, r.history
     assert abs(mu / MU_TRUE - 1) < 0.10, r.history
+    assert abs(nu - NU_TRUE) < 0.03, r.history
     assert r.loss < 1e-2 * r.losses[0]
     assert scene.get_param("fem.E") == E  # left with the identified values
+    set_params(scene)
 
 
 def test_marker_gradient_matches_finite_differences(rig):
@@ -133,6 +146,7 @@ def test_marker_gradient_matches_finite_differences(rig):
     big = np.maximum(np.abs(fd), np.abs(ad))
     mask = big > 1e-3 * big.max()
     err = (np.abs(fd - ad)[mask] / big[mask]).max()
+    print(f"max relative error {err:.1e}")
     assert err < 1e-3, f"relative error {err:.2e}: ad {ad}, fd {fd}"
 
 

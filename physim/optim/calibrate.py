@@ -28,9 +28,12 @@ its term.
 What the motion must contain (see tests/test_calibration.py): normal loading (an indenter
 pressed in: the normal force and the markers' radial spread scale with E) and tangential loading
 past the stick-slip transition (the indenter slides: the shear force saturates at about mu times
-the normal force, so the friction coefficient is read from the ratio). nu enters the readings
-only weakly (through the layer's confinement and the markers' lateral spread): fix it when it
-is known, or check what a fit of it does.
+the normal force, so the friction coefficient is read from the ratio). Under a
+displacement-controlled indenter the markers barely see E (a linear gel's quasi-static
+displacements do not depend on it): E comes mostly from the force. nu is the least determined
+(the layer's confinement, the markers' lateral spread): in the test's scene a 5 % change of nu
+raises the loss a quarter as much as one of E; it is recovered from exact synthetic readings,
+to a few % from noisy ones. Fix it when it is known.
 
 Sub-stepping: the FEM part sub-cycles each substep by a count that depends on the parameters
 (stiffer gel, shorter stable step). A change of that count inside the search interval changes
