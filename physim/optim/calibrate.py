@@ -26,7 +26,7 @@ pixels; ``s_m^2 = mean_{t,k} |d_obs|^2`` (the recorded motion's mean square, px^
 its term.
 
 What the motion must contain (see tests/test_calibration.py): normal loading (an indenter
-pressed in: the normal force and the markers' radial spread scale with E) and tangential loading
+pressed in: the normal force scales with E) and tangential loading
 past the stick-slip transition (the indenter slides: the shear force saturates at about mu times
 the normal force, so the friction coefficient is read from the ratio). Under a
 displacement-controlled indenter the markers barely see E (a linear gel's quasi-static
