@@ -1,4 +1,4 @@
-"""Real-to-sim calibration of a tactile gel (physim.optim.calibrate): recover E and the contact
+"""Real-to-sim calibration of a tactile gel (physim.optim.calibration): recover E and the contact
 friction from marker and force readings, and the marker readings' gradients.
 
 Scene: a 20 x 20 x 10 mm pad (flat_pad, 4 x 2 x 4 cells: 192 tets, 75 nodes; E = 30 kPa, nu =
@@ -27,7 +27,7 @@ import pytest
 
 import physim as ps
 from physim.optim import calibrate
-from physim.optim.calibrate import READINGS_OBSERVE, readings_loss, sensor_readings
+from physim.optim.calibration import READINGS_OBSERVE, readings_loss, sensor_readings
 from physim.optim.problem import rollout_loss
 from physim.tactile import TactileSensor
 

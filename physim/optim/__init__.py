@@ -15,7 +15,7 @@ Every optimizer works on a *problem*: a :class:`SceneProblem` or any object with
 """
 
 from .adam import adam
-from .calibrate import calibrate
+from .calibration import calibrate
 from .cmaes import cmaes, hybrid, keyframe_matrix
 from .plot import plot_losses
 from .policy import MLPPolicy, train_policy
