@@ -23,3 +23,17 @@ def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     test_cmd = re.search(r"Run the tests.*?```bash\n(.*?)\n```", text, flags=re.S).group(1).strip()
     assert test_cmd in ci
+
+
+def test_readme_tactile_scene_runs(tmp_path):
+    """The README's tactile scene runs as written: it writes tactile.png and prints a total
+    force whose normal component is positive (the sphere presses the gel) and larger than the
+    shear components (a centred press of a frictional sphere)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    block = next(b for b in blocks if "TactileSensor" in b and "scene.forward(" in b)
+    assert len(block.strip().splitlines()) <= 14
+    r = run_python(["-c", block], timeout=600, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "tactile.png").stat().st_size > 0
+    f = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", r.stdout.strip().splitlines()[-1])]
+    assert len(f) == 3 and f[2] > 0 and f[2] > 5 * max(abs(f[0]), abs(f[1])), f
