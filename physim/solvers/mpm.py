@@ -38,7 +38,16 @@ kernels after g2p -- ``rigid_save`` (whose hand-written adjoint hands the gradie
 gathered state back to g2p), ``rigid_reduce`` (per-body sums by atomics), ``rigid_polar``
 (2D: closed-form angle, Taichi's adjoint; 3D: physim's SVD, hand-written polar adjoint) and
 ``rigid_project`` -- whose scratch (the gathered state, the sums, the polar factors) the
-replay launch restores. Particle masses are density * particle volume evaluated in the
+replay launch restores. Between the rotation and the projection, the walls act on each body as a
+whole (the grid's walls stop only the nodes in the wall band, which the projection shares with
+the whole body, so without this a resting body sinks into the band): ``rigid_motion`` (the
+body's c, V, w), then ``RIGID_CONTACT_PASSES`` passes of ``rigid_contact_select`` (count and
+centroid of the body's particles in each wall's band moving into it; atomics) and
+``rigid_contact_impulse`` (per wall, a normal impulse at that centroid through the body's
+mass and inverse inertia that stops its normal velocity, and a Coulomb-bounded tangential
+one), all with Taichi's adjoints (the selection is piecewise constant); ``rigid_project``
+then sets v = V + w x r, C = skew(w) and advances x with the contact's velocity change
+(x = c + dt dV + turn(dt dw) R X, an exact rotation). Particle masses are density * particle volume evaluated in the
 kernels, so ``mpm.density`` is differentiable (for every material).
 """
 
@@ -77,6 +86,9 @@ WAVE_CFL_LIMIT = 0.9
 #: a rigid body's rest shape must span the space: its smallest principal extent (singular
 #: value of the centred rest positions) at least this fraction of its largest
 RIGID_MIN_SPAN = 1e-6
+#: passes of the rigid bodies' wall contact (each: find the body's particles in a wall band
+#: moving into the wall, one impulse per wall at their centroid; see MPMEngine._rigid_impulse)
+RIGID_CONTACT_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,18 @@ class MPMEngine(Part):
         self.body_V = self.scratch_field((dim, dim), B, grad=False)
         self.rigid_particle_scratch = [self.rg_x, self.rg_v, self.rg_C]
         self.body_scratch = [self.body_sx, self.body_sv, self.body_sa, self.body_sl, self.body_R]
+        # wall contact (after the shape matching): the body's centre, its velocity V and angular
+        # velocity w before (pass 0) and after each contact pass, and per pass, body and wall
+        # (2 * dim: low / high side of each axis) the count and the summed arms R X of the
+        # particles in that wall's band moving into it
+        P, W = RIGID_CONTACT_PASSES, 2 * dim
+        self.body_c = self.scratch_field((dim,), B)
+        self.body_lv = self.scratch_field((dim,), (P + 1, B))
+        self.body_av = self.scratch_field((ad,), (P + 1, B))
+        self.contact_n = self.scratch_field((), (P, B, W), grad=False)
+        self.contact_r = self.scratch_field((dim,), (P, B, W))
+        self.body_scratch.append(self.body_c)
+        self.contact_scratch = [self.body_lv, self.body_av, self.contact_n, self.contact_r]
 
     @property
     def action(self):
@@ -744,6 +768,12 @@ class MPMEngine(Part):
     def _rigid_clear(self, b):
         for f in ti.static(self.body_scratch):
             f[b] = ti.zero(f[b])
+        for k in ti.static(range(RIGID_CONTACT_PASSES + 1)):
+            self.body_lv[k, b] = ti.zero(self.body_lv[k, b])
+            self.body_av[k, b] = ti.zero(self.body_av[k, b])
+        for k, j in ti.static(ti.ndrange(RIGID_CONTACT_PASSES, 2 * self.dim)):
+            self.contact_n[k, b, j] = 0.0
+            self.contact_r[k, b, j] = ti.zero(self.contact_r[k, b, j])
 
     @ti.func
     def _rigid_accumulate(self, p, x, v, C):
@@ -771,22 +801,107 @@ class MPMEngine(Part):
             self.body_R[b] = U @ V.transpose()
 
     @ti.func
-    def _rigid_project(self, l, p):
-        """Rigid particle ``p`` onto its body's rigid motion: x = c + R X, v = V + w x R X,
-        C = skew(w), with w = I^-1 L (L about c, orbital + APIC affine; I = R I_rest R^T)."""
-        b = self.material[p]
-        n = self.body_count[b]
-        c = self.body_sx[b] / n
-        L = self.body_sl[b] - self._cross(c, self.body_sv[b])
-        R = self.body_R[b]
+    def _inertia_inv(self, b, R, L):
+        """I^-1 L for body ``b`` at rotation R (I = R I_rest R^T, per unit particle mass)."""
         w = L * 0.0
         if ti.static(self.dim == 2):
             w = self.body_inertia_inv[b][0, 0] * L
         else:
             w = R @ (self.body_inertia_inv[b] @ (R.transpose() @ L))
-        r = R @ self.rest[p]
-        self.x[l + 1, p] = c + r
-        self.v[l + 1, p] = self.body_sv[b] / n + self._spin(w, r)
+        return w
+
+    @ti.func
+    def _rigid_motion(self, b):
+        """Body ``b``'s centre c, velocity V and angular velocity w = I^-1 L (L about c,
+        orbital + APIC affine) from the sums: the state before the wall contact (pass 0)."""
+        n = self.body_count[b]
+        c = self.body_sx[b] / n
+        L = self.body_sl[b] - self._cross(c, self.body_sv[b])
+        self.body_c[b] = c
+        self.body_lv[0, b] = self.body_sv[b] / n
+        self.body_av[0, b] = self._inertia_inv(b, self.body_R[b], L)
+
+    @ti.func
+    def _contact_select(self, k, p):
+        """Contact pass ``k``: count rigid particle ``p`` (and add its arm R X) for every wall
+        whose band (the grid's wall cells, BOUND cells from the domain's edge) it is in while
+        moving into the wall at the body's velocity of pass ``k``."""
+        b = self.material[p]
+        r = self.body_R[b] @ self.rest[p]
+        x = self.body_c[b] + r
+        v = self.body_lv[k, b] + self._spin(self.body_av[k, b], r)
+        for d in ti.static(range(self.dim)):
+            if x[d] < ti.static(BOUND * self.dx) and v[d] < 0:
+                self.contact_n[k, b, 2 * d] += 1.0
+                self.contact_r[k, b, 2 * d] += r
+            if x[d] > ti.static(1.0 - BOUND * self.dx) and v[d] > 0:
+                self.contact_n[k, b, 2 * d + 1] += 1.0
+                self.contact_r[k, b, 2 * d + 1] += r
+
+    @ti.func
+    def _rigid_impulse(self, k, b):
+        """Contact pass ``k`` of body ``b``: for each wall in turn, the impulse at the centroid
+        a of the body's particles in its band moving into it that stops a's normal velocity
+        (through the body's mass and inverse inertia), then a tangential impulse that stops a's
+        sliding, bounded by the wall's Coulomb friction times the normal impulse (slip walls:
+        none; sticky walls: unbounded). Writes V, w of pass ``k + 1``. Branch-free."""
+        n = self.body_count[b]
+        R = self.body_R[b]
+        V = self.body_lv[k, b]
+        w = self.body_av[k, b]
+        kind = self.boundary[None]
+        mu = ti.select(kind == BOUNDARY_IDS["friction"], self.wall_friction[None], 0.0)
+        sticky = kind == BOUNDARY_IDS["sticky"]
+        for d, side in ti.static(ti.ndrange(self.dim, 2)):
+            cnt = self.contact_n[k, b, 2 * d + side]
+            a = self.contact_r[k, b, 2 * d + side] / ti.max(cnt, 1.0)
+            normal = ti.Vector.unit(self.dim, d, self.real) * ti.static(1.0 - 2.0 * side)
+            u = V + self._spin(w, a)
+            an = self._cross(a, normal)
+            jn = ti.select(cnt > 0, ti.max(-u.dot(normal), 0.0) / (1.0 / n + an.dot(self._inertia_inv(b, R, an))),
+                           0.0)
+            V += (jn / n) * normal
+            w += self._inertia_inv(b, R, jn * an)
+            u = V + self._spin(w, a)
+            ut = u - u.dot(normal) * normal
+            speed = safe_norm(ut)
+            tangent = ut / speed
+            at = self._cross(a, tangent)
+            stop = speed / (1.0 / n + at.dot(self._inertia_inv(b, R, at)))
+            jt = ti.select(sticky, ti.select(jn > 0, stop, 0.0), ti.min(stop, mu * jn))
+            V -= (jt / n) * tangent
+            w -= self._inertia_inv(b, R, jt * at)
+        self.body_lv[k + 1, b] = V
+        self.body_av[k + 1, b] = w
+
+    @ti.func
+    def _turn(self, a):
+        """The rotation by the small angle vector a (Cayley: exactly orthogonal, smooth at 0,
+        the identity at a = 0)."""
+        out = ti.Matrix.identity(self.real, self.dim)
+        if ti.static(self.dim == 2):
+            q = 0.5 * a[0]
+            den = 1.0 + q * q
+            cs, sn = (1.0 - q * q) / den, 2.0 * q / den
+            out = ti.Matrix([[cs, -sn], [sn, cs]])
+        else:
+            K = self._skew(0.5 * a)
+            out += (2.0 / (1.0 + 0.25 * a.dot(a))) * (K + K @ K)
+        return out
+
+    @ti.func
+    def _rigid_project(self, l, p):
+        """Rigid particle ``p`` onto its body's rigid motion after the wall contact: v = V + w x r,
+        C = skew(w) (V, w of the last contact pass) and x = c + dt dV + turn(dt dw) R X (the
+        position advanced with the contact's velocity change dV, dw, as g2p advanced it with the
+        gathered velocity; without contact x = c + R X)."""
+        b = self.material[p]
+        P = ti.static(RIGID_CONTACT_PASSES)
+        V, w = self.body_lv[P, b], self.body_av[P, b]
+        dt = self.dt[None]
+        r = self._turn(dt * (w - self.body_av[0, b])) @ (self.body_R[b] @ self.rest[p])
+        self.x[l + 1, p] = self.body_c[b] + dt * (V - self.body_lv[0, b]) + r
+        self.v[l + 1, p] = V + self._spin(w, r)
         self.C[l + 1, p] = self._skew(w)
 
     @ti.kernel
@@ -832,6 +947,24 @@ class MPMEngine(Part):
                                    self.svd_gap_eps)
                 self.body_sa.grad[b] += gA
                 self.body_sx.grad[b] += -(gA @ self.body_sum_rest[b]) / self.body_count[b]
+
+    @ti.kernel
+    def rigid_motion(self):
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                self._rigid_motion(b)
+
+    @ti.kernel
+    def rigid_contact_select(self, k: ti.i32):
+        for p in range(self.n_particles[None]):
+            if self._is_rigid(p):
+                self._contact_select(k, p)
+
+    @ti.kernel
+    def rigid_contact_impulse(self, k: ti.i32):
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                self._rigid_impulse(k, b)
 
     @ti.kernel
     def rigid_project(self, l: ti.i32):
@@ -889,9 +1022,24 @@ class MPMEngine(Part):
             for b in range(self.n_mat):
                 if self.body_rigid[b] != 0:
                     self._rigid_rotation(b)
+            self._rigid_contact()
             for p in range(self.n_particles[None]):
                 if self._is_rigid(p):
                     self._rigid_project(l, p)
+
+    @ti.func
+    def _rigid_contact(self):
+        """The bodies' motion and wall contact passes (loops of the fused kernels)."""
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                self._rigid_motion(b)
+        for k in ti.static(range(RIGID_CONTACT_PASSES)):
+            for p in range(self.n_particles[None]):
+                if self._is_rigid(p):
+                    self._contact_select(k, p)
+            for b in range(self.n_mat):
+                if self.body_rigid[b] != 0:
+                    self._rigid_impulse(k, b)
 
     @ti.kernel
     def substep_scratch(self, l: ti.i32, t: ti.i32, svd: ti.template(), rigid: ti.template()):
@@ -917,6 +1065,7 @@ class MPMEngine(Part):
             for b in range(self.n_mat):
                 if self.body_rigid[b] != 0:
                     self._rigid_rotation(b)
+            self._rigid_contact()
 
     # ------------------------------------------------------------ bookkeeping
     @ti.kernel
@@ -949,6 +1098,11 @@ class MPMEngine(Part):
             for b in range(self.n_mat):
                 for f in ti.static(self.body_scratch):
                     f.grad[b] = ti.zero(f.grad[b])
+                for k in ti.static(range(RIGID_CONTACT_PASSES + 1)):
+                    self.body_lv.grad[k, b] = ti.zero(self.body_lv.grad[k, b])
+                    self.body_av.grad[k, b] = ti.zero(self.body_av.grad[k, b])
+                for k, j in ti.static(ti.ndrange(RIGID_CONTACT_PASSES, 2 * self.dim)):
+                    self.contact_r.grad[k, b, j] = ti.zero(self.contact_r.grad[k, b, j])
 
     def stable_dt(self) -> float:
         """0.9 dx / c, c the fastest elastic-wave speed of the scene's materials."""
@@ -983,4 +1137,8 @@ class MPMEngine(Part):
                 tape.record(self.rigid_polar)
             else:
                 tape.record(self.rigid_polar, grad=self.rigid_polar_grad)
+            tape.record(self.rigid_motion)
+            for k in range(RIGID_CONTACT_PASSES):
+                tape.record(self.rigid_contact_select, k)
+                tape.record(self.rigid_contact_impulse, k)
             tape.record(self.rigid_project, l)
