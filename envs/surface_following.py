@@ -18,14 +18,12 @@ progress towards the goal).
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 
 import physim as ps
 from physim.optim.problem import SceneProblem
-from physim.parts.fem import Subcycling
 from physim.tactile import TactileSensor
 
 from .base import PhysimEnv
@@ -83,6 +81,10 @@ class SurfaceFollowingEnv(PhysimEnv):
     3.5 mm press keeps every tet upright; a press through the 4 mm gel would invert tets, a
     :class:`physim.SimulationError`), and the target arc is capped at 12 mm, whose surface
     drop (1.5 mm under the mount's path) plus a 1.3 mm press stays inside that budget.
+
+    Speed (f64, 2 shared CPU cores at load ~5): ~12 steps/s (``measure_speed``), one
+    ``loss_and_grad`` at T = 32 2.5-3.3 s warm. ``physim optimize physim/SurfaceFollowing-v0
+    --iters 20`` (Adam, lr 0.05): loss 2 -> 0.393 in 149 s; with ``--lr 0.2``: 2 -> 0.259.
     """
 
     default_horizon = 32
@@ -148,9 +150,7 @@ class SurfaceFollowingEnv(PhysimEnv):
         scene.add_fem(body)
         self.sensor = TactileSensor(body, camera="pinhole", image_size=(32, 32), markers=(5, 5),
                                     pose=(core, np.array([1.0, 0.0, 0.0, 0.0])))
-        with warnings.catch_warnings():  # 2 sub-steps per substep, by design (class docstring)
-            warnings.simplefilter("ignore", Subcycling)
-            scene.build(max_steps=self.horizon)
+        scene.build(max_steps=self.horizon)
         return scene
 
     def _action_map(self):

@@ -4,7 +4,9 @@ the optimizers on it.
 
 One env (horizon 8, as tests/test_envs.py makes every env, so the compiled engine is the same
 layout) is shared by the module. At horizon 8 the y action scale is its cap, 0.25 m/s (0.4 mm
-per 1.6 ms step); the apex starts 0.05 mm above the surface.
+per 1.6 ms step); the apex starts 0.05 mm above the surface. Runtime on 2 shared cores: ~50 s
+with a warm Taichi kernel cache, ~95 s cold (PHYSIM_OFFLINE_CACHE=0: the reverse mode compiles
+in the gradient test).
 """
 
 import gc
@@ -133,14 +135,14 @@ def test_action_gradient_matches_central_differences(env):
 def test_adam_lowers_the_loss(env):
     """Adam (what ``physim optimize physim/SurfaceFollowing-v0 --lr 0.2`` runs) from zero
     actions, 6 iterations at horizon 8: the loss 2.0 (never touching: force term 1, arc term 1)
-    falls to ~0.8 (measured 0.77 and 0.83 on seeds 0 and 1 after 6 iterations; 0.46-0.50 after
-    12). Asserted: below 0.6 of the start."""
+    falls to 0.63 / 0.57 / 0.79 (seeds 0 / 1 / 2; 0.46-0.50 after 12 iterations). Asserted on
+    seed 1: below half the start (measured 0.29 of it)."""
     task = env.unwrapped
     env.reset(seed=1)
     res = optim.adam(task, iters=6, lr=0.2, progress=False, seed=1)
     print(f"\nadam: {np.round(res.losses, 4)}")
     assert res.initial_loss == pytest.approx(2.0)
-    assert res.loss < 0.6 * res.initial_loss, res.losses
+    assert res.loss < 0.5 * res.initial_loss, res.losses
 
 
 def test_cmaes_and_hybrid_run(env):
