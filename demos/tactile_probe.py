@@ -1,7 +1,7 @@
 """Press and slide a GelSight-style tactile sensor over rigid objects with the keyboard.
 
     python demos/tactile_probe.py                      # interactive window
-    python demos/tactile_probe.py --offscreen --frames 240 --out out/tactile_probe.mp4
+    python demos/tactile_probe.py --offscreen --frames 260 --out out/tactile_probe.mp4
     python demos/tactile_probe.py --picture docs/tactile.png   # a still of a sphere pressed in
 
 A flat gel pad (28 x 28 x 6 mm, 3,528 FEM tets, its back glued to a rigid mount) hangs
@@ -14,8 +14,8 @@ shear force as a red arrow from the image centre, and the normal and shear force
 Keys: A/D or Left/Right move the sensor along x, W/S or Up/Down along z, Q/E press down /
 lift, Z/X turn it about the vertical axis; R resets, Escape quits. While the gel touches
 something it moves slower (so the contact stays quasi-static). Headless (``--offscreen``) a
-scripted sequence presses into the sphere, slides across it, lifts, moves over the box and
-presses its edge.
+scripted sequence presses into the sphere, slides across it, twists, lifts, moves over the
+box and presses its edge.
 
 The gel's density is scaled up (3e4 kg/m^3, about 30x a real gel's) so the explicit FEM
 takes ~17 sub-steps per frame instead of ~90: the motions here are slow next to the gel's
@@ -52,10 +52,9 @@ GEL_MATERIAL = dict(E=3e4, nu=0.3, density=3e4, alpha=10.0, contact_damping=20.0
 MOUNT_HALF = np.array([0.016, 0.003, 0.016])
 GAP = 0.002  # the gel's face starts this far above the objects
 MAX_DEPTH = 0.002  # deepest press of the gel's face below the objects' top (the gel is 6 mm thick)
-#: sensor speeds (m/s, rad/s): free, and while touching
-SPEED_FREE = np.array([0.15, 0.08, 0.15])
-SPEED_TOUCH = np.array([0.05, 0.03, 0.05])
-TURN_SPEED = 1.0
+#: sensor speeds along x, y, z (m/s) and about y (rad/s): free, and while touching
+SPEED_FREE = np.array([0.15, 0.08, 0.15, 8.0])
+SPEED_TOUCH = np.array([0.05, 0.03, 0.05, 2.0])
 TOUCH_FORCE = 0.01  # N of normal force that counts as touching
 SMOOTH = 0.2  # per-frame blend of the velocity towards the keys' command (no jerks into the gel)
 OBJECT_X = (0.46, 0.50, 0.54)  # sphere, box edge, cylinder
@@ -72,10 +71,12 @@ SCRIPT = [
     (34, set()),    # hold
     (40, {"d"}),    # slide along +x across it: friction shears the gel, the arrows turn
     (70, set()),
-    (76, {"e"}),    # lift
-    (94, {"d"}),    # over to the box
-    (173, {"q"}),   # press its edge: a line
-    (210, set()),
+    (74, {"z"}),    # twist: the arrows curl around the contact
+    (92, set()),
+    (96, {"e"}),    # lift
+    (114, {"d"}),   # over to the box
+    (193, {"q"}),   # press its edge: a line
+    (230, set()),
 ]
 
 
@@ -117,10 +118,11 @@ class Probe:
 
     def action(self) -> np.ndarray:
         k = self.keys
-        cmd = np.array([k.axis(("Left", "a"), ("Right", "d")), k.axis("q", "e"), k.axis(("Up", "w"), ("Down", "s"))])
+        cmd = np.array([k.axis(("Left", "a"), ("Right", "d")), k.axis("q", "e"), k.axis(("Up", "w"), ("Down", "s")),
+                        k.axis("x", "z")])
         speed = (SPEED_TOUCH if self.touching else SPEED_FREE).copy()
         speed[1] = SPEED_FREE[1] if cmd[1] > 0 else speed[1]  # lifting off is never a problem
-        cmd = np.append(cmd * speed, TURN_SPEED * k.axis("x", "z"))
+        cmd = cmd * speed
         v = self.velocity + SMOOTH * (cmd - self.velocity)
         v[np.abs(v) < 1e-5] = 0.0
         step = v[:3] * FRAME_DT
@@ -271,7 +273,7 @@ def run(argv=None) -> list[np.ndarray] | None:
     ``--picture``: ``None``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
-    parser.add_argument("--frames", type=int, default=240, help="frames to simulate with --offscreen")
+    parser.add_argument("--frames", type=int, default=260, help="frames to simulate with --offscreen")
     parser.add_argument("--out", default="out/tactile_probe.mp4", help="video written with --offscreen")
     parser.add_argument("--fps", type=float, default=25)
     parser.add_argument("--picture", default=None, metavar="PATH",
