@@ -53,28 +53,29 @@ def grasp(env):
 
 
 def test_grasp_lifts_the_object_and_an_open_lift_does_not(env, grasp):
-    """Friction does the lifting: the grasp raises the cube's centre of mass by 8.1 mm
+    """Friction does the lifting: the grasp raises the cube's centre of mass by 7.8 mm
     (measured; the gripper rose 12 mm, the cube lags as the regularized friction needs some
-    slip to carry it) with slip ratios ~0.1; the same lift without closing never touches
-    it (zero force) and leaves it on the floor (measured 2e-5 m: it settles)."""
+    slip to carry it) with slip ratios 0.13 at 2.2 N squeeze; the same lift without closing
+    never touches it (zero force) and leaves it on the floor (measured -0.43 mm: it settles a
+    little into the floor's wall band)."""
     infos, _ = grasp
     last = infos[-1]
-    assert 0.006 < last["lift"] < 0.012, last
-    assert max(last["slip_left"], last["slip_right"]) < 0.5, last
+    assert 0.006 < last["lift"] < 0.01, last
+    assert max(last["slip_left"], last["slip_right"]) < 0.4, last
     env.reset(seed=0)
     for a in script(close=0.0):
         _, _, _, _, info = env.step(a)
-    assert abs(info["lift"]) < 5e-4, info
+    assert abs(info["lift"]) < 1e-3, info
     assert info["normal_left"] == 0.0 and info["normal_right"] == 0.0, info
 
 
 def test_sensors_read_equal_and_opposite_squeeze(grasp):
     """While squeezing (from step 2 on) both sensors read a positive normal force (measured
-    0.6 - 2.9 N), the same on both to round-off, and in the world frame the pads' net contact
+    0.94 - 2.34 N), the same on both to round-off, and in the world frame the pads' net contact
     forces mirror each other in the plane x = 0.5: opposite x (the squeeze), equal y (both
     carry the cube) and z. The gripper, the cube and the pads' meshes are mirror-exact, so the
-    only asymmetry is round-off (parallel atomic sums; measured < 1e-10 relative); 1e-6 of
-    the force leaves room for it to grow over the 80 substeps."""
+    only asymmetry is round-off (parallel atomic sums, the order of closest-triangle ties;
+    measured <= 1.5e-12 of the largest component); 1e-6 leaves room for it to grow."""
     infos, f = grasp
     for info in infos[1:]:
         assert info["normal_left"] > 0.3 and info["normal_right"] > 0.3, info
@@ -89,7 +90,9 @@ def test_sensors_read_equal_and_opposite_squeeze(grasp):
 def test_gradient_matches_finite_differences(env):
     """d loss / d actions of the full horizon (reverse mode through the gels, the coupler and
     the cube) against central differences, f64, h = 1e-4, on three entries: the closing speed
-    at step 1, the lift at step 5 and the shared x velocity at step 6."""
+    at step 1, the lift at step 5 and the shared x velocity at step 6. Measured: agreement to
+    1e-8 relative (-0.40228, -0.92068, 0.11855; h = 1e-3 is off by 8 % on the first, contact
+    curvature, h = 1e-5 agrees to 1e-8 too), so tests/gradcheck.py's 1e-3 is kept."""
     env.reset(seed=0)
     a = script(close=0.8, lift=0.7)
     a[:, 0] = 0.05  # a little sideways: the fingers' forces differ
@@ -107,7 +110,8 @@ def test_gradient_matches_finite_differences(env):
 
 def test_adam_lowers_the_loss(env):
     """Adam from a weak grasp (closing at 0.6 for 3 steps, lifting at 0.3) lowers the loss
-    (lift error, slip, squeeze) by a measured factor."""
+    (lift error, slip, squeeze): measured 1.744 -> 0.969, 0.860, 0.719 -> 0.662 (x 0.38) in 4
+    iterations; asserted x 0.6."""
     env.reset(seed=0)
     res = optim.adam(env, iters=4, lr=0.2, init=script(close=0.6, lift=0.3), progress=False)
     assert res.loss < 0.6 * res.initial_loss, res.losses
