@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import physim as ps
+from physim import smoke
 from physim.parts.fem import Subcycling
 from physim.render import Renderer
 from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
@@ -285,7 +286,7 @@ def run(argv=None) -> list[np.ndarray] | None:
     warnings.filterwarnings("ignore", category=Subcycling)
     scene, body = build_scene()
     if args.picture:
-        picture(scene, body, args.picture)
+        picture(scene, body, args.picture, settle=smoke.shrink(100, smoke.FRAMES))
         return None
     camera = [(0.5, 0.165, 0.68), (0.5, 0.115, 0.5), (0.0, 1.0, 0.0)]
     renderer = Renderer(scene, off_screen=args.offscreen, camera=camera,
