@@ -237,15 +237,19 @@ class Rigid(Material):
     then a tangential impulse that stops its sliding, at most the wall's friction coefficient
     times the normal impulse on ``"friction"`` walls (none on ``"slip"``, unbounded on
     ``"sticky"``); two such passes, and the positions follow the corrected velocity. A block
-    comes to rest on the floor (within 1e-12 m/s), slides to a stop at mu g, and a block
-    landing on a corner turns and settles flat.
+    comes to rest on the floor (1e-12 m/s; 3e-8 m/s once slid to a stop on a friction floor),
+    slides to a stop at mu g, and a block landing on a corner turns and settles flat.
 
     Fluids: a light body floats and a heavy one sinks, but a light one floats too deep (a
-    0.4-density body in water is 0.55-0.8 submerged instead of Archimedes' 0.4, and sinks
-    slowly as fluid seeps in under it): the projection gives the body only its mass share of
-    the fluid's pressure force on the grid nodes it shares with the fluid; the fluid's share
-    pushes that fluid into the body. An elastic body of the same density floats 0.43-0.5
-    submerged.
+    0.4-density body in water is 0.55-0.75 submerged over 0.8-1.2 s instead of Archimedes'
+    0.4, and sinks slowly as fluid seeps in under it; an elastic body of the same density
+    floats 0.43-0.5 submerged). Measured cause: each substep the body gets only its mass share
+    of the fluid's pressure force on the grid nodes it shares with the fluid (held in place,
+    a 0.4-density body gets 0.39 of Archimedes' force, a 1.5-density one 0.58); the fluid's
+    share moves the fluid under the body up into it (5 mm/s under a held rigid body, 0.1
+    mm/s under an elastic one, whose stress passes that push on), instead of reaching the
+    body. Coupling through the grid (the body's nodes moving rigidly, their fluid included)
+    would remove it; the walls no longer have the problem (see above).
 
     One instance is one rigid body: give every ``add_body`` its own ``Rigid(...)``; several
     ``add_body`` calls with the same instance make one compound body (instances compare by
