@@ -48,7 +48,10 @@ signed gap (negative once the particle is behind the surface)::
     f_n = A_p * max(kc * (fem_radius - g) - cc * (v_rel . n), 0)
     f   = f_n n + f_t      (f_t: the same regularized Coulomb law, coefficient fem_friction)
 
-``kc``, ``cc``: the gel's own surface contact law, ``fem.contact_stiffness`` (Pa/m) and
+Friction's stick viscosity is ``eta = STICK m_red n / dt`` per pair, with ``m_red`` the
+reduced mass of the particle and the gel behind its footprint (``A_p`` times the nodes'
+mass per surface area): at most half the pair's slip is removed per FEM sub-step, however
+many particles share a node. ``kc``, ``cc``: the gel's own surface contact law, ``fem.contact_stiffness`` (Pa/m) and
 ``fem.contact_damping`` (Pa s/m), the same as against the tools; ``A_p = p_vol^(2/3)`` the
 surface a particle covers, so ``kc * overlap`` is a contact pressure whatever the
 sampling. ``fem_radius`` defaults to half the particle spacing: a particle stands for a
@@ -61,18 +64,21 @@ pair forces at each of its sub-steps (:meth:`Coupler.face_forces`: the gel at th
 sub-step's state, each particle moved on by its velocity), and the particle receives the
 mean. The FEM part therefore runs before the MPM part; its stability limit counts the
 contact stiffness on its surface nodes, the coupler's limit the particle's side.
-The search: every triangle is listed in the cells its bounding box (grown by ``fem_radius``)
-overlaps, so a particle only scans its own cell -- cost linear in particles and
-triangles, no search over all triangles -- and keeps the closest triangle with
+The search: a cell list over the gels' bounding box only (at most ``FACE_GRID``^3 cells, each
+no smaller than a triangle's grown box); every triangle is listed in the cells its
+bounding box (grown by ``fem_radius``) overlaps, so a particle only scans its own cell --
+cost linear in particles and triangles, no search over all triangles -- and keeps the closest triangle with
 ``|g| < fem_radius`` (deeper than that behind the surface a particle is lost, but the
 pressure there is already ``2 kc fem_radius``). ``FACE_CELLS`` cell
-entries per triangle are allocated; more (triangles much larger than a cell) is reported by :meth:`Coupler.health`.
+entries per triangle are allocated (a triangle at rest size overlaps at most 8); more is
+reported by :meth:`Coupler.health`.
 """
 
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import taichi as ti
 
 from .base import Part
@@ -87,6 +93,8 @@ PAIRS_PER_ROW = 16
 V_FLOOR = 1e-6
 #: cell-list entries per FEM surface triangle
 FACE_CELLS = 64
+#: most cells per axis of the FEM triangles' cell list (over the gels' bounding box)
+FACE_GRID = 32
 
 
 @dataclass(frozen=True)
@@ -175,9 +183,17 @@ class Coupler(Part):
             self.n_pairs = ti.field(ti.i32, shape=())
         if self.fem is not None:
             self.entry_capacity = FACE_CELLS * layout.fem_faces
-            self.face_count = ti.field(ti.i32, shape=cells)
-            self.face_start = ti.field(ti.i32, shape=cells)
-            self.face_fill = ti.field(ti.i32, shape=cells)
+            # the triangles' cell list spans only the gels' bounding box (recomputed every substep),
+            # FACE_GRID cells per axis at most: its cost does not grow with the MPM grid
+            fcells = FACE_GRID**3
+            self.face_count = ti.field(ti.i32, shape=fcells)
+            self.face_start = ti.field(ti.i32, shape=fcells)
+            self.face_fill = ti.field(ti.i32, shape=fcells)
+            self.box_lo = ti.Vector.field(3, real, shape=())
+            self.box_hi = ti.Vector.field(3, real, shape=())
+            self.fcell = ti.field(real, shape=())  # cell size (m)
+            self.fcell_min = ti.field(real, shape=())  # smallest cell: the largest rest triangle + 2 fem_radius
+            self.fn = ti.Vector.field(3, ti.i32, shape=())  # cells per axis in use
             self.face_entries = ti.field(ti.i32, shape=self.entry_capacity)
             self.n_entries = ti.field(ti.i32, shape=())
             self.entry_peak = ti.field(ti.i32, shape=())
@@ -207,6 +223,13 @@ class Coupler(Part):
             raise ValueError(f"fem_radius must be in (0, 1/3] m, got {spec.fem_radius!r}")
         self.fem_radius = fr
         self.fr[None] = fr
+        if self.fem is not None:
+            n = int(self.fem.n_faces[None])
+            f = self.fem.faces.to_numpy()[:n]
+            x = self.fem.x.to_numpy()[0, : int(self.fem.rows[None])].astype(np.float64)
+            ext = (x[f].max(axis=1) - x[f].min(axis=1)).max() if n else 0.0
+            # cells no smaller than a triangle's grown box: each triangle lands in <= 8 cells
+            self.fcell_min[None] = float(ext) + 2.0 * fr
         self.stick[None] = STICK * p_vol / (_ball(self.dim) * r**self.dim)
         # cells of size >= radius (at most res per axis), at least 3 per axis so the 3^dim block
         # around a particle's (clamped) cell always lies inside the grid
@@ -324,6 +347,20 @@ class Coupler(Part):
             self.pair_peak[None] = ti.max(self.pair_peak[None], self.n_pairs[None])
 
     @ti.func
+    def _fcell(self, x):
+        """Cell of point ``x`` in the triangles' cell list, clamped into it."""
+        c = (x - self.box_lo[None]) / self.fcell[None]
+        out = ti.Vector([0, 0, 0])
+        for d in ti.static(range(3)):
+            out[d] = ti.cast(ti.min(ti.max(c[d], 0.0), self.fn[None][d] - 0.5), ti.i32)
+        return out
+
+    @ti.func
+    def _fflat(self, c):
+        n = self.fn[None]
+        return (c[0] * n[1] + c[1]) * n[2] + c[2]
+
+    @ti.func
     def _face_box(self, l, f):
         """Cell range (lo, hi inclusive) of triangle ``f``'s bounding box grown by the radius."""
         ids = self.fem.faces[f]
@@ -331,21 +368,39 @@ class Coupler(Part):
         grow = self.fr[None]
         lo = ti.min(ti.min(a, b), c) - grow
         hi = ti.max(ti.max(a, b), c) + grow
-        return self._cell(lo, 0), self._cell(hi, 0)
+        return self._fcell(lo), self._fcell(hi)
 
     @ti.kernel
     def build_face_pairs(self, l: ti.i32):
-        """Slot ``l``'s particle -> closest FEM surface triangle pairs (integers only): list each
-        triangle in the cells its grown bounding box overlaps (count, prefix sum, fill), then
-        every particle scans its own cell's triangles."""
-        total = self._n_cells()
+        """Slot ``l``'s particle -> closest FEM surface triangle pairs (integers only): the
+        gels' bounding box (grown by the radius) gets a cell list of at most FACE_GRID^3
+        cells, each no smaller than a grown triangle; every triangle is listed in the cells its
+        grown bounding box overlaps (count, prefix sum, fill); every particle inside the box
+        scans its own cell's triangles. Cost: linear in triangles and particles, and in
+        FACE_GRID^3, not in the MPM grid."""
+        big = 1e30
+        for _ in range(1):
+            self.box_lo[None] = ti.Vector([big, big, big])
+            self.box_hi[None] = ti.Vector([-big, -big, -big])
+        for i in range(self.fem.rows[None]):
+            ti.atomic_min(self.box_lo[None], self.fem.x[l, i])
+            ti.atomic_max(self.box_hi[None], self.fem.x[l, i])
+        for _ in range(1):  # serial: the cell size and counts, then the prefix sum below
+            self.box_lo[None] -= self.fr[None]
+            self.box_hi[None] += self.fr[None]
+            ext = self.box_hi[None] - self.box_lo[None]
+            h = ti.max(self.fcell_min[None], ext.max() / FACE_GRID)
+            self.fcell[None] = h
+            for d in ti.static(range(3)):
+                self.fn[None][d] = ti.min(ti.max(ti.cast(ext[d] / h, ti.i32) + 1, 1), FACE_GRID)
+        total = self.fn[None][0] * self.fn[None][1] * self.fn[None][2]
         for c in range(total):
             self.face_count[c] = 0
             self.face_fill[c] = 0
         for f in range(self.fem.n_faces[None]):
             lo, hi = self._face_box(l, f)
             for i, j, k in ti.ndrange((lo[0], hi[0] + 1), (lo[1], hi[1] + 1), (lo[2], hi[2] + 1)):
-                ti.atomic_add(self.face_count[self._flat(ti.Vector([i, j, k]))], 1)
+                ti.atomic_add(self.face_count[self._fflat(ti.Vector([i, j, k]))], 1)
         for _ in range(1):  # serial exclusive prefix sum
             acc = 0
             for c in range(total):
@@ -357,24 +412,31 @@ class Coupler(Part):
         for f in range(self.fem.n_faces[None]):
             lo, hi = self._face_box(l, f)
             for i, j, k in ti.ndrange((lo[0], hi[0] + 1), (lo[1], hi[1] + 1), (lo[2], hi[2] + 1)):
-                c = self._flat(ti.Vector([i, j, k]))
+                c = self._fflat(ti.Vector([i, j, k]))
                 slot = self.face_start[c] + ti.atomic_add(self.face_fill[c], 1)
                 if slot < self.entry_capacity:  # overflow: reported by health()
                     self.face_entries[slot] = f
         for p in range(self.mpm.rows[None]):
             xp = self.mpm.x[l, p]
-            c = self._flat(self._cell(xp, 0))
-            best, best_g = -1, 0.0
-            for k in range(self.face_start[c], ti.min(self.face_start[c] + self.face_count[c], self.entry_capacity)):
-                f = self.face_entries[k]
-                ids = self.fem.faces[f]
-                g, _n, _w, _d = self._closest(xp, self.fem.x[l, ids[0]], self.fem.x[l, ids[1]], self.fem.x[l, ids[2]])
-                if g > -self.fr[None] and g < self.fr[None]:
-                    if best < 0 or ti.abs(g) < ti.abs(best_g):
-                        best, best_g = f, g
-            if best >= 0:
-                slot = ti.atomic_add(self.n_fpairs[None], 1)
-                self.fpairs[slot] = ti.Vector([p, best])
+            inside = True
+            for d in ti.static(range(3)):
+                if xp[d] < self.box_lo[None][d] or xp[d] > self.box_hi[None][d]:
+                    inside = False
+            if inside:
+                c = self._fflat(self._fcell(xp))
+                best, best_g = -1, 0.0
+                for k in range(self.face_start[c], ti.min(self.face_start[c] + self.face_count[c],
+                                                          self.entry_capacity)):
+                    f = self.face_entries[k]
+                    ids = self.fem.faces[f]
+                    g, _n, _w, _d = self._closest(xp, self.fem.x[l, ids[0]], self.fem.x[l, ids[1]],
+                                                  self.fem.x[l, ids[2]])
+                    if g > -self.fr[None] and g < self.fr[None]:
+                        if best < 0 or ti.abs(g) < ti.abs(best_g):
+                            best, best_g = f, g
+                if best >= 0:
+                    slot = ti.atomic_add(self.n_fpairs[None], 1)
+                    self.fpairs[slot] = ti.Vector([p, best])
 
     @ti.func
     def _closest(self, xp, a, b, c):
@@ -487,13 +549,25 @@ class Coupler(Part):
         g, nrm, w, _d = self._closest(xp, fem.xs[k, ids[0]], fem.xs[k, ids[1]], fem.xs[k, ids[2]])
         if g < r:
             v_surf = w[0] * fem.vs[k, ids[0]] + w[1] * fem.vs[k, ids[1]] + w[2] * fem.vs[k, ids[2]]
-            m_surf = ti.max(w[0] * self._node_mass(ids[0]) + w[1] * self._node_mass(ids[1])
-                            + w[2] * self._node_mass(ids[2]), 1e-30)
             v_rel = vp - v_surf
             b = fem.node_body[ids[0]]
             area = ti.pow(mpm.p_vol[None], 2.0 / 3.0)
+            # the gel's mass behind the particle's footprint: node mass per surface area (a
+            # kinematic node, of no area, counts as infinitely heavy), times the footprint
+            m_area = (w[0] * self._node_mass(ids[0]) / ti.max(fem.anode[ids[0]], 1e-30)
+                      + w[1] * self._node_mass(ids[1]) / ti.max(fem.anode[ids[1]], 1e-30)
+                      + w[2] * self._node_mass(ids[2]) / ti.max(fem.anode[ids[2]], 1e-30))
+            m_s = area * m_area
+            mp = mpm.p_mass[p]
+            m_red = mp * m_s / (mp + m_s)
+            # stick: remove at most STICK of the pair's slip per FEM sub-step (dt / n)
+            eta = STICK * m_red * n / self.dt[None]
             fn = area * ti.max(fem.kc[b] * (r - g) - fem.cc[b] * v_rel.dot(nrm), 0.0)
-            fv = self._friction_force(fn, nrm, v_rel, mpm.p_mass[p], m_surf, self.coef[0, 3])
+            vn = v_rel.dot(nrm)
+            v_t = v_rel - vn * nrm
+            mu = self.coef[0, 3]
+            v_s = mu * fn / eta + V_FLOOR
+            fv = fn * nrm - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
             mpm.f_ext[p] += fv / n
             for j in ti.static(range(3)):
                 fem.f_ext[k, ids[j]] -= w[j] * fv
@@ -526,6 +600,7 @@ class Coupler(Part):
             if peak > self.entry_capacity:
                 return first, (f"the FEM surface triangles overlapped {peak} contact cells in one substep, more "
                                f"than the {self.entry_capacity} the coupler holds ({FACE_CELLS} per triangle): "
-                               f"the gel's triangles are much larger than the coupling radius {self.radius:.3g} m; "
-                               f"refine the gel mesh or raise the radius")
+                               f"the gel's surface triangles were stretched far beyond their rest size (or the gels "
+                               f"are spread so far apart that their bounding box needs cells larger than "
+                               f"{FACE_GRID}^3); check the gel for a blow-up")
         return None
