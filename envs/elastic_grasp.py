@@ -126,6 +126,8 @@ class ElasticGraspEnv(PhysimEnv):
     object_E = 5e4
     object_nu = 0.3
     object_density = 1000.0
+    #: a rigid object (``ps.Rigid``, shape matched) instead of the elastic cube (a subclass sets it)
+    rigid_object = False
     #: lowest particle layer this far above the floor: where the cube rests (measured: settling
     #: from 4.4 mm up, the lowest layer oscillates about 0.2 mm above the floor)
     rest_height = 2e-4
@@ -177,8 +179,9 @@ class ElasticGraspEnv(PhysimEnv):
             self.sensors.append(TactileSensor(body, node_offset=offset, image_size=(16, 16), markers=(4, 4),
                                               pose=(self._mounts[i], _IDENTITY)))
             offset += mesh.n_vertices
-        scene.add_body(ps.Box(center=tuple(center), size=(size, size, size)),
-                       ps.Elastic(E=self.object_E, nu=self.object_nu, density=self.object_density))
+        material = (ps.Rigid(density=self.object_density) if self.rigid_object
+                    else ps.Elastic(E=self.object_E, nu=self.object_nu, density=self.object_density))
+        scene.add_body(ps.Box(center=tuple(center), size=(size, size, size)), material)
         scene.couple(fem_friction=self.friction)
         with warnings.catch_warnings():  # the gels sub-cycle, by design (class docstring)
             warnings.simplefilter("ignore", Subcycling)
