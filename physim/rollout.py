@@ -322,6 +322,7 @@ class Rollout:
         for part in self.parts:
             part.zero_grads()
         self.partset.controls.action.grad.fill(0)
+        g0 = self._export(0, grad=True)  # a rollout of zero steps: no chunk, the seeds pass through
         for c in reversed(range(n_chunks)):
             length = K if c < n_chunks - 1 else last_len
             if c != n_chunks - 1:

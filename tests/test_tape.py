@@ -95,3 +95,19 @@ def test_a_scene_passes_the_debug_checks_with_the_same_gradients():
     # equal to round-off (CI saw 3e-16 relative), not bit for bit
     for a, b in ((plain.actions, checked.actions), (plain.initial["mpm.x"], checked.initial["mpm.x"])):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+
+
+def test_a_rollout_of_zero_steps_differentiates_to_the_identity():
+    """forward() of no action rows then backward(): the final state is the initial one, so the
+    seeds come back as the initial state's gradient, unchanged, and the action gradient is
+    (0, A) (it raised UnboundLocalError)."""
+    scene = small_scene(2, ps.Elastic())
+    scene.reset()
+    scene.forward(np.zeros((0, scene.action_dim)))
+    rng = np.random.default_rng(0)
+    x0 = scene.initial_state()["mpm.x"]
+    seed = rng.normal(size=x0.shape)
+    g = scene.backward({"mpm.x": seed})
+    assert g.actions.shape == (0, scene.action_dim)
+    assert np.array_equal(g.initial["mpm.x"], seed)
+    assert np.abs(g.initial["mpm.v"]).max() == 0.0
