@@ -9,7 +9,12 @@ import taichi as ti
 
 from ..solvers._linalg import safe_norm
 
-__all__ = ["tool_sdf", "project_velocity"]
+__all__ = ["tool_sdf", "project_velocity", "penalty_response", "STICK", "V_FLOOR"]
+
+#: fraction of a sticking contact's tangential slip the stick viscosity may remove per step
+STICK = 0.5
+#: velocity floor of the friction regularization (m/s): keeps v_s > 0 where f_n = 0
+V_FLOOR = 1e-6
 
 
 @ti.func
@@ -113,3 +118,16 @@ def project_velocity(v, v_tool, n, mu, influence):
             v_rel_new = v_t * (1 + mu * vn / vt_norm)
         out = v + influence * (v_tool + v_rel_new - v)
     return out
+
+
+@ti.func
+def penalty_response(fn, n, v_rel, eta, mu):
+    """Force of a penalty contact: the normal force ``fn`` (>= 0) along ``n`` plus Coulomb
+    friction ``mu`` regularized smoothly (``x / sqrt(x^2 + 1)``, differentiable at zero slip)
+    on the tangential part of ``v_rel``: it slips at ``mu fn`` for slip >> ``v_s`` and sticks
+    as a viscosity ``eta`` (N s/m) below, ``v_s = mu fn / eta + V_FLOOR``. The penalty
+    contacts of the coupler and of the FEM part against tools share it."""
+    vn = v_rel.dot(n)
+    v_t = v_rel - vn * n
+    v_s = mu * fn / eta + V_FLOOR
+    return fn * n - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t

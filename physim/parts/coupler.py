@@ -81,16 +81,13 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
+from ..contact.sdf import STICK, penalty_response
 from .base import Part
 
 __all__ = ["CouplerLayout", "CouplingSpec", "Coupler"]
 
-#: fraction of a sticking pair's relative tangential velocity friction may remove per substep
-STICK = 0.5
 #: contact pair capacity per particle (or node) row
 PAIRS_PER_ROW = 16
-#: velocity floor of the friction regularization (m/s): keeps v_s > 0 where f_n = 0
-V_FLOOR = 1e-6
 #: cell-list entries per FEM surface triangle
 FACE_CELLS = 64
 #: most cells per axis of the FEM triangles' cell list (over the gels' bounding box)
@@ -502,16 +499,6 @@ class Coupler(Part):
                 self._pair(l, self.pairs[k][0], self.pairs[k][1])
 
     @ti.func
-    def _friction_force(self, fn, n, v_rel, mp, mi, mu):
-        """Normal force ``fn`` along ``n`` plus the regularized Coulomb force of a pair (module
-        docstring) of masses ``mp``, ``mi`` sliding at ``v_rel``."""
-        vn = v_rel.dot(n)
-        v_t = v_rel - vn * n
-        eta = self.stick[None] * mp * mi / ((mp + mi) * self.dt[None])
-        v_s = mu * fn / eta + V_FLOOR
-        return fn * n - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
-
-    @ti.func
     def _pair(self, l, p, i):
         """Force of pair (particle ``p``, node ``i``): added to the particle, subtracted from the node."""
         mpm, spr = self.mpm, self.springs
@@ -523,7 +510,9 @@ class Coupler(Part):
             v_rel = mpm.v[l, p] - spr.v[l, i]
             s = mpm.p_vol[None] / self.ref_vol[None]
             fn = s * ti.max(self.coef[0, 0] * (r - dist) - self.coef[0, 1] * v_rel.dot(n), 0.0)
-            f = self._friction_force(fn, n, v_rel, mpm.p_mass[p], spr.mass[i], self.coef[0, 2])
+            mp, mi = mpm.p_mass[p], spr.mass[i]
+            eta = self.stick[None] * mp * mi / ((mp + mi) * self.dt[None])
+            f = penalty_response(fn, n, v_rel, eta, self.coef[0, 2])
             mpm.f_ext[p] += f
             spr.f_ext[i] -= f
 
@@ -563,11 +552,7 @@ class Coupler(Part):
             # stick: remove at most STICK of the pair's slip per FEM sub-step (dt / n)
             eta = STICK * m_red * n / self.dt[None]
             fn = area * ti.max(fem.kc[b] * (r - g) - fem.cc[b] * v_rel.dot(nrm), 0.0)
-            vn = v_rel.dot(nrm)
-            v_t = v_rel - vn * nrm
-            mu = self.coef[0, 3]
-            v_s = mu * fn / eta + V_FLOOR
-            fv = fn * nrm - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
+            fv = penalty_response(fn, nrm, v_rel, eta, self.coef[0, 3])
             mpm.f_ext[p] += fv / n
             for j in ti.static(range(3)):
                 fem.f_ext[k, ids[j]] -= w[j] * fv

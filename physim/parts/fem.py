@@ -90,7 +90,7 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
-from ..contact.sdf import tool_sdf
+from ..contact.sdf import STICK, penalty_response, tool_sdf
 from ..meshes import TetMesh
 from ..solvers._linalg import rotation_matrix, safe_norm
 from .base import BAD_NONFINITE, BAD_OUTSIDE, BAD_PART, Part
@@ -104,10 +104,6 @@ SAFETY = 0.5
 POLAR_ITERS = 7
 #: default tool-contact stiffness, in units of E / h (h: the smallest tet's height scale)
 CONTACT_K = 5.0
-#: fraction of a sticking node's tangential velocity friction may remove per sub-step
-STICK = 0.5
-#: velocity floor of the friction regularization (m/s)
-V_FLOOR = 1e-6
 #: deepest a free rest node may start inside a tool, in units of the body's smallest tet height
 #: scale h (:meth:`FEMPart._check_tool_overlap`)
 START_DEPTH = 0.1
@@ -808,12 +804,8 @@ class FEMPart(Part):
                 if phi < 0:
                     nrm = R @ n_local
                     v_rel = v - self.tools.velocity(e, t, r)
-                    vn = v_rel.dot(nrm)
-                    fn = area * ti.max(self.kc[b] * (-phi) - self.cc[b] * vn, 0.0)
-                    v_t = v_rel - vn * nrm
-                    mu = self.tools.friction[e]
-                    v_s = mu * fn / eta + V_FLOOR
-                    f += fn * nrm - mu * fn / ti.sqrt(v_t.dot(v_t) + v_s * v_s) * v_t
+                    fn = area * ti.max(self.kc[b] * (-phi) - self.cc[b] * v_rel.dot(nrm), 0.0)
+                    f += penalty_response(fn, nrm, v_rel, eta, self.tools.friction[e])
         return f
 
     @ti.kernel
