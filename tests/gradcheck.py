@@ -32,6 +32,22 @@ def central_difference(f, h):
     return (f(+h) - f(-h)) / (2 * h)
 
 
+def initial_entries_fd(scene, actions, weights, label, base, rows, h, step=1.0):
+    """Central differences of :func:`loss_only` with respect to entries of the initial state
+    ``label`` (``"x0"`` or ``"v0"``, starting from ``base``): rows ``rows``, every axis, in
+    that order. Each entry moves by ``step * h`` and the difference is divided by ``step``
+    (a smaller position step with the same ``h``)."""
+    fd = []
+    for i in rows:
+        for d in range(base.shape[1]):
+            def shifted(e, i=i, d=d):
+                arr = base.copy()
+                arr[i, d] += step * e
+                return loss_only(scene, actions, weights, **{label: arr})
+            fd.append(central_difference(shifted, h) / step)
+    return fd
+
+
 def assert_close(fd, ad, what, scale=None):
     fd, ad = np.atleast_1d(np.asarray(fd, float)), np.atleast_1d(np.asarray(ad, float))
     scale = max(np.abs(fd).max(), np.abs(ad).max()) if scale is None else scale

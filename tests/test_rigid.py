@@ -6,7 +6,7 @@ errors, and reverse mode against central finite differences (2D and one small 3D
 
 import numpy as np
 import pytest
-from gradcheck import assert_close, central_difference, loss_and_grad, loss_only
+from gradcheck import assert_close, central_difference, initial_entries_fd, loss_and_grad, loss_only
 
 import physim as ps
 
@@ -287,16 +287,9 @@ def test_gradients_match_finite_differences(dim):
     assert_close(fd, [g.actions[t, j] for t, j in entries], f"{dim}D rigid d/d tool velocity")
 
     v0 = scene.initial_state()["mpm.v"]
-    fd, an = [], []
-    for i in (0, nr // 2, nr - 1, nr + 3):
-        for d in range(dim):
-            def shifted(h, i=i, d=d):
-                arr = v0.copy()
-                arr[i, d] += h
-                return loss_only(scene, actions, weights, v0=arr)
-            fd.append(central_difference(shifted, H))
-            an.append(g.v0[i, d])
-    assert_close(fd, an, f"{dim}D rigid d/d v0")
+    rows = (0, nr // 2, nr - 1, nr + 3)
+    fd = initial_entries_fd(scene, actions, weights, "v0", v0, rows, H)
+    assert_close(fd, [g.v0[i, d] for i in rows for d in range(dim)], f"{dim}D rigid d/d v0")
 
     def density(dh):
         scene.set_material_param(0, "density", 2.0 + dh)
@@ -332,23 +325,10 @@ def test_gradients_through_wall_contact(boundary):
     low = scene.particle_positions().min(axis=0)
     assert (low < lo + 0.5 * scene.spacing).all(), "the block did not reach both walls"
 
-    fd, an = [], []
-    for i in (0, n // 2, n - 1):
-        for d in range(2):
-            def shifted(h, i=i, d=d):
-                arr = v0.copy()
-                arr[i, d] += h
-                return loss_only(scene, actions, weights, v0=arr)
-            fd.append(central_difference(shifted, H))
-            an.append(g.v0[i, d])
-    assert_close(fd, an, f"{boundary} wall contact d/d v0")
-    fd, an = [], []
-    for i in (0, n // 3):
-        for d in range(2):
-            def shifted(h, i=i, d=d):
-                arr = x0.copy()
-                arr[i, d] += 0.01 * h  # a position step of 1e-6 (well inside a cell)
-                return loss_only(scene, actions, weights, x0=arr)
-            fd.append(central_difference(shifted, H) / 0.01)
-            an.append(g.x0[i, d])
-    assert_close(fd, an, f"{boundary} wall contact d/d x0")
+    rows = (0, n // 2, n - 1)
+    fd = initial_entries_fd(scene, actions, weights, "v0", v0, rows, H)
+    assert_close(fd, [g.v0[i, d] for i in rows for d in range(2)], f"{boundary} wall contact d/d v0")
+    rows = (0, n // 3)
+    # a position step of 0.01 H = 1e-6 (well inside a cell)
+    fd = initial_entries_fd(scene, actions, weights, "x0", x0, rows, H, step=0.01)
+    assert_close(fd, [g.x0[i, d] for i in rows for d in range(2)], f"{boundary} wall contact d/d x0")
