@@ -12,6 +12,7 @@ from .meshes import TetMesh, dome_gel, flat_pad, read_tet_mesh
 from .parts.fem import FEMBody
 from .parts.springs import MassSpring
 from .scene import GradientError, Gradients, Scene, SimulationError
+from .shells import ShellBody, ShellMaterial, ShellMesh
 from .tactile import TactileSensor
 from .tape import Tape
 from .tools import BoxTool, CapsuleTool, CupTool, CylinderTool, SphereTool, Tool
@@ -44,6 +45,9 @@ __all__ = [
     "TactileSensor",
     "MassSpring",
     "FEMBody",
+    "ShellMesh",
+    "ShellMaterial",
+    "ShellBody",
     "TetMesh",
     "flat_pad",
     "dome_gel",
