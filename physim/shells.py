@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-# A triangle whose area is at most this fraction of the mesh's mean squared edge length is degenerate:
-# its normal and its membrane strain are numerically meaningless (1e-10 leaves room for sliver
-# triangles of aspect ratio ~1e5, far past anything a solver can use, while catching collinear points).
-DEGENERATE_RATIO = 1e-10
+# A triangle whose height (over its longest edge) is at most this fraction of that edge is degenerate:
+# in float32 (relative precision 6e-8) its area, normal and membrane strain would carry errors of several
+# %, and its stiffness conditioning (~ aspect ratio squared, 1e12) is past anything a solver can use. Per
+# triangle, so graded meshes with small triangles next to large ones pass.
+DEGENERATE_RATIO = 1e-6
 
 PATTERNS = ("alternating", "right", "left", "cross")
 NORMALS = ("x", "y", "z")
@@ -69,16 +70,16 @@ class ShellMesh:
             k = int(np.argmax(rep))
             raise ValueError(f"ShellMesh.triangles: triangle {k} {t[k].tolist()} repeats a vertex")
         area = _triangle_areas(v, t)
+        m = len(t)
         directed = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])  # row j*m + k: edge j of triangle k
-        lengths = np.linalg.norm(v[directed[:, 1]] - v[directed[:, 0]], axis=1)
-        tiny = DEGENERATE_RATIO * float(np.mean(lengths ** 2))
-        flat = area <= tiny
+        longest = np.linalg.norm(v[directed[:, 1]] - v[directed[:, 0]], axis=1).reshape(3, m).max(axis=0)
+        height = 2.0 * area / longest
+        flat = height <= DEGENERATE_RATIO * longest
         if flat.any():
             k = int(np.argmax(flat))
             raise ValueError(f"ShellMesh.triangles: triangle {k} {t[k].tolist()} has (near-)zero area "
-                             f"{area[k]:.3g} m^2 (at most {DEGENERATE_RATIO:g} of the mean squared edge length: "
-                             f"{tiny:.3g} m^2)")
-        m = len(t)
+                             f"{area[k]:.3g} m^2 (height {height[k]:.3g} m over its longest edge {longest[k]:.3g} m, "
+                             f"at most {DEGENERATE_RATIO:g} of it)")
         owner = np.tile(np.arange(m), 3)
         und = np.sort(directed, axis=1)
         uniq, inverse, counts = np.unique(und, axis=0, return_inverse=True, return_counts=True)
@@ -295,7 +296,8 @@ class ShellMesh:
         import meshio
 
         try:
-            m = meshio.read(path)
+            with np.errstate(over="ignore"):  # meshio's STL reader overflows an int32 while sniffing ASCII vs binary
+                m = meshio.read(path)
             pts = np.asarray(m.points, dtype=np.float64)
             blocks = [np.asarray(c.data) for c in m.cells if c.type == "triangle"]
         except (meshio.ReadError, KeyError, ValueError):

@@ -1,9 +1,10 @@
 """PyVista view of a built :class:`physim.Scene`: particles as spheres colored by material,
 mass-spring bodies as node spheres joined by lines (actuated springs in the muscle color),
 FEM bodies (3D) as their smooth-shaded boundary surface in a gel color (the faces on the
-mount in gray), tools as posed meshes, a floor and the domain outline.
+mount in gray), thin shells (3D) as two-sided smooth-shaded triangle sheets in a color per body
+(the back a darker shade), tools as posed meshes, a floor and the domain outline.
 
-The renderer only reads the scene (its state: ``mpm.x``, ``springs.x``, ``fem.x``, ``tools.pos``,
+The renderer only reads the scene (its state: ``mpm.x``, ``springs.x``, ``fem.x``, ``shell.x``, ``tools.pos``,
 ``tools.rot``); it never steps or resets it. Actors are created once and updated in place on
 every frame.
 """
@@ -22,7 +23,8 @@ import pyvista as pv
 
 from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
 
-__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR", "SPRING_COLORS", "FEM_COLORS"]
+__all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR", "SPRING_COLORS", "FEM_COLORS",
+           "SHELL_COLORS"]
 
 #: RGB (0-1) per material class name
 MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
@@ -45,6 +47,15 @@ GLASS_COLOR = (0.70, 0.82, 0.90)
 SPRING_COLORS = {"node": (0.20, 0.24, 0.32), "passive": (0.45, 0.50, 0.58), "actuated": MATERIAL_COLORS["Muscle"]}
 #: RGB (0-1) of FEM gel surfaces and of their faces on the mount (all three nodes kinematic)
 FEM_COLORS = {"gel": (0.66, 0.50, 0.86), "mount": (0.42, 0.43, 0.46)}
+#: RGB (0-1) of thin-shell bodies, by body index (cycled); saturated, so a sheet stands out from the
+#: light background and the gray tools and floor
+SHELL_COLORS = ((0.93, 0.60, 0.16), (0.20, 0.52, 0.84), (0.86, 0.30, 0.46), (0.32, 0.64, 0.30))
+#: a shell's back face is drawn in its color times this, so a fold shows which side is up
+SHELL_BACK_SHADE = 0.7
+#: shell edges bent sharper than this (deg) are drawn as creases (split normals); gentler bends are
+#: smoothed: a paper crease stays crisp while a draped cloth (dihedral angles of tens of degrees
+#: between neighbouring triangles of a coarse mesh) looks smooth
+SHELL_CREASE_ANGLE = 60.0
 
 
 def material_color(material) -> tuple[float, float, float]:
@@ -104,6 +115,8 @@ class Renderer:
             at the x-y plane with a parallel projection).
         colors: {material index: color} overriding the per-class defaults; a color is an
             RGB triple in 0-1 or 0-255 or a name PyVista knows.
+        shell_colors: {shell body index: color} overriding :data:`SHELL_COLORS` (front side; the
+            back is drawn :data:`SHELL_BACK_SHADE` times darker).
         off_screen: render without a window (``None``: ``pyvista.OFF_SCREEN`` or
             ``$PYVISTA_OFF_SCREEN``).
         particle_radius: sphere radius of a particle in world units (default
@@ -126,6 +139,9 @@ class Renderer:
         fem: ``pyvista.PolyData`` of the FEM bodies' boundary triangles (faces of one tet
             only, outward; points are ``fem.x``, updated every frame), ``None`` in a scene
             without FEM bodies (``fem_actor`` too).
+        shells: one ``pyvista.PolyData`` per thin-shell body (its triangles; points are that body's
+            rows of ``shell.x``, updated every frame), empty in a scene without shells.
+        shell_actors: their actors (``actor.backface_prop`` holds the back color).
         tool_actors: one actor per tool.
     """
 
@@ -141,6 +157,7 @@ class Renderer:
         floor: bool = True,
         background: Sequence[object] = ("#fbfbfc", "#cfd9e4"),
         color_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        shell_colors: Mapping[int, object] | None = None,
     ):
         if getattr(scene, "engine", None) is None and getattr(scene, "partset", None) is None:
             raise RuntimeError("the scene is not built; call scene.build() before creating a Renderer")
@@ -187,6 +204,11 @@ class Renderer:
         self.fem = self.fem_actor = None
         if "fem.x" in state:
             self._add_fem(state["fem.x"])
+        self.shells, self.shell_actors = [], []
+        if "shell.x" in state:
+            self._add_shells(state["shell.x"], shell_colors)
+        elif shell_colors:
+            raise ValueError("shell_colors given, but the scene has no shell bodies")
 
         # tools: meshes built once, posed through the actor's user matrix
         self.tool_actors = []
@@ -246,6 +268,36 @@ class Renderer:
         self.fem_actor = self.plotter.add_mesh(
             self.fem, scalars="rgb", rgb=True, smooth_shading=True, split_sharp_edges=True, ambient=0.2,
             diffuse=0.8, specular=0.35, specular_power=25, show_scalar_bar=False, name="fem", reset_camera=False)
+
+    def _add_shells(self, x: np.ndarray, shell_colors: Mapping[int, object] | None) -> None:
+        """One two-sided, smooth-shaded triangle sheet per shell body (``scene.shell_bodies``, whose
+        vertices are consecutive rows of ``shell.x`` in that order)."""
+        bodies = list(self.scene.shell_bodies)
+        offsets = np.cumsum([0] + [b.mesh.n_vertices for b in bodies])
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != 3 or len(x) < offsets[-1]:
+            raise ValueError(f"shell.x must have shape (n >= {int(offsets[-1])}, 3) for the scene's shell bodies, "
+                             f"got {x.shape}")
+        colors = [SHELL_COLORS[i % len(SHELL_COLORS)] for i in range(len(bodies))]
+        for index, color in (shell_colors or {}).items():
+            if not 0 <= int(index) < len(bodies):
+                raise ValueError(f"shell_colors has shell body index {index}, the scene has {len(bodies)} shell bodies")
+            colors[int(index)] = tuple(_rgb255(color) / 255.0)
+        self._shell_slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        for i, (body, sl) in enumerate(zip(bodies, self._shell_slices, strict=True)):
+            tris = np.asarray(body.mesh.triangles, dtype=np.int64)
+            sheet = pv.PolyData(x[sl].astype(np.float64), faces=np.hstack([np.full((len(tris), 1), 3), tris]).ravel())
+            # smooth shading runs as a normals filter in the pipeline (recomputed when the points move);
+            # VTK's two-sided lighting lights the back with the flipped normal
+            actor = self.plotter.add_mesh(
+                sheet, color=colors[i], smooth_shading=True, split_sharp_edges=True,
+                feature_angle=SHELL_CREASE_ANGLE, ambient=0.22, diffuse=0.8, specular=0.25, specular_power=20,
+                culling=False, name=f"shell{i}", reset_camera=False)
+            back = actor.prop.copy()
+            back.color = tuple(SHELL_BACK_SHADE * c for c in colors[i])
+            actor.backface_prop = back
+            self.shells.append(sheet)
+            self.shell_actors.append(actor)
 
     def _add_floor(self) -> None:
         """Floor at ``scene.floor`` (the top of the bottom wall; the walls on every side are as thick) and the
@@ -349,7 +401,8 @@ class Renderer:
             actor.prop.point_size = max(1.0, 2.0 * radius * ppu)
 
     def sync(self) -> None:
-        """Copy the scene's particle, node and FEM node positions and tool poses into the actors (no render)."""
+        """Copy the scene's particle, node, FEM node and shell vertex positions and tool poses into the actors
+        (no render)."""
         state = self.scene.get_state()  # one read of the device state (particles, nodes, tool poses)
         if self.particles is not None:
             x = state["mpm.x"]
@@ -362,6 +415,10 @@ class Renderer:
             self.springs.points = pts.copy()
         if self.fem is not None:
             self.fem.points = embed(np.asarray(state["fem.x"])[: self._fem_n], self.dim)
+        if self.shells:
+            x = np.asarray(state["shell.x"], dtype=np.float64)
+            for sheet, sl in zip(self.shells, self._shell_slices, strict=True):
+                sheet.points = x[sl]
         for i, actor in enumerate(self.tool_actors):
             actor.user_matrix = pose_matrix(state["tools.pos"][i], state["tools.rot"][i], self.dim)
         self._resize_points()
@@ -438,6 +495,7 @@ class Renderer:
         self.plotter.deep_clean()
         # drop the VTK objects now: left to the interpreter's exit, PyVista's finalizers fail noisily
         self.particle_actor = self.node_actor = self.spring_actor = self.fem_actor = None
+        self.shell_actors = []
         self.tool_actors = []
         self._extra.clear()
         self.plotter = None
