@@ -363,7 +363,8 @@ class ShellMaterial:
 
     def __post_init__(self):
         _positive("ShellMaterial", "E", self.E)
-        if not (isinstance(self.nu, (int, float, np.integer, np.floating)) and -1.0 < self.nu < 0.5):
+        if not (isinstance(self.nu, (int, float, np.integer, np.floating)) and not isinstance(self.nu, bool)
+                and -1.0 < self.nu < 0.5):
             raise ValueError(f"ShellMaterial.nu must be in (-1, 0.5), got {self.nu!r}")
         _positive("ShellMaterial", "thickness", self.thickness)
         _positive("ShellMaterial", "density", self.density)
@@ -468,7 +469,7 @@ def _index_array(owner: str, name: str, value, n: int) -> np.ndarray:
     return a.astype(np.int32)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: comparing index arrays field by field has no single truth value
 class ShellBody:
     """One thin-shell body for :meth:`physim.Scene.add_shell`.
 

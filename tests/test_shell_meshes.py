@@ -289,7 +289,8 @@ def test_preset_overrides_and_plate_scaling():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("E", 0.0), ("E", -1e6), ("E", math.nan), ("nu", 0.5), ("nu", -1.0), ("thickness", 0.0), ("density", -1.0),
+    ("E", 0.0), ("E", -1e6), ("E", math.nan), ("E", True), ("nu", 0.5), ("nu", True), ("nu", -1.0),
+    ("thickness", 0.0), ("density", -1.0),
     ("bending", 0.0), ("bending", -1e-5), ("yield_angle", 0.0), ("yield_angle", -10.0), ("yield_angle", math.nan),
     ("hardening", -0.1), ("damping", -1.0), ("damping", math.inf),
 ])
