@@ -22,7 +22,9 @@ A new solver is one file: a subclass of :class:`Part` that
   :meth:`zero_scratch_grads`.
 
 Slot storage: a slot field of a part with ``capacity`` rows has shape ``(K + 1, capacity)``
-plus the element shape; ``rows[None]`` rows are in use. All indexing of the slot axis in
+plus the element shape; ``rows[None]`` rows are in use (fields of another *row group*, e.g. a
+shell's hinges next to its vertices, have their own capacity and counter: ``slot_field(...,
+group=name)``, :meth:`Part.group_rows`). All indexing of the slot axis in
 this module goes through :meth:`Part.slot_field`'s shape, so a leading world axis (many
 worlds simulated by the same launches) changes this allocator and the kernels' index
 expressions, not the bookkeeping contract.
@@ -128,32 +130,60 @@ class Part:
         self.S = K + 1
         self.real = real
         self.np_real = np.float64 if real == ti.f64 else np.float32
-        self.rows = ti.field(ti.i32, shape=())  # rows of the slot fields in use
+        self.rows = ti.field(ti.i32, shape=())  # rows of the slot fields in use (the default row group)
         self.act_offset = ti.field(ti.i32, shape=())  # first action column of this part
         self.dt = ti.field(real, shape=())  # the scene's substep (s)
         self.slots: dict[str, object] = {}
-        self._slot_meta: list[tuple] = []  # (field, kind, n, m, offset)
-        self._width = 0
+        self._slot_meta: list[tuple] = []  # (field, kind, n, m, offset within its group, group index)
+        # row groups: slot fields of one group share a rows counter and a capacity; group 0 is
+        # the default (``self.rows``), a part with state of other sizes (a shell's hinges next to
+        # its vertices) declares more with ``slot_field(..., group=name)``
+        self._groups: list[dict] = [dict(name="rows", rows=self.rows, capacity=None, width=0)]
         self.scratch: list[object] = []
         self.params: dict[str, Param] = {}
         self._param_fields: list[object] = []
 
     # ------------------------------------------------------------- declarations
-    def slot_field(self, name: str, elem: tuple, capacity: int):
+    def slot_field(self, name: str, elem: tuple, capacity: int, group: str | None = None):
         """Declare slot state ``name`` with element shape ``elem`` (``()``, ``(n,)`` or
-        ``(n, m)``) and ``capacity`` rows; returns the field of shape (K + 1, capacity)."""
+        ``(n, m)``) and ``capacity`` rows; returns the field of shape (K + 1, capacity).
+
+        Slot fields of one *row group* share a capacity and a rows-in-use counter: the default
+        group's is :attr:`rows`; ``group="hinges"`` (any name) puts the field in another group,
+        whose counter :meth:`group_rows` returns (created on first use). Export, import,
+        checkpoints and gradient moves handle every group."""
         if name in self.slots:
             raise ValueError(f"{self.name}: slot field {name!r} declared twice")
-        if self._slot_meta and capacity != self._capacity:
-            raise ValueError(f"{self.name}: every slot field of a part has the same rows ({self._capacity})")
-        self._capacity = capacity
+        gi = self._group_index(group or "rows", create=True)
+        g = self._groups[gi]
+        if g["capacity"] is not None and capacity != g["capacity"]:
+            raise ValueError(f"{self.name}: every slot field of row group {g['name']!r} has the same rows "
+                             f"({g['capacity']})")
+        g["capacity"] = capacity
         shape = (self.S, capacity)
         f = self._new_field(elem, shape, grad=True)
         kind, n, m = _element(elem)
-        self._slot_meta.append((f, kind, n, m, self._width))
-        self._width += n * m
+        self._slot_meta.append((f, kind, n, m, g["width"], gi))
+        g["width"] += n * m
         self.slots[name] = f
         return f
+
+    def _group_index(self, name: str, create: bool = False) -> int:
+        for i, g in enumerate(self._groups):
+            if g["name"] == name:
+                return i
+        if not create:
+            raise KeyError(f"{self.name}: no row group {name!r}")
+        self._groups.append(dict(name=name, rows=ti.field(ti.i32, shape=()), capacity=None, width=0))
+        return len(self._groups) - 1
+
+    def group_rows(self, group: str):
+        """The rows-in-use counter (a 0-d Taichi field) of row group ``group``."""
+        return self._groups[self._group_index(group)]["rows"]
+
+    @property
+    def _capacity(self):
+        return self._groups[0]["capacity"]
 
     def scratch_field(self, elem: tuple, shape, grad: bool = True):
         """Declare a scratch field (recomputed every substep, restored by replay)."""
@@ -236,13 +266,15 @@ class Part:
     # ------------------------------------------------- generic slot bookkeeping
     @property
     def width(self) -> int:
-        return self._width
+        """Values per row of the default row group's slot state."""
+        return self._groups[0]["width"]
 
     @ti.kernel
     def copy_slot(self, src: ti.i32, dst: ti.i32):
         for k in ti.static(range(len(self._slot_meta))):
             f = ti.static(self._slot_meta[k][0])
-            for p in range(self.rows[None]):
+            rows = ti.static(self._groups[self._slot_meta[k][5]]["rows"])
+            for p in range(rows[None]):
                 f[dst, p] = f[src, p]
 
     @ti.kernel
@@ -258,59 +290,66 @@ class Part:
                     g[s, p] = ti.zero(val)
 
     @ti.kernel
-    def _pack(self, l: ti.i32, out: ti.types.ndarray(), grad: ti.template()):
+    def _pack(self, l: ti.i32, out: ti.types.ndarray(), grad: ti.template(), gi: ti.template()):
         for k in ti.static(range(len(self._slot_meta))):
             meta = ti.static(self._slot_meta[k])
-            f = ti.static(_values_or_grads(meta[0], grad))
-            kind, n, m, off = ti.static(meta[1], meta[2], meta[3], meta[4])
-            for p in range(self.rows[None]):
-                if ti.static(kind == 0):
-                    out[p, off] = f[l, p]
-                elif ti.static(kind == 1):
-                    for i in ti.static(range(n)):
-                        out[p, off + i] = f[l, p][i]
-                else:
-                    for i, j in ti.static(ti.ndrange(n, m)):
-                        out[p, off + i * m + j] = f[l, p][i, j]
+            if ti.static(meta[5] == gi):
+                f = ti.static(_values_or_grads(meta[0], grad))
+                rows = ti.static(self._groups[gi]["rows"])
+                kind, n, m, off = ti.static(meta[1], meta[2], meta[3], meta[4])
+                for p in range(rows[None]):
+                    if ti.static(kind == 0):
+                        out[p, off] = f[l, p]
+                    elif ti.static(kind == 1):
+                        for i in ti.static(range(n)):
+                            out[p, off + i] = f[l, p][i]
+                    else:
+                        for i, j in ti.static(ti.ndrange(n, m)):
+                            out[p, off + i * m + j] = f[l, p][i, j]
 
     @ti.kernel
-    def _unpack(self, l: ti.i32, src: ti.types.ndarray(), grad: ti.template()):
+    def _unpack(self, l: ti.i32, src: ti.types.ndarray(), grad: ti.template(), gi: ti.template()):
         for k in ti.static(range(len(self._slot_meta))):
             meta = ti.static(self._slot_meta[k])
-            f = ti.static(_values_or_grads(meta[0], grad))
-            kind, n, m, off = ti.static(meta[1], meta[2], meta[3], meta[4])
-            for p in range(self.rows[None]):
-                if ti.static(kind == 0):
-                    f[l, p] = src[p, off]
-                elif ti.static(kind == 1):
-                    for i in ti.static(range(n)):
-                        f[l, p][i] = src[p, off + i]
-                else:
-                    for i, j in ti.static(ti.ndrange(n, m)):
-                        f[l, p][i, j] = src[p, off + i * m + j]
+            if ti.static(meta[5] == gi):
+                f = ti.static(_values_or_grads(meta[0], grad))
+                rows = ti.static(self._groups[gi]["rows"])
+                kind, n, m, off = ti.static(meta[1], meta[2], meta[3], meta[4])
+                for p in range(rows[None]):
+                    if ti.static(kind == 0):
+                        f[l, p] = src[p, off]
+                    elif ti.static(kind == 1):
+                        for i in ti.static(range(n)):
+                            f[l, p][i] = src[p, off + i]
+                    else:
+                        for i, j in ti.static(ti.ndrange(n, m)):
+                            f[l, p][i, j] = src[p, off + i * m + j]
 
     def _shapes(self) -> dict[str, tuple]:
-        n = int(self.rows[None])
         out = {}
-        for name, (_f, kind, a, b, _off) in zip(self.slots, self._slot_meta, strict=True):
+        for name, (_f, kind, a, b, _off, gi) in zip(self.slots, self._slot_meta, strict=True):
+            n = int(self._groups[gi]["rows"][None])
             out[name] = (n,) if kind == 0 else (n, a) if kind == 1 else (n, a, b)
         return out
 
     def export(self, slot: int, grad: bool = False) -> dict[str, np.ndarray]:
         """Slot ``slot`` (or its gradients) as ``{name: array}`` without the part prefix."""
-        n = int(self.rows[None])
-        if not self.slots or n == 0:
-            return {name: np.zeros(shape, self.np_real) for name, shape in self._shapes().items()}
-        flat = np.zeros((n, self._width), self.np_real)
-        self._pack(slot, flat, grad)
+        shapes = self._shapes()
+        flats = {}
         out = {}
-        for (name, shape), (_f, _k, a, b, off) in zip(self._shapes().items(), self._slot_meta, strict=True):
-            out[name] = flat[:, off: off + a * b].reshape(shape).copy()
+        for (name, shape), (_f, _k, a, b, off, gi) in zip(shapes.items(), self._slot_meta, strict=True):
+            n = shape[0]
+            if n == 0:
+                out[name] = np.zeros(shape, self.np_real)
+                continue
+            if gi not in flats:
+                flats[gi] = np.zeros((n, self._groups[gi]["width"]), self.np_real)
+                self._pack(slot, flats[gi], grad, gi)
+            out[name] = flats[gi][:, off: off + a * b].reshape(shape).copy()
         return out
 
     def import_(self, slot: int, state: dict[str, np.ndarray], grad: bool = False) -> None:
         """Write ``{name: array}`` (every slot field of this part) into slot ``slot``."""
-        n = int(self.rows[None])
         shapes = self._shapes()
         unknown = set(state) - set(shapes)
         if unknown:
@@ -319,17 +358,21 @@ class Part:
         missing = set(shapes) - set(state)
         if missing:
             raise KeyError(f"state is missing {sorted(self.name + '.' + k for k in missing)}")
-        if n == 0 or not self.slots:
-            return
-        flat = np.zeros((n, self._width), self.np_real)
-        for (name, shape), (_f, _k, a, b, off) in zip(shapes.items(), self._slot_meta, strict=True):
+        flats = {}
+        for (name, shape), (_f, _k, a, b, off, gi) in zip(shapes.items(), self._slot_meta, strict=True):
             arr = np.asarray(state[name], dtype=np.float64)
             if arr.shape != shape:
                 raise ValueError(f"state[{self.name + '.' + name!r}] must have shape {shape}, got {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"state[{self.name + '.' + name!r}] contains NaN or inf")
-            flat[:, off: off + a * b] = arr.reshape(n, a * b)
-        self._unpack(slot, flat, grad)
+            n = shape[0]
+            if n == 0:
+                continue
+            if gi not in flats:
+                flats[gi] = np.zeros((n, self._groups[gi]["width"]), self.np_real)
+            flats[gi][:, off: off + a * b] = arr.reshape(n, a * b)
+        for gi, flat in flats.items():
+            self._unpack(slot, flat, grad, gi)
 
     def zero_grads(self) -> None:
         """Zero every gradient this part owns (slots, scratch, parameters)."""
