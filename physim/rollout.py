@@ -55,6 +55,29 @@ class Gradients:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     action_norm: float = 0.0
 
+    def check(self) -> None:
+        """Raise :class:`GradientError` naming the first NaN/inf entry: of the actions, of an
+        initial-state gradient, or of a parameter gradient (``"mpm.E[1]"``: material 1's E,
+        ``"tools.friction[0]"``). :meth:`Rollout.backward` calls it before returning."""
+        def first_bad(a):
+            a = np.asarray(a, dtype=np.float64)
+            bad = np.argwhere(~np.isfinite(a))
+            return None if len(bad) == 0 else (bad[0].tolist(), a[tuple(bad[0])])
+
+        hit = first_bad(self.actions)
+        if hit is not None:
+            (step, col), v = hit
+            raise GradientError(f"action gradient is NaN/inf: d loss / d action[{step}, {col}] is {v}")
+        for name, g in self.initial.items():
+            hit = first_bad(g)
+            if hit is not None:
+                raise GradientError(f"gradient of the initial state {name} is {hit[1]} at {hit[0]}")
+        for name, g in self.params.items():
+            hit = first_bad(np.reshape(g, -1))
+            if hit is not None:
+                raise GradientError(f"gradient of {name}[{hit[0][0]}] is {hit[1]} (the parameter of row "
+                                    f"{hit[0][0]}: a material, tool or spring)")
+
     # shorthands for the common entries
     @property
     def x0(self) -> np.ndarray:
@@ -179,12 +202,26 @@ class Rollout:
         for name, series in observe.items():
             series.append(state[name])
 
-    def _drop_rollout(self) -> None:
-        """Forget the recorded rollout and delete its checkpoints (incl. spilled files)."""
+    def _drop_rollout(self, why: str | None = None) -> None:
+        """Forget the recorded rollout and delete its checkpoints (incl. spilled files).
+
+        ``why`` (``"set_param('mpm.E', row=0)"``, ``"step()"``, ...) is kept for the error of a
+        later :meth:`backward`: a recording is dropped whenever its replay would no longer be
+        the forward pass that was run (a parameter, the state or K changed since), so reverse
+        mode can never differentiate a mixture of old and new values."""
         r = self._rollout
         if r is not None and r["checkpoints"] is not None:
             r["checkpoints"].close()
+        if r is not None:
+            self._dropped_by = why
         self._rollout = None
+
+    @property
+    def rollout_id(self) -> int:
+        """How many recorded :meth:`forward` passes this scene has run: the id of the latest,
+        which :meth:`backward` differentiates (``backward(rollout=...)`` checks it; the torch
+        bridge uses it to refuse the backward of a superseded rollout)."""
+        return getattr(self, "_generation", 0)
 
     def _to_slot0(self) -> None:
         if self._slot != 0:
@@ -201,7 +238,7 @@ class Rollout:
         self._to_slot0()
         self._substeps_done = 0
         self._run(a, record=False, checkpoints=None)
-        self._drop_rollout()
+        self._drop_rollout("step()")
 
     def forward(self, actions, requires_grad: bool = True, observe: Iterable[str] | None = None):
         """Simulate ``len(actions)`` steps from the current state.
@@ -230,6 +267,7 @@ class Rollout:
         self._substeps_done = 0
         total = a.shape[0] * self.substeps_per_step
         self._drop_rollout()
+        self._dropped_by = None
         checkpoints = None
         if requires_grad and total > self.checkpoint_every:
             ram = None if self.checkpoint_ram_mb is None else int(self.checkpoint_ram_mb * 2**20)
@@ -237,7 +275,9 @@ class Rollout:
         self._run(a, record=requires_grad, checkpoints=checkpoints, observe=series)
         if requires_grad:
             final = self._export(self._slot) if checkpoints is not None else None
-            self._rollout = {"actions": a, "checkpoints": checkpoints, "final": final, "total": total}
+            self._generation = self.rollout_id + 1
+            self._rollout = {"actions": a, "checkpoints": checkpoints, "final": final, "total": total,
+                             "id": self._generation}
         if series is not None:
             return {n: np.stack(v) for n, v in series.items()}
         return None
@@ -286,7 +326,8 @@ class Rollout:
         for part in self.parts:
             part.zero_scratch_grads()
 
-    def backward(self, seeds=None, *, grad_x=None, grad_v=None, clip_norm: float | None = None) -> Gradients:
+    def backward(self, seeds=None, *, grad_x=None, grad_v=None, clip_norm: float | None = None,
+                 rollout: int | None = None) -> Gradients:
         """Reverse mode over the last :meth:`forward`.
 
         Args:
@@ -295,15 +336,38 @@ class Rollout:
                 (0 = the initial state). Names as in :attr:`state_names`.
             grad_x, grad_v: short for the final state's ``"mpm.x"`` / ``"mpm.v"`` seeds.
             clip_norm: if set, scale the action gradient to at most this norm.
+            rollout: the :attr:`rollout_id` of the forward pass the caller means (read right
+                after it); a later forward on this scene, or a dropped recording, raises
+                instead of silently differentiating another rollout.
 
         Raises:
-            GradientError: a gradient became NaN/inf (names the substep range).
+            RuntimeError: no recording to differentiate: no forward yet, or it was dropped by
+                step(), reset()/set_state(), set_param() (names the parameter: its new value
+                would be replayed) or a backward over several checkpoint chunks; or ``rollout``
+                is not the latest forward. Call forward again.
+            GradientError: a gradient became NaN/inf (names the substep range, or the state
+                entry or parameter row).
         """
         self._check_built()
         r = self._rollout
+        if rollout is not None and self.rollout_id != rollout:
+            raise RuntimeError(
+                f"backward of forward #{rollout} refused: forward #{self.rollout_id} has run on the same scene since "
+                f"and superseded it (a scene keeps only its latest recording); differentiate each rollout before "
+                f"running the next, or run it again")
+        if rollout is not None and r is None:
+            raise RuntimeError(
+                f"backward of forward #{rollout} refused: the scene no longer holds its recording (dropped by "
+                f"{getattr(self, '_dropped_by', None) or 'a later call'}); run it again")
         if r is None:
+            why = getattr(self, "_dropped_by", None)
+            if why is not None:
+                raise RuntimeError(
+                    f"backward() needs a forward(..., requires_grad=True) first: the recorded rollout was dropped "
+                    f"by {why} after it (differentiating it now would replay other values than the forward "
+                    f"ran with); call forward again")
             raise RuntimeError("backward() needs a forward(..., requires_grad=True) first (and no step/reset/"
-                               "set_param since)")
+                               "set_param since); call forward again")
         if backend.config().arch != "cpu" and not Rollout._warned_gpu_grad:
             Rollout._warned_gpu_grad = True
             warnings.warn(
@@ -349,19 +413,20 @@ class Rollout:
         for name, value in by_step.get(0, {}).items():
             initial[name] = initial[name] + value
         action_grad = self.partset.controls.action.grad.to_numpy()[:steps, : self.action_dim].astype(np.float64)
-        if not np.isfinite(action_grad).all():
-            raise GradientError("action gradient is NaN/inf")
-        norm = float(np.linalg.norm(action_grad))
-        if clip_norm is not None and norm > clip_norm > 0:
-            action_grad *= clip_norm / norm
         params = {f"{part.name}.{k}": p.grad() for part in self.parts for k, p in part.params.items()
                   if p.differentiable}
-        grads = Gradients(actions=action_grad, initial=initial, params=params, action_norm=norm)
+        grads = Gradients(actions=action_grad, initial=initial, params=params)
         if r["final"] is not None:  # slots now hold chunk 0: put the final state back
             self._import(0, r["final"])
             self._slot = 0
             self.tape.clear()
-            self._drop_rollout()  # the last chunk's tape is gone; run forward again to differentiate again
+            # the last chunk's tape is gone; run forward again to differentiate again
+            self._drop_rollout("the backward() over it (a rollout of several checkpoint chunks is differentiated once)")
+        grads.check()  # before clipping: a NaN would spread over every action entry
+        norm = float(np.linalg.norm(action_grad))
+        grads.action_norm = norm
+        if clip_norm is not None and norm > clip_norm > 0:
+            action_grad *= clip_norm / norm
         return grads
 
     # ------------------------------------------------------------ tape debug probes

@@ -231,9 +231,9 @@ class Scene(Rollout):
                 f"body {len(self.bodies)} ({shape!r}) has {int(outside.sum())} particles outside the "
                 f"simulation domain [{lo:.4f}, {hi:.4f}]^{self.dim} (e.g. at {np.round(bad, 4).tolist()})"
             )
-        if material not in self.materials:
-            self.materials.append(material)
-        m = self.materials.index(material)
+        # one row per material object (identity, not equality): two equal-valued materials are two
+        # rows, so set_material_param / identification of either one changes only its bodies
+        m = next((i for i, known in enumerate(self.materials) if known is material), len(self.materials))
         vel = np.zeros(self.dim) if velocity is None else np.asarray(velocity, dtype=np.float64).reshape(-1)
         if vel.shape != (self.dim,) or not np.isfinite(vel).all():
             raise ValueError(f"velocity must be {self.dim} finite values, got {velocity!r}")
@@ -261,6 +261,14 @@ class Scene(Rollout):
                     f"body {len(self.bodies)} ({shape!r}) overlaps body {other}: {int(close.sum())} of its particles "
                     f"lie within half a particle spacing of body {other}'s (e.g. at "
                     f"{np.round(pts[close][0], 4).tolist()}); move or shrink one of them")
+            # each shape samples its own lattice (from its lower corner), so the particles of two
+            # overlapping bodies need not be close (lattices offset by half a spacing are 0.71
+            # spacing apart, and the density is still doubled): test each body's particles against
+            # the other's shape too. A touching body's particles lie at least half a spacing (less
+            # the jitter) outside the other's shape, so any particle inside is an overlap.
+            self._check_shape_overlap(shape, pts)
+        if m == len(self.materials):
+            self.materials.append(material)
         n = len(pts)
         self.bodies.append(_Body(shape, m, actuator, sum(len(x) for x in self._x), n))
         self._x.append(pts)
@@ -270,6 +278,29 @@ class Scene(Rollout):
         self._fiber.append(np.tile(d, (n, 1)))
         return len(self.bodies) - 1
 
+    def _check_shape_overlap(self, shape: Shape, pts: np.ndarray) -> None:
+        """Refuse a new body (``shape``, particles ``pts``) whose particles lie inside an earlier
+        body's shape, or an earlier body's particles inside ``shape``."""
+        def inside(s: Shape, x: np.ndarray) -> np.ndarray:
+            lo, hi = s.bounds()
+            out = np.zeros(len(x), bool)
+            near = np.flatnonzero(((x >= lo) & (x <= hi)).all(axis=1))  # contains() only where it can be true
+            if len(near):
+                out[near] = s.contains(x[near])
+            return out
+
+        new = len(self.bodies)
+        for i, body in enumerate(self.bodies):
+            mine = inside(body.shape, pts)
+            theirs = inside(shape, self._x[i])
+            if mine.any() or theirs.any():
+                what = (f"{int(mine.sum())} of its particles lie inside body {i}'s shape (e.g. at "
+                        f"{np.round(pts[mine][0], 4).tolist()})" if mine.any() else
+                        f"{int(theirs.sum())} of body {i}'s particles lie inside its shape (e.g. at "
+                        f"{np.round(self._x[i][theirs][0], 4).tolist()})")
+                raise ValueError(f"body {new} ({shape!r}) overlaps body {i}: {what}, where the two would double the "
+                                 f"density; move or shrink one of them (touching is fine)")
+
     def add_tool(self, tool: Tool) -> int:
         """Add a kinematic rigid tool; returns its index (its action columns are
         ``scene.tool_slice(index)``)."""
@@ -278,6 +309,11 @@ class Scene(Rollout):
             raise TypeError(f"expected a physim tool (SphereTool, BoxTool, ...), got {type(tool).__name__}")
         if tool.dim != self.dim:
             raise ValueError(f"tool at {tool.position.tolist()} is {tool.dim}D but the scene is {self.dim}D")
+        if np.any((tool.position < 0.0) | (tool.position > 1.0)):
+            # the tools act on the grid, which covers the unit square/cube: a tool centred outside it
+            # is a wrong position (a parked tool belongs inside, away from the material)
+            raise ValueError(f"tool {len(self.tools)} at {tool.position.tolist()} is outside the simulation domain "
+                             f"[0, 1]^{self.dim} (its position is its centre)")
         self.tools.append(tool)
         return len(self.tools) - 1
 
@@ -718,16 +754,24 @@ class Scene(Rollout):
 
     def set_param(self, name: str, value: float, row: int = 0) -> None:
         """Set parameter ``name`` (``"mpm.E"``, ``"tools.friction"``, ``"springs.stiffness"``,
-        ...) of row ``row`` (material, tool, spring) in user units; checked against its bounds.
-        Refused while a recorded forward pass awaits :meth:`backward` (the gradient would be
-        of another function): call forward again after changing parameters."""
+        ...) of row ``row`` (material, tool, spring) in user units; checked against its bounds
+        and against the scene's dt: a value that makes ``dt`` exceed its part's stability limit
+        (a stiffer or lighter material: 0.9 dx / c) raises ``ValueError`` naming the limit and
+        leaves the parameter unchanged (the FEM part, which sub-cycles, checks at forward).
+        Setting a parameter drops a recorded forward pass that awaits :meth:`backward` (its
+        replay would use the new value): backward then raises, naming this call; call forward
+        again after changing parameters."""
         part, p = self._param(name)
         if not (isinstance(row, (int, np.integer)) and 0 <= row < p.rows()):
             raise IndexError(f"{name} has {p.rows()} rows, got row {row!r}")
         v = p.check(value, part.name)
-        if self._rollout is not None:
-            self._drop_rollout()
+        old = p.get(int(row))
         p.set(int(row), v)
+        lim = part.stable_dt() if part.name != "fem" else math.inf
+        if self.dt > lim * (1 + 1e-6):  # 1e-6: the f32 rounding of the fields the limit is read from
+            p.set(int(row), old)
+            raise ValueError(f"{name}={value:g} (row {row}) would make dt={self.dt:g} s unstable: {part.dt_reason()}")
+        self._drop_rollout(f"set_param({name!r}, row={row})")
 
     def get_param(self, name: str, row: int = 0) -> float:
         part, p = self._param(name)
@@ -735,22 +779,36 @@ class Scene(Rollout):
             raise IndexError(f"{name} has {p.rows()} rows, got row {row!r}")
         return p.get(int(row))
 
+    def _material_row(self, material: int | Material) -> int:
+        """The row of ``material`` (an index, or one of the objects given to add_body: found by
+        identity, so two equal-valued materials are two rows)."""
+        if isinstance(material, (int, np.integer)):
+            return int(material)
+        for i, m in enumerate(self.materials):
+            if m is material:
+                return i
+        raise ValueError(f"{material!r} is not a material of this scene (materials are matched by identity: pass "
+                         f"the object given to add_body, or its index)")
+
     def set_material_param(self, material: int | Material, name: str, value: float) -> None:
-        """Shorthand for ``set_param("mpm." + name, value, row=material)``."""
-        m = material if isinstance(material, int) else self.materials.index(material)
+        """Shorthand for ``set_param("mpm." + name, value, row=material)`` (``material``: its
+        index or the object given to :meth:`add_body`)."""
+        m = self._material_row(material)
         self._check_built()
         if name not in self.partset.mpm.params:
             raise KeyError(f"unknown material parameter {name!r}; known: {list(self.partset.mpm.params)}")
         try:
-            self.set_param("mpm." + name, value, row=m)
+            self.partset.mpm.params[name].check(value, "mpm")
         except ValueError as e:
             if name == "nu":
-                raise ValueError(f"Poisson ratio nu must be < 0.5 (and > -1), got {value!r}") from e
-            raise ValueError(f"material parameter {name} must be positive and finite: {e}") from e
+                raise ValueError(f"Poisson ratio nu must be < 0.5 (and > -1): {e}") from e
+            if name in ("E", "density"):
+                raise ValueError(f"material parameter {name} must be positive and finite: {e}") from e
+            raise
+        self.set_param("mpm." + name, value, row=m)
 
     def get_material_param(self, material: int | Material, name: str) -> float:
-        m = material if isinstance(material, int) else self.materials.index(material)
-        return self.get_param("mpm." + name, row=m)
+        return self.get_param("mpm." + name, row=self._material_row(material))
 
     def set_tool_friction(self, index: int, value: float) -> None:
         """Shorthand for ``set_param("tools.friction", value, row=index)``."""

@@ -12,6 +12,11 @@ Any state entry by name, final or at every step::
 
 The scene is reset to its initial state before every rollout (``reset=False`` to
 start from the current state instead).
+
+A scene keeps only its latest recording: run ``backward`` on each rollout's loss before the
+next rollout (or ``scene.forward``, ``scene.step``, ``scene.set_param``) on the same scene.
+The backward of a superseded rollout raises ``RuntimeError`` (it would otherwise
+differentiate the newer rollout); use one scene per rollout to keep several graphs alive.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class _Rollout(torch.autograd.Function):
                                observe=list(names) if per_step else None)
         s = series if per_step else scene.get_state()
         ctx.scene, ctx.names, ctx.per_step = scene, names, per_step
+        ctx.rollout = scene.rollout_id  # backward refuses if another forward ran on the scene since
         ctx.dtype, ctx.device = actions.dtype, actions.device
         return tuple(torch.as_tensor(np.asarray(s[k], dtype=np.float64), dtype=actions.dtype, device=actions.device)
                      for k in names)
@@ -40,7 +46,7 @@ class _Rollout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         used = {k: g.detach().cpu().double().numpy() for k, g in zip(ctx.names, grads, strict=True) if g is not None}
-        g = ctx.scene.backward(series_seeds(used) if ctx.per_step else used)
+        g = ctx.scene.backward(series_seeds(used) if ctx.per_step else used, rollout=ctx.rollout)
         return torch.as_tensor(g.actions, dtype=ctx.dtype, device=ctx.device), None, None, None, None
 
 

@@ -326,8 +326,6 @@ class MPMEngine(Part):
         # f32: 1/m^2 in the adjoint must stay finite; f64 has the range to keep (almost) every node
         rel = 1e-9 if spec.precision == "f32" else 1e-14
         self.min_node_mass[None] = rel * float(dens[:n].min()) * spec.spacing**dim
-        c = max((m.wave_speed() for m in spec.materials), default=0.0)
-        self._limit = WAVE_CFL_LIMIT * self.dx / c if c > 0 else math.inf
 
     def _refresh_mass(self) -> None:
         """p_mass = density of the particle's material * particle volume (after load or a new density)."""
@@ -1104,9 +1102,36 @@ class MPMEngine(Part):
                 for k, j in ti.static(ti.ndrange(RIGID_CONTACT_PASSES, 2 * self.dim)):
                     self.contact_r.grad[k, b, j] = ti.zero(self.contact_r.grad[k, b, j])
 
+    def wave_speeds(self) -> np.ndarray:
+        """P-wave speed (m/s) of each material row at its current parameters:
+        sqrt((lambda + 2 mu) / rho) = sqrt(E (1 - nu) / ((1 + nu)(1 - 2 nu) rho)); a fluid's
+        sqrt(K / rho) (its E column holds the bulk modulus K); 0 for a rigid body. Read from the
+        parameter fields, so a value set after build (``set_param``) counts."""
+        n = self.n_materials
+        p = self.mat_params.to_numpy()[:n].astype(np.float64)
+        model = self.mat_model.to_numpy()[:n]
+        E, nu, rho = p[:, COL["E"]], p[:, COL["nu"]], p[:, COL["density"]]
+        modulus = np.where(model == MODEL_IDS["fluid"], E, E * (1 - nu) / ((1 + nu) * (1 - 2 * nu)))
+        modulus = np.where(model == MODEL_IDS["rigid"], 0.0, modulus)
+        return np.sqrt(np.maximum(modulus, 0.0) / rho)
+
     def stable_dt(self) -> float:
-        """0.9 dx / c, c the fastest elastic-wave speed of the scene's materials."""
-        return self._limit
+        """0.9 dx / c, c the fastest elastic-wave speed of the scene's materials at their
+        current parameters (``inf`` before :meth:`load` or with only rigid bodies)."""
+        c = self.wave_speeds()
+        cmax = float(c.max(initial=0.0))
+        return WAVE_CFL_LIMIT * self.dx / cmax if cmax > 0 else math.inf
+
+    def dt_reason(self) -> str:
+        c = self.wave_speeds()
+        if len(c) == 0 or c.max() <= 0:
+            return "no elastic material"
+        m = int(np.argmax(c))
+        p = self.mat_params.to_numpy()[m].astype(np.float64)
+        return (f"material {m} has P-wave speed c = {c[m]:.4g} m/s (E={p[COL['E']]:.4g} Pa, nu={p[COL['nu']]:.4g}, "
+                f"density={p[COL['density']]:.4g} kg/m^3), so dt must be <= {WAVE_CFL_LIMIT} * dx / c = "
+                f"{WAVE_CFL_LIMIT * self.dx / c[m]:.4g} s on a {self.res}-cell grid (lower dt, raise "
+                f"substeps_per_step, or soften the material)")
 
     # ------------------------------------------------------------------ step
     def substep(self, tape, l: int, t: int) -> None:
