@@ -444,6 +444,10 @@ class MPMEngine(Part):
         F_new = F_trial
         sig_new = sig_c
         jp_new = jp
+        # a rigid row has E = 0, so mu = 0: the plastic branches computed for it (and discarded by
+        # ti.select) would divide 0 / 0, and the discarded NaN still poisons the adjoint (0 * NaN).
+        # Those branches see mu = 1 there; every other model has mu > 0 and keeps its own.
+        mu = ti.select(mu > 0, mu, 1.0)
         if ti.static(self.has("von_mises", "bingham", "drucker_prager", "snow")):
             eps = ti.log(sig_c)
             tr = eps.sum()
