@@ -53,6 +53,35 @@ def small_scene(dim, material, *, tool=True, softness=50.0, friction=0.4, actuat
     return scene
 
 
+#: the tactile rig's layout (tests/test_calibration.py, tests/test_tactile_physics.py): a 20 x 20 x 10 mm
+#: pad of 4 x 2 x 4 cells (192 tets, 75 nodes) on a box mount (tool 0) and a sphere (tool 1), grid 32,
+#: dt 5e-5 s, built for 32 steps; E <= 8e4 Pa and nu <= 0.45 keep it at one FEM sub-step per substep
+#: (contact stiffness 5e7 Pa/m), so every such scene has one layout and the rig's forward and reverse
+#: kernels compile once for the whole session
+RIG_MOUNT = (0.5, 0.29, 0.5)
+RIG_TOP = 0.305  # the pad's top surface (y)
+RIG_STEPS = 32
+
+
+def tactile_rig(sphere_y=RIG_TOP + 0.01 + 1e-5, *, sphere_x=0.5, tool=None, friction=0.5, E=3e4, nu=0.3,
+                alpha=1000.0, gravity=(0.0, 0.0, 0.0), substeps=8, build=True):
+    """A tactile scene of the shared rig layout (see ``RIG_MOUNT``): the pad mounted on tool 0,
+    tool 1 a sphere (R = 10 mm, its lowest point ``sphere_y - 0.01``) or ``tool``. Built for
+    ``RIG_STEPS`` steps unless ``build=False``. Returns (scene, pad mesh, FEM body)."""
+    import gc
+
+    gc.collect()  # the previous rig scene's engine is free for reuse once it is collected
+    scene = ps.Scene(dim=3, grid_res=32, dt=5e-5, substeps_per_step=substeps, gravity=gravity)
+    scene.add_tool(ps.BoxTool(position=RIG_MOUNT, half_extents=(0.012, 0.005, 0.012)))
+    scene.add_tool(tool or ps.SphereTool(position=(sphere_x, sphere_y, 0.5), radius=0.01, friction=friction))
+    pad = ps.flat_pad(center=(0.5, 0.3, 0.5), size=(0.02, 0.02), thickness=0.01, resolution=(4, 2, 4))
+    body = ps.FEMBody(pad, E=E, nu=nu, density=1000.0, alpha=alpha, mount=0, contact_stiffness=5e7)
+    scene.add_fem(body)
+    if build:
+        scene.build(max_steps=RIG_STEPS)
+    return scene, pad, body
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -24,8 +24,8 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import RIG_MOUNT, tactile_rig
 
-import physim as ps
 from physim.optim import calibrate
 from physim.optim.calibration import READINGS_OBSERVE, readings_loss, sensor_readings
 from physim.optim.problem import rollout_loss
@@ -37,20 +37,16 @@ E_TRUE, NU_TRUE, MU_TRUE = 3e4, 0.3, 0.5
 PRESS, SLIDE = 12, 20
 STEP = 5e-5 * 8  # s per action step
 DEPTH, TRAVEL, GAP = 1.5e-3, 4e-3, 1e-5
-MOUNT_POS = (0.5, 0.29, 0.5)
+MOUNT_POS = RIG_MOUNT
 E_BOUNDS, NU_BOUNDS = (1e4, 8e4), (0.1, 0.45)
 
 
 @pytest.fixture(scope="module")
 def rig():
     t0 = time.perf_counter()
-    scene = ps.Scene(dim=3, grid_res=32, dt=5e-5, substeps_per_step=8, gravity=(0.0, 0.0, 0.0))
-    scene.add_tool(ps.BoxTool(position=MOUNT_POS, half_extents=(0.012, 0.005, 0.012)))
-    scene.add_tool(ps.SphereTool(position=(0.5, 0.305 + 0.01 + GAP, 0.5), radius=0.01, friction=MU_TRUE))
-    pad = ps.flat_pad(center=(0.5, 0.3, 0.5), size=(0.02, 0.02), thickness=0.01, resolution=(4, 2, 4))
-    body = ps.FEMBody(pad, E=E_TRUE, nu=NU_TRUE, density=1000.0, alpha=1000.0, mount=0, contact_stiffness=5e7)
-    scene.add_fem(body)
-    scene.build(max_steps=PRESS + SLIDE)
+    # the shared rig layout of tests/conftest.py (tests/test_tactile_physics.py builds it too)
+    scene, pad, body = tactile_rig(0.305 + 0.01 + GAP, friction=MU_TRUE, E=E_TRUE, nu=NU_TRUE, alpha=1000.0)
+    assert scene.max_steps == PRESS + SLIDE and scene.dt == 5e-5 and scene.substeps_per_step == 8
     sensor = TactileSensor(body, pose=(np.array(MOUNT_POS), np.array([1.0, 0.0, 0.0, 0.0])), markers=(5, 5))
     a = np.zeros((PRESS + SLIDE, scene.action_dim))
     a[:PRESS, 7] = -(DEPTH + GAP) / (PRESS * STEP)  # tool 1 (columns 6..11): down

@@ -13,16 +13,15 @@ so the test divides it out and checks exponent and prefactor of what remains.
 """
 
 import gc
-import json
 import math
-import textwrap
+import os
 import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from subproc import run_python
+from conftest import RIG_STEPS, RIG_TOP, tactile_rig
 
 import physim as ps
 from physim.meshes import quality
@@ -203,62 +202,48 @@ def check_imprint(sensor, state, F):
 
 
 # ------------------------------------------------------------------ process stability
-STABILITY = textwrap.dedent("""
-    import gc, json, os, sys, time, warnings
-    import numpy as np
-    warnings.simplefilter("ignore")
-    import physim as ps
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    def rss_mb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * PAGE / 2**20
-
-    def one(i):
-        scene = ps.Scene(dim=3, grid_res=32, dt=1e-4, substeps_per_step=4, gravity=(0.0, -9.8, 0.0))
-        scene.add_tool(ps.BoxTool(position=(0.5, 0.29, 0.5), half_extents=(0.012, 0.005, 0.012)))
-        scene.add_tool(ps.SphereTool(position=(0.5 + 0.001 * (i % 3), 0.3152, 0.5), radius=0.01, friction=0.3))
-        pad = ps.flat_pad(center=(0.5, 0.3, 0.5), size=(0.02, 0.02), thickness=0.01, resolution=(4, 2, 4))
-        scene.add_fem(ps.FEMBody(pad, E=1e5, nu=0.4, density=1000.0, mount=0))
-        scene.build(max_steps=8)
-        a = np.zeros((8, scene.action_dim))
-        a[:, 7] = -0.2  # the sphere down at 0.2 m/s: 0.64 mm, into the gel
-        scene.forward(a, requires_grad=True)
-        st = scene.get_state()
-        seed = np.zeros_like(st["fem.f_contact"])
-        seed[:, 1] = 1.0
-        g = scene.backward({"fem.f_contact": seed})
-        out = [float(st["fem.f_contact"][:, 1].sum()), float(np.abs(g.actions).sum()), float(g.params["fem.E"][0])]
-        del scene, g
-        gc.collect()
-        return out
-
-    t0 = time.time()
-    rss, outs = [], []
-    for i in range(int(sys.argv[1])):
-        outs.append(one(i))
-        rss.append(rss_mb())
-    print(json.dumps(dict(rss=rss, outs=outs, seconds=time.time() - t0)))
-""")
+def _build_run_differentiate(i):
+    """One tactile scene of the rig layout (tests/conftest.py): the sphere 0.2 mm above the pad,
+    shifted by ``0.001 (i % 3)`` m in x, pressed down at 0.4 m/s for 8 steps (1.6 ms: 0.64 mm,
+    into the gel) under gravity, and the vertical contact force differentiated w.r.t. the
+    actions and E. Returns (vertical force, sum |d / d actions|, d / d E)."""
+    scene, _, _ = tactile_rig(RIG_TOP + 0.01 + 2e-4, sphere_x=0.5 + 0.001 * (i % 3), friction=0.3, E=5e4, nu=0.4,
+                              alpha=0.0, gravity=(0.0, -9.8, 0.0), substeps=4)
+    a = np.zeros((8, scene.action_dim))
+    a[:, 7] = -0.4  # tool 1 (columns 6..11): down
+    scene.forward(a, requires_grad=True)
+    st = scene.get_state()
+    seed = np.zeros_like(st["fem.f_contact"])
+    seed[:, 1] = 1.0
+    g = scene.backward({"fem.f_contact": seed})
+    return [float(st["fem.f_contact"][:, 1].sum()), float(np.abs(g.actions).sum()), float(g.params["fem.E"][0])]
 
 
 def test_hundred_tactile_scenes_in_one_process():
-    """100 tactile scenes (a 192-tet pad mounted on a box tool, a sphere pressed 0.64 mm into it
-    in 8 steps, the vertical contact force differentiated w.r.t. actions and E) built, run and
-    differentiated one after another in one fresh process: no crash, every run's results finite
-    and the same for the same input (runs i and i + 3 differ only by index), and the resident
-    set after run 100 at most 8 MB above its value after run 20 (measured: 0.0 MB; the first
-    run's compilation and pools settle by run 20, and a leak of one scene per run -- fields of
-    ~300 nodes x 8 slots, a tape, Python objects, ~100 kB or more -- would add >= 8 MB over 80
-    runs). Measured ~45 s with a warm kernel cache (9 s the first run, 0.35 s each after);
-    a cold cache compiles the reverse mode for ~90 s more."""
-    r = run_python(["-c", STABILITY, "100"], timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    rss, outs = np.array(res["rss"]), np.array(res["outs"])
+    """100 tactile scenes (the 192-tet rig pad on its box mount, a sphere pressed 0.64 mm into
+    it in 8 steps, the vertical contact force differentiated w.r.t. actions and E) built, run
+    and differentiated one after another in this (the test session's) process: no crash, every
+    run's results finite and the same for the same input (runs i and i + 3 differ only by index),
+    and the resident set after run 100 at most 8 MB above its value after run 20 (a leak of one
+    scene per run -- fields of ~300 nodes x 8 slots, a tape, Python objects, ~100 kB or more --
+    would add >= 8 MB over 80 runs; pools and caches settle by run 20). The scenes have the
+    rig's layout, so in the full suite they reuse the engine tests/test_calibration.py compiled
+    (forward and reverse) and this test costs only its runs, ~0.3 s each; alone it compiles
+    them first. (It used to run in a fresh subprocess, which compiled the reverse mode again:
+    ~160 s cold.)"""
+    t0 = time.time()
+    rss, outs = [], []
+    for i in range(100):
+        outs.append(_build_run_differentiate(i))
+        rss.append(_rss_mb())
+    rss, outs = np.array(rss), np.array(outs)
     print(f"\nstability: RSS after runs 1/20/50/100 {rss[0]:.1f}/{rss[19]:.1f}/{rss[49]:.1f}/{rss[99]:.1f} MB, "
-          f"{res['seconds']:.1f} s")
+          f"{time.time() - t0:.1f} s")
     assert len(outs) == 100 and np.isfinite(outs).all()
     assert (outs[:, 0] < 0).all() and (outs[:, 1] > 0).all(), "no contact / no gradient: the check is vacuous"
     np.testing.assert_array_equal(outs[3:], outs[:-3])
@@ -267,12 +252,8 @@ def test_hundred_tactile_scenes_in_one_process():
 
 # ------------------------------------------------------------------ indenter starting inside
 def _small_scene(sphere_y, tool=None):
-    gc.collect()
-    scene = ps.Scene(dim=3, grid_res=32, dt=1e-4, substeps_per_step=4, gravity=(0.0, 0.0, 0.0))
-    scene.add_tool(ps.BoxTool(position=(0.5, 0.29, 0.5), half_extents=(0.012, 0.005, 0.012)))
-    scene.add_tool(tool or ps.SphereTool(position=(0.5, sphere_y, 0.5), radius=0.01))
-    pad = ps.flat_pad(center=(0.5, 0.3, 0.5), size=(0.02, 0.02), thickness=0.01, resolution=(4, 2, 4))
-    scene.add_fem(ps.FEMBody(pad, mount=0))
+    """The rig (tests/conftest.py: its layout, so no new compilation), not built yet."""
+    scene, pad, _ = tactile_rig(sphere_y, tool=tool, build=False)
     return scene, pad
 
 
@@ -281,17 +262,17 @@ def test_indenter_starting_inside_the_gel_is_an_error_at_build():
     the body, the tool, the node and the depth; touching (pole on the surface, and 0.05 h inside:
     half the tolerance) builds, and so does the mount box the back sits on. The tolerance is
     START_DEPTH = 0.1 of the smallest tet height scale h (module docstring of physim.parts.fem)."""
-    top = 0.305
+    top = RIG_TOP
     scene, pad = _small_scene(top + 0.01 - 0.002)
     with pytest.raises(ValueError, match=r"FEM body 0: tool 1 \(sphere\) starts inside the gel: node \d+ .* is "
                                          r"0\.002 m inside it") as err:
-        scene.build(max_steps=8)
+        scene.build(max_steps=RIG_STEPS)
     assert "start the tool outside" in str(err.value)
     del scene
     h = 1.0 / math.sqrt(ps.FEMBody(pad).geometry()[2].max())  # the smallest tet's height scale
     for inside in (0.0, 0.5 * START_DEPTH):
         scene, _ = _small_scene(top + 0.01 - inside * h)
-        scene.build(max_steps=8)
+        scene.build(max_steps=RIG_STEPS)
         assert np.all(scene.get_state()["fem.f_contact"] == 0.0)
         del scene
     # a rotated box half-sunk into the gel's side is caught too (the numpy SDF follows the pose)
@@ -299,7 +280,7 @@ def test_indenter_starting_inside_the_gel_is_an_error_at_build():
                      rotation=(math.cos(0.3), 0.0, math.sin(0.3), 0.0))
     scene, _ = _small_scene(0.0, tool=box)
     with pytest.raises(ValueError, match=r"tool 1 \(box\) starts inside the gel"):
-        scene.build(max_steps=8)
+        scene.build(max_steps=RIG_STEPS)
 
 
 def test_numpy_tool_sdf_matches_the_kernel():
