@@ -767,10 +767,13 @@ class Scene(Rollout):
         v = p.check(value, part.name)
         old = p.get(int(row))
         p.set(int(row), v)
-        lim = part.stable_dt() if part.name != "fem" else math.inf
-        if self.dt > lim * (1 + 1e-6):  # 1e-6: the f32 rounding of the fields the limit is read from
-            p.set(int(row), old)
-            raise ValueError(f"{name}={value:g} (row {row}) would make dt={self.dt:g} s unstable: {part.dt_reason()}")
+        # every part's limit: one part's parameter can move another's (mpm.density: the coupler's)
+        for other in self.parts if part.name != "fem" else ():
+            if other.name != "fem" and self.dt > other.stable_dt() * (1 + 1e-6):  # 1e-6: f32 fields
+                why = other.dt_reason()
+                p.set(int(row), old)
+                raise ValueError(f"{name}={value:g} (row {row}) would make dt={self.dt:g} s unstable for the "
+                                 f"{other.name} part: {why}")
         self._drop_rollout(f"set_param({name!r}, row={row})")
 
     def get_param(self, name: str, row: int = 0) -> float:
