@@ -179,6 +179,7 @@ class Scene(Rollout):
         self.tools: list[Tool] = []
         self.spring_bodies: list = []
         self.fem_bodies: list = []
+        self.shell_bodies: list = []
         self._fem_subcycle = True
         self._x: list[np.ndarray] = []
         self._v: list[np.ndarray] = []
@@ -365,6 +366,27 @@ class Scene(Rollout):
         self._fem_subcycle = self._fem_subcycle and bool(subcycle)
         return len(self.fem_bodies) - 1
 
+    def add_shell(self, body) -> int:
+        """Add a :class:`physim.ShellBody` (a thin sheet: cloth, paper, card); returns its index.
+        Shells are stepped implicitly (:mod:`physim.parts.shell`): pass ``dt`` to the scene
+        (2e-3 to 5e-3 s is typical)."""
+        from .shells import ShellBody
+
+        self._check_not_built()
+        if not isinstance(body, ShellBody):
+            raise TypeError(f"expected a physim.ShellBody, got {type(body).__name__}")
+        if self.dim != 3:
+            raise ValueError(f"shell bodies are 3D but the scene is {self.dim}D")
+        lo, hi = self.floor, 1.0 - BOUND * self.dx
+        x = body.mesh.vertices
+        out = np.any((x < lo) | (x > hi), axis=1)
+        if out.any():
+            i = int(np.argmax(out))
+            raise ValueError(f"shell body {len(self.shell_bodies)}: vertex {i} at {x[i].round(4).tolist()} is outside "
+                             f"the domain [{lo:.4f}, {hi:.4f}]^3")
+        self.shell_bodies.append(body)
+        return len(self.shell_bodies) - 1
+
     def couple(self, stiffness: float = 2e3, damping: float = 2.0, friction: float = 0.3,
                radius: float | None = None, *, fem_friction: float | None = None,
                fem_radius: float | None = None) -> None:
@@ -478,7 +500,16 @@ class Scene(Rollout):
                 models=tuple(sorted({b.model for b in self.fem_bodies})), tool_contact=has_tools,
                 subcycles=_next_pow2(2 * need, 1) if need > 1 else 1, mpm_contact=bool(self.bodies),
                 faces=_next_pow2(sum(len(b.mesh.surface_faces()) for b in self.fem_bodies), 16))
+        shell = None
+        if self.shell_bodies:
+            from .parts.shell import ShellLayout
+
+            shell = ShellLayout(nodes=_next_pow2(sum(b.n_vertices for b in self.shell_bodies), 16),
+                                tris=_next_pow2(sum(b.n_triangles for b in self.shell_bodies), 16),
+                                hinges=_next_pow2(sum(b.n_hinges for b in self.shell_bodies), 16),
+                                bodies=_next_pow2(len(self.shell_bodies), 1))
         return SceneLayout(
+            shell=shell,
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),
             action_capacity=_next_pow2(self.action_dim, 8),
             tools=_next_pow2(len(self.tools), 1) if has_tools or (self.bodies and not self.specialize) else 0,
@@ -491,9 +522,9 @@ class Scene(Rollout):
             max_steps: longest action sequence :meth:`forward` will be given.
         """
         self._check_not_built()
-        if not self.bodies and not self.spring_bodies and not self.fem_bodies:
+        if not self.bodies and not self.spring_bodies and not self.fem_bodies and not self.shell_bodies:
             raise ValueError("the scene has no particle bodies; add one with add_body() (or add_mass_spring(), "
-                             "add_fem())")
+                             "add_fem(), add_shell())")
         if not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         cfg = backend.ensure_init()
@@ -521,6 +552,15 @@ class Scene(Rollout):
             ps.fem.load(FEMSpec(bodies=self.fem_bodies, tool_poses=poses,
                                 gravity=self.gravity, floor=self.floor, wall_lo=BOUND * self.dx,
                                 wall_hi=1.0 - BOUND * self.dx, subcycle=self._fem_subcycle))
+        if ps.shell is not None:
+            from .parts.shell import ShellSpec
+            from .parts.tools import SHAPE_IDS
+
+            ps.shell.load(ShellSpec(
+                bodies=self.shell_bodies, tool_poses=[(t.position, t.initial_rotation()) for t in self.tools],
+                tool_shapes=[(SHAPE_IDS[t.shape], t.size_params()) for t in self.tools], gravity=self.gravity,
+                floor=self.floor, wall_lo=BOUND * self.dx, wall_hi=1.0 - BOUND * self.dx,
+                wall_friction=self.wall_friction))
         if ps.coupler is not None:
             from .parts.coupler import CouplingSpec
 
@@ -618,6 +658,8 @@ class Scene(Rollout):
             init["fem.x"] = np.concatenate([b.mesh.vertices for b in self.fem_bodies])
             init["fem.v"] = np.concatenate([b.initial_velocities() for b in self.fem_bodies])
             init["fem.f_contact"] = np.zeros_like(init["fem.x"])
+        if self.shell_bodies:
+            init.update({f"shell.{k}": v for k, v in self.partset.shell.initial_state().items()})
         return init
 
     # ------------------------------------------------------------------ state I/O

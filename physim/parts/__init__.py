@@ -3,7 +3,7 @@
 pooled by layout so scenes of the same shape share compiled kernels.
 
 Step order every substep: tools (kinematic poses) -> coupler (forces between solvers) ->
-the solvers (FEM, MPM, mass-spring; the FEM part evaluates the MPM <-> gel forces at its own
+the solvers (FEM, MPM, mass-spring, thin shells; the FEM part evaluates the MPM <-> gel forces at its own
 sub-steps and the MPM part reads their mean). Each reads slot ``l`` and writes slot ``l + 1``.
 """
 
@@ -30,6 +30,7 @@ class SceneLayout:
         springs: the mass-spring part's layout, or None.
         coupler: the coupler's layout, or None.
         fem: the FEM part's layout, or None.
+        shell: the thin-shell part's layout, or None.
     """
 
     dim: int
@@ -41,6 +42,7 @@ class SceneLayout:
     springs: object = None
     coupler: object = None
     fem: object = None
+    shell: object = None
 
 
 class PartSet:
@@ -52,7 +54,7 @@ class PartSet:
         self.layout = layout
         self.controls = Controls(layout.max_steps, layout.action_capacity, real)
         self.tools = ToolsPart(layout.dim, layout.tools, layout.K, real, self.controls)
-        self.mpm = self.springs = self.coupler = self.fem = None
+        self.mpm = self.springs = self.coupler = self.fem = self.shell = None
         if layout.mpm is not None:
             from ..solvers.mpm import MPMEngine
 
@@ -65,6 +67,10 @@ class PartSet:
             from .fem import FEMPart
 
             self.fem = FEMPart(layout.fem, layout.K, real, self.tools, self.controls)
+        if layout.shell is not None:
+            from .shell import ShellPart
+
+            self.shell = ShellPart(layout.shell, layout.K, real, self.tools, self.controls)
         if layout.coupler is not None:
             from .coupler import Coupler
 
@@ -73,8 +79,8 @@ class PartSet:
             self.fem.coupler = self.coupler if self.coupler is not None and self.coupler.fem is not None else None
         # the FEM part before the MPM part: it evaluates the MPM <-> gel forces at its sub-steps
         # and the MPM part reads their mean (physim.parts.coupler)
-        self.parts: list[Part] = [p for p in (self.tools, self.coupler, self.fem, self.mpm, self.springs)
-                                  if p is not None]
+        self.parts: list[Part] = [p for p in (self.tools, self.coupler, self.fem, self.mpm, self.springs,
+                                              self.shell) if p is not None]
 
     def by_name(self) -> dict[str, Part]:
         return {p.name: p for p in self.parts}

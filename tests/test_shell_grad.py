@@ -1,0 +1,186 @@
+"""Reverse mode of the thin-shell part against central finite differences (f64).
+
+Every scene here has the same layout (a 5 x 3 vertex sheet, a box gripper holding its left edge,
+a box table under its right end), so the shell kernels and their adjoints compile once. The
+gradient goes through several implicit (Newton) steps: the implicit-function adjoint, the crease
+update's adjoint, the kinematic vertices' tool, the lagged friction and the chunk checkpoints.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from gradcheck import assert_close, central_difference
+
+import physim as ps
+from physim.parts.shell import MARGIN, NewtonNotConverged
+from physim.shells import ShellBody, ShellMaterial, ShellMesh
+
+STEPS, SUBSTEPS = 3, 2
+#: a soft sheet (E t = 5e3 N/m, D = 2e-5 N m): well-conditioned Newton, visible bending
+SOFT = dict(E=1e7, nu=0.3, thickness=5e-4, density=500.0, bending=2e-5, damping=0.5)
+
+
+def _scene(yield_angle=math.inf, hardening=0.0, checkpoint_every=16):
+    mesh = ShellMesh.rectangle(center=(0.5, 0.3, 0.5), size=(0.08, 0.04), res=(5, 3), normal="y")
+    material = ShellMaterial(**SOFT, yield_angle=yield_angle, hardening=hardening)
+    # vertices 3 i + j: i along x (0.46 ... 0.54), j along z; the gripper holds column i = 0
+    body = ShellBody(mesh, material, attach={0: np.arange(3)})
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3, substeps_per_step=SUBSTEPS, checkpoint_every=checkpoint_every)
+    scene.add_tool(ps.BoxTool(position=(0.455, 0.3, 0.5), half_extents=(0.01, 0.005, 0.03), friction=0.5))
+    # the table's top is where the sheet's right two columns rest on it: the contact offset (half the
+    # thickness + MARGIN) below, less 1 um of penalty compression (their weight needs ~0.5 um)
+    top = 0.3 - (0.5 * SOFT["thickness"] + MARGIN) + 1e-6
+    scene.add_tool(ps.BoxTool(position=(0.53, top - 0.01, 0.5), half_extents=(0.02, 0.01, 0.03), friction=0.6))
+    scene.add_shell(body)
+    scene.build(max_steps=4)
+    # converge to round-off: a loss weighting v = dx / dt sees the solve's error times 1 / dt, and the
+    # finite differences below divide by steps of 1e-6 .. 1e-3 relative
+    scene.partset.shell.set_newton(rtol=1e-13)
+    return scene
+
+
+def _actions(lift=0.1, slide=2e-3, twist=0.0):
+    a = np.zeros((STEPS, 12))
+    a[:, 0:3] = [0.02, lift, 0.0]  # gripper moves up and right
+    a[:, 5] = twist  # and turns about z (bends the sheet)
+    # the table slides along x at about the friction's stick speed V_SMOOTH (1e-3 m/s): the sheet is
+    # dragged in the smooth stick-slip transition (far above it, it slips and the loss hardly depends
+    # on the speed)
+    a[:, 6] = slide
+    return a
+
+
+def _weights(scene, seed=0):
+    rng = np.random.default_rng(seed)
+    s = scene.get_state()
+    return {k: rng.normal(size=s[k].shape) for k in ("shell.x", "shell.v", "shell.rest_angle")}
+
+
+def _loss(scene, actions, w, initial=None):
+    scene.reset(initial)
+    scene.forward(actions, requires_grad=False)
+    s = scene.get_state()
+    return float(sum((w[k] * s[k]).sum() for k in w))
+
+
+def _grad(scene, actions, w):
+    scene.reset()
+    scene.forward(actions)
+    return scene.backward(dict(w))
+
+
+@pytest.fixture(scope="module")
+def elastic():
+    return _scene()
+
+
+def test_initial_state_gradient(elastic):
+    scene, a = elastic, _actions()
+    w = _weights(scene)
+    g = _grad(scene, a, w)
+    base = scene.initial_state()
+    fd, ad = [], []
+    for name, rows, h in (("shell.x", (4, 10, 13), 1e-6), ("shell.v", (5, 14), 1e-5)):
+        for i in rows:
+            for d in (0, 1):
+                def f(e, i=i, d=d, name=name):
+                    arr = base[name].copy()
+                    arr[i, d] += e
+                    return _loss(scene, a, w, {name: arr})
+                fd.append(central_difference(f, h))
+                ad.append(g.initial[name][i, d])
+    assert_close(fd, ad, "d loss / d initial shell.x, shell.v")
+
+
+def test_gripper_action_gradient(elastic):
+    """The attached vertices follow the gripper: d loss / d its velocity goes through the tools
+    part, the kinematic vertices and the implicit solve."""
+    scene, a = elastic, _actions()
+    w = _weights(scene, 1)
+    g = _grad(scene, a, w)
+    fd, ad = [], []
+    for t, col, h in ((0, 0, 1e-4), (0, 1, 1e-4), (1, 1, 1e-4), (2, 5, 1e-4), (1, 6, 1e-4)):
+        def f(e, t=t, col=col):
+            b = a.copy()
+            b[t, col] += e
+            return _loss(scene, b, w)
+        fd.append(central_difference(f, h))
+        ad.append(g.actions[t, col])
+    assert_close(fd, ad, "d loss / d gripper and table actions")
+
+
+# relative steps of 1e-3: the loss changes by ~1e-3 of its sensitivity, far above the solve's round-off
+# (|r| at its floor moves x by ~1e-13 m, v by ~1e-10 m/s), and O(h^2) truncation is ~1e-7 relative
+@pytest.mark.parametrize("name", ["shell.E", "shell.bending", "shell.density", "shell.damping", "shell.nu",
+                                  "tools.friction"])
+def test_parameter_gradients(elastic, name):
+    scene, a = elastic, _actions()
+    w = _weights(scene, 2)
+    rows = (1,) if name == "tools.friction" else (0,)  # the table's friction drags the sheet
+    value = {r: scene.get_param(name, r) for r in rows}
+    g = _grad(scene, a, w)
+    fd = []
+    for r in rows:
+        h = (1e-2 if name == "shell.damping" else 1e-3) * abs(value[r])  # damping: a weak dependence
+
+        def f(e, r=r):
+            scene.set_param(name, value[r] + e, row=r)
+            return _loss(scene, a, w)
+        fd.append(central_difference(f, h))
+        scene.set_param(name, value[r], row=r)
+    assert_close(fd, [g.params[name][r] for r in rows], f"d loss / d {name}")
+
+
+def test_yield_angle_gradient_on_a_yielding_crease():
+    """A 1-degree yield angle: the gripper's turn bends hinges past it, their rest angles move
+    (the crease adjoint's yielding branch), and the rest angles feed the later steps' bending."""
+    scene = _scene(yield_angle=1.0, hardening=0.5)
+    a = _actions(lift=0.05, twist=3.0)
+    scene.reset()
+    scene.forward(a, requires_grad=False)
+    plastic = scene.get_state()["shell.plastic"]
+    assert (plastic > 0).sum() >= 2, f"no hinge yielded: {plastic}"
+    w = _weights(scene, 3)
+    g = _grad(scene, a, w)
+    fd = []
+    for name, h in (("shell.yield_angle", 1e-4), ("shell.hardening", 1e-4), ("shell.bending", 2e-8)):
+        v = scene.get_param(name)
+
+        def f(e, name=name, v=v):
+            scene.set_param(name, v + e)
+            return _loss(scene, a, w)
+        fd.append(central_difference(f, h))
+        scene.set_param(name, v)
+    assert_close(fd, [g.params[n][0] for n in ("shell.yield_angle", "shell.hardening", "shell.bending")],
+                 "d loss / d yield_angle, hardening, bending through yielding creases")
+
+
+def test_checkpointed_gradients_equal_one_chunk(elastic):
+    """Chunks of 4 substeps (not aligned with the steps' 2) give the one-chunk gradients."""
+    scene, a = elastic, _actions()
+    w = _weights(scene, 4)
+    out = []
+    for k in (4, 16):
+        scene.set_checkpoint_every(k)
+        out.append(_grad(scene, a, w))
+    scene.set_checkpoint_every(16)
+    np.testing.assert_allclose(out[0].actions, out[1].actions, rtol=1e-7, atol=1e-12)
+    for name in ("shell.x", "shell.v", "shell.rest_angle"):
+        np.testing.assert_allclose(out[0].initial[name], out[1].initial[name], rtol=1e-7, atol=1e-12)
+    for name in ("shell.E", "shell.bending", "tools.friction"):
+        np.testing.assert_allclose(out[0].params[name], out[1].params[name], rtol=1e-7, atol=1e-15)
+
+
+def test_backward_through_unconverged_newton_raises(elastic):
+    scene, a = elastic, _actions()
+    shell = scene.partset.shell
+    try:
+        shell.set_newton(max_iter=1)
+        scene.reset()
+        with pytest.warns(UserWarning, match="did not converge"):
+            scene.forward(a)
+        with pytest.raises(NewtonNotConverged, match=r"substep \d+ .*\|r\| / \|M g\|"):
+            scene.backward({"shell.x": np.ones((15, 3))})
+    finally:
+        shell.set_newton(max_iter=50)
