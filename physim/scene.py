@@ -610,14 +610,7 @@ class Scene(Rollout):
         start inside a FEM gel's tets. Runs on slot 0."""
         ps = self.partset
         if self.tools and self.bodies:
-            x = np.concatenate(self._x)
-            d = ps.tools.min_distance(x)
-            if d.min() < -self.dx:
-                i = int(np.argmin(d))
-                raise ValueError(
-                    f"a tool starts inside the material: particle {i} at {x[i].round(4).tolist()} is "
-                    f"{-d[i]:.3g} inside it ({int((d < -self.dx).sum())} particles deeper than one grid cell); "
-                    f"move the tool or the body")
+            self._check_tool_start()
         if self.spring_bodies and self.bodies:
             from scipy.spatial import cKDTree
 
@@ -640,6 +633,24 @@ class Scene(Rollout):
                         f"MPM particle {i} at {x[i].round(4).tolist()} starts inside FEM body {bi} "
                         f"({int(inside.sum())} particles inside its tets): the contact would throw them out with "
                         f"a pressure of up to {pressure:.3g} Pa; move the bodies apart (touching is fine)")
+
+    def _check_tool_start(self) -> None:
+        """Refuse initial tool poses (slot 0, after reset) centred outside the unit domain or deeper
+        than one grid cell inside the initial MPM material (build and set_initial_state)."""
+        pos = self._initial["tools.pos"]
+        out = np.any((pos < 0.0) | (pos > 1.0), axis=1)
+        if out.any():
+            i = int(np.argmax(out))
+            raise ValueError(f"tool {i} at {pos[i].tolist()} is outside the simulation domain [0, 1]^{self.dim} "
+                             f"(its position is its centre)")
+        x = self._initial["mpm.x"]
+        d = self.partset.tools.min_distance(x)
+        if d.min() < -self.dx:
+            i = int(np.argmin(d))
+            raise ValueError(
+                f"a tool starts inside the material: particle {i} at {x[i].round(4).tolist()} is "
+                f"{-d[i]:.3g} inside it ({int((d < -self.dx).sum())} particles deeper than one grid cell); "
+                f"move the tool or the body")
 
     def _initial_state(self) -> dict[str, np.ndarray]:
         init: dict[str, np.ndarray] = {}
@@ -709,7 +720,7 @@ class Scene(Rollout):
                     f"particle {i} at {x[i].tolist()} is outside the domain [{lo:g}, {hi:g}]^{self.dim}")
         self._import(0, state)
         self._slot = 0
-        self._drop_rollout()
+        self._drop_rollout("set_state() (or reset(), set_initial_state())")
 
     def set_initial_state(self, values: dict | None = None, *, x=None, v=None) -> None:
         """Replace entries of the initial state used by :meth:`reset` (``values``: name ->
@@ -720,6 +731,7 @@ class Scene(Rollout):
             values["mpm.x"] = x
         if v is not None:
             values["mpm.v"] = v
+        old = {name: self._initial[name] for name in values if name in self._initial}
         for name, value in values.items():
             if name not in self._initial:
                 raise KeyError(f"unknown state entry {name!r}; this scene has {sorted(self._initial)}")
@@ -729,6 +741,13 @@ class Scene(Rollout):
                 raise ValueError(f"initial {name} must be a finite array of shape {want}, got {arr.shape}")
             self._initial[name] = arr
         self.reset()
+        if self.tools and self.bodies and {"tools.pos", "tools.rot", "mpm.x"} & set(values):
+            try:  # a tool moved into (or material moved under) a tool: the build's check again
+                self._check_tool_start()
+            except ValueError:
+                self._initial.update(old)
+                self.reset()
+                raise
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """A copy of the initial state used by :meth:`reset`."""
@@ -867,7 +886,7 @@ class Scene(Rollout):
         if not (isinstance(k, int) and 1 <= k <= cap):
             raise ValueError(f"checkpoint_every must be an integer in [1, {cap}] for this scene, got {k!r}")
         self.checkpoint_every = k
-        self._drop_rollout()
+        self._drop_rollout("set_checkpoint_every()")
 
     # ------------------------------------------------------------------ physics
     def total_mass(self) -> float:

@@ -171,6 +171,19 @@ def test_a_tool_outside_the_domain_or_inside_material_is_refused():
         s.build(max_steps=8)
 
 
+def test_set_initial_state_refuses_a_tool_start_inside_material_or_outside(scene):
+    """The build's checks hold for a start pose set later; a refused one leaves the old."""
+    start = scene.initial_state()["tools.pos"]
+    for pos, match in (([[0.5, 0.3]], "a tool starts inside the material"),
+                       ([[0.5, 1.3]], r"tool 0 at \[0\.5, 1\.3\] is outside the simulation domain")):
+        with pytest.raises(ValueError, match=match):
+            scene.set_initial_state({"tools.pos": np.array(pos)})
+        np.testing.assert_array_equal(scene.initial_state()["tools.pos"], start)
+        np.testing.assert_array_equal(scene.get_state()["tools.pos"], start)
+    scene.set_initial_state({"tools.pos": start + [[0.0, 0.2]]})  # clear of the block: fine
+    scene.set_initial_state({"tools.pos": start})
+
+
 # ---------------------------------------------------------------- 7. nu and friction-angle ranges
 def lateral_push(scene):
     """Mean y velocity of the upper half of the block minus the lower half's after it is
