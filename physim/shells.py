@@ -110,7 +110,6 @@ class ShellMesh:
         self._edges = uniq.astype(np.int32)
         self._edge_counts = counts
         self._directed = directed
-        self._owner = owner
         self._edge_of = inverse
         self._areas = area
 
@@ -134,7 +133,7 @@ class ShellMesh:
 
         The edge runs ``e0 -> e1`` in triangle ``(e0, e1, a)`` (in that cyclic, counter-clockwise order)
         and ``e1 -> e0`` in the other triangle ``(e1, e0, b)``; ``a`` and ``b`` are the opposite vertices.
-        Rows follow :meth:`edges` order (interior edges only).
+        ``e0 < e1`` in every row, and rows follow :meth:`edges` order (interior edges only).
         """
         m = self.n_triangles
         interior = np.flatnonzero(self._edge_counts == 2)
