@@ -266,8 +266,9 @@ class Rollout:
             self._observe(0, series)
         self._substeps_done = 0
         total = a.shape[0] * self.substeps_per_step
+        had = self._rollout is not None
         self._drop_rollout()
-        self._dropped_by = None
+        self._dropped_by = "forward(..., requires_grad=False)" if had and not requires_grad else None
         checkpoints = None
         if requires_grad and total > self.checkpoint_every:
             ram = None if self.checkpoint_ram_mb is None else int(self.checkpoint_ram_mb * 2**20)

@@ -73,6 +73,10 @@ def test_the_backward_of_a_superseded_torch_rollout_is_refused(scene):
     scene.step(np.zeros(3))  # no recording left at all
     with pytest.raises(RuntimeError, match=r"no longer holds its recording \(dropped by step\(\)\)"):
         x4.sum().backward()
+    x5 = pst.rollout(scene, a1)
+    scene.forward(np.zeros((1, 3)), requires_grad=False)  # records nothing, keeps nothing
+    with pytest.raises(RuntimeError, match=r"no longer holds .*requires_grad=False"):
+        x5.sum().backward()
     x2 = pst.rollout_state(scene, a2)["mpm.x"]  # re-run: the current rollout differentiates
     x2[:, 0].sum().backward()
     assert a2.grad is not None and torch.isfinite(a2.grad).all()
