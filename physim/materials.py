@@ -58,7 +58,11 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass
 class Material:
-    """Base class: every material has a density (kg/m^3)."""
+    """Base class: every material has a density (kg/m^3).
+
+    A scene keeps one material row per material *object* given to ``add_body`` (identity, not
+    value equality): two equal-valued instances are two rows whose parameters are set and
+    identified separately; one instance given to several bodies is one row they share."""
 
     density: float = 1.0
 
