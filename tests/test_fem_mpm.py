@@ -36,8 +36,10 @@ def coupled_scene(velocity=(0.0, 0.0, 0.0), gravity=(0.0, -9.8, 0.0), gap=FR, **
     return scene
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def scene():
+    # per test, not per module: a module-scoped scene would hold the layout's engine while the
+    # later tests build their own scenes, which would compile a second engine of the layout
     return coupled_scene()
 
 
