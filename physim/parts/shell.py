@@ -55,9 +55,10 @@ Time integration (implicit Euler as incremental potential):
     ``E(x) = |x - x_hat|_M^2 / (2 dt^2) + alpha |x - x_n|_M^2 / (2 dt) + Psi(x)``,
     ``x_hat = x_n + dt v_n + dt^2 g``, ``M`` the lumped mass (density t A / 3 per vertex),
     ``alpha`` the mass-proportional damping; ``v_{n+1} = (x_{n+1} - x_n) / dt``. Minimized by a
-    truncated Newton method: the residual ``r = grad E`` by one hand-written kernel
-    (:meth:`ShellPart.residual`); Hessian-vector products exactly by Taichi's reverse mode of that
-    kernel (``r.grad = p`` -> ``x.grad = H p``; H is symmetric); preconditioned CG (Jacobi, from
+    truncated Newton method: the residual ``r = grad E`` by hand-written kernels
+    (:meth:`ShellPart.residual`: per vertex, per triangle, per hinge); Hessian-vector products
+    exactly by Taichi's reverse mode of those kernels (``r.grad = p`` -> ``x.grad = H p``; H is
+    symmetric; :meth:`ShellPart.residual_vjp`); preconditioned CG (Jacobi, from
     the mass and a per-vertex stiffness estimate), truncated at the first negative curvature;
     backtracking line search with the Armijo test on E (where E's change is at its round-off,
     within ``ENERGY_ROUNDOFF`` epsilons, a step that lowers ``|r|`` instead); each iteration moves no vertex by more
@@ -73,7 +74,7 @@ Time integration (implicit Euler as incremental potential):
 Reverse mode: one launch per substep with a hand-written adjoint (:meth:`ShellPart.step_grad`).
 At the converged ``x_{n+1}``, with ``g = dL/dx_{n+1} + dL/dv_{n+1} / dt`` on the free vertices,
 CG solves ``H lam = g``; then every other gradient is one vector-Jacobian product of the residual
-kernel with ``-lam`` (Taichi's adjoint of :meth:`ShellPart.residual`), run on private copies of
+kernels with ``-lam`` (their Taichi adjoints, :meth:`ShellPart.residual_vjp`), run on private copies of
 its inputs (``x_n``, ``v_n``, the rest angles, the tool poses and frictions, the parameters),
 whose gradients are then added to the state's, the tools' and the parameters': the residual
 depends on ``x_n``, ``v_n`` (through ``x_hat``, the damping and the lagged friction), the rest
@@ -635,10 +636,23 @@ class ShellPart(Part):
         en = ta * (mu * (G * G).sum() + 0.5 * lam * G.trace() * G.trace())
         return ids, ti.Vector([Hm[0, 0], Hm[1, 0], Hm[2, 0]]), ti.Vector([Hm[0, 1], Hm[1, 1], Hm[2, 1]]), en
 
-    @ti.kernel
-    def residual(self):
+    def residual(self) -> None:
         """r = grad E at the iterate ``xk`` (0 on kinematic vertices): inertia, damping, gravity,
-        contact and friction per vertex, membrane per triangle, bending per hinge."""
+        contact and friction per vertex, membrane per triangle, bending per hinge. Three launches:
+        Taichi's reverse mode of one kernel holding all three compiles several times longer."""
+        self.residual_vertices()
+        self.residual_membrane()
+        self.residual_bending()
+
+    def residual_vjp(self) -> None:
+        """x.grad (and the work copies' gradients) += (dr/d inputs)^T r.grad: the three adjoints."""
+        self.residual_bending.grad()
+        self.residual_membrane.grad()
+        self.residual_vertices.grad()
+
+    @ti.kernel
+    def residual_vertices(self):
+        """Inertia, damping, gravity, contact and friction of every free vertex (assigns r)."""
         for i in range(self.rows[None]):
             h = self.dt[None]
             r = ti.Vector.zero(self.real, 3)
@@ -649,11 +663,19 @@ class ShellPart(Part):
                 f, _en, _kd = self._contact(i, b)
                 r = m * (self.xk[i] - xh) / (h * h) + self.bp[b, C_ALPHA] * m * (self.xk[i] - self.xn[i]) / h - f
             self.r[i] = r
+
+    @ti.kernel
+    def residual_membrane(self):
+        """Membrane forces of every triangle, added to r."""
         for e in range(self.n_tris[None]):
             ids, g1, g2, _en = self._membrane(e)
             self.r[ids[1]] += g1
             self.r[ids[2]] += g2
             self.r[ids[0]] -= g1 + g2
+
+    @ti.kernel
+    def residual_bending(self):
+        """Bending forces of every hinge, added to r."""
         for k in range(self.n_hinges[None]):
             hv = self.hinge[k]
             theta, g0, g1, ga, gb = _hinge_grad(self.xk[hv[0]], self.xk[hv[1]], self.xk[hv[2]], self.xk[hv[3]])
@@ -899,7 +921,7 @@ class ShellPart(Part):
     # ------------------------------------------------------------------ solvers
     def _hvp(self) -> tuple[float, float]:
         self._hvp_seed()
-        self.residual.grad()
+        self.residual_vjp()
         self._hvp_collect()
         red = self.red.to_numpy()
         return float(red[5]), float(red[6])
@@ -1029,7 +1051,7 @@ class ShellPart(Part):
                 f"converge in {n_cg} CG iterations (H not positive definite at the converged state?)")
         self._zero_work_grads()  # the Hessian-vector products above accumulated into them
         self._adjoint_seed()
-        self.residual.grad()
+        self.residual_vjp()
         self._kinematic_grads()
         self.place_kinematic.grad()
         self._scatter_work_grads(l)
