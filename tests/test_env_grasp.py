@@ -111,9 +111,10 @@ def test_gradient_matches_finite_differences(env):
 def test_adam_lowers_the_loss(env):
     """Adam from a weak grasp (closing at 0.6 for 3 steps, lifting at 0.3) lowers the loss
     (lift error, slip, squeeze): measured 1.744 -> 0.969, 0.860, 0.719 -> 0.662 (x 0.38) in 4
-    iterations; asserted x 0.6."""
+    iterations; 2 iterations (each a forward and a reverse rollout of the whole horizon) and the
+    final evaluation reach 0.860 (x 0.49); asserted x 0.6."""
     env.reset(seed=0)
-    res = optim.adam(env, iters=4, lr=0.2, init=script(close=0.6, lift=0.3), progress=False)
+    res = optim.adam(env, iters=2, lr=0.2, init=script(close=0.6, lift=0.3), progress=False)
     assert res.loss < 0.6 * res.initial_loss, res.losses
 
 

@@ -4,6 +4,8 @@ Rigidity and momentum to f64 round-off, contact with the floor, a tool and a flu
 errors, and reverse mode against central finite differences (2D and one small 3D scene).
 """
 
+import gc
+
 import numpy as np
 import pytest
 from gradcheck import assert_close, central_difference, initial_entries_fd, loss_and_grad, loss_only
@@ -241,21 +243,28 @@ def test_rigid_errors():
 
 def _grad_scene(dim):
     """A rigid body thrown into an elastic block, pushed by a tool: the elastic neighbour makes
-    the loss depend on the rigid density (a rigid body's own motion is mass-independent)."""
+    the loss depend on the rigid density (a rigid body's own motion is mass-independent).
+    Generic kernels (``specialize=False``) and < 256 particles: the layout of
+    conftest.small_scene, whose forward and reverse kernels the gradient tests of
+    tests/test_gradients.py and tests/test_checkpoint.py compile (shared from the pool)."""
+    gc.collect()  # a previous scene of the layout is collected: its engine is free for reuse
     res = 32 if dim == 2 else 16
-    scene = ps.Scene(dim=dim, grid_res=res, dt=5e-4, substeps_per_step=4, checkpoint_every=8)
+    scene = ps.Scene(dim=dim, grid_res=res, dt=5e-4, substeps_per_step=4, checkpoint_every=8, specialize=False)
     if dim == 2:
         scene.add_body(ps.Box(center=(0.4, 0.3), size=(0.12, 0.1)), ps.Rigid(density=2.0), velocity=[0.8, 0.3],
                        jitter=0.2, seed=2)
         scene.add_body(ps.Box(center=(0.6, 0.3), size=(0.12, 0.14)), ps.Elastic(E=2e3, nu=0.3), velocity=[-0.3, 0])
         scene.add_tool(ps.SphereTool(position=(0.4, 0.42), radius=0.04, softness=50.0, friction=0.4))
     else:
-        scene.add_body(ps.Box(center=(0.4, 0.35, 0.5), size=(0.18, 0.18, 0.18)), ps.Rigid(density=2.0),
+        # 125 + 125 particles; the blocks' facing sides 3 cm apart and the rigid top 3 cm under
+        # the sphere, as in the 216 + 216 particle version this replaced
+        scene.add_body(ps.Box(center=(0.4, 0.365, 0.5), size=(0.15, 0.15, 0.15)), ps.Rigid(density=2.0),
                        velocity=[0.8, 0.3, 0.1], jitter=0.2, seed=2)
-        scene.add_body(ps.Box(center=(0.62, 0.35, 0.5), size=(0.2, 0.2, 0.2)), ps.Fluid(bulk_modulus=300.0),
+        scene.add_body(ps.Box(center=(0.58, 0.365, 0.5), size=(0.15, 0.15, 0.15)), ps.Fluid(bulk_modulus=300.0),
                        velocity=[-0.3, 0, 0])
         scene.add_tool(ps.SphereTool(position=(0.4, 0.52, 0.5), radius=0.05, softness=50.0, friction=0.4))
     scene.build(max_steps=8)
+    assert scene.n_particles <= 256, scene.n_particles  # the shared layout's capacity
     return scene
 
 
@@ -263,8 +272,8 @@ def _grad_scene(dim):
 def test_gradients_match_finite_differences(dim):
     """Loss on the rigid body's final positions, 4 steps x 4 substeps (16 projections):
     d/d tool velocities, d/d initial velocities (rigid and neighbour particles) and d/d the
-    rigid density, against central differences. (3D is marked slow: ~50 s cold, mostly
-    compiling the 3D adjoints; 8 s with Taichi's offline cache warm.)"""
+    rigid density, against central differences. (3D is marked slow: ~60 s of CPU cold, mostly
+    compiling the 3D adjoints of the rigid projection; the MPM ones are shared, _grad_scene.)"""
     scene = _grad_scene(dim)
     rng = np.random.default_rng(dim)
     steps = 4
@@ -308,6 +317,7 @@ def test_gradients_through_wall_contact(boundary):
     by mu times the normal impulse, or sticky), 4 steps x 4 substeps: reverse mode vs central
     differences w.r.t. initial velocities and positions. Measured: 1e-11 (v0), 5e-9 (x0)
     relative."""
+    # the specialized kernels (rigid only, no tools; the scenes of _grad_scene use the generic ones)
     scene = ps.Scene(dim=2, grid_res=32, dt=5e-4, substeps_per_step=4, checkpoint_every=8, boundary=boundary,
                      wall_friction=0.3)
     lo = scene.floor
