@@ -8,6 +8,10 @@ import taichi as ti
 # svd3: early-exit threshold on (off-diagonal / diagonal)^2 of F^T F, about (machine eps)^2
 SVD_TOL = {"f64": 1e-32, "f32": 4e-15}
 SVD_GAP_EPS = {"f32": 1e-6, "f64": 1e-10}
+#: reverse mode differentiates the consumers of an SVD with singular values closer than this
+#: moved this far apart (:func:`split_ties`; per precision: the truncation error is of this
+#: relative size, the cancellation in the adjoint's numerator of round-off / this)
+SVD_TIE_SPLIT = {"f32": 3e-4, "f64": 1e-6}
 
 
 @ti.func
@@ -22,6 +26,28 @@ def diag_matrix(vec, like):
 @ti.func
 def _safe_gap(d, eps: ti.template()):
     return ti.select(ti.abs(d) < eps, ti.select(d >= 0, eps, -eps), d)
+
+
+@ti.func
+def split_ties(sig, tau: ti.template()):
+    """``sig`` (descending, as :func:`svd2` / :func:`svd3` return it) with neighbours closer
+    than ``tau`` moved ``tau`` apart (the others unchanged).
+
+    At equal singular values the symmetric term of :func:`svd_adjoint` is 0 / 0: its numerator
+    (d_j - d_i) times the upstream gradient, for a consumer U diag(d(sig)) V^T, vanishes there,
+    and the limit -- the consumer's divided difference, e.g. 2 mu / s for the Hencky stress --
+    is lost to the clamped gap. Evaluating the consumers' and the SVD's adjoints at these split
+    values recovers it as a divided difference over ``tau`` (error O(tau))."""
+    out = sig
+    if ti.static(sig.n == 2):
+        if out[0] - out[1] < tau:
+            mid = 0.5 * (out[0] + out[1])
+            out[0] = mid + 0.5 * tau
+            out[1] = mid - 0.5 * tau
+    else:
+        out[0] = ti.max(out[0], out[1] + tau)
+        out[2] = ti.min(out[2], out[1] - tau)
+    return out
 
 
 @ti.func

@@ -63,11 +63,13 @@ from ..materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS
 from ..parts.base import BAD_FAST, BAD_NONFINITE, BAD_OUTSIDE, Param, Part
 from ._linalg import (
     SVD_GAP_EPS,
+    SVD_TIE_SPLIT,
     SVD_TOL,
     diag_matrix,
     polar_adjoint,
     prod,
     safe_norm,
+    split_ties,
     svd2,
     svd3,
     svd_adjoint,
@@ -159,6 +161,7 @@ class MPMEngine(Part):
         self.n_mat, self.models, self.has_actuators = layout.n_mat, layout.models, layout.has_actuators
         self.tools, self.controls = tools, controls
         self.svd_gap_eps = SVD_GAP_EPS["f64" if real == ti.f64 else "f32"]
+        self.svd_tie_split = SVD_TIE_SPLIT["f64" if real == ti.f64 else "f32"]
         self.svd_tol = SVD_TOL["f64" if real == ti.f64 else "f32"]
         dim, N = self.dim, self.capacity
         self.dx = 1.0 / self.res
@@ -1069,6 +1072,26 @@ class MPMEngine(Part):
                     self._rigid_rotation(b)
             self._rigid_contact()
 
+    @ti.kernel
+    def split_tied_scratch(self, l: ti.i32):
+        """Reverse mode's replay, after :meth:`substep_scratch`: particles whose singular values
+        (nearly) tie get them split apart (:func:`physim.solvers._linalg.split_ties`) in the
+        scratch the adjoints read -- ``sig`` and the ``sig_elastic`` of the return mapping at the
+        split values -- so the SVD adjoint recovers the consumers' divided differences that its
+        clamped gap would drop (the shear stiffness of sand at an isotropic F, the plastic flow
+        of a tied pair). Forward only; F and Jp of slot ``l + 1`` stay as the forward pass wrote
+        them (the adjoints are evaluated O(split) away from them)."""
+        for p in range(self.n_particles[None]):
+            sig = self.sig[p]
+            split = split_ties(sig, self.svd_tie_split)
+            if (split - sig).norm_sqr() > 0:
+                m = self.material[p]
+                mu, la = self._lame(m)
+                _F, sig_new, _jp = self._return_mapping(self.mat_model[m], m, self.U[p], split, self.V[p],
+                                                        self.F_trial[p], self.Jp[l, p], mu, la)
+                self.sig[p] = split
+                self.sig_elastic[p] = sig_new
+
     # ------------------------------------------------------------ bookkeeping
     @ti.kernel
     def health_check(self, first: ti.i32, last: ti.i32, max_cells: ti.f64):
@@ -1149,6 +1172,8 @@ class MPMEngine(Part):
         # one fused launch restores the substep's scratch (replayed, no adjoint); the phase
         # kernels are recorded for their adjoints only
         tape.record(self.substep_scratch, l, t, self.needs_svd, self.has_rigid, grad=None, replay=True)
+        if self.needs_svd:
+            tape.record(self.split_tied_scratch, l, grad=None, replay=True)
         tape.record(self.trial_deformation, l)
         if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
             tape.record(self.svd, grad=self.svd_grad)
