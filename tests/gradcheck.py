@@ -28,6 +28,16 @@ def loss_only(scene, actions, weights, x0=None, v0=None):
     return float((wx * s["mpm.x"]).sum() + (wv * s["mpm.v"]).sum())
 
 
+def loss_with_state(scene, actions, weights, state=None):
+    """:func:`loss_only` from the initial state with any entries replaced (``state``: name ->
+    array, e.g. ``{"mpm.F": ..., "tools.rot": ...}``)."""
+    wx, wv = weights
+    scene.reset(state)
+    scene.forward(actions, requires_grad=False)
+    s = scene.get_state()
+    return float((wx * s["mpm.x"]).sum() + (wv * s["mpm.v"]).sum())
+
+
 def central_difference(f, h):
     return (f(+h) - f(-h)) / (2 * h)
 
