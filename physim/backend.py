@@ -36,6 +36,7 @@ class BackendConfig:
     seed: int
     debug: bool
     fast_compile: bool = False
+    deterministic: bool = False
 
     @property
     def real(self):
@@ -69,6 +70,7 @@ def init(
     debug: bool = False,
     fast_compile: bool | None = None,
     verbose: bool = True,
+    deterministic: bool | None = None,
 ) -> BackendConfig:
     """Start the Taichi runtime.
 
@@ -85,6 +87,12 @@ def init(
             kernels compile 3-5x faster, run somewhat slower. Good for tests and
             short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``.
         verbose: print which arch was chosen.
+        deterministic: bitwise-reproducible runs on the CPU: Taichi runs every kernel on one
+            thread (``cpu_max_num_threads=1``), so the atomic sums of the particle-to-grid
+            transfer and of the gradients add in the same order every run. Threaded runs of the
+            same inputs differ in the last bits (see ``benchmarks/README.md``, "Precision");
+            this option trades the CPU's other cores for identical results. Only ``arch="cpu"``.
+            Defaults to ``$PHYSIM_DETERMINISTIC == "1"``.
 
     Calling ``init`` again with different settings restarts Taichi; every scene
     built before becomes invalid.
@@ -102,8 +110,14 @@ def init(
         precision = "f64" if arch == "cpu" else "f32"
     if fast_compile is None:
         fast_compile = os.environ.get("PHYSIM_FAST_COMPILE", "0") == "1"
+    if deterministic is None:
+        deterministic = os.environ.get("PHYSIM_DETERMINISTIC", "0") == "1"
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
+    if deterministic and arch != "cpu":
+        raise ValueError(f"deterministic=True is for arch='cpu' (one CPU thread), got arch={arch!r}")
     new = BackendConfig(arch=arch, precision=precision, seed=int(seed), debug=bool(debug),
-                        fast_compile=bool(fast_compile))
+                        fast_compile=bool(fast_compile), deterministic=deterministic)
     if _config == new:
         return _config
     if _config is not None:
@@ -111,6 +125,7 @@ def init(
         from . import parts
 
         parts._forget()
+    threads = {"cpu_max_num_threads": 1} if deterministic else {}
     ti.init(
         arch=_ARCHES[arch],
         default_fp=_PRECISIONS[precision],
@@ -118,8 +133,9 @@ def init(
         debug=bool(debug),
         advanced_optimization=not fast_compile,
         offline_cache=os.environ.get("PHYSIM_OFFLINE_CACHE", "1") == "1",
-        fast_math=os.environ.get("PHYSIM_FAST_MATH", "1") == "1",
+        fast_math=os.environ.get("PHYSIM_FAST_MATH", _fast_math_default(arch, precision)) == "1",
         log_level=ti.WARN if debug else ti.ERROR,
+        **threads,
     )
     np.random.seed(int(seed) % (2**32))
     random.seed(int(seed))
@@ -127,10 +143,19 @@ def init(
     if got != arch:
         warnings.warn(f"physim: asked for arch {arch!r}, Taichi fell back to {got!r}", stacklevel=2)
     _config = BackendConfig(arch=got, precision=precision, seed=int(seed), debug=bool(debug),
-                            fast_compile=bool(fast_compile))
+                            fast_compile=bool(fast_compile), deterministic=deterministic)
     if verbose:
         print(f"[physim] backend: arch={_config.arch} precision={precision}")
     return _config
+
+
+def _fast_math_default(arch: str, precision: str) -> str:
+    """``$PHYSIM_FAST_MATH``'s default: on, except f32 on the CPU. There, LLVM's fast-math
+    breaks reverse mode through the generic MPM kernels (``Scene(specialize=False)``): the
+    stress kernel's adjoint came out 300x too large and gradients grew ~8x per substep, to
+    inf within 50 substeps (a block pressed by a tool, every material; the specialized
+    kernels and f64 were unaffected). See benchmarks/README.md, "Precision (f32 vs f64)"."""
+    return "0" if arch == "cpu" and precision == "f32" else "1"
 
 
 def ensure_init() -> BackendConfig:

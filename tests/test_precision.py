@@ -1,0 +1,120 @@
+"""f32 reverse mode against f64, and bitwise-reproducible CPU runs (issue 12, "Precision and GPU").
+
+Precision is chosen once per process (``physim.init``), so each precision runs in its own
+subprocess (:func:`subproc.run_python`) on the same scene: a plastic (von Mises) block on the
+floor pressed from above by a soft sphere tool for 300 substeps, in the generic kernels
+(``specialize=False``: every constitutive model compiled in, the layout most scripts get).
+The loss is mean(x_final); the compared gradient is d loss / d actions (the tool velocities).
+``benchmarks/precision.py`` measures the same over every material and longer horizons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from subproc import run_python
+
+WORKER = r"""
+import json, sys
+import numpy as np
+import physim as ps
+
+out, repeats = sys.argv[1], int(sys.argv[2])
+ps.init(arch="cpu", fast_compile=True, verbose=False)  # precision / determinism from the environment
+scene = ps.Scene(dim=2, grid_res=32, dt=2e-4, substeps_per_step=10, boundary="slip", checkpoint_every=50,
+                 specialize=False)
+scene.add_body(ps.Box(center=[0.5, 0.17], size=[0.22, 0.14]), ps.Plasticine(E=5e3, nu=0.2, yield_stress=50.0),
+               velocity=[0.0, 0.0], jitter=0.3, seed=1)
+scene.add_tool(ps.SphereTool(position=[0.5, 0.305], radius=0.06, softness=50.0, friction=0.4))
+scene.build(max_steps=30)
+steps = 30
+actions = np.zeros((steps, scene.action_dim))
+actions[:, 1] = -0.06 / (steps * 10 * 2e-4)              # press 6 cm down over the horizon
+actions[:, 0] = 0.2 * 1.0 * np.sin(2 * np.pi * np.arange(steps) / steps)
+runs = []
+for n in [5, steps] * repeats:  # 50 and 300 substeps
+    scene.reset()
+    scene.forward(actions[:n])
+    x = scene.particle_positions()
+    g = scene.backward(grad_x=np.ones_like(x) / len(x))
+    runs.append({"substeps": n * 10, "x": x.tolist(), "g": g.actions.tolist(), "E": float(g.params["mpm.E"][0]),
+                 "yield": float(g.params["mpm.yield_stress"][0])})
+json.dump({"runs": runs, "config": str(ps.backend.config())}, open(out, "w"))
+"""
+
+
+def _run(tmp_path, precision: str, repeats: int = 1, deterministic: bool = False) -> dict:
+    env = dict(os.environ, PHYSIM_PRECISION=precision, PHYSIM_DETERMINISTIC="1" if deterministic else "0")
+    env.pop("PHYSIM_FAST_MATH", None)  # physim's default for this precision
+    out = tmp_path / f"{precision}_{int(deterministic)}.json"
+    proc = run_python(["-c", WORKER, str(out), str(repeats)], env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("precision")
+    # f64 runs twice with one CPU thread: the determinism test reads both
+    return {"f32": _run(tmp, "f32"), "f64": _run(tmp, "f64", repeats=2, deterministic=True)}
+
+
+def _compare(results, i):
+    g32 = np.asarray(results["f32"]["runs"][i]["g"])
+    g64 = np.asarray(results["f64"]["runs"][i]["g"])
+    cos = float(g32.ravel() @ g64.ravel() / (np.linalg.norm(g32) * np.linalg.norm(g64)))
+    return g32, cos, float(np.linalg.norm(g32 - g64) / np.linalg.norm(g64))
+
+
+def test_f32_gradient_stays_finite_over_300_substeps(results):
+    # With LLVM fast-math (physim's f32 default before), this gradient overflowed to inf within
+    # ~50 substeps of reverse mode (it grew ~8x per substep); physim now turns fast-math off for
+    # f32 on the CPU (physim/backend.py).
+    g32, cos, rel = _compare(results, 1)
+    assert results["f32"]["runs"][1]["substeps"] == 300
+    assert np.isfinite(g32).all() and np.isfinite(results["f32"]["runs"][1]["E"])
+    # Not accurate at this horizon: measured cos 0.767, rel 17.7 (f32 round-off amplified in the
+    # adjoint, not physical: f64 moves by 1e-6 relative under a 1e-7 perturbation of the initial
+    # state, 1e-5 under an f32-sized 1e-6 one; see benchmarks/README.md, "Precision"). The bounds
+    # only catch a change of regime (NaN, or a far worse blow-up); tighten them once it is fixed.
+    assert cos > 0.5 and rel < 100, (cos, rel)
+
+
+def test_f32_action_gradient_matches_f64_over_50_substeps(results):
+    g32, cos, rel = _compare(results, 0)
+    assert results["f32"]["runs"][0]["substeps"] == 50
+    # measured on this scene: cos 0.9954, rel 0.131 (30 substeps: 0.99992 / 0.028; 100: 0.971 / 0.51);
+    # the bounds leave headroom for other CPUs and thread orders
+    assert cos >= 0.99, (cos, rel)
+    assert rel <= 0.25, (cos, rel)
+
+
+def test_f32_forward_matches_f64(results):
+    x32 = np.asarray(results["f32"]["runs"][1]["x"])
+    x64 = np.asarray(results["f64"]["runs"][1]["x"])
+    # f32 round-off (6e-8 relative per operation) over 300 substeps of contact and plastic flow:
+    # measured 1.4e-6 m (f64 started 1e-6 relative apart ends 1.6e-6 m apart); bound 10x that
+    assert np.abs(x32 - x64).max() < 1.5e-5
+
+
+def test_deterministic_runs_are_bitwise_equal(results):
+    runs = results["f64"]["runs"]
+    assert "deterministic=True" in results["f64"]["config"]
+    for a, b in ((runs[0], runs[2]), (runs[1], runs[3])):
+        assert a["substeps"] == b["substeps"]
+        assert np.array_equal(a["x"], b["x"])
+        assert np.array_equal(a["g"], b["g"])
+        assert a["E"] == b["E"] and a["yield"] == b["yield"]
+
+
+def test_deterministic_rejects_bad_values():
+    import physim as ps
+
+    with pytest.raises(TypeError, match="deterministic must be True or False, got 'yes'"):
+        ps.init(arch="cpu", deterministic="yes")
+    with pytest.raises(ValueError, match="deterministic=True is for arch='cpu'"):
+        ps.init(arch="cuda", deterministic=True)
