@@ -211,10 +211,9 @@ def _row_owner(scene, part, row):
 
 def _set_raw(scene, name, row, value):
     """Set a parameter without the bounds check (restoring an unread column at 0, e.g. the
-    friction angle of a non-sand material); drops the recorded rollout like set_param."""
+    friction angle of a non-sand material); every loss evaluation runs forward afresh."""
     part, _, short = name.partition(".")
     scene.partset.by_name()[part].params[short].set(row, value)
-    scene._drop_rollout()
 
 
 def _actions(scene, spec, rng):
