@@ -37,7 +37,7 @@ from gradcheck import assert_close, central_difference, loss_and_grad, loss_with
 import physim as ps
 from physim import materials as mat_module
 from physim.parts.tools import SHAPE_IDS
-from physim.solvers.mpm import BOUNDARY_IDS
+from physim.solvers.mpm import BOUND, BOUNDARY_IDS
 
 STEPS, SUBSTEPS, CHECKPOINT = 8, 3, 5
 #: central-difference steps. Parameters: relative to the value; particle state: absolute (the
@@ -343,6 +343,10 @@ def test_matrix_covers_every_material_tool_shape_and_wall_mode():
     assert hard >= set(SHAPE_IDS) - {"sphere"}, "every non-spherical tool shape rotated, with hard contact"
     for s in SPECS.values():
         assert len(s.bodies) >= 2 and len(s.tools) >= (2 if s.dim == 2 else 1)
+        # the walls act: a body starts on the floor, within half a cell of the wall nodes' band
+        # (BOUND cells), so its particles' stencils reach wall nodes from the first substep
+        dx = 1.0 / s.grid_res
+        assert min(b.shape.bounds()[0][1] for b in s.bodies) < (BOUND + 0.5) * dx
     total = STEPS * SUBSTEPS
     assert total > 16 and any(k % SUBSTEPS for k in range(CHECKPOINT, total, CHECKPOINT))
     # every NOT_READ entry names a real parameter and material
