@@ -263,6 +263,8 @@ def check_scene(key):
                 assert abs(moved) <= 1e-11 * abs(loss), f"{name} of {owner} is listed as unread but the loss moved " \
                                                          f"by {moved:.3g} when it changed by {bump}"
                 continue
+            assert value != 0, (f"{key}: {name} of {owner} is declared differentiable but is 0 here: give the "
+                                f"material a value, or list it in NOT_READ with the reason its model ignores it")
             h = H_PARAM * abs(value)
             def shifted(e, name=name, row=row, value=value):
                 scene.set_param(name, value + e, row)
