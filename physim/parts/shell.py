@@ -65,7 +65,8 @@ Time integration (implicit Euler as incremental potential):
     than :data:`STEP_BOUND` of the shortest rest edge (contact cannot be stepped over). Stops when
     ``|r| <= rtol |M g|`` (``rtol`` = :attr:`ShellPart.rtol`, 1e-10 in f64, 1e-4 in f32) or when
     ``|r|`` is below its round-off floor ``ROUNDOFF * eps * |(k_i |x_i|)_i|`` (``k_i`` the Jacobi
-    stiffness estimate of vertex i: a stiff card cannot resolve its forces below that), or after
+    stiffness estimate of vertex i: a stiff card cannot resolve its forces below that; a floor
+    above ``FLOOR_MAX |M g|``, e.g. paper in f32, is reported as not converged), or after
     :attr:`ShellPart.max_newton` iterations: then the step is recorded as not converged, a
     :class:`NewtonWarning` is issued, and :meth:`physim.Scene.backward` raises
     :class:`NewtonNotConverged` naming the substep and the residual (the adjoint would be of
@@ -105,6 +106,8 @@ V_SMOOTH = 1e-3
 STEP_BOUND = 0.5
 #: the residual test passes below this many machine epsilons of |K x| (its round-off floor)
 ROUNDOFF = 10.0
+#: a solve whose round-off floor exceeds this fraction of |M g| is refused (reported as not converged)
+FLOOR_MAX = 1e-2
 FORCING = 1e-2
 #: a change of E below this many epsilons of |E| is round-off: the line search then asks |r| to decrease
 ENERGY_ROUNDOFF = 1e3
@@ -279,6 +282,7 @@ class ShellPart(Part):
         self.min_edge = 1.0
         self.rtol = 1e-10 if real == ti.f64 else 1e-4
         self._eps = float(np.finfo(self.np_real).eps)
+        self._floor = 0.0
         self.max_newton = 50
         self.max_cg = 400
         self.adjoint_rtol = 1e-10 if real == ti.f64 else 1e-5
@@ -975,6 +979,11 @@ class ShellPart(Part):
             self.diag_kernel()
             self._roundoff()
             floor = ROUNDOFF * self._eps * math.sqrt(float(self.red[7]))
+            self._floor = floor / scale
+            if floor > FLOOR_MAX * scale:
+                # this precision cannot resolve the sheet's forces to a fraction of its weight (a stiff
+                # sheet in f32: positions of relative precision eps times stiffness E t): not a solve
+                return it, cg_total, rnorm / scale, False
             if rnorm <= floor:
                 return it, cg_total, rnorm / scale, True
             forcing = min(FORCING, math.sqrt(rnorm / scale))
@@ -1020,6 +1029,7 @@ class ShellPart(Part):
         """Substep ``l``: Newton from x_n to x_{n+1} (slot l + 1). Records its convergence."""
         self.load_work(l, l + 1)
         self.place_kinematic()
+        self._floor = 0.0
         its, cgs, res, ok = self._newton()
         self.write_out(l)
         self._status[l] = (ok, res, t)
@@ -1027,9 +1037,11 @@ class ShellPart(Part):
         if len(self.stats) > 100000:
             del self.stats[:50000]
         if not ok:
-            warnings.warn(f"shell Newton did not converge in substep {l} of the chunk (action step {t}): "
-                          f"|r| / |M g| = {res:.3g} > rtol {self.rtol:g} after {its} iterations; gradients through "
-                          f"this step raise NewtonNotConverged", NewtonWarning, stacklevel=2)
+            why = (f"|r| / |M g| = {res:.3g} > rtol {self.rtol:g} after {its} iterations" if self._floor <= FLOOR_MAX
+                   else f"its round-off floor is {self._floor:.3g} |M g| (> {FLOOR_MAX:g}): this precision cannot "
+                        f"resolve the sheet's forces (use precision='f64' for stiff sheets)")
+            warnings.warn(f"shell Newton did not converge in substep {l} of the chunk (action step {t}): {why}; "
+                          f"gradients through this step raise NewtonNotConverged", NewtonWarning, stacklevel=2)
 
     def step_grad(self, l: int, t: int) -> None:
         """Adjoint of :meth:`step_forward` by the implicit function theorem (module docstring)."""
