@@ -79,7 +79,8 @@ STATE_READ_BY = {"mpm.Jp": "Snow"}
 def _material_classes():
     """Every concrete MPM material physim exports (a new one must join a scene below)."""
     return {name for name in mat_module.__all__
-            if isinstance(getattr(mat_module, name), type) and issubclass(getattr(mat_module, name), mat_module.Material)
+            if isinstance(getattr(mat_module, name), type)
+            and issubclass(getattr(mat_module, name), mat_module.Material)
             and getattr(mat_module, name) is not mat_module.Material}
 
 
@@ -159,7 +160,8 @@ SPECS = {
 ELSEWHERE_3D = {"Rigid": "tests/test_rigid.py::test_gradients_match_finite_differences[3]"}
 _MATERIALS_3D = [
     ps.Elastic(E=600.0, nu=0.3), ps.NeoHookean(E=600.0, nu=0.3), ps.Plasticine(E=800.0, nu=0.25, yield_stress=8.0),
-    ps.Sand(E=800.0, nu=0.3, friction_angle=30.0), ps.Snow(E=600.0, nu=0.2), ps.Fluid(bulk_modulus=300.0, viscosity=1.0),
+    ps.Sand(E=800.0, nu=0.3, friction_angle=30.0), ps.Snow(E=600.0, nu=0.2),
+    ps.Fluid(bulk_modulus=300.0, viscosity=1.0),
     ps.Viscoplastic(E=800.0, nu=0.3, yield_stress=6.0, viscosity=1.0),
     ps.Muscle(E=600.0, nu=0.2, actuation_strength=100.0)]
 SPECS["3d-all-friction"] = Spec(3, [
