@@ -113,7 +113,7 @@ def test_gripper_action_gradient(elastic):
 # relative steps of 1e-3: the loss changes by ~1e-3 of its sensitivity, far above the solve's round-off
 # (|r| at its floor moves x by ~1e-13 m, v by ~1e-10 m/s), and O(h^2) truncation is ~1e-7 relative
 @pytest.mark.parametrize("name", ["shell.E", "shell.bending", "shell.density", "shell.damping", "shell.nu",
-                                  "tools.friction"])
+                                  "shell.contact_stiffness", "tools.friction"])
 def test_parameter_gradients(elastic, name):
     scene, a = elastic, _actions()
     w = _weights(scene, 2)
