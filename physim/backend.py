@@ -85,7 +85,11 @@ def init(
         debug: Taichi debug mode (bounds checks; slow).
         fast_compile: turn off Taichi's advanced IR optimizations: reverse-mode
             kernels compile 3-5x faster, run somewhat slower. Good for tests and
-            short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``.
+            short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``. Ignored for f32:
+            without those passes Taichi 1.7.4's reverse mode drops the gradient through a
+            local variable updated in place in an unrolled loop (MPM's P2G weights: no
+            d loss / d x from P2G at all), so f32 gradients drifted from f64 by 3 % after 30
+            substeps and by 10^12 x after 1,000 (benchmarks/README.md, "Precision").
         verbose: print which arch was chosen.
         deterministic: bitwise-reproducible runs on the CPU: Taichi runs every kernel on one
             thread (``cpu_max_num_threads=1``), so the atomic sums of the particle-to-grid
@@ -131,7 +135,7 @@ def init(
         default_fp=_PRECISIONS[precision],
         random_seed=int(seed),
         debug=bool(debug),
-        advanced_optimization=not fast_compile,
+        advanced_optimization=not fast_compile or precision == "f32",  # see fast_compile above
         offline_cache=os.environ.get("PHYSIM_OFFLINE_CACHE", "1") == "1",
         fast_math=os.environ.get("PHYSIM_FAST_MATH", _fast_math_default(arch, precision)) == "1",
         log_level=ti.WARN if debug else ti.ERROR,
