@@ -182,6 +182,8 @@ def test_bad_inputs_are_clear_errors():
             scene.set_param(name, value)
     with pytest.raises(ValueError, match="max_iter"):
         scene.partset.shell.set_newton(max_iter=0)
+    with pytest.raises(ValueError, match="linear_solver must be 'auto', 'direct' or 'cg', got 'lu'"):
+        scene.partset.shell.set_newton(linear_solver="lu")
 
 
 def test_cloth_dropped_on_a_sphere_neither_penetrates_nor_gains_energy():

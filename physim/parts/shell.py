@@ -58,8 +58,14 @@ Time integration (implicit Euler as incremental potential):
     truncated Newton method: the residual ``r = grad E`` by hand-written kernels
     (:meth:`ShellPart.residual`: per vertex, per triangle, per hinge); Hessian-vector products
     exactly by Taichi's reverse mode of those kernels (``r.grad = p`` -> ``x.grad = H p``; H is
-    symmetric; :meth:`ShellPart.residual_vjp`); preconditioned CG (Jacobi, from
-    the mass and a per-vertex stiffness estimate), truncated at the first negative curvature;
+    symmetric; :meth:`ShellPart.residual_vjp`). The linear solve (``set_newton(linear_solver=...)``):
+    by default (up to :data:`DIRECT_MAX_DOFS` free dofs) H is assembled exactly by Curtis-Powell-Reid
+    compression -- the vertices are coloured at load time so that no vertex has two stencil
+    neighbours (sharing a triangle or a hinge) of one colour, and one Hessian-vector product per
+    colour and axis (~20-30 colours on grids) gives every 3 x 3 block -- and factored by scipy's
+    ``splu`` with diagonal pivots (a pivot <= 0 means H is not positive definite: then, or where
+    the step's curvature is not positive, CG is used for that step); otherwise preconditioned CG
+    (Jacobi, from the mass and a per-vertex stiffness estimate), truncated at the first negative curvature;
     backtracking line search with the Armijo test on E (where E's change is at its round-off,
     within ``ENERGY_ROUNDOFF`` epsilons, a step that lowers ``|r|`` instead); each iteration moves no vertex by more
     than :data:`STEP_BOUND` of the shortest rest edge (contact cannot be stepped over). Stops when
@@ -74,7 +80,8 @@ Time integration (implicit Euler as incremental potential):
 
 Reverse mode: one launch per substep with a hand-written adjoint (:meth:`ShellPart.step_grad`).
 At the converged ``x_{n+1}``, with ``g = dL/dx_{n+1} + dL/dv_{n+1} / dt`` on the free vertices,
-CG solves ``H lam = g``; then every other gradient is one vector-Jacobian product of the residual
+``H lam = g`` is solved (H assembled and factored at ``x_{n+1}``, with one step of iterative
+refinement, or CG, as in the forward); then every other gradient is one vector-Jacobian product of the residual
 kernels with ``-lam`` (their Taichi adjoints, :meth:`ShellPart.residual_vjp`), run on private copies of
 its inputs (``x_n``, ``v_n``, the rest angles, the tool poses and frictions, the parameters),
 whose gradients are then added to the state's, the tools' and the parameters': the residual
@@ -96,7 +103,7 @@ from ..solvers._linalg import rotation_matrix
 from .base import BAD_NONFINITE, BAD_OUTSIDE, Part
 
 __all__ = ["ShellPart", "ShellLayout", "ShellSpec", "NewtonWarning", "NewtonNotConverged",
-           "MARGIN", "V_SMOOTH", "STEP_BOUND", "DEFAULT_CONTACT_STIFFNESS", "dihedral_angles"]
+           "MARGIN", "V_SMOOTH", "STEP_BOUND", "DIRECT_MAX_DOFS", "DEFAULT_CONTACT_STIFFNESS", "dihedral_angles"]
 
 #: contact offset beyond half the sheet thickness (m)
 MARGIN = 5e-4
@@ -111,6 +118,8 @@ FLOOR_MAX = 1e-2
 FORCING = 1e-2
 #: a change of E below this many epsilons of |E| is round-off: the line search then asks |r| to decrease
 ENERGY_ROUNDOFF = 1e3
+#: linear_solver="auto" factors H directly up to this many free degrees of freedom (3 per free vertex)
+DIRECT_MAX_DOFS = 30000
 #: default contact stiffness (Pa/m: contact pressure per metre of penetration)
 DEFAULT_CONTACT_STIFFNESS = 1e7
 # vertex kinds
@@ -276,6 +285,7 @@ class ShellPart(Part):
         self.cp = self.scratch_field((3,), N, grad=False)
         self.cq = self.scratch_field((3,), N, grad=False)
         self.diag = self.scratch_field((), N, grad=False)
+        self.color = ti.field(ti.i32, shape=N)  # distance-2 colouring of the stencil graph (Hessian assembly)
         self.red = ti.field(real, shape=8)  # reductions
         self.bad = ti.field(ti.i32, shape=self.S)
         self._energy = ti.field(real, shape=8)
@@ -286,6 +296,12 @@ class ShellPart(Part):
         self.max_newton = 50
         self.max_cg = 400
         self.adjoint_rtol = 1e-10 if real == ti.f64 else 1e-5
+        #: linear solver of the Newton steps and the adjoint: "auto", "direct" or "cg" (:meth:`set_newton`)
+        self.linear_solver = "auto"
+        #: sparse factorizations done (direct solver) and fallbacks to CG (H not positive definite)
+        self.n_factor = 0
+        self.n_fallback = 0
+        self._pattern = None
         self._status: dict[int, tuple] = {}
         #: per substep of the last forward: (Newton iterations, CG iterations, residual / scale)
         self.stats: list[tuple[int, int, float]] = []
@@ -398,7 +414,49 @@ class ShellPart(Part):
         self.min_edge = min_edge
         self.bodies = list(bodies)
         self.initial_rest_angle = rest0
+        self._build_pattern(tri[:m], hinge[:h], kind[:n], n)
         self._check_tool_overlap(spec)
+
+    def _build_pattern(self, tri: np.ndarray, hinge: np.ndarray, kind: np.ndarray, n: int) -> None:
+        """The Hessian's block sparsity (vertices sharing a triangle or a hinge), a greedy distance-2
+        colouring of it (no vertex has two stencil neighbours of one colour, itself included) and the
+        gather indices that turn one Hessian-vector product per colour and axis into the blocks
+        (Curtis-Powell-Reid compression; :meth:`assemble_hessian`)."""
+        import scipy.sparse as sp
+
+        elems = [tri.astype(np.int64), hinge.astype(np.int64)]
+        rows = np.concatenate([np.repeat(np.arange(len(e)) + off, e.shape[1]) for e, off in
+                               zip(elems, (0, len(tri)), strict=True)])
+        cols = np.concatenate([e.ravel() for e in elems])
+        inc = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(tri) + len(hinge), n))
+        S = (inc.T @ inc + sp.identity(n, format="csr")).tocsr()
+        S.data[:] = 1.0
+        S2 = (S @ S).tocsr()
+        color = np.full(n, -1, np.int64)
+        ip, ix = S2.indptr, S2.indices
+        for v in range(n):
+            used = set(color[ix[ip[v]: ip[v + 1]]].tolist())
+            c = 0
+            while c in used:
+                c += 1
+            color[v] = c
+        ncol = int(color.max()) + 1 if n else 0
+        free = np.flatnonzero(kind == FREE)
+        dof = np.full(n, -1, np.int64)
+        dof[free] = np.arange(len(free))
+        Sc = S.tocoo()
+        keep = (dof[Sc.row] >= 0) & (dof[Sc.col] >= 0)
+        i, j = Sc.row[keep].astype(np.int64), Sc.col[keep].astype(np.int64)
+        a, d = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")  # H[3i + a, 3j + d]
+        r = (3 * dof[i])[:, None, None] + a[None]
+        c_ = (3 * dof[j])[:, None, None] + d[None]
+        # the probe (colour of j, axis d) returns column 3 j + d of H in the rows of every i next to j
+        src = ((color[j][:, None, None] * 3 + d[None]) * n + i[:, None, None]) * 3 + a[None]
+        self._pattern = dict(n=n, ncol=ncol, free=free, rows=r.ravel(), cols=c_.ravel(), src=src.ravel(),
+                             size=3 * len(free))
+        full = np.zeros(self.color.shape[0], np.int32)
+        full[:n] = color
+        self.color.from_numpy(full)
 
     def _check_tool_overlap(self, spec: ShellSpec) -> None:
         """Refuse a tool (other than one a body is attached to) that starts with a free vertex inside
@@ -435,9 +493,19 @@ class ShellPart(Part):
         h = len(self.initial_rest_angle)
         return {"x": x, "v": np.concatenate(v), "rest_angle": self.initial_rest_angle.copy(), "plastic": np.zeros(h)}
 
-    def set_newton(self, rtol: float | None = None, max_iter: int | None = None, max_cg: int | None = None) -> None:
+    def set_newton(self, rtol: float | None = None, max_iter: int | None = None, max_cg: int | None = None,
+                   linear_solver: str | None = None) -> None:
         """Newton's stopping test: ``|r| <= rtol |M g|``, at most ``max_iter`` iterations, at most
-        ``max_cg`` CG iterations per Newton iteration (and per adjoint solve: 4x)."""
+        ``max_cg`` CG iterations per Newton iteration (and per adjoint solve: 4x).
+
+        ``linear_solver``: ``"direct"`` assembles H exactly (one Hessian-vector product per colour
+        and axis) and factors it (scipy ``splu``), falling back to CG where H is not positive
+        definite; ``"cg"`` is Jacobi-preconditioned CG; ``"auto"`` (default) is direct up to
+        :data:`DIRECT_MAX_DOFS` free degrees of freedom."""
+        if linear_solver is not None:
+            if linear_solver not in ("auto", "direct", "cg"):
+                raise ValueError(f"linear_solver must be 'auto', 'direct' or 'cg', got {linear_solver!r}")
+            self.linear_solver = linear_solver
         if rtol is not None:
             if not (math.isfinite(rtol) and rtol > 0):
                 raise ValueError(f"rtol must be > 0, got {rtol!r}")
@@ -922,7 +990,99 @@ class ShellPart(Part):
                 self.rest_angle[l + 1, k] = rest
                 self.plastic[l + 1, k] = acc
 
+    @ti.kernel
+    def _probe(self, c: ti.i32, d: ti.i32):
+        """r.grad = the probe (1 on axis d of every free vertex of colour c); x.grad = 0."""
+        for i in range(self.rows[None]):
+            p = ti.Vector.zero(self.real, 3)
+            if self.kind[i] == FREE and self.color[i] == c:
+                p[d] = 1.0
+            self.r.grad[i] = p
+            self.xk.grad[i] = ti.zero(p)
+
     # ------------------------------------------------------------------ solvers
+    def use_direct(self) -> bool:
+        """Whether the Newton steps and the adjoint use the sparse direct solver (:meth:`set_newton`)."""
+        if self.linear_solver == "auto":
+            return self._pattern is not None and self._pattern["size"] <= DIRECT_MAX_DOFS
+        return self.linear_solver == "direct"
+
+    def assemble_hessian(self):
+        """H = d r / d x at the iterate ``xk`` on the free degrees of freedom (3 per free vertex, in
+        vertex order; kinematic vertices are not unknowns), a scipy CSR matrix, assembled exactly from
+        one Hessian-vector product (Taichi's reverse mode of the residual kernels) per colour and
+        axis: with the distance-2 colouring every vertex has at most one stencil neighbour of each
+        colour, so the product with a colour's probe holds that neighbour's column block. Every term
+        of H is there (mass, damping, membrane, bending, contact, friction). Leaves the work copies'
+        gradients dirty (as CG does)."""
+        import scipy.sparse as sp
+
+        P = self._pattern
+        n, ncol = P["n"], P["ncol"]
+        Q = np.empty((ncol, 3, n, 3))
+        for c in range(ncol):
+            for d in range(3):
+                self._probe(c, d)
+                self.residual_vjp()
+                Q[c, d] = self.xk.grad.to_numpy()[:n]
+        m = P["size"]
+        return sp.csr_matrix((Q.ravel()[P["src"]], (P["rows"], P["cols"])), shape=(m, m))
+
+    def _factor(self):
+        """Assemble H at ``xk`` and factor it; None where it is not positive definite (a pivot <= 0
+        without row pivoting: by Sylvester's law of inertia, the pivots' signs are the eigenvalues')."""
+        from scipy.sparse.linalg import splu
+
+        H = self.assemble_hessian().tocsc()
+        self.n_factor += 1
+        try:
+            lu = splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                      options=dict(SymmetricMode=True))
+        except RuntimeError:  # exactly singular
+            return None
+        if not (np.array_equal(lu.perm_r, lu.perm_c) and np.all(lu.U.diagonal() > 0)):
+            return None
+        return H, lu
+
+    def _scatter_free(self, field, y: np.ndarray) -> None:
+        out = np.zeros(field.shape + (3,), self.np_real)
+        out[self._pattern["free"]] = y.reshape(-1, 3)
+        field.from_numpy(out)
+
+    def _direct_newton_step(self) -> bool:
+        """The Newton step dx = -H^-1 r into ``cx`` by the sparse direct solver; False (nothing
+        written) where H is not positive definite or the step is not finite."""
+        fac = self._factor()
+        if fac is None:
+            return False
+        H, lu = fac
+        free = self._pattern["free"]
+        rhs = -self.r.to_numpy()[free].astype(np.float64).ravel()
+        dx = lu.solve(rhs)
+        if not (np.all(np.isfinite(dx)) and dx @ (H @ dx) > 0):
+            return False
+        self._scatter_free(self.cx, dx)
+        return True
+
+    def _direct_adjoint(self) -> bool:
+        """lambda = H^-1 cr (free rows) into ``cx`` by the sparse direct solver at the converged
+        ``xk``, refined once; False where H is not positive definite or the solve misses
+        ``adjoint_rtol``."""
+        fac = self._factor()
+        if fac is None:
+            return False
+        H, lu = fac
+        free = self._pattern["free"]
+        g = self.cr.to_numpy()[free].astype(np.float64).ravel()
+        lam = lu.solve(g)
+        res = g - H @ lam
+        lam += lu.solve(res)  # one step of iterative refinement
+        gn = np.linalg.norm(g)
+        if not (np.all(np.isfinite(lam)) and np.linalg.norm(g - H @ lam) <= max(self.adjoint_rtol * gn, 1e-300)):
+            return False
+        self._scatter_free(self.cx, lam)
+        return True
+
     def _hvp(self) -> tuple[float, float]:
         self._hvp_seed()
         self.residual_vjp()
@@ -986,9 +1146,12 @@ class ShellPart(Part):
                 return it, cg_total, rnorm / scale, False
             if rnorm <= floor:
                 return it, cg_total, rnorm / scale, True
-            forcing = min(FORCING, math.sqrt(rnorm / scale))
-            n_cg, _ok = self._cg(True, forcing, self.max_cg, truncate=True)
-            cg_total += n_cg
+            if not (self.use_direct() and self._direct_newton_step()):
+                if self.use_direct():
+                    self.n_fallback += 1
+                forcing = min(FORCING, math.sqrt(rnorm / scale))
+                n_cg, _ok = self._cg(True, forcing, self.max_cg, truncate=True)
+                cg_total += n_cg
             self._direction_stats()
             red = self.red.to_numpy()
             slope, dmax = float(red[5]), float(red[6])
@@ -1056,7 +1219,11 @@ class ShellPart(Part):
         self._load_iterate(l)
         self._adjoint_rhs(l)
         self.diag_kernel()
-        n_cg, converged = self._cg(False, self.adjoint_rtol, 4 * self.max_cg, truncate=False)
+        n_cg, converged = 0, self.use_direct() and self._direct_adjoint()
+        if not converged:
+            if self.use_direct():
+                self.n_fallback += 1
+            n_cg, converged = self._cg(False, self.adjoint_rtol, 4 * self.max_cg, truncate=False)
         if not converged:
             raise NewtonNotConverged(
                 f"shell substep {l} of the chunk (action step {step}): the adjoint solve H lambda = g did not "
