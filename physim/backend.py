@@ -78,9 +78,10 @@ def init(
         arch: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
             ``"vulkan"``, ``"metal"`` or ``"opengl"``. Defaults to ``$PHYSIM_ARCH``
             or ``"auto"``.
-        precision: ``"f32"``, ``"f64"`` or ``"auto"``: f64 on the CPU (reverse mode through
-            plastic flow is not stable in f32 there: gradients grow without bound within a few
-            dozen substeps), f32 on GPUs. Defaults to ``$PHYSIM_PRECISION`` or ``"auto"``.
+        precision: ``"f32"``, ``"f64"`` or ``"auto"``: f64 on the CPU, f32 on GPUs. On the
+            CPU f32 gradients agree with f64 to ~1e-4 over hundreds of substeps and ~1e-2 over
+            4,000 (every MPM material but rigid bodies; benchmarks/README.md, "Precision"), and
+            were measured no faster on small scenes. Defaults to ``$PHYSIM_PRECISION`` or ``"auto"``.
         seed: seeds Taichi's, NumPy's and Python's random generators.
         debug: Taichi debug mode (bounds checks; slow).
         fast_compile: turn off Taichi's advanced IR optimizations: reverse-mode
