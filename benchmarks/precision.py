@@ -110,7 +110,8 @@ def worker(args) -> None:
     import physim as ps
 
     ps.init(arch="cpu", precision=args.precision, fast_compile=True, verbose=False)
-    max_steps = max(HORIZONS + args.horizons + args.long_horizons) // SUBSTEPS_PER_STEP  # one layout for every subset run
+    max_steps = max(HORIZONS + args.horizons + args.long_horizons) // SUBSTEPS_PER_STEP
+    # one layout for every subset run (comment above)
     out = {}
     scenes = {}
     for mat in args.materials:
@@ -278,8 +279,8 @@ def main(argv=None) -> None:
                     rec["rel_params_pert"] = compare(pp[nz], p64[nz])[1] if nz.any() else None
                     pn = res["f32_fm"][f"{key}/gp"]
                     rec["rel_params_fm"] = compare(pn[nz], p64[nz])[1] if nz.any() else None
-                    rec["grad_params_f64"] = dict(zip(names, p64.tolist()))
-                    rec["grad_params_f32"] = dict(zip(names, p32.tolist()))
+                    rec["grad_params_f64"] = dict(zip(names, p64.tolist(), strict=True))
+                    rec["grad_params_f32"] = dict(zip(names, p32.tolist(), strict=True))
                     rec["norm_f64"] = float(np.linalg.norm(g64))
                     rec["x_diff_f32"] = float(np.abs(res["f32"][f"{key}/x"] - res["f64"][f"{key}/x"]).max())
                     rec["x_diff_pert"] = float(np.abs(res["pert"][f"{key}/x"] - res["f64"][f"{key}/x"]).max())

@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 import pytest
-
 from subproc import run_python
 
 WORKER = r"""
