@@ -110,8 +110,8 @@ def worker(args) -> None:
     import physim as ps
 
     ps.init(arch="cpu", precision=args.precision, fast_compile=True, verbose=False)
+    # one layout for every subset run
     max_steps = max(HORIZONS + args.horizons + args.long_horizons) // SUBSTEPS_PER_STEP
-    # one layout for every subset run (comment above)
     out = {}
     scenes = {}
     for mat in args.materials:
