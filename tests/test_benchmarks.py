@@ -155,3 +155,22 @@ def test_fem_cases_run_at_tiny_size():
     assert any(t.startswith("FEM forward throughput") for t in targets)
     assert any(t.startswith("FEM forward + backward") for t in targets)
     assert "tiny_box" in run.format_tables([box, dome])
+
+
+def test_shell_benchmark_memory_helpers():
+    import shells
+
+    # 1 MB over 1k vertices and 4 MB over 4k: linear, ratio 1; 16 MB over 4k would be O(n^2)
+    lin = [{"vertices": 1000, "memory_above_import_bytes": 1e6}, {"vertices": 4000, "memory_above_import_bytes": 4e6}]
+    quad = [lin[0], {"vertices": 4000, "memory_above_import_bytes": 16e6}]
+    assert shells.memory_growth(lin) == pytest.approx(1.0)
+    assert shells.memory_growth(quad) == pytest.approx(4.0)
+    assert shells.per_vertex(3e6, 1000) == pytest.approx(3000.0)
+    with pytest.raises(ValueError, match="vertices must be positive, got 0"):
+        shells.per_vertex(1.0, 0)
+    with pytest.raises(ValueError, match="need >= 2 records"):
+        shells.memory_growth(lin[:1])
+    # the cloth's underside (centre minus half the thickness) starts `drop` above the sphere
+    assert shells.cloth_start_height(0.4, 0.02, 1e-3) - 0.5e-3 == pytest.approx(0.42)
+    with pytest.raises(ValueError, match="drop=-0.1"):
+        shells.cloth_start_height(0.4, -0.1, 1e-3)
