@@ -162,9 +162,17 @@ def _child(args: list[str], timeout: float) -> dict:
 
 
 def reference_case(n: int, substeps: int, timeout: float) -> dict:
-    """Taichi's mass_spring_3d_ggui.py at n x n with its own dt (4e-2 / n)."""
-    rec = _child([os.path.join(HERE, "reference_worker.py"), "mass_spring_3d_ggui", "--arch", "cpu",
-                  "--substeps", str(substeps), "--repeats", "3", "--set", f"n={n}"], timeout)
+    """Taichi's mass_spring_3d_ggui.py at n x n with its own dt (4e-2 / n); where that blows up
+    (non-finite positions: measured at n = 32, dt 1.25e-3, f32), again with dt = 1e-4 (run.py's)."""
+    base = [os.path.join(HERE, "reference_worker.py"), "mass_spring_3d_ggui", "--arch", "cpu",
+            "--substeps", str(substeps), "--repeats", "3", "--set", f"n={n}"]
+    try:
+        rec = _child(base, timeout)
+    except RuntimeError as err:
+        if "non-finite" not in str(err):
+            raise
+        rec = _child([*base, "--set", "dt=1e-4"], timeout)
+        rec["own_dt_failed"] = f"dt = 4e-2 / n = {4e-2 / n:g} s: non-finite positions within {substeps} substeps"
     dt = rec["config"]["dt"]
     rec["substeps_per_s"] = rec["substeps"] / rec["seconds"]
     rec["simulated_s_per_s"] = rec["substeps_per_s"] * dt
@@ -182,6 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--skip-50k", action="store_true", help="leave out the 224 x 224 case (~5 min)")
     ap.add_argument("--timeout-50k", type=float, default=300.0, help="limit of the 50k-vertex case (s)")
     args = ap.parse_args(argv)
     if args.worker:
@@ -206,8 +215,8 @@ def main(argv=None) -> int:
     except OSError:
         pass
     # 40 substeps = 0.08 s: the cloth falls 2 cm (~0.064 s) and touches the sphere
-    for res, steps, bwd, limit in ((32, 40, True, args.timeout), (64, 40, True, args.timeout),
-                                   (224, 1, False, args.timeout_50k)):
+    cases = [(32, 40, True, args.timeout), (64, 40, True, args.timeout), (224, 1, False, args.timeout_50k)]
+    for res, steps, bwd, limit in cases[:2] if args.skip_50k else cases:
         cmd = [me, "--worker", "physim", "--res", str(res), "--steps", str(steps)] + (["--backward"] if bwd else [])
         try:
             rec = _child(cmd, limit)
@@ -224,7 +233,8 @@ def main(argv=None) -> int:
               flush=True)
         result["taichi_mass_spring"].append(ref)
     small = [r for r in result["physim"] if "gradient_cost" in r]
-    result["memory_per_vertex_ratio_4k_over_1k"] = memory_growth(small)
+    if len(small) >= 2:
+        result["memory_per_vertex_ratio_4k_over_1k"] = memory_growth(small)
     result["wall_s"] = time.time() - started
     result["loadavg_at_end"] = os.getloadavg()
     text = json.dumps(result, indent=1)
