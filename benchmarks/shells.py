@@ -80,8 +80,9 @@ def physim_case(res: int, steps: int, backward: bool) -> dict:
     from bench_util import peak_rss_bytes
 
     warnings.simplefilter("ignore")
-    import physim as ps
     import taichi as ti
+
+    import physim as ps
 
     ps.init(arch="cpu", precision="f64")
     rss_import = _rss_bytes()
