@@ -318,6 +318,15 @@ class Scene(Rollout):
         self.tools.append(tool)
         return len(self.tools) - 1
 
+    def _check_in_domain(self, x: np.ndarray, owner: str, point: str) -> None:
+        """Refuse a body whose first point outside [floor, 1 - BOUND dx]^dim is named in the error."""
+        lo, hi = self.floor, 1.0 - BOUND * self.dx
+        out = np.any((x < lo) | (x > hi), axis=1)
+        if out.any():
+            i = int(np.argmax(out))
+            raise ValueError(f"{owner}: {point} {i} at {x[i].round(4).tolist()} is outside the domain "
+                             f"[{lo:.4f}, {hi:.4f}]^{self.dim}")
+
     def add_mass_spring(self, body) -> int:
         """Add a :class:`physim.MassSpring` body (point masses and springs); returns its index.
         Its actuated springs read action columns ``scene.spring_actuation_slice``."""
@@ -329,13 +338,7 @@ class Scene(Rollout):
         if body.dim != self.dim:
             raise ValueError(f"mass-spring body {len(self.spring_bodies)} is {body.dim}D but the scene is "
                              f"{self.dim}D")
-        lo, hi = self.floor, 1.0 - BOUND * self.dx
-        out = np.any((body.vertices < lo) | (body.vertices > hi), axis=1)
-        if out.any():
-            i = int(np.argmax(out))
-            raise ValueError(f"mass-spring body {len(self.spring_bodies)}: vertex {i} at "
-                             f"{body.vertices[i].round(4).tolist()} is outside the domain [{lo:.4f}, {hi:.4f}]^"
-                             f"{self.dim}")
+        self._check_in_domain(body.vertices, f"mass-spring body {len(self.spring_bodies)}", "vertex")
         self.spring_bodies.append(body)
         return len(self.spring_bodies) - 1
 
@@ -355,13 +358,7 @@ class Scene(Rollout):
             raise TypeError(f"expected a physim.FEMBody, got {type(body).__name__}")
         if self.dim != 3:
             raise ValueError(f"FEM bodies are 3D but the scene is {self.dim}D")
-        lo, hi = self.floor, 1.0 - BOUND * self.dx
-        x = body.mesh.vertices
-        out = np.any((x < lo) | (x > hi), axis=1)
-        if out.any():
-            i = int(np.argmax(out))
-            raise ValueError(f"FEM body {len(self.fem_bodies)}: node {i} at {x[i].round(4).tolist()} is outside the "
-                             f"domain [{lo:.4f}, {hi:.4f}]^3")
+        self._check_in_domain(body.mesh.vertices, f"FEM body {len(self.fem_bodies)}", "node")
         self.fem_bodies.append(body)
         self._fem_subcycle = self._fem_subcycle and bool(subcycle)
         return len(self.fem_bodies) - 1
@@ -377,13 +374,7 @@ class Scene(Rollout):
             raise TypeError(f"expected a physim.ShellBody, got {type(body).__name__}")
         if self.dim != 3:
             raise ValueError(f"shell bodies are 3D but the scene is {self.dim}D")
-        lo, hi = self.floor, 1.0 - BOUND * self.dx
-        x = body.mesh.vertices
-        out = np.any((x < lo) | (x > hi), axis=1)
-        if out.any():
-            i = int(np.argmax(out))
-            raise ValueError(f"shell body {len(self.shell_bodies)}: vertex {i} at {x[i].round(4).tolist()} is outside "
-                             f"the domain [{lo:.4f}, {hi:.4f}]^3")
+        self._check_in_domain(body.mesh.vertices, f"shell body {len(self.shell_bodies)}", "vertex")
         self.shell_bodies.append(body)
         return len(self.shell_bodies) - 1
 
