@@ -19,10 +19,14 @@ The case is a JSON object (``--spec``); :mod:`run` builds these. Keys:
 * or ``"fem": {...}``: a tetrahedral FEM body, either the mesh Taichi's ``implicit_fem.py``
   built (``"mesh_file"``, see :func:`build_fem_box`) or a DiffTactile-scale dome gel pressed
   onto a plate (``"dome"``, see :func:`build_fem_dome`);
-* ``mode``: ``"forward"`` (time forward without gradients) or ``"gradient"``
-  (time forward without gradients, then forward + backward with the tape).
+* ``mode``: ``"forward"`` (time forward without gradients), ``"gradient"``
+  (time forward without gradients, then forward + backward with the tape) or ``"compile"``
+  (cold compile time, see :func:`measure_compile`: run it with an empty kernel cache);
+* ``precision`` (default ``"f32"``), ``fast_compile`` (default false): ``physim.init``'s;
+* ``tool`` (optional): ``{"position": [...], "radius": r}``, a sphere tool added to a
+  ``box`` scene (its contact code and action gradients are compiled in; the actions are 0).
 
-Every run is preceded by an untimed warm-up that compiles (or loads from Taichi's
+Every timed run is preceded by an untimed warm-up that compiles (or loads from Taichi's
 offline cache) every kernel the timed runs use. The peak resident memory of the
 process (``ru_maxrss``) is reported as measured: it includes Taichi, LLVM and the
 Python interpreter, and is only meaningful when one case runs per process.
@@ -266,6 +270,9 @@ def build_scene(ps, spec: dict):
         b = spec["box"]
         scene = ps.Scene(**common)
         scene.add_body(ps.Box(center=b["center"], size=b["size"]), material, velocity=b.get("velocity"))
+        tool = spec.get("tool")
+        if tool:
+            scene.add_tool(ps.SphereTool(position=tool["position"], radius=tool["radius"]))
         scene.build(max_steps=capacity)
     return scene, n_steps
 
@@ -276,6 +283,47 @@ def backward(scene, seeds: dict) -> None:
         scene.backward(grad_x=seeds["grad_x"])
     else:
         scene.backward(seeds)
+
+
+def measure_compile(scene, ti, actions: np.ndarray, seeds: dict) -> dict:
+    """Cold compile time of a differentiable scene (``mode: "compile"``; run.py starts this
+    worker with an empty Taichi kernel cache, so every kernel compiles from scratch).
+
+    Runs ``actions`` (several checkpoint chunks) twice each way: the first forward without
+    gradients (compiles the forward kernels), the first forward with the tape + backward
+    (compiles the scratch replay, the phase kernels' adjoints and the checkpoint copies), then
+    both again, warm. Compile time = first call - warm call. With the scene's build time
+    (:func:`main`), ``cold_total_seconds`` = build + first forward + first forward/backward:
+    what a user waits from ``Scene.build`` to the first gradient of a new scene layout."""
+    cpu = {}
+
+    def timed(fn, name: str | None = None) -> float:
+        scene.reset()
+        ti.sync()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        ti.sync()
+        if name:  # CPU time of every thread of this process: less sensitive to other load than wall time
+            cpu[name] = time.process_time() - start_cpu
+        return time.perf_counter() - start
+
+    def forward():
+        scene.forward(actions, requires_grad=False)
+
+    def forward_backward():
+        scene.forward(actions, requires_grad=True)
+        backward(scene, seeds)
+
+    load = os.getloadavg()[0]
+    first_fwd = timed(forward, "first_forward")
+    first_fb = timed(forward_backward, "first_fwd_bwd")
+    warm_fwd = min(timed(forward) for _ in range(2))
+    warm_fb = min(timed(forward_backward) for _ in range(2))
+    return {"first_forward_seconds": first_fwd, "first_fwd_bwd_seconds": first_fb,
+            "warm_forward_seconds": warm_fwd, "warm_fwd_bwd_seconds": warm_fb,
+            "compile_forward_seconds": first_fwd - warm_fwd, "compile_reverse_seconds": first_fb - warm_fb,
+            "first_forward_cpu_seconds": cpu["first_forward"], "first_fwd_bwd_cpu_seconds": cpu["first_fwd_bwd"],
+            "load_average_before": load, "load_average_after": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,7 +340,10 @@ def main(argv: list[str] | None = None) -> None:
         import physim as ps
     import taichi as ti
 
-    ps.init(arch=spec.get("arch", "cpu"), precision="f32", fast_compile=False, verbose=False)
+    t0 = time.perf_counter()
+    ps.init(arch=spec.get("arch", "cpu"), precision=spec.get("precision", "f32"),
+            fast_compile=spec.get("fast_compile", False), verbose=False)
+    init_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     scene, n_steps = build_scene(ps, spec)
     build_seconds = time.perf_counter() - t0
@@ -310,6 +361,21 @@ def main(argv: list[str] | None = None) -> None:
     seeds = {seed_name: np.ones_like(scene.get_state()[seed_name])}
     if seed_name == "x":
         seeds = {"grad_x": seeds["x"]}
+
+    if spec["mode"] == "compile":
+        record = {"dim": spec["dim"], "grid": spec["grid"], "dt": scene.dt, "substeps": substeps,
+                  "checkpoint_every": scene.checkpoint_every, "arch": ps.backend.config().arch,
+                  "precision": ps.backend.config().precision, "fast_compile": bool(spec.get("fast_compile", False)),
+                  "physim_file": ps.__file__, "particles": scene.n_particles, "init_seconds": init_seconds,
+                  "build_seconds": build_seconds,
+                  "kernel_cache": os.environ.get("TI_OFFLINE_CACHE_FILE_PATH"),
+                  **measure_compile(scene, ti, actions, seeds)}
+        record["cold_total_seconds"] = build_seconds + record["first_forward_seconds"] + record["first_fwd_bwd_seconds"]
+        record["cold_total_cpu_seconds"] = (build_seconds + record["first_forward_cpu_seconds"]
+                                            + record["first_fwd_bwd_cpu_seconds"])
+        record["peak_memory_bytes"] = peak_rss_bytes()
+        write_result(args.out, record)
+        return
 
     # Warm-up: compile (or load from Taichi's offline cache) every kernel the timed runs
     # use. A checkpoint interval of 4 substeps over one step makes the short warm-up
