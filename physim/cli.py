@@ -3,6 +3,8 @@
     physim list                                   # registered environments
     physim optimize physim/Pinch-v0               # Adam through the simulator; writes out/Pinch-v0/
     physim optimize physim/Walker2D-v0 --method policy --iters 20
+    physim train physim/Walker2D-v0 --algo ppo --steps 20000   # SB3 baseline (pip install "physim[rl]")
+    physim sweep --envs Walker2D,Pinch --methods adam,cma --seeds 0,1 --iters 8   # Ray when installed
     physim demo sculpt_plasticine                 # interactive PyVista window (--offscreen --out f.mp4)
 
 Every subcommand returns the process exit status (0 on success; errors raise). With
@@ -57,13 +59,17 @@ def _cmd_list(args) -> int:
 
 
 def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: int = 0, out: str | None = None,
-             horizon: int | None = None, lr: float | None = None, video: bool = True, progress: bool = True
-             ) -> dict:
+             horizon: int | None = None, lr: float | None = None, video: bool = True, progress: bool = True,
+             env=None) -> dict:
     """Optimize an environment's action sequence (or a policy) and write the results.
 
     Writes to ``out`` (default ``out/<Task>-v0``): ``result.json`` (env, method, iters, losses,
     initial_loss, final_loss, wall_seconds, sim_steps, ...), ``actions.npy``, ``loss.png`` and
     ``rollout.mp4`` (the optimized rollout, unless ``video=False``). Returns the result dict.
+
+    ``env``: an env already made for ``env_id`` (``gym.make(env_id, render_mode="rgb_array",
+    horizon=horizon)``) to reuse instead of making one; it is reset with ``seed`` and left open
+    (:mod:`physim.sweep` keeps one per task in every worker so compiled kernels stay warm).
     """
     import gymnasium as gym
 
@@ -79,7 +85,13 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     out_dir = Path(out or Path("out") / env_id.split("/")[-1])
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {} if horizon is None else {"horizon": int(horizon)}
-    env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    own_env = env is None
+    if own_env:
+        env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    elif env.spec is None or env.spec.id != env_id:
+        raise ValueError(f"env was made for {env.spec.id if env.spec else env!r}, not {env_id!r}")
+    elif horizon is not None and env.unwrapped.horizon != int(horizon):
+        raise ValueError(f"env has horizon {env.unwrapped.horizon}, not the requested {horizon}")
     task = env.unwrapped
     env.reset(seed=seed)
     t0 = time.perf_counter()
@@ -119,7 +131,8 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         losses, frames = task.rollout(actions, render=True)
         record["replayed_final_loss"] = float(losses[-1])
         record_video(frames, out_dir / "rollout.mp4", fps=env.metadata.get("render_fps", 15))
-    env.close()
+    if own_env:
+        env.close()
     (out_dir / "result.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -146,6 +159,52 @@ def _cmd_optimize(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    import physim
+    from physim import rl
+
+    if args.algo not in rl.ALGOS:  # argparse's choices already say so; kept for programmatic callers
+        raise SystemExit(f"physim: unknown algorithm {args.algo!r}; choose from {', '.join(rl.ALGOS)}")
+    try:
+        rl.require("stable_baselines3", "physim train")
+    except ImportError as e:
+        raise SystemExit(f"physim: {e}") from None
+    env_id = _env_id(args.env)
+    if physim.backend.config() is None:
+        physim.init(arch=args.arch, fast_compile=not args.full_compile)
+    rec = rl.train(env_id, algo=args.algo, steps=args.steps, seed=args.seed, out=args.out, horizon=args.horizon,
+                   normalize=not args.no_normalize, eval_episodes=args.eval_episodes, progress=not args.no_progress)
+    out = args.out or str(Path("out") / "train" / f"{env_id.split('/')[-1]}-{args.algo}")
+    print(f"{rec['env']} [{rec['algo']}]: {rec['env_steps']} env steps ({rec['episodes']} episodes) in "
+          f"{rec['wall_seconds']:.1f} s; trained policy: return {rec['final_mean_return']:.5g}, "
+          f"loss {rec['initial_loss']:.5g} -> {rec['final_loss']:.5g}; results in {out}/")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from physim import sweep
+
+    use_ray = False if args.no_ray else None
+    if args.ray_address is not None and args.no_ray:
+        raise SystemExit("physim: --ray-address and --no-ray contradict each other")
+    if not args.no_ray and not sweep.ray_available():
+        if args.ray_address is not None:
+            raise SystemExit(f'physim: --ray-address {args.ray_address} needs Ray: pip install "physim[ray]"')
+        print('physim: Ray is not installed (pip install "physim[ray]"); running the jobs one after another '
+              "in this process", file=sys.stderr)
+        use_ray = False
+    try:
+        jobs = sweep.make_jobs(args.envs, args.methods, args.seeds, args.iters, args.horizon, args.out)
+    except ValueError as e:
+        raise SystemExit(f"physim: {e}") from None
+    rows = sweep.sweep(args.envs, args.methods, args.seeds, args.iters, horizon=args.horizon, workers=args.workers,
+                       ray_address=args.ray_address, out=args.out, use_ray=use_ray, arch=args.arch,
+                       full_compile=args.full_compile, progress=not args.no_progress)
+    print(sweep.markdown_table(rows))
+    print(f"{len(jobs)} jobs; results in {args.out}/results.csv and results.json")
+    return 0
+
+
 def _cmd_demo(args, rest) -> int:
     if args.name not in DEMOS:
         raise SystemExit(f"physim: unknown demo {args.name!r}; choose from {', '.join(DEMOS)}")
@@ -154,6 +213,16 @@ def _cmd_demo(args, rest) -> int:
     if not isinstance(status, int):
         raise TypeError(f"physim.demos.{args.name}.main returned {type(status).__name__}, not an exit status (int)")
     return status
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +241,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-video", action="store_true", help="skip the rollout video")
     p.add_argument("--full-compile", action="store_true",
                    help="Taichi's full kernel optimization: faster kernels, much slower first compile")
+    t = sub.add_parser("train", help='RL baseline: Stable-Baselines3 PPO or SAC (pip install "physim[rl]")')
+    t.add_argument("env", help="environment id, e.g. physim/Walker2D-v0 (or just Walker2D)")
+    t.add_argument("--algo", choices=("ppo", "sac"), default="ppo")
+    t.add_argument("--steps", type=_positive_int, default=10_000, help="training budget in env steps")
+    t.add_argument("--seed", type=int, default=0, help="goal seed (as optimize --seed) and the RL seed")
+    t.add_argument("--out", default=None, help="output directory (default out/train/<Task>-v0-<algo>)")
+    t.add_argument("--horizon", type=_positive_int, default=None, help="episode length in steps")
+    t.add_argument("--eval-episodes", type=_positive_int, default=1, help="episodes of the trained policy")
+    t.add_argument("--no-normalize", action="store_true", help="no running observation normalization")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--arch", default=None, help="auto (default), cpu or cuda")
+    t.add_argument("--full-compile", action="store_true", help="Taichi's full kernel optimization")
+    w = sub.add_parser("sweep", help='optimize runs for tasks x methods x seeds, over Ray when installed '
+                                     '(pip install "physim[ray]")')
+    w.add_argument("--envs", required=True, help="comma-separated environments, e.g. Walker2D,Pinch")
+    w.add_argument("--methods", default="adam,cma", help=f"comma-separated, from {','.join(METHODS)}")
+    w.add_argument("--seeds", default="0", help="comma-separated integer seeds, e.g. 0,1,2")
+    w.add_argument("--iters", type=_positive_int, required=True, help="iterations of every run")
+    w.add_argument("--horizon", type=_positive_int, default=None, help="episode length (default: each env's)")
+    w.add_argument("--workers", type=_positive_int, default=None,
+                   help="Ray worker processes (default: the cluster's CPUs)")
+    w.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto, ray://head:10001); default: start a local Ray")
+    w.add_argument("--no-ray", action="store_true", help="run the jobs in this process even when Ray is installed")
+    w.add_argument("--out", default="out/sweep", help="output directory (default out/sweep)")
+    w.add_argument("--arch", default=None, help="auto (default), cpu or cuda, in every worker")
+    w.add_argument("--full-compile", action="store_true", help="Taichi's full kernel optimization in every worker")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("demo", help=f"interactive demo: {', '.join(DEMOS)} (extra options go to the demo)")
     d.add_argument("name")
     args, rest = parser.parse_known_args(argv)
@@ -182,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_list(args)
     if args.command == "optimize":
         return _cmd_optimize(args)
+    if args.command == "train":
+        return _cmd_train(args)
+    if args.command == "sweep":
+        return _cmd_sweep(args)
     return _cmd_demo(args, rest)
 
 
