@@ -494,11 +494,15 @@ class Scene(Rollout):
         shell = None
         if self.shell_bodies:
             from .parts.shell import ShellLayout
+            from .parts.shell_contact import PAIRS_PER_VERTEX
 
             shell = ShellLayout(nodes=_next_pow2(sum(b.n_vertices for b in self.shell_bodies), 16),
                                 tris=_next_pow2(sum(b.n_triangles for b in self.shell_bodies), 16),
                                 hinges=_next_pow2(sum(b.n_hinges for b in self.shell_bodies), 16),
-                                bodies=_next_pow2(len(self.shell_bodies), 1))
+                                bodies=_next_pow2(len(self.shell_bodies), 1),
+                                contact_pairs=_next_pow2(PAIRS_PER_VERTEX * sum(
+                                    b.n_vertices for b in self.shell_bodies if b.self_contact), 16)
+                                if any(b.self_contact for b in self.shell_bodies) else 0)
         return SceneLayout(
             shell=shell,
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),

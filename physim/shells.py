@@ -479,6 +479,16 @@ class ShellBody:
         attach: ``{tool index: vertex indices}``: those vertices follow the tool rigidly
             (``x = R(tool) X_local + tool position``, ``X_local`` taken at the start), e.g. a gripper's grasp.
         velocity: initial velocity of every free vertex (m/s).
+        self_contact: take part in shell <-> shell contact (:mod:`physim.parts.shell_contact`): with
+            itself (a fold touching itself) and with every other body that sets it. Off: no pairs
+            are searched (and a scene without any such body compiles none of it).
+        self_friction: Coulomb coefficient against other sheets (a pair uses the mean of its two
+            bodies'); the parameter ``shell.self_friction``.
+        self_contact_stiffness: scale of the contact barrier (Pa/m; the parameter
+            ``shell.self_contact_stiffness``): the pressure at half the margin is 1.2 times it times
+            the margin.
+        self_contact_margin: the barrier acts while the gap between the sheets' surfaces (mid-surface
+            distance less the two half thicknesses) is below this (m).
 
     After construction ``pinned`` is an int32 array (empty if none) and ``attach`` a dict of int32 arrays.
     """
@@ -488,6 +498,10 @@ class ShellBody:
     pinned: np.ndarray | None = None
     attach: dict[int, np.ndarray] | None = None
     velocity: tuple = (0.0, 0.0, 0.0)
+    self_contact: bool = False
+    self_friction: float = 0.3
+    self_contact_stiffness: float = 1e7
+    self_contact_margin: float = 5e-4
     _hinges: np.ndarray = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -519,6 +533,12 @@ class ShellBody:
         if vel.shape != (3,) or not np.isfinite(vel).all():
             raise ValueError(f"ShellBody.velocity must be 3 finite numbers (m/s), got {self.velocity!r}")
         self.velocity = tuple(float(x) for x in vel)
+        if not isinstance(self.self_contact, (bool, np.bool_)):
+            raise ValueError(f"ShellBody.self_contact must be True or False, got {self.self_contact!r}")
+        self.self_contact = bool(self.self_contact)
+        _positive("ShellBody", "self_friction", self.self_friction, allow_zero=True)
+        _positive("ShellBody", "self_contact_stiffness", self.self_contact_stiffness)
+        _positive("ShellBody", "self_contact_margin", self.self_contact_margin)
         if len(owner) == n:
             raise ValueError("ShellBody: every vertex is pinned or attached; nothing is left to simulate")
 

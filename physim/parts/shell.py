@@ -51,6 +51,12 @@ Energies
     step, ``eps_u = V_SMOOTH dt`` (smooth, strictly convex; sticks below ``V_SMOOTH``). ``mu`` is
     ``tools.friction`` (differentiable) or ``shell.wall_friction``.
 
+    Shell <-> shell contact (bodies with ``ShellBody.self_contact``; parameters
+    ``shell.self_contact_stiffness`` and ``shell.self_friction``): a barrier on vertex-triangle and
+    edge-edge distances with lagged friction between sheets, inside E, with a collision-aware step
+    bound and its exact pair Hessians (:mod:`physim.parts.shell_contact`). Off (no such body):
+    nothing of it is compiled or run.
+
 Time integration (implicit Euler as incremental potential):
     ``E(x) = |x - x_hat|_M^2 / (2 dt^2) + alpha |x - x_n|_M^2 / (2 dt) + Psi(x)``,
     ``x_hat = x_n + dt v_n + dt^2 g``, ``M`` the lumped mass (density t A / 3 per vertex),
@@ -125,8 +131,8 @@ DEFAULT_CONTACT_STIFFNESS = 1e7
 # vertex kinds
 FREE, PINNED = -2, -1
 # columns of the work copy of the parameters
-C_E, C_NU, C_T, C_RHO, C_D, C_ALPHA, C_KC, C_WMU = range(8)
-N_COLS = 8
+C_E, C_NU, C_T, C_RHO, C_D, C_ALPHA, C_KC, C_WMU, C_SKC, C_SMU = range(10)
+N_COLS = 10
 
 
 class NewtonWarning(UserWarning):
@@ -155,6 +161,8 @@ class ShellLayout:
     tris: int
     hinges: int
     bodies: int
+    #: shell <-> shell contact pair capacity (0: no body has ``self_contact``, nothing compiled)
+    contact_pairs: int = 0
 
 
 @dataclass
@@ -252,6 +260,8 @@ class ShellPart(Part):
         self.damping = ti.field(real, shape=B, needs_grad=True)
         self.kc = ti.field(real, shape=B, needs_grad=True)
         self.wall_mu = ti.field(real, shape=B, needs_grad=True)
+        self.self_kc = ti.field(real, shape=B, needs_grad=True)
+        self.self_mu = ti.field(real, shape=B, needs_grad=True)
         self.param("E", "Pa", self.E, lower=0.0, lower_open=True, doc="Young's modulus of the sheet (Pa)")
         self.param("nu", "1", self.nu, lower=-1.0, upper=0.5, lower_open=True, upper_open=True,
                    doc="Poisson ratio of the sheet")
@@ -266,6 +276,10 @@ class ShellPart(Part):
         self.param("contact_stiffness", "Pa/m", self.kc, lower=0.0, lower_open=True,
                    doc="contact stiffness against tools, floor and walls (Pa/m)")
         self.param("wall_friction", "1", self.wall_mu, lower=0.0, doc="Coulomb coefficient against floor and walls")
+        self.param("self_contact_stiffness", "Pa/m", self.self_kc, lower=0.0, lower_open=True,
+                   doc="shell <-> shell contact barrier stiffness (Pa/m; bodies with self_contact)")
+        self.param("self_friction", "1", self.self_mu, lower=0.0,
+                   doc="Coulomb coefficient between sheets (bodies with self_contact)")
         # work copies: the residual kernel reads only these (and the iterate), so its adjoint --
         # run for every Hessian-vector product -- never touches the state's or parameters' gradients
         self.xk = self.scratch_field((3,), N)  # the Newton iterate (x_{n+1})
@@ -293,6 +307,7 @@ class ShellPart(Part):
         self.rtol = 1e-10 if real == ti.f64 else 1e-4
         self._eps = float(np.finfo(self.np_real).eps)
         self._floor = 0.0
+        self._infeasible = False
         self.max_newton = 50
         self.max_cg = 400
         self.adjoint_rtol = 1e-10 if real == ti.f64 else 1e-5
@@ -306,6 +321,13 @@ class ShellPart(Part):
         #: per substep of the last forward: (Newton iterations, CG iterations, residual / scale)
         self.stats: list[tuple[int, int, float]] = []
         self.bodies: list = []
+        #: shell <-> shell contact (:mod:`physim.parts.shell_contact`), or None (no body has ``self_contact``)
+        self.contact = None
+        if layout.contact_pairs:
+            from .shell_contact import ShellContact
+
+            self.contact = ShellContact(self, layout.contact_pairs,
+                                        dict(thickness=C_T, stiffness=C_SKC, friction=C_SMU))
 
     def param_rows(self, name: str) -> int:
         return int(self.n_bodies[None])
@@ -329,7 +351,7 @@ class ShellPart(Part):
         nbody, narea, kind, xloc = np.zeros(N, np.int32), np.ones(N), np.full(N, FREE, np.int32), np.zeros((N, 3))
         attached = np.zeros((B, E), np.int32)
         prm = {k: np.ones(B) for k in ("E", "nu", "thickness", "density", "bending", "yield_angle", "hardening",
-                                       "damping", "kc", "wall_mu")}
+                                       "damping", "kc", "wall_mu", "self_kc", "self_mu")}
         rest0 = np.zeros(h)
         min_edge = math.inf
         v0 = t0 = h0 = 0
@@ -383,7 +405,8 @@ class ShellPart(Part):
             vals = dict(E=mat.E, nu=mat.nu, thickness=mat.thickness, density=mat.density,
                         bending=mat.bending_stiffness(), yield_angle=math.radians(mat.yield_angle),
                         hardening=mat.hardening, damping=mat.damping, kc=DEFAULT_CONTACT_STIFFNESS,
-                        wall_mu=spec.wall_friction)
+                        wall_mu=spec.wall_friction, self_kc=b.self_contact_stiffness,
+                        self_mu=b.self_friction)
             for k, val in vals.items():
                 prm[k][bi] = val
             v0, t0, h0 = v0 + nv, t0 + nt, h0 + nh
@@ -416,6 +439,33 @@ class ShellPart(Part):
         self.initial_rest_angle = rest0
         self._build_pattern(tri[:m], hinge[:h], kind[:n], n)
         self._check_tool_overlap(spec)
+        if any(b.self_contact for b in bodies):
+            if self.contact is None:
+                raise ValueError("a shell body has self_contact=True but this shell layout was compiled without "
+                                 "shell contact (contact_pairs=0)")
+            self.contact.load(bodies, tri[:m], kind[:n], narea[:n], min_edge)
+        elif self.contact is not None:
+            self.contact.topology = None
+
+    @property
+    def contact_on(self) -> bool:
+        """Whether shell <-> shell contact is active (some loaded body has ``self_contact``)."""
+        return self.contact is not None and self.contact.topology is not None
+
+    def _load_rest_for_contact(self) -> None:
+        """The work copies at the rest shape (the load-time check of the contact pairs)."""
+        x = np.zeros(self.xk.shape + (3,), self.np_real)
+        X = np.concatenate([b.mesh.vertices for b in self.bodies])
+        x[: len(X)] = X
+        self.xk.from_numpy(x)
+        self._params_to_work()
+
+    @ti.kernel
+    def _params_to_work(self):
+        for b in range(self.n_bodies[None]):
+            self.bp[b, C_T] = self.thickness[b]
+            self.bp[b, C_SKC] = self.self_kc[b]
+            self.bp[b, C_SMU] = self.self_mu[b]
 
     def _build_pattern(self, tri: np.ndarray, hinge: np.ndarray, kind: np.ndarray, n: int) -> None:
         """The Hessian's block sparsity (vertices sharing a triangle or a hinge), a greedy distance-2
@@ -453,7 +503,7 @@ class ShellPart(Part):
         # the probe (colour of j, axis d) returns column 3 j + d of H in the rows of every i next to j
         src = ((color[j][:, None, None] * 3 + d[None]) * n + i[:, None, None]) * 3 + a[None]
         self._pattern = dict(n=n, ncol=ncol, free=free, rows=r.ravel(), cols=c_.ravel(), src=src.ravel(),
-                             size=3 * len(free))
+                             size=3 * len(free), dof=dof)
         full = np.zeros(self.color.shape[0], np.int32)
         full[:n] = color
         self.color.from_numpy(full)
@@ -553,6 +603,8 @@ class ShellPart(Part):
             self.bp[b, C_ALPHA] = self.damping[b]
             self.bp[b, C_KC] = self.kc[b]
             self.bp[b, C_WMU] = self.wall_mu[b]
+            self.bp[b, C_SKC] = self.self_kc[b]
+            self.bp[b, C_SMU] = self.self_mu[b]
         for e in range(self.tools.rows[None]):
             self.tp[0, e] = self.tools.pos[l, e]
             self.tq[0, e] = self.tools.rot[l, e]
@@ -605,6 +657,8 @@ class ShellPart(Part):
             self.damping.grad[b] += self.bp.grad[b, C_ALPHA]
             self.kc.grad[b] += self.bp.grad[b, C_KC]
             self.wall_mu.grad[b] += self.bp.grad[b, C_WMU]
+            self.self_kc.grad[b] += self.bp.grad[b, C_SKC]
+            self.self_mu.grad[b] += self.bp.grad[b, C_SMU]
         for e in range(self.tools.rows[None]):
             self.tools.friction.grad[e] += self.tmu.grad[e]
             for s in ti.static(range(2)):
@@ -715,9 +769,17 @@ class ShellPart(Part):
         self.residual_vertices()
         self.residual_membrane()
         self.residual_bending()
+        if self.contact_on:
+            self.contact.residual()
 
     def residual_vjp(self) -> None:
-        """x.grad (and the work copies' gradients) += (dr/d inputs)^T r.grad: the three adjoints."""
+        """x.grad (and the work copies' gradients) += (dr/d inputs)^T r.grad: the three adjoints
+        (and shell contact's)."""
+        if self.contact_on:
+            self.contact.residual_vjp()
+        self._residual_vjp_elements()
+
+    def _residual_vjp_elements(self) -> None:
         self.residual_bending.grad()
         self.residual_membrane.grad()
         self.residual_vertices.grad()
@@ -1007,14 +1069,16 @@ class ShellPart(Part):
             return self._pattern is not None and self._pattern["size"] <= DIRECT_MAX_DOFS
         return self.linear_solver == "direct"
 
-    def assemble_hessian(self):
+    def assemble_hessian(self, project: bool = False):
         """H = d r / d x at the iterate ``xk`` on the free degrees of freedom (3 per free vertex, in
         vertex order; kinematic vertices are not unknowns), a scipy CSR matrix, assembled exactly from
         one Hessian-vector product (Taichi's reverse mode of the residual kernels) per colour and
         axis: with the distance-2 colouring every vertex has at most one stencil neighbour of each
         colour, so the product with a colour's probe holds that neighbour's column block. Every term
-        of H is there (mass, damping, membrane, bending, contact, friction). Leaves the work copies'
-        gradients dirty (as CG does)."""
+        of H is there (mass, damping, membrane, bending, contact, friction). Shell <-> shell contact
+        couples vertices the colouring does not know: its pair blocks are added apart
+        (:meth:`physim.parts.shell_contact.ShellContact.hessian_blocks`; ``project``: each clamped to
+        positive semi-definite). Leaves the work copies' gradients dirty (as CG does)."""
         import scipy.sparse as sp
 
         P = self._pattern
@@ -1023,17 +1087,22 @@ class ShellPart(Part):
         for c in range(ncol):
             for d in range(3):
                 self._probe(c, d)
-                self.residual_vjp()
+                self._residual_vjp_elements()
                 Q[c, d] = self.xk.grad.to_numpy()[:n]
         m = P["size"]
-        return sp.csr_matrix((Q.ravel()[P["src"]], (P["rows"], P["cols"])), shape=(m, m))
+        H = sp.csr_matrix((Q.ravel()[P["src"]], (P["rows"], P["cols"])), shape=(m, m))
+        if self.contact_on:
+            Hc = self.contact.hessian_blocks(P["dof"], m, project)
+            if Hc is not None:
+                H = (H + Hc).tocsr()
+        return H
 
-    def _factor(self):
+    def _factor(self, project: bool = False):
         """Assemble H at ``xk`` and factor it; None where it is not positive definite (a pivot <= 0
         without row pivoting: by Sylvester's law of inertia, the pivots' signs are the eigenvalues')."""
         from scipy.sparse.linalg import splu
 
-        H = self.assemble_hessian().tocsc()
+        H = self.assemble_hessian(project).tocsc()
         self.n_factor += 1
         try:
             lu = splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
@@ -1052,7 +1121,7 @@ class ShellPart(Part):
     def _direct_newton_step(self) -> bool:
         """The Newton step dx = -H^-1 r into ``cx`` by the sparse direct solver; False (nothing
         written) where H is not positive definite or the step is not finite."""
-        fac = self._factor()
+        fac = self._factor(project=True)
         if fac is None:
             return False
         H, lu = fac
@@ -1124,14 +1193,25 @@ class ShellPart(Part):
 
     def _energy_value(self) -> float:
         self.energy_kernel()
-        return float(self._energy[0])
+        e = float(self._energy[0])
+        if self.contact_on:
+            e += self.contact.energy()
+        return e
 
     def _newton(self) -> tuple[int, int, float, bool]:
         """Minimize E from the iterate in ``xk``. Returns (iterations, CG iterations, |r| / scale,
         converged)."""
         cg_total = 0
-        rnorm, scale = self._residual_norm()
         bound = STEP_BOUND * self.min_edge
+        self._infeasible = False
+        if self.contact_on:
+            self.contact.update()
+            bound = min(bound, self.contact.delta)
+            if not math.isfinite(self._energy_value()):
+                # kinematic vertices (or the start state) put a shell pair at or past contact
+                self._infeasible = True
+                return 0, 0, math.inf, False
+        rnorm, scale = self._residual_norm()
         floor = 0.0
         for it in range(self.max_newton):
             if rnorm <= max(self.rtol * scale, floor):
@@ -1163,6 +1243,8 @@ class ShellPart(Part):
                 slope, dmax = float(red[5]), float(red[6])
             alpha = min(1.0, bound / dmax) if dmax > 0 else 1.0
             e0 = self._energy_value()
+            if self.contact_on:
+                alpha = min(alpha, self.contact.step_bound())  # no pair closes past MIN_GAP_KEEP of its gap
             self._save_iterate()
             accepted = False
             for _ls in range(30):
@@ -1184,6 +1266,8 @@ class ShellPart(Part):
                 self._set_trial(0.0)
                 rnorm, scale = self._residual_norm()
                 return it + 1, cg_total, rnorm / scale, rnorm <= max(self.rtol * scale, floor)
+            if self.contact_on:
+                self.contact.update()
             rnorm, scale = self._residual_norm()
         return self.max_newton, cg_total, rnorm / scale, rnorm <= max(self.rtol * scale, floor)
 
@@ -1193,6 +1277,8 @@ class ShellPart(Part):
         self.load_work(l, l + 1)
         self.place_kinematic()
         self._floor = 0.0
+        if self.contact_on:
+            self.contact.begin_step()
         its, cgs, res, ok = self._newton()
         self.write_out(l)
         self._status[l] = (ok, res, t)
@@ -1203,6 +1289,10 @@ class ShellPart(Part):
             why = (f"|r| / |M g| = {res:.3g} > rtol {self.rtol:g} after {its} iterations" if self._floor <= FLOOR_MAX
                    else f"its round-off floor is {self._floor:.3g} |M g| (> {FLOOR_MAX:g}): this precision cannot "
                         f"resolve the sheet's forces (use precision='f64' for stiff sheets)")
+            if self._infeasible:
+                why = (f"a shell <-> shell contact pair starts the step at or past contact (least gap "
+                       f"{self.contact.min_gap():.3g} of the margin): a tool-attached or pinned vertex was moved "
+                       f"into another sheet")
             warnings.warn(f"shell Newton did not converge in substep {l} of the chunk (action step {t}): {why}; "
                           f"gradients through this step raise NewtonNotConverged", NewtonWarning, stacklevel=2)
 
@@ -1217,6 +1307,9 @@ class ShellPart(Part):
                 f"the contact")
         self.load_work(l, l + 1)
         self._load_iterate(l)
+        if self.contact_on:
+            self.contact.begin_step()
+            self.contact.update()
         self._adjoint_rhs(l)
         self.diag_kernel()
         n_cg, converged = 0, self.use_direct() and self._direct_adjoint()
@@ -1247,18 +1340,24 @@ class ShellPart(Part):
     # ------------------------------------------------------------------ queries
     def energy(self, slot: int = 0) -> dict[str, float]:
         """Energies at ``slot`` (J): membrane, bending, contact (penalty + friction of a step from
-        that state at rest) and gravitational potential ``-m g . x`` (free vertices) and kinetic."""
+        that state at rest) and gravitational potential ``-m g . x`` (free vertices) and kinetic;
+        with shell <-> shell contact on, also ``self_contact`` (the barrier's)."""
         self.load_work(slot, slot)
         self._zero_v()
         self.energy_kernel()
         e = self._energy.to_numpy()
+        extra = {}
+        if self.contact_on:
+            self.contact._fric = np.zeros((0, 5), np.int64)
+            self.contact.update()
+            extra["self_contact"] = self.contact.energy()
         m = self.vertex_mass()
         st = self.export(slot)
         free = self.kind.to_numpy()[: len(m)] == FREE
         g = self.gravity.to_numpy()
         return {"membrane": float(e[2]), "bending": float(e[3]), "contact": float(e[4]),
                 "gravity": float(-(m[free, None] * st["x"][free] * g).sum()),
-                "kinetic": float(0.5 * (m[:, None] * st["v"] ** 2).sum())}
+                "kinetic": float(0.5 * (m[:, None] * st["v"] ** 2).sum()), **extra}
 
     @ti.kernel
     def _zero_v(self):

@@ -1,0 +1,636 @@
+"""Shell <-> shell contact (two sheets, a sheet folded onto itself) inside the shell part's
+implicit step: a smooth barrier on the unsigned distance of vertex-triangle and edge-edge pairs,
+lagged friction between sheets, a collision-aware step bound, and the exact pair Hessians.
+
+Switched on per body (:attr:`physim.ShellBody.self_contact`); a scene without such a body
+compiles none of this (today's speed). Every primitive of the bodies that have it takes part:
+a vertex against every triangle, an edge against every edge, of the same body (pairs sharing a
+vertex excluded) and of the other such bodies.
+
+Distance and gap
+    For a vertex-triangle pair (p; t1, t2, t3) the closest point ``c = b1 t1 + b2 t2 + b3 t3`` on
+    the triangle (its face, an edge or a corner: Ericson's region test), for an edge-edge pair
+    (p0 p1; q0 q1) the closest points ``(1 - s) p0 + s p1``, ``(1 - t) q0 + t q1`` of the
+    segments. In both, the distance vector is ``diff = sum_a w_a x_a`` (``w = (1, -b)`` or
+    ``(1 - s, s, t - 1, -t)``) and ``d = |diff|``; by Danskin's theorem ``d d / d x_a =
+    w_a diff / d`` (the weights held at the minimiser). The gap is ``z = (d - t_off) / s_hat``:
+    ``t_off`` the sum of the two sheets' half thicknesses (the mid-surfaces are ``t_off`` apart
+    when the sheets touch), ``s_hat`` the mean of the two bodies' ``self_contact_margin``.
+
+Barrier (IPC's, Li et al. 2020): ``E = k w m B(z)`` for ``0 < z < 1``, ``B(z) = -(z - 1)^2 log z``
+    (C2 at ``z = 1``, where it starts like ``(1 - z)^3``; infinite at ``z = 0``: the sheets never
+    touch), ``k = kc s_hat^2`` with ``kc`` the mean of the two bodies' ``shell.self_contact_stiffness``
+    (Pa/m; the pressure ``kc s_hat (-B'(z))`` is 1.2 kc s_hat at half the margin), ``w`` the pair's
+    area (the vertex's lumped area; for an edge pair the mean of the edges' areas, a third of each
+    adjacent triangle's). Pairs overlap (a contact patch is seen by vertex-triangle pairs from both
+    sheets and by crossing edges), so the effective stiffness is a few times ``kc``. ``m`` is 1 for
+    vertex-triangle pairs; for edge pairs it is IPC's mollifier of ``c = |e_a x e_b|^2``,
+    ``m = (2 - c / c0) c / c0`` below ``c0 = 1e-3 |e_a|^2 |e_b|^2`` (rest lengths): nearly parallel
+    edges, where the closest points jump, fade out smoothly (vertex-triangle pairs hold them).
+
+Friction (lagged, as against the tools): the pairs with ``z < 1`` at the start of the step
+    (``x_n``) keep their weights ``w^n``, normal ``n = diff^n / d^n`` and normal force
+    ``lam = -dE/dd`` at ``x_n``; the potential ``mu lam (sqrt(|u|^2 + eps_u^2) - eps_u)`` of the
+    tangential relative slip ``u = (I - n n^T) sum_a w^n_a (x_a - x^n_a)``, ``mu`` the mean of the
+    two bodies' ``shell.self_friction`` (differentiable), ``eps_u = V_SMOOTH dt``.
+
+Pairs (broad phase, numpy + a k-d tree): rebuilt at every Newton iteration with every pair whose
+    axis-aligned boxes come within ``t_off + s_hat + 2 delta``, ``delta`` = :data:`CONTACT_STEP`
+    times the shortest rest edge, the most any vertex moves in one iteration when contact is on:
+    every pair that a trial step of the line search can bring inside ``s_hat`` is a candidate, so
+    E is the same function of x over the whole search (a pair further than ``s_hat`` adds 0).
+    The friction pairs are found once per step at ``x_n``.
+
+Step bound (collision-aware, no tunnelling): a pair's distance shrinks by at most the sum of
+    the largest step of a vertex on each side (``d`` is 1-Lipschitz in each closest point, a convex
+    combination of its primitive's vertices), so ``alpha <= (1 - MIN_GAP_KEEP) (d - t_off) /
+    (max_side1 |dx| + max_side2 |dx|)`` keeps every gap above ``MIN_GAP_KEEP`` of its value along
+    the whole straight path of the step: no pair reaches ``z = 0`` or crosses.
+
+Derivatives: the pair kernel writes each pair's forces ``dE/dx_a`` from pair-local copies of its
+    vertices; Taichi's reverse mode of it is the exact Hessian-vector product (through the
+    closest-point weights: the distance's exact second derivative), used by CG, and seeded one
+    local axis at a time (12 launches for all pairs at once) it gives every pair's 12 x 12 block
+    for the direct solver (projected to positive semi-definite for the Newton direction, exact for
+    the adjoint). The adjoint's vector-Jacobian product runs the same kernel's reverse mode: its
+    inputs are the iterate, ``x_n`` (friction's lagged terms), the thicknesses (constant), and the
+    parameters ``shell.self_contact_stiffness`` and ``shell.self_friction``.
+"""
+
+
+import math
+
+import numpy as np
+import taichi as ti
+
+from .shell import V_SMOOTH
+
+__all__ = ["ShellContact", "CONTACT_STEP", "MIN_GAP_KEEP", "PAIRS_PER_VERTEX", "VT", "EE"]
+
+#: the most a vertex moves in one Newton iteration when shell contact is on (fraction of the shortest rest edge)
+CONTACT_STEP = 0.25
+#: the step bound keeps every pair's gap above this fraction of its value at the start of the step
+MIN_GAP_KEEP = 0.1
+#: pair capacity compiled per contact vertex (barrier + friction pairs)
+PAIRS_PER_VERTEX = 64
+#: pair types
+VT, EE = 0, 1
+#: pair roles
+BARRIER, FRICTION = 0, 1
+#: the edge-edge mollifier acts below this fraction of |e_a|^2 |e_b|^2 (rest lengths)
+MOLLIFIER = 1e-3
+
+
+@ti.func
+def point_triangle_weights(p, a, b, c):
+    """Barycentric weights (of a, b, c) of the point of triangle abc closest to p (Ericson 2005,
+    5.1.5): the face, an edge or a corner."""
+    ab, ac, ap = b - a, c - a, p - a
+    d1, d2 = ab.dot(ap), ac.dot(ap)
+    bp = p - b
+    d3, d4 = ab.dot(bp), ac.dot(bp)
+    cp = p - c
+    d5, d6 = ab.dot(cp), ac.dot(cp)
+    vc = d1 * d4 - d3 * d2
+    vb = d5 * d2 - d1 * d6
+    va = d3 * d6 - d5 * d4
+    w = ti.Vector([1.0, 0.0, 0.0])
+    if d1 <= 0 and d2 <= 0:
+        w = ti.Vector([1.0, 0.0, 0.0])
+    elif d3 >= 0 and d4 <= d3:
+        w = ti.Vector([0.0, 1.0, 0.0])
+    elif vc <= 0 and d1 >= 0 and d3 <= 0:
+        v = d1 / (d1 - d3)
+        w = ti.Vector([1.0 - v, v, 0.0])
+    elif d6 >= 0 and d5 <= d6:
+        w = ti.Vector([0.0, 0.0, 1.0])
+    elif vb <= 0 and d2 >= 0 and d6 <= 0:
+        u = d2 / (d2 - d6)
+        w = ti.Vector([1.0 - u, 0.0, u])
+    elif va <= 0 and d4 - d3 >= 0 and d5 - d6 >= 0:
+        u = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        w = ti.Vector([0.0, 1.0 - u, u])
+    else:
+        den = 1.0 / (va + vb + vc)
+        v, u = vb * den, vc * den
+        w = ti.Vector([1.0 - v - u, v, u])
+    return w
+
+
+@ti.func
+def segment_weights(p0, p1, q0, q1):
+    """(s, t): the closest points ``p0 + s (p1 - p0)`` and ``q0 + t (q1 - q0)`` of two segments
+    (Ericson 2005, 5.1.9; parallel segments: s = 0)."""
+    d1, d2, r = p1 - p0, q1 - q0, p0 - q0
+    a, e, f = d1.dot(d1), d2.dot(d2), d2.dot(r)
+    c, b = d1.dot(r), d1.dot(d2)
+    den = a * e - b * b
+    s = 0.0 * a
+    if den > 1e-14 * a * e:
+        s = ti.min(ti.max((b * f - c * e) / den, 0.0), 1.0)
+    t = (b * s + f) / e
+    if t < 0:
+        t = 0.0 * t
+        s = ti.min(ti.max(-c / a, 0.0), 1.0)
+    elif t > 1:
+        t = 1.0 + 0.0 * t
+        s = ti.min(ti.max((b - c) / a, 0.0), 1.0)
+    return s, t
+
+
+@ti.data_oriented
+class ShellContact:
+    """The shell part's shell <-> shell contact (module docstring). Owned by a
+    :class:`physim.parts.shell.ShellPart` whose layout has ``contact_pairs > 0``; reads its work
+    copies (iterate ``xk``, ``xn``, parameters ``bp``) and adds to its residual ``r``."""
+
+    def __init__(self, part, capacity: int, cols: dict):
+        self.part = part
+        real = part.real
+        self.real = real
+        self.capacity = P = capacity
+        B = part.layout.bodies
+        self.C_T, self.C_SKC, self.C_SMU = cols["thickness"], cols["stiffness"], cols["friction"]
+        self.pid = ti.Vector.field(4, ti.i32, shape=P)  # vertex rows of the pair
+        self.ptype = ti.field(ti.i32, shape=P)
+        self.prole = ti.field(ti.i32, shape=P)
+        self.pbody = ti.Vector.field(2, ti.i32, shape=P)  # bodies of the two sides
+        self.pw = ti.field(real, shape=P)  # area weight (m^2)
+        self.pc0 = ti.field(real, shape=P)  # mollifier threshold (m^4)
+        self.n_pairs = ti.field(ti.i32, shape=())
+        self.xp = ti.Vector.field(3, real, shape=(P, 4), needs_grad=True)
+        self.xnp = ti.Vector.field(3, real, shape=(P, 4), needs_grad=True)
+        self.fp = ti.Vector.field(3, real, shape=(P, 4), needs_grad=True)
+        self.pz = ti.field(real, shape=P)  # gap z of every pair at the iterate
+        self.margin = ti.field(real, shape=B)  # s_hat of each body (m)
+        self.red = ti.field(real, shape=4)  # [energy, min z (barrier pairs), step bound]
+        self.enabled = np.zeros(0, bool)
+        self._fric = None  # friction pairs of the current step (numpy)
+        self.delta = 0.0
+        self.topology = None
+
+    # ------------------------------------------------------------------ loading
+    def load(self, bodies, tri, kind, node_area, min_edge: float) -> None:
+        """Topology of the contact bodies (from :meth:`ShellPart.load`); checks the rest shapes."""
+        self.enabled = np.array([bool(b.self_contact) for b in bodies])
+        margins = np.array([b.self_contact_margin for b in bodies], np.float64)
+        full = np.zeros(self.margin.shape[0])
+        full[: len(bodies)] = margins
+        self.margin.from_numpy(full.astype(self.part.np_real))
+        nbody = np.concatenate([np.full(b.n_vertices, i) for i, b in enumerate(bodies)])
+        tb = nbody[tri[:, 0]]
+        tri_c = tri[self.enabled[tb]]
+        edges, eareas = [], []
+        v0 = 0
+        for i, b in enumerate(bodies):
+            if self.enabled[i]:
+                e = b.mesh.edges()
+                ar = b.mesh.areas()
+                ea = np.zeros(len(e))
+                # a third of each adjacent triangle's area to each of its edges
+                und = np.sort(b.mesh._directed, axis=1)
+                key_e = e[:, 0].astype(np.int64) * b.n_vertices + e[:, 1]
+                key_d = und[:, 0].astype(np.int64) * b.n_vertices + und[:, 1]
+                idx = np.searchsorted(key_e, key_d)
+                np.add.at(ea, idx, np.tile(ar, 3) / 3.0)
+                edges.append(e + v0)
+                eareas.append(ea)
+            v0 += b.n_vertices
+        self.topology = dict(
+            tri=tri_c.astype(np.int64), tri_body=nbody[tri_c[:, 0]] if len(tri_c) else np.zeros(0, np.int64),
+            edges=np.concatenate(edges).astype(np.int64), edge_area=np.concatenate(eareas),
+            verts=np.flatnonzero(self.enabled[nbody]), node_body=nbody, kinematic=kind != -2,
+            node_area=node_area.astype(np.float64), margin=margins,
+            thickness=np.array([b.material.thickness for b in bodies], np.float64))
+        T = self.topology
+        T["edge_body"] = nbody[T["edges"][:, 0]]
+        X = np.concatenate([b.mesh.vertices for b in bodies])
+        T["rest_len2"] = ((X[T["edges"][:, 1]] - X[T["edges"][:, 0]]) ** 2).sum(1)
+        self.delta = CONTACT_STEP * min_edge
+        # the rest shapes: no pair of one body inside its contact zone (the barrier would act at rest),
+        # no two bodies touching or overlapping
+        self.set_pairs(X, np.zeros((0, 4), np.int64), extra=0.0)
+        self._gaps()
+        n = int(self.n_pairs[None])
+        if n:
+            z = self.pz.to_numpy()[:n]
+            ids = self.pid.to_numpy()[:n]
+            bod = self.pbody.to_numpy()[:n]
+            same = bod[:, 0] == bod[:, 1]
+            bad = (z < 1.0) & same
+            if bad.any():
+                j = int(np.argmax(bad))
+                b = int(bod[j, 0])
+                raise ValueError(
+                    f"shell body {b}: its rest shape has {'vertex-triangle' if self.ptype[j] == VT else 'edge-edge'} "
+                    f"pair {ids[j].tolist()} (not sharing a vertex) within its self-contact zone (thickness + "
+                    f"self_contact_margin = {T['thickness'][b] + margins[b]:.3g} m; gap {z[j]:.3g} of the margin): "
+                    f"the barrier would act at rest; lower self_contact_margin or use a coarser mesh")
+            bad = z <= 0.0
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise ValueError(
+                    f"shell bodies {int(bod[j, 0])} and {int(bod[j, 1])} start touching or overlapping: pair "
+                    f"{ids[j].tolist()} is {z[j] * 0.5 * (margins[bod[j, 0]] + margins[bod[j, 1]]):.3g} m from "
+                    f"contact (their half thicknesses summed); move them apart")
+
+    # ------------------------------------------------------------------ broad phase
+    def _candidates(self, X: np.ndarray, radius: float) -> np.ndarray:
+        """(k, 5) pairs [ids (4), type] whose boxes come within ``radius`` (module docstring)."""
+        from scipy.spatial import cKDTree
+
+        T = self.topology
+        out = []
+        tri, verts, kin = T["tri"], T["verts"], T["kinematic"]
+        if len(tri) and len(verts):
+            P = X[tri]  # (m, 3, 3)
+            lo, hi = P.min(1), P.max(1)
+            cen = 0.5 * (lo + hi)
+            rad = np.linalg.norm(hi - lo, axis=1) * 0.5 + radius
+            tree = cKDTree(X[verts])
+            hits = tree.query_ball_point(cen, rad)
+            cnt = np.fromiter((len(h) for h in hits), np.int64, len(hits))
+            if cnt.sum():
+                t_idx = np.repeat(np.arange(len(tri)), cnt)
+                v_idx = verts[np.concatenate([np.asarray(h, np.int64) for h in hits if len(h)])]
+                x = X[v_idx]
+                gap = np.linalg.norm(np.maximum(np.maximum(lo[t_idx] - x, x - hi[t_idx]), 0.0), axis=1)
+                tt = tri[t_idx]
+                keep = (gap <= radius) & (tt != v_idx[:, None]).all(1)
+                keep &= ~(kin[v_idx] & kin[tt].all(1))
+                v_idx, tt = v_idx[keep], tt[keep]
+                out.append(np.column_stack([v_idx, tt, np.full(len(v_idx), VT)]))
+        E = T["edges"]
+        if len(E) > 1:
+            A, Bq = X[E[:, 0]], X[E[:, 1]]
+            lo, hi = np.minimum(A, Bq), np.maximum(A, Bq)
+            mid = 0.5 * (lo + hi)
+            half = np.linalg.norm(hi - lo, axis=1) * 0.5
+            tree = cKDTree(mid)
+            pr = tree.query_pairs(2 * half.max() + radius, output_type="ndarray")
+            if len(pr):
+                i, j = pr[:, 0], pr[:, 1]
+                gap = np.linalg.norm(np.maximum(np.maximum(lo[i] - hi[j], lo[j] - hi[i]), 0.0), axis=1)
+                ei, ej = E[i], E[j]
+                share = (ei[:, :1] == ej).any(1) | (ei[:, 1:] == ej).any(1)
+                keep = (gap <= radius) & ~share & ~(kin[ei].all(1) & kin[ej].all(1))
+                out.append(np.column_stack([ei[keep], ej[keep], np.full(int(keep.sum()), EE)]))
+        if not out:
+            return np.zeros((0, 5), np.int64)
+        return np.concatenate(out).astype(np.int64)
+
+    def _radius(self) -> float:
+        T = self.topology
+        en = self.enabled[: len(T["margin"])]
+        return float(T["thickness"][en].max() + T["margin"][en].max())
+
+    def set_pairs(self, X: np.ndarray, fric: np.ndarray, extra: float) -> None:
+        """Upload the barrier candidates at positions ``X`` (search radius: the contact zone +
+        ``extra``) followed by the friction pairs ``fric`` ((k, 5))."""
+        bar = self._candidates(X, self._radius() + extra)
+        T = self.topology
+        allp = np.concatenate([bar, fric]) if len(fric) else bar
+        n = len(allp)
+        if n > self.capacity:
+            raise RuntimeError(f"shell contact: {n} candidate pairs exceed the compiled capacity {self.capacity} "
+                               f"({PAIRS_PER_VERTEX} per contact vertex); the sheets are crumpled far more densely "
+                               f"than the layout allows, or self_contact_margin is large against the mesh spacing")
+        ids, typ = allp[:, :4], allp[:, 4]
+        role = np.concatenate([np.full(len(bar), BARRIER), np.full(len(fric), FRICTION)])
+        nb = T["node_body"]
+        body = np.column_stack([nb[ids[:, 0]], np.where(typ == VT, nb[ids[:, 1]], nb[ids[:, 2]])])
+        w = np.where(typ == VT, T["node_area"][ids[:, 0]], 0.0)
+        c0 = np.zeros(n)
+        ee = typ == EE
+        if ee.any():
+            E = T["edges"]
+            # edge rows: look the edges up by their (sorted) vertex pairs
+            key = E[:, 0] * (len(nb) + 1) + E[:, 1]
+            order = np.argsort(key)
+
+            def find(a, b):
+                k = np.minimum(a, b) * (len(nb) + 1) + np.maximum(a, b)
+                return order[np.searchsorted(key[order], k)]
+
+            ea = find(ids[ee, 0], ids[ee, 1])
+            eb = find(ids[ee, 2], ids[ee, 3])
+            w[ee] = 0.5 * (T["edge_area"][ea] + T["edge_area"][eb])
+            c0[ee] = MOLLIFIER * T["rest_len2"][ea] * T["rest_len2"][eb]
+        self._upload(ids, typ, role, body, w, c0)
+
+    def _upload(self, ids, typ, role, body, w, c0) -> None:
+        P, n = self.capacity, len(ids)
+        r = self.part.np_real
+
+        def pad(a, shape, dtype):
+            out = np.zeros((P,) + shape, dtype)
+            out[:n] = a
+            return out
+
+        self.pid.from_numpy(pad(ids, (4,), np.int32))
+        self.ptype.from_numpy(pad(typ, (), np.int32))
+        self.prole.from_numpy(pad(role, (), np.int32))
+        self.pbody.from_numpy(pad(body, (2,), np.int32))
+        self.pw.from_numpy(pad(w, (), r))
+        self.pc0.from_numpy(pad(np.maximum(c0, 1e-300) if r == np.float64 else np.maximum(c0, 1e-30), (), r))
+        self.n_pairs[None] = n
+
+    def begin_step(self) -> None:
+        """The friction pairs of the step: barrier candidates at ``x_n`` inside the contact zone."""
+        xn = self.part.xn.to_numpy().astype(np.float64)
+        self.set_pairs(xn, np.zeros((0, 5), np.int64), extra=0.0)
+        self._gaps_at_xn()
+        n = int(self.n_pairs[None])
+        z = self.pz.to_numpy()[:n]
+        pid = self.pid.to_numpy()[:n].astype(np.int64)
+        typ = self.ptype.to_numpy()[:n].astype(np.int64)
+        act = z < 1.0
+        self._fric = np.column_stack([pid[act], typ[act]]) if act.any() else np.zeros((0, 5), np.int64)
+
+    def update(self) -> None:
+        """Barrier candidates at the iterate ``xk`` (reachable within one iteration) + the friction pairs."""
+        xk = self.part.xk.to_numpy().astype(np.float64)
+        self.set_pairs(xk, self._fric, extra=2.0 * self.delta)
+
+    # ------------------------------------------------------------------ kernels
+    @ti.kernel
+    def gather(self):
+        """Pair-local copies of the iterate and of x_n."""
+        for p in range(self.n_pairs[None]):
+            ids = self.pid[p]
+            for a in ti.static(range(4)):
+                self.xp[p, a] = self.part.xk[ids[a]]
+                self.xnp[p, a] = self.part.xn[ids[a]]
+
+    @ti.kernel
+    def scatter(self):
+        """r += every pair's forces, on the free vertices."""
+        for p in range(self.n_pairs[None]):
+            ids = self.pid[p]
+            for a in ti.static(range(4)):
+                if self.part.kind[ids[a]] == -2:
+                    self.part.r[ids[a]] += self.fp[p, a]
+
+    @ti.func
+    def _closest(self, typ, x0, x1, x2, x3):
+        """(weights w (4), diff = sum w_a x_a) of a pair."""
+        w = ti.Vector.zero(self.real, 4)
+        if typ == VT:
+            b = point_triangle_weights(x0, x1, x2, x3)
+            w = ti.Vector([1.0, -b[0], -b[1], -b[2]])
+        else:
+            s, t = segment_weights(x0, x1, x2, x3)
+            w = ti.Vector([1.0 - s, s, t - 1.0, -t])
+        return w, w[0] * x0 + w[1] * x1 + w[2] * x2 + w[3] * x3
+
+    @ti.func
+    def _consts(self, p):
+        """(t_off, s_hat, k = kc s_hat^2, mu) of pair p."""
+        b = self.pbody[p]
+        toff = 0.5 * (self.part.bp[b[0], self.C_T] + self.part.bp[b[1], self.C_T])
+        sh = 0.5 * (self.margin[b[0]] + self.margin[b[1]])
+        k = 0.5 * (self.part.bp[b[0], self.C_SKC] + self.part.bp[b[1], self.C_SKC]) * sh * sh
+        mu = 0.5 * (self.part.bp[b[0], self.C_SMU] + self.part.bp[b[1], self.C_SMU])
+        return toff, sh, k, mu
+
+    @ti.func
+    def _mollifier(self, p, x0, x1, x2, x3):
+        """(m, dm/dx0..3) of pair p (1, 0 for vertex-triangle pairs and non-parallel edges)."""
+        m = 1.0 + 0.0 * x0[0]
+        g0 = ti.Vector.zero(self.real, 3)
+        g1 = ti.Vector.zero(self.real, 3)
+        g2 = ti.Vector.zero(self.real, 3)
+        g3 = ti.Vector.zero(self.real, 3)
+        if self.ptype[p] == EE:
+            ea, eb = x1 - x0, x3 - x2
+            u = ea.cross(eb)
+            c = u.dot(u)
+            c0 = self.pc0[p]
+            if c < c0:
+                q = c / c0
+                m = (2.0 - q) * q
+                dm = (2.0 - 2.0 * q) / c0
+                ga = 2.0 * dm * eb.cross(u)
+                gb = 2.0 * dm * u.cross(ea)
+                g0, g1, g2, g3 = -ga, ga, -gb, gb
+        return m, g0, g1, g2, g3
+
+    @ti.func
+    def _barrier(self, z):
+        """(B(z), B'(z)) for 0 < z < 1."""
+        lz = ti.log(z)
+        return -(z - 1.0) * (z - 1.0) * lz, -2.0 * (z - 1.0) * lz - (z - 1.0) * (z - 1.0) / z
+
+    @ti.kernel
+    def forces(self):
+        """fp[p, a] = dE_p / dx_a of every pair at the pair-local copies (module docstring)."""
+        for p in range(self.n_pairs[None]):
+            eps_u = V_SMOOTH * self.part.dt[None]
+            x0, x1, x2, x3 = self.xp[p, 0], self.xp[p, 1], self.xp[p, 2], self.xp[p, 3]
+            toff, sh, k, mu = self._consts(p)
+            f0 = ti.Vector.zero(self.real, 3)
+            f1 = ti.Vector.zero(self.real, 3)
+            f2 = ti.Vector.zero(self.real, 3)
+            f3 = ti.Vector.zero(self.real, 3)
+            if self.prole[p] == BARRIER:
+                w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
+                d = diff.norm()
+                z = (d - toff) / sh
+                if z < 1.0:
+                    z = ti.max(z, 1e-9)  # the step bound keeps z > 0; guard the log
+                    bz, dbz = self._barrier(z)
+                    m, g0, g1, g2, g3 = self._mollifier(p, x0, x1, x2, x3)
+                    c = self.pw[p] * k * m * dbz / (sh * d)  # dE/dd / d
+                    e = self.pw[p] * k * bz
+                    f0 = c * w[0] * diff + e * g0
+                    f1 = c * w[1] * diff + e * g1
+                    f2 = c * w[2] * diff + e * g2
+                    f3 = c * w[3] * diff + e * g3
+            else:
+                y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
+                w, diff = self._closest(self.ptype[p], y0, y1, y2, y3)
+                d = diff.norm()
+                z = (d - toff) / sh
+                if z < 1.0:
+                    z = ti.max(z, 1e-9)
+                    _bz, dbz = self._barrier(z)
+                    m, _g0, _g1, _g2, _g3 = self._mollifier(p, y0, y1, y2, y3)
+                    lam = -self.pw[p] * k * m * dbz / sh  # normal force at x_n (N)
+                    n = diff / d
+                    u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
+                    u -= u.dot(n) * n
+                    c = mu * lam / ti.sqrt(u.dot(u) + eps_u * eps_u)
+                    f0 = c * w[0] * u
+                    f1 = c * w[1] * u
+                    f2 = c * w[2] * u
+                    f3 = c * w[3] * u
+            self.fp[p, 0] = f0
+            self.fp[p, 1] = f1
+            self.fp[p, 2] = f2
+            self.fp[p, 3] = f3
+
+    @ti.kernel
+    def energy_kernel(self):
+        """red[0] = the pairs' energy at the pair-local copies, red[1] = the least barrier gap z;
+        pz[p] = every pair's gap at the iterate."""
+        self.red[0] = 0.0
+        self.red[1] = 1e30
+        eps_u = V_SMOOTH * self.part.dt[None]
+        for p in range(self.n_pairs[None]):
+            x0, x1, x2, x3 = self.xp[p, 0], self.xp[p, 1], self.xp[p, 2], self.xp[p, 3]
+            toff, sh, k, mu = self._consts(p)
+            en = 0.0 * k
+            if self.prole[p] == BARRIER:
+                _w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
+                z = (diff.norm() - toff) / sh
+                self.pz[p] = z
+                ti.atomic_min(self.red[1], z)
+                if z > 0.0 and z < 1.0:
+                    bz, _dbz = self._barrier(z)
+                    m, _g0, _g1, _g2, _g3 = self._mollifier(p, x0, x1, x2, x3)
+                    en = self.pw[p] * k * m * bz
+            else:
+                y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
+                w, diff = self._closest(self.ptype[p], y0, y1, y2, y3)
+                d = diff.norm()
+                z = (d - toff) / sh
+                self.pz[p] = z
+                if z > 0.0 and z < 1.0:
+                    _bz, dbz = self._barrier(z)
+                    m, _g0, _g1, _g2, _g3 = self._mollifier(p, y0, y1, y2, y3)
+                    lam = -self.pw[p] * k * m * dbz / sh
+                    n = diff / d
+                    u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
+                    u -= u.dot(n) * n
+                    en = mu * lam * (ti.sqrt(u.dot(u) + eps_u * eps_u) - eps_u)
+            self.red[0] += en
+
+    @ti.kernel
+    def _step_bound(self):
+        """red[2] = the largest step fraction that keeps every barrier pair's gap above
+        MIN_GAP_KEEP of its value (the Newton direction in the part's ``cx``)."""
+        self.red[2] = 1e30
+        for p in range(self.n_pairs[None]):
+            if self.prole[p] == BARRIER:
+                ids = self.pid[p]
+                toff, sh, _k, _mu = self._consts(p)
+                gap = self.pz[p] * sh
+                m0 = ti.max(self.part.cx[ids[0]].norm(), self.part.cx[ids[1]].norm())
+                m1 = ti.max(self.part.cx[ids[2]].norm(), self.part.cx[ids[3]].norm())
+                if self.ptype[p] == VT:
+                    m0 = self.part.cx[ids[0]].norm()
+                    m1 = ti.max(m1, self.part.cx[ids[1]].norm())
+                if m0 + m1 > 0:
+                    ti.atomic_min(self.red[2], (1.0 - MIN_GAP_KEEP) * gap / (m0 + m1))
+
+    @ti.kernel
+    def _gaps_kernel(self, at_xn: ti.i32):
+        for p in range(self.n_pairs[None]):
+            ids = self.pid[p]
+            x0 = self.part.xk[ids[0]]
+            x1 = self.part.xk[ids[1]]
+            x2 = self.part.xk[ids[2]]
+            x3 = self.part.xk[ids[3]]
+            if at_xn:
+                x0, x1, x2, x3 = self.part.xn[ids[0]], self.part.xn[ids[1]], self.part.xn[ids[2]], self.part.xn[ids[3]]
+            toff, sh, _k, _mu = self._consts(p)
+            _w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
+            self.pz[p] = (diff.norm() - toff) / sh
+
+    def _gaps(self) -> None:
+        """pz = the gaps at the iterate (the part's work copies must hold the thicknesses: at load,
+        the pairs are checked from the rest positions written into ``xk``)."""
+        self.part._load_rest_for_contact()
+        self._gaps_kernel(0)
+
+    def _gaps_at_xn(self) -> None:
+        self._gaps_kernel(1)
+
+    @ti.kernel
+    def zero_grads(self):
+        for p in range(self.n_pairs[None]):
+            for a in ti.static(range(4)):
+                self.xp.grad[p, a] = ti.zero(self.xp.grad[p, a])
+                self.xnp.grad[p, a] = ti.zero(self.xnp.grad[p, a])
+                self.fp.grad[p, a] = ti.zero(self.fp.grad[p, a])
+
+    @ti.kernel
+    def _seed(self, a: ti.i32, d: ti.i32):
+        """fp.grad = e_(a, d) for every pair; xp.grad = 0 (one column of every pair's Hessian)."""
+        for p in range(self.n_pairs[None]):
+            for b in ti.static(range(4)):
+                self.xp.grad[p, b] = ti.zero(self.xp.grad[p, b])
+                g = ti.Vector.zero(self.real, 3)
+                if b == a:
+                    g[d] = 1.0
+                self.fp.grad[p, b] = g
+
+    # ------------------------------------------------------------------ part-facing API
+    def residual(self) -> None:
+        """r += the pairs' forces at the iterate (after the part's residual kernels)."""
+        if self.n_pairs[None] == 0:
+            return
+        self.gather()
+        self.forces()
+        self.scatter()
+
+    def residual_vjp(self) -> None:
+        """The reverse of :meth:`residual`: the iterate's, x_n's and the parameters' gradients +=
+        (d r_contact / d input)^T r.grad."""
+        if self.n_pairs[None] == 0:
+            return
+        self.gather()  # the reverse of ``forces`` reads the pair-local copies of this iterate
+        self.zero_grads()
+        self.scatter.grad()
+        self.forces.grad()
+        self.gather.grad()
+
+    def energy(self) -> float:
+        """The pairs' energy at the iterate (J); inf where a barrier pair is at or past contact."""
+        if self.n_pairs[None] == 0:
+            return 0.0
+        self.gather()
+        self.energy_kernel()
+        e, zmin = float(self.red[0]), float(self.red[1])
+        return math.inf if zmin <= 0.0 else e
+
+    def min_gap(self) -> float:
+        """The least barrier gap z (in units of the margin) at the iterate (after :meth:`energy`)."""
+        return float(self.red[1]) if self.n_pairs[None] else math.inf
+
+    def step_bound(self) -> float:
+        """The largest step fraction along ``cx`` the gaps allow (module docstring); needs ``pz``
+        at the iterate (:meth:`energy`)."""
+        if self.n_pairs[None] == 0:
+            return math.inf
+        self._step_bound()
+        return float(self.red[2])
+
+    def hessian_blocks(self, free_dof: np.ndarray, size: int, project: bool):
+        """The pairs' Hessian on the free degrees of freedom (scipy CSR), from their 12 x 12 blocks;
+        ``project``: each block clamped to positive semi-definite (projected Newton)."""
+        import scipy.sparse as sp
+
+        n = int(self.n_pairs[None])
+        if n == 0:
+            return None
+        self.gather()
+        Q = np.empty((4, 3, n, 4, 3))
+        for a in range(4):
+            for d in range(3):
+                self._seed(a, d)
+                self.forces.grad()
+                Q[a, d] = self.xp.grad.to_numpy()[:n]
+        Hb = Q.transpose(2, 3, 4, 0, 1).reshape(n, 12, 12).astype(np.float64)  # [p, (a, i), (b, j)]
+        Hb = 0.5 * (Hb + Hb.transpose(0, 2, 1))
+        if project:
+            lam, V = np.linalg.eigh(Hb)
+            Hb = (V * np.maximum(lam, 0.0)[:, None, :]) @ V.transpose(0, 2, 1)
+        ids = self.pid.to_numpy()[:n].astype(np.int64)
+        dof = free_dof[ids]  # (n, 4): -1 where kinematic
+        rows = (3 * dof[:, :, None] + np.arange(3)).reshape(n, 12)
+        ok = (dof >= 0).repeat(3, axis=1)
+        rr = np.broadcast_to(rows[:, :, None], (n, 12, 12))
+        cc = np.broadcast_to(rows[:, None, :], (n, 12, 12))
+        keep = ok[:, :, None] & ok[:, None, :]
+        return sp.csr_matrix((Hb[keep], (rr[keep], cc[keep])), shape=(size, size))

@@ -1,0 +1,251 @@
+"""Shell <-> shell contact (:mod:`physim.parts.shell_contact`): sheets dropped on sheets and a
+strip folded onto itself do not pass through each other and gain no energy; reverse mode through
+implicit steps with active contact and friction against central finite differences (f64); bad
+inputs are clear errors."""
+
+import math
+
+import numpy as np
+import pytest
+from gradcheck import assert_close, central_difference
+
+import physim as ps
+from physim.shells import ShellBody, ShellMaterial, ShellMesh
+
+#: a soft sheet (E t = 5e3 N/m, D = 2e-5 N m), as in test_shell_grad
+SOFT = dict(E=1e7, nu=0.3, thickness=5e-4, density=500.0, bending=2e-5)
+
+
+def point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """(k,) distances of points p (k, 3) to triangles tri (k, 3, 3), by brute force: the least of
+    the distance to the plane (when the projection is inside) and to the three edges."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    n = np.cross(b - a, c - a)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    h = ((p - a) * n).sum(1)
+    q = p - h[:, None] * n
+    inside = np.ones(len(p), bool)
+    for u, v in ((a, b), (b, c), (c, a)):
+        inside &= (np.cross(v - u, q - u) * n).sum(1) >= 0
+    best = np.where(inside, np.abs(h), np.inf)
+    for u, v in ((a, b), (b, c), (c, a)):
+        e = v - u
+        s = np.clip(((p - u) * e).sum(1) / (e * e).sum(1), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(p - (u + s[:, None] * e), axis=1))
+    return best
+
+
+def min_distance(xa: np.ndarray, xb: np.ndarray, tri_b: np.ndarray) -> float:
+    """Least distance of the vertices xa to the triangles tri_b of xb (every pair)."""
+    P = np.repeat(xa, len(tri_b), axis=0)
+    T = np.tile(xb[tri_b], (len(xa), 1, 1))
+    return float(point_triangle_distance(P, T).min())
+
+
+def total_energy(scene, slot):
+    e = scene.partset.shell.energy(slot)
+    return sum(e.values())
+
+
+def _stack_scene(top_y, velocity, steps, mat_top, res_top=(6, 6), friction=0.3, sphere=True, substeps=5):
+    """A 7 x 7 sheet draped on a sphere (or pinned at its edge) and a smaller sheet above it."""
+    bot = ShellMesh.rectangle(center=(0.5, 0.3, 0.5), size=(0.06, 0.06), res=(7, 7), normal="y")
+    top = ShellMesh.rectangle(center=(0.5, top_y, 0.5), size=(0.04, 0.04), res=res_top, normal="y", pattern="right")
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3, substeps_per_step=substeps, checkpoint_every=8)
+    mat = ShellMaterial(**SOFT, damping=0.0)
+    if sphere:
+        # the sphere's top is where the bottom sheet's centre rests (offset t/2 + MARGIN, less 1 um)
+        from physim.parts.shell import MARGIN
+        r = 0.03
+        scene.add_tool(ps.SphereTool(position=(0.5, 0.3 - (0.5 * mat.thickness + MARGIN) + 1e-6 - r, 0.5), radius=r,
+                                     friction=0.3))
+        bottom = ShellBody(bot, mat, self_contact=True, self_friction=friction)
+    else:
+        X = bot.vertices
+        edge = np.flatnonzero((np.abs(X[:, 0] - 0.5) > 0.029) | (np.abs(X[:, 2] - 0.5) > 0.029))
+        bottom = ShellBody(bot, mat, pinned=edge, self_contact=True, self_friction=friction)
+    scene.add_shell(bottom)
+    scene.add_shell(ShellBody(top, mat_top, self_contact=True, self_friction=friction, velocity=velocity))
+    scene.build(max_steps=steps)
+    return scene, bot, top
+
+
+def test_sheet_dropped_on_a_sheet_on_a_sphere_does_not_penetrate_or_gain_energy():
+    """An undamped sheet falls at 0.5 m/s onto a sheet lying on a sphere (both held by contact only):
+    every vertex of each stays more than the two half thicknesses from every triangle of the other
+    (the barrier is infinite there and the step bound keeps every gap above 10 % of its start), the
+    top sheet does land (inside the margin), and the total energy (kinetic, gravity, elastic,
+    contact) never grows: implicit Euler and friction only dissipate; 1e-9 J allows for the Newton
+    residual (|r| <= 1e-10 |M g| moves E by far less)."""
+    steps = 10
+    scene, bot, top = _stack_scene(0.304, (0.0, -0.5, 0.0), steps, ShellMaterial(**SOFT, damping=0.0))
+    scene.reset()
+    nb = bot.n_vertices
+    t_off = SOFT["thickness"]
+    energies = [total_energy(scene, 0)]
+    dmin = math.inf
+    for _ in range(steps):
+        scene.forward(np.zeros((1, scene.action_dim)), requires_grad=False)
+        x = scene.get_state()["shell.x"]
+        xb, xt = x[:nb], x[nb:]
+        dmin = min(dmin, min_distance(xt, xb, bot.triangles), min_distance(xb, xt, top.triangles))
+        energies.append(total_energy(scene, 0))
+    assert dmin > t_off, f"the sheets came {dmin:.3g} m apart (< the two half thicknesses {t_off:g})"
+    assert dmin < t_off + 5e-4, "the top sheet never reached the bottom one"
+    gain = np.diff(energies)
+    assert gain.max() <= 1e-9, f"energy grew by {gain.max():.3g} J in a step (energies {energies})"
+    assert all(ok for ok, _res, _t in scene.partset.shell._status.values())
+
+
+def _fold_mesh(n=25, length=0.1, width=0.012, radius=2e-3, y0=0.3):
+    """A strip folded into a U: a flat bottom layer, a half circle of ``radius``, a flat top layer
+    2 radius above the bottom; the rest shape (so its hinges want to stay folded)."""
+    flat = ShellMesh.strip(start=(0.0, 0.0, 0.0), length=length, width=width, n=n, n_width=3, normal="y")
+    u = flat.vertices[:, 0]
+    a = 0.5 * (length - math.pi * radius)
+    x = np.where(u < a, u, np.where(u > a + math.pi * radius, a - (u - a - math.pi * radius),
+                                    a + radius * np.sin((u - a) / radius)))
+    y = np.where(u < a, 0.0, np.where(u > a + math.pi * radius, 2 * radius,
+                                      radius * (1 - np.cos((u - a) / radius))))
+    X = np.column_stack([0.45 + x, y0 + y, 0.5 + flat.vertices[:, 2]])
+    return ShellMesh(X, flat.triangles), u, a
+
+
+def test_folded_strip_pushed_onto_itself_does_not_pass_through():
+    """A U-folded strip (layers 4 mm apart) whose free top layer is thrown at 1 m/s onto its pinned
+    bottom layer: 2 mm per substep, half the gap, 4 edge lengths of motion in all. The top
+    layer's vertices stay above the bottom layer's triangles by more than the thickness (the
+    same body: self-contact), and it does reach the bottom layer."""
+    mesh, u, a = _fold_mesh()
+    mat = ShellMaterial(**SOFT, damping=0.0)
+    bottom = np.flatnonzero(u < a - 1e-9)
+    body = ShellBody(mesh, mat, pinned=bottom, self_contact=True, velocity=(0.0, -1.0, 0.0))
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3, substeps_per_step=2, checkpoint_every=8, gravity=(0, 0, 0))
+    scene.add_shell(body)
+    scene.build(max_steps=6)
+    scene.reset()
+    tri = mesh.triangles
+    tri_bottom = tri[np.isin(tri, bottom).all(axis=1)]
+    top = np.flatnonzero(u > a + math.pi * 2e-3 + 1e-9)
+    dmin = math.inf
+    for _ in range(6):
+        scene.forward(np.zeros((1, scene.action_dim)), requires_grad=False)
+        x = scene.get_state()["shell.x"]
+        dmin = min(dmin, min_distance(x[top], x, tri_bottom))
+        assert (x[top, 1] > 0.3).all(), "a top-layer vertex went below the bottom layer"
+    assert SOFT["thickness"] < dmin < SOFT["thickness"] + 5e-4, f"least distance {dmin:.3g} m"
+
+
+# ---------------------------------------------------------------------------- gradients
+GSTEPS, GSUB = 3, 2
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A 3 x 3 sheet already inside the contact margin of a 4 x 4 sheet pinned at its edge, sliding across it:
+    barrier and friction are active in every substep."""
+    bot = ShellMesh.rectangle(center=(0.5, 0.3, 0.5), size=(0.03, 0.03), res=(4, 4), normal="y")
+    # offset off the bottom grid's lines: a vertex projecting exactly onto an edge of the other sheet sits
+    # on a boundary of the closest-point regions, where the distance's second derivative jumps
+    top = ShellMesh.rectangle(center=(0.5013, 0.3 + 5e-4 + 3e-4, 0.4991), size=(0.016, 0.016), res=(3, 3),
+                              normal="y", pattern="right")
+    mat = ShellMaterial(**SOFT, damping=0.5)
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3, substeps_per_step=GSUB, checkpoint_every=16)
+    X = bot.vertices
+    edge = np.flatnonzero((np.abs(X[:, 0] - 0.5) > 0.014) | (np.abs(X[:, 2] - 0.5) > 0.014))
+    scene.add_shell(ShellBody(bot, mat, pinned=edge, self_contact=True, self_friction=0.4))
+    scene.add_shell(ShellBody(top, mat, self_contact=True, self_friction=0.4, velocity=(2e-3, -0.05, 1e-3)))
+    scene.build(max_steps=GSTEPS)
+    scene.partset.shell.set_newton(rtol=1e-13)
+    return scene
+
+
+def _weights(scene, seed):
+    rng = np.random.default_rng(seed)
+    s = scene.get_state()
+    return {k: rng.normal(size=s[k].shape) for k in ("shell.x", "shell.v")}
+
+
+def _loss(scene, w, initial=None):
+    scene.reset(initial)
+    scene.forward(np.zeros((GSTEPS, scene.action_dim)), requires_grad=False)
+    s = scene.get_state()
+    return float(sum((w[k] * s[k]).sum() for k in w))
+
+
+def test_contact_is_active_in_the_gradient_scene(pair):
+    """The checks below go through the barrier and friction: the top sheet is inside the margin."""
+    scene = pair
+    scene.reset()
+    scene.forward(np.zeros((GSTEPS, scene.action_dim)), requires_grad=False)
+    assert scene.partset.shell.energy(0)["self_contact"] > 0
+
+
+def test_initial_state_gradient_through_contact(pair):
+    scene = pair
+    w = _weights(scene, 0)
+    scene.reset()
+    scene.forward(np.zeros((GSTEPS, scene.action_dim)))
+    g = scene.backward(dict(w))
+    base = scene.initial_state()
+    fd, ad = [], []
+    # h = 1e-8 m: the friction's stick regime is eps_u = V_SMOOTH dt = 2 um wide, so the loss bends on that
+    # scale (h = 1e-7 m: O((h / eps_u)^2) = 2e-3 truncation); round-off ~1e-16 |L| / h is 1e-5 of the entries
+    for name, rows, h in (("shell.x", (16, 20, 24), 1e-8), ("shell.v", (17, 22), 1e-5)):
+        for i in rows:
+            for d in (0, 1, 2):
+                def f(e, i=i, d=d, name=name):
+                    arr = base[name].copy()
+                    arr[i, d] += e
+                    return _loss(scene, w, {name: arr})
+                fd.append(central_difference(f, h))
+                ad.append(g.initial[name][i, d])
+    assert_close(fd, ad, "d loss / d initial shell.x, shell.v through shell contact")
+
+
+@pytest.mark.parametrize("name", ["shell.self_friction", "shell.self_contact_stiffness"])
+def test_contact_parameter_gradients(pair, name):
+    scene = pair
+    w = _weights(scene, 1)
+    scene.reset()
+    scene.forward(np.zeros((GSTEPS, scene.action_dim)))
+    g = scene.backward(dict(w))
+    fd, ad = [], []
+    for row in (0, 1):
+        value = scene.get_param(name, row)
+
+        def f(e, row=row, value=value):
+            scene.set_param(name, value + e, row=row)
+            return _loss(scene, w)
+        try:
+            fd.append(central_difference(f, 1e-4 * value))
+        finally:
+            scene.set_param(name, value, row=row)
+        ad.append(g.params[name][row])
+    assert_close(fd, ad, f"d loss / d {name}")
+
+
+# ---------------------------------------------------------------------------- errors
+def test_bad_contact_inputs_are_clear_errors():
+    mesh = ShellMesh.rectangle(center=(0.5, 0.3, 0.5), size=(0.04, 0.04), res=(4, 4), normal="y")
+    mat = ShellMaterial(**SOFT)
+    for kw, word in ((dict(self_contact_margin=-1e-3), "self_contact_margin"),
+                     (dict(self_contact_margin=0.0), "self_contact_margin"),
+                     (dict(self_contact_stiffness=-1.0), "self_contact_stiffness"),
+                     (dict(self_friction=-0.1), "self_friction"),
+                     (dict(self_friction=math.nan), "self_friction"),
+                     (dict(self_contact="yes"), "self_contact")):
+        with pytest.raises(ValueError, match=word):
+            ShellBody(mesh, mat, **kw)
+    # a margin as large as the mesh spacing: the barrier would act between neighbours at rest
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3)
+    scene.add_shell(ShellBody(mesh, mat, self_contact=True, self_contact_margin=0.02))
+    with pytest.raises(ValueError, match="rest shape .* self_contact_margin"):
+        scene.build(max_steps=2)
+    # two sheets starting through each other
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3)
+    scene.add_shell(ShellBody(mesh, mat, self_contact=True))
+    other = ShellMesh.rectangle(center=(0.5, 0.3 + 1e-4, 0.5), size=(0.02, 0.02), res=(3, 3), normal="y")
+    scene.add_shell(ShellBody(other, mat, self_contact=True))
+    with pytest.raises(ValueError, match="start touching or overlapping"):
+        scene.build(max_steps=2)
