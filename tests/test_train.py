@@ -130,3 +130,26 @@ def test_bad_arguments_are_named(tmp_path, capsys):
         rl.train(ENV, steps=-5, out=str(tmp_path))
     with pytest.raises(ValueError, match="horizon must be an integer >= 1, got 0"):
         rl.train(ENV, horizon=0, out=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_rllib_ppo_creates_and_trains_a_physim_env():
+    """RLlib (``ray[rllib]``) creates a physim env through ``register_rllib`` and PPO trains on
+    it: examples/rllib_ppo.py, 2 iterations of 40 env steps at a horizon of 10."""
+    pytest.importorskip("ray.rllib.algorithms.ppo", reason='RLlib not installed (pip install "ray[rllib]")')
+    from subproc import ROOT
+
+    spec = importlib.util.spec_from_file_location("rllib_ppo", ROOT / "examples" / "rllib_ppo.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    rows = example.run(ENV, horizon=T, iters=2, batch=40)
+    assert [r["env_steps"] for r in rows] == [40, 80]
+    # 4 episodes of 10 steps per iteration finished: a finite mean return (loss decrease)
+    assert all(np.isfinite(r["episode_return_mean"]) for r in rows)
+    # every task is registered by default; a creator passes env_config to gym.make
+    from physim.envs import ENVS
+
+    assert rl.register_rllib() == list(ENVS)
+    env = rl._RLlibCreator(ENV)({"horizon": 4})
+    assert env.unwrapped.horizon == 4 and env.observation_space.dtype == np.float32
+    env.close()
