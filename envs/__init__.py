@@ -45,6 +45,14 @@ ENVS: dict[str, tuple[str, str]] = {
     "physim/ElasticGrasp-v0": ("physim.envs.elastic_grasp:ElasticGraspEnv",
                                "3D tactile: lift an elastic MPM object between two FEM gel fingertips without "
                                "slip (DiffTactile)"),
+    "physim/Folding-v0": ("physim.envs.folding:FoldingEnv",
+                          "3D thin shell: fold a paper strip with a gripper so the crease it keeps matches a target "
+                          "(ThinShellLab)"),
+    "physim/Sliding-v0": ("physim.envs.sliding:SlidingEnv",
+                          "3D thin shell: drag a rubber mat across a table to a target pose with a pad, by friction"),
+    "physim/CardBending-v0": ("physim.envs.card_bending:CardBendingEnv",
+                              "3D thin shell, inverse: identify a card's bending stiffness and damping from its "
+                              "observed fall"),
 }
 
 

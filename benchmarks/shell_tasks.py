@@ -1,0 +1,152 @@
+"""Random search, CMA-ES, Adam and the hybrid on the thin-shell tasks, at one budget of simulated steps.
+
+    python benchmarks/shell_tasks.py                       # all three tasks, seed 0
+    python benchmarks/shell_tasks.py --tasks Folding --out benchmarks/results/shell_tasks.json
+
+Every optimizer run is :func:`physim.cli.optimize`, the function behind ``physim optimize
+physim/<Task>-v0 --method X --iters N`` (without the video), so the numbers are the command's.
+The iterations per method are chosen so that each spends about the same number of simulated
+steps (``sim_steps`` in the record: a gradient evaluation counts its steps twice); random search
+is the best of as many uniform random action sequences as that budget pays for forward passes.
+CardBending has horizon 1, which the command's hybrid cannot keyframe (``--method hybrid``
+uses 4 keyframes); its hybrid row calls :func:`physim.optim.hybrid` with ``keyframes=None``.
+Writes a JSON record per task (losses, wall seconds, sim steps, the commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+#: per task: iterations per method (about the same simulated-step budget; see the module docstring)
+PLANS = {
+    # T = 20, A = 3: Adam 16 x 2T + T; CMA-ES popsize 16 (60 dims) x 2 + 1; hybrid 2 x 11 (12 dims) + 1, then 4 x 2T + T
+    "Folding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
+    # T = 20, A = 4: CMA-ES popsize 17 (80 dims); hybrid popsize 11 (16 dims)
+    "Sliding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
+    # T = 1, A = 2: Adam 10 x 2 + 1 evaluations; CMA-ES popsize 6 x 3 + 1; hybrid 2 x 6 + 1 then 3 x 2 + 1
+    "CardBending": {"adam": 10, "cma": 3, "hybrid": (2, 3), "random": 21},
+}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def random_search(env_id: str, n: int, seed: int) -> dict:
+    """Best loss of ``n`` uniform random action sequences (or guesses) in [-1, 1]."""
+    import gymnasium as gym
+
+    import physim.envs  # noqa: F401  (registers the tasks)
+
+    env = gym.make(env_id)
+    task = env.unwrapped
+    env.reset(seed=seed)
+    rng = np.random.default_rng(1000 + seed)
+    t0 = time.perf_counter()
+    steps0 = task.sim_steps
+    losses = []
+    for _ in range(n):
+        a = rng.uniform(-1.0, 1.0, size=(task.horizon, task.action_dim))
+        try:
+            losses.append(float(task.loss(a)))
+        except Exception as err:  # a failed simulation counts as a failed sample, as in CMA-ES
+            losses.append(float("inf"))
+            print(f"  random sample failed: {type(err).__name__}: {err}")
+    zero = float(task.loss(np.zeros((task.horizon, task.action_dim))))
+    finite = [v for v in losses if np.isfinite(v)]
+    rec = {"method": "random", "samples": n, "final_loss": float(min(losses)), "mean_loss": float(np.mean(finite)),
+           "zero_action_loss": zero, "wall_seconds": round(time.perf_counter() - t0, 1),
+           "sim_steps": int(task.sim_steps - steps0 - task.horizon)}
+    env.close()
+    return rec
+
+
+def card_hybrid(seed: int, cma_iters: int, adam_iters: int) -> dict:
+    """The hybrid on CardBending (horizon 1): CMA-ES over the whole guess, then Adam."""
+    import gymnasium as gym
+
+    import physim.envs  # noqa: F401  (registers the tasks)
+    from physim import optim
+
+    env = gym.make("physim/CardBending-v0")
+    task = env.unwrapped
+    env.reset(seed=seed)
+    t0 = time.perf_counter()
+    res = optim.hybrid(task, cma_iters=cma_iters, adam_iters=adam_iters, keyframes=None, seed=seed, progress=False)
+    env.close()
+    return {"method": "hybrid", "iters": [cma_iters, adam_iters], "initial_loss": float(res.initial_loss),
+            "final_loss": float(res.loss), "losses": [float(v) for v in res.losses],
+            "wall_seconds": round(time.perf_counter() - t0, 1), "sim_steps": int(res.sim_steps),
+            "command": f"physim.optim.hybrid(env.unwrapped, cma_iters={cma_iters}, adam_iters={adam_iters}, "
+                       f"keyframes=None, seed={seed})"}
+
+
+def run_task(task: str, seed: int, out_dir: Path, methods) -> dict:
+    from physim.cli import optimize
+
+    env_id = f"physim/{task}-v0"
+    plan = PLANS[task]
+    rows = {}
+    for method in methods:
+        print(f"{task}: {method} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            if method == "random":
+                rows[method] = random_search(env_id, plan["random"], seed)
+            elif method == "hybrid" and task == "CardBending":
+                rows[method] = card_hybrid(seed, *plan["hybrid"])
+            else:
+                rec = optimize(env_id, method=method, iters=plan[method], seed=seed, out=str(out_dir / task / method),
+                               video=False, progress=False)
+                rec["command"] = f"physim optimize {env_id} --method {method} --iters {plan[method]} --seed {seed}"
+                rows[method] = rec
+        except Exception as err:
+            rows[method] = {"method": method, "error": f"{type(err).__name__}: {err}",
+                            "traceback": traceback.format_exc(limit=4),
+                            "wall_seconds": round(time.perf_counter() - t0, 1)}
+        r = rows[method]
+        print(f"  {method}: loss {r.get('final_loss')} in {r.get('wall_seconds')} s, {r.get('sim_steps')} sim steps"
+              + (f"  ERROR {r['error']}" if "error" in r else ""), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=list(PLANS), choices=list(PLANS))
+    p.add_argument("--methods", nargs="+", default=["random", "cma", "adam", "hybrid"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "shell_tasks.json"))
+    p.add_argument("--work", default="out/shell_tasks", help="folder for the optimize outputs")
+    args = p.parse_args(argv)
+    import physim
+
+    physim.init(arch="cpu", precision="f64", fast_compile=True, verbose=False)
+    out = Path(args.out)
+    record = json.loads(out.read_text()) if out.exists() else {}
+    record.setdefault("tasks", {})
+    for task in args.tasks:
+        rows = run_task(task, args.seed, Path(args.work), args.methods)
+        record["tasks"].setdefault(task, {}).update(rows)
+        record["tasks"][task]["plan"] = PLANS[task]
+        record.update({"commit": _git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
+                       f"shared 2-core CPU", "backend": "cpu/f64", "seed": args.seed,
+                       "command": "python benchmarks/shell_tasks.py " + " ".join(argv or [])})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
