@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 import physim as ps
 from physim import losses
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
-__all__ = ["ShapingEnv", "sink_into_floor", "capsule_tip"]
+__all__ = ["ShapingEnv", "sink_into_floor", "capsule_tip", "EXCESS_COLOR"]
+
+#: render color of particles outside the target shape (material the goal does not have)
+EXCESS_COLOR = (0.85, 0.10, 0.45)
 
 
 def sink_into_floor(scene, depth: float) -> None:
@@ -59,7 +63,20 @@ class ShapingEnv(PhysimEnv):
     ``_goal_actions``, ``_target_x``, ``_target_grid`` and ``_target_sdf``.
     """
 
+    args = {
+        "grid_res": Arg("MPM grid cells per axis (also the loss's grid)", "int", 16, 256),
+        "particle_spacing": Arg("particle lattice spacing (m); dx / 2 is 8 particles per cell", "spacing",
+                                1e-3, 0.05),
+        "substeps": Arg("MPM substeps per env step (the automatic dt is proportional to dx: doubling the "
+                        "grid and the substeps keeps the step's simulated time)", "int", 1, 10_000),
+        "sdf_weight": Arg("loss weight of the target-SDF-weighted mass", "float", 0.0, 1e6),
+        "contact_weight": Arg("loss weight of the tool-to-body contact distance", "float", 0.0, 1e6),
+    }
+    #: PlasticineLab's 64^3 grid (~10k particles at dx / 2), twice the substeps of the default
+    paper = {"grid_res": 64}
+
     grid_res = 32
+    particle_spacing = None
     substeps = 10
     boundary = "sticky"
     gravity = 9.8
@@ -90,7 +107,7 @@ class ShapingEnv(PhysimEnv):
     # ------------------------------------------------------------------ PhysimEnv hooks
     def _build_scene(self):
         scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary=self.boundary,
-                         gravity=(0.0, -self.gravity, 0.0))
+                         gravity=(0.0, -self.gravity, 0.0), particle_spacing=self.particle_spacing)
         self._add_body_and_tool(scene)
         scene.build(max_steps=self.horizon)
         if self.sink:
@@ -104,6 +121,7 @@ class ShapingEnv(PhysimEnv):
         x = self.scene.particle_positions()
         self.scene.reset()
         self._target_x = x
+        self._target_tree = cKDTree(x)
         tg = losses.grid_mass_numpy(x, self.scene.particle_mass().astype(np.float64), self.grid_res)
         self._target_grid = torch.as_tensor(tg)
         self._target_sdf = torch.as_tensor(losses.target_sdf(tg))
@@ -126,3 +144,39 @@ class ShapingEnv(PhysimEnv):
 
     def _goal_points(self):
         return self._target_x
+
+    def _goal_overlay(self, renderer):
+        """The target shape as a translucent surface: where the target's grid mass crosses 40 %
+        of its full cells' (the 90th percentile of its occupied cells)."""
+        from physim.render import density_surface
+
+        g = self._target_grid.numpy()
+        level = 0.2 * float(np.percentile(g[g > 0], 90))
+        surface = density_surface(g, level)
+        renderer.add_goal(surface, name="goal", opacity=0.25)
+        renderer.add_goal(surface.extract_feature_edges(feature_angle=35, boundary_edges=False, manifold_edges=False,
+                                                        non_manifold_edges=False),
+                          name="goal_edges", opacity=1.0, line_width=2.5, smooth_shading=False)
+
+
+    #: a particle farther than this many particle spacings from every target particle is drawn in
+    #: :data:`EXCESS_COLOR`: material the target does not have (a dent still to press, a groove
+    #: still to carve); finer than the grid, so a one-particle-deep dent shows
+    excess_distance = 0.75
+
+    def _excess_colors(self, x: np.ndarray) -> np.ndarray:
+        """(n, 3) particle colors: the material's, or :data:`EXCESS_COLOR` where the particle lies
+        outside the target shape (see :attr:`excess_distance`)."""
+        from physim.render import material_color
+
+        d, _ = self._target_tree.query(np.asarray(x, dtype=np.float64))
+        rgb = np.tile(np.asarray(material_color(self.scene.materials[0])), (len(d), 1))
+        rgb[d > self.excess_distance * self.scene.spacing] = EXCESS_COLOR
+        return rgb
+
+    def camera_kwargs(self):
+        """Look at the body from the front-upper side, close enough to see the target's detail;
+        particles outside the target are colored (``_excess_colors``)."""
+        c = np.array([0.5, self.scene.floor + 0.08, 0.5])
+        return {"camera": [tuple(c + np.array([0.32, 0.42, 0.62])), tuple(c), (0.0, 1.0, 0.0)],
+                "color_fn": self._excess_colors}

@@ -27,7 +27,9 @@ from gymnasium import spaces
 
 from physim.optim.problem import Evaluation, SceneProblem
 
-__all__ = ["PhysimEnv"]
+from ._args import SCALES, Arg, arguments_table, collect
+
+__all__ = ["PhysimEnv", "Arg"]
 
 
 class PhysimEnv(gym.Env):
@@ -43,8 +45,19 @@ class PhysimEnv(gym.Env):
     * ``_loss(state) -> torch scalar``: the task loss of a state (name -> float64 tensor:
       ``state["mpm.x"]``, ``state["springs.x"]``, ``state["tools.pos"]``, ...),
     * optionally ``_goal_features() -> 1-D array`` (fixed size) appended to observations,
-      ``_metrics(state) -> dict`` added to ``info``, ``_goal_points() -> (m, dim)`` drawn by
-      the renderer.
+      ``_metrics(state) -> dict`` added to ``info``, ``_goal_points() -> (m, dim)`` (the goal
+      as points) and ``_goal_overlay(renderer)``, which draws the goal in every ``render()``
+      frame and video (default: the goal points as dots; tasks draw their target shape,
+      region, pattern or line with ``renderer.add_goal``).
+
+    Size and settings are ``gym.make`` keyword arguments: each task declares them in ``args``
+    (name -> :class:`Arg`; the default is the class attribute of that name, so a subclass can
+    change a default by setting the attribute) and the values ``scale="paper"`` sets in
+    ``paper`` (the reference task's resolution); both dicts merge along the class hierarchy,
+    and every task's docstring ends with the "Arguments" table written from them. Explicit
+    keyword arguments override ``scale``; a bad value raises a ``ValueError`` naming it, an
+    unknown name a ``TypeError`` listing the accepted ones. Cross-argument checks go in
+    ``_check_args()``.
 
     The observation is the rows ``obs_index`` (at most ``obs_particles``, drawn once with a
     fixed seed) of every state entry in ``obs_entries`` (default the MPM particles' x and v;
@@ -61,14 +74,29 @@ class PhysimEnv(gym.Env):
     #: keyword arguments of :func:`physim.optim.train_policy` that suit this task, used by
     #: ``physim optimize ... --method policy`` unless the command line says otherwise
     policy_defaults: dict = {}
+    #: the task's keyword arguments besides render_mode, horizon, seed and scale (merged along the
+    #: class hierarchy; see the class docstring)
+    args: dict[str, Arg] = {}
+    #: argument values at ``scale="paper"`` (merged along the class hierarchy; may hold ``horizon``)
+    paper: dict[str, Any] = {}
 
-    def __init__(self, render_mode: str | None = None, horizon: int | None = None, seed: int | None = None):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        doc = cls.__dict__.get("__doc__")
+        if doc and not cls.__name__.startswith("_") and all(hasattr(cls, name) for name in collect(cls, "args")):
+            table = "\n".join("    " + line for line in arguments_table(cls).splitlines())
+            cls.__doc__ = (doc.rstrip() + "\n\n    Arguments (``gym.make`` keywords; ``scale=\"paper\"`` sets the"
+                           " third column):\n\n" + table + "\n")
+
+    def __init__(self, render_mode: str | None = None, horizon: int | None = None, seed: int | None = None,
+                 scale: str = "default", **kwargs):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self.horizon = int(horizon if horizon is not None else self.default_horizon)
-        if self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon!r}")
+        if horizon is not None:
+            kwargs["horizon"] = horizon
+        self._configure(scale, kwargs)
+        self._check_args()
         self.scene = self._build_scene()
         M = np.asarray(self._action_map(), dtype=np.float64)
         self.action_dim = int(M.shape[0])
@@ -89,6 +117,50 @@ class PhysimEnv(gym.Env):
         self._start_state = self.scene.get_state()
         obs_dim = self._observation(self._start_state).shape[0]
         self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float32)
+
+    # ------------------------------------------------------------------ arguments
+    @classmethod
+    def config(cls, scale: str = "default", **kwargs) -> dict[str, Any]:
+        """The validated argument values an env made with ``scale`` and ``kwargs`` would have
+        (every entry of ``args``, plus ``horizon`` when the scale or ``kwargs`` sets it), without
+        building anything. Raises like the constructor on a bad value."""
+        owner = cls.__name__
+        if scale not in SCALES:
+            raise ValueError(f"{owner}: scale must be one of {SCALES}, got {scale!r}")
+        args = collect(cls, "args")
+        horizon = kwargs.pop("horizon", None)
+        unknown = sorted(set(kwargs) - set(args))
+        if unknown:
+            raise TypeError(f"{owner} got unknown argument(s) {unknown}; it takes render_mode, horizon, seed, "
+                            f"scale, {', '.join(args)}")
+        settings = dict(collect(cls, "paper")) if scale == "paper" else {}
+        horizon = settings.pop("horizon", None) if horizon is None else horizon
+        settings.update(kwargs)
+        out = {name: getattr(cls, name) for name in args}
+        out.update({name: args[name].check(owner, name, value) for name, value in settings.items()})
+        if horizon is not None:
+            if isinstance(horizon, (bool, np.bool_)) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+                raise ValueError(f"{owner}: horizon must be an integer >= 1, got {horizon!r}")
+            out["horizon"] = int(horizon)
+        return out
+
+    def _configure(self, scale: str, kwargs: dict) -> None:
+        """Set the task's arguments: ``scale``'s values, then the explicit ones, each validated."""
+        settings = self.config(scale, **kwargs)
+        self.horizon = settings.pop("horizon", int(self.default_horizon))
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self.scale = scale
+
+    def _check_args(self) -> None:
+        """Checks between arguments (after they are set, before the scene is built); raise a
+        ``ValueError`` naming the argument."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The task's argument values (``horizon``, ``scale`` and every entry of ``args``)."""
+        return {"horizon": self.horizon, "scale": self.scale,
+                **{name: getattr(self, name) for name in collect(type(self), "args")}}
 
     # ------------------------------------------------------------------ task hooks
     def _build_scene(self):
@@ -204,9 +276,19 @@ class PhysimEnv(gym.Env):
         return {}
 
     def _draw_goal(self) -> None:
+        """(Re)draw the goal into the renderer: called when it is created and after every seeded
+        reset (the goal's actors keep their names, so they are replaced)."""
+        self._goal_overlay(self._renderer)
+
+    def _goal_overlay(self, renderer) -> None:
+        """Draw the task's goal with ``renderer.add_goal`` / ``add_points`` (default: the
+        ``_goal_points()`` as translucent dots); a task overrides it with its target shape,
+        region, pattern or line."""
         goal = self._goal_points()
         if goal is not None:
-            self._renderer.add_points(goal, color=(0.2, 0.7, 0.3), name="goal")
+            from physim.render import GOAL_COLOR
+
+            renderer.add_points(goal, color=GOAL_COLOR, name="goal", opacity=0.8)
 
     def close(self):
         if self._renderer is not None:

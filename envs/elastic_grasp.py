@@ -25,7 +25,7 @@ from physim.parts.fem import Subcycling
 from physim.scene import floor_height
 from physim.tactile import TactileSensor
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
 __all__ = ["ElasticGraspEnv"]
 
@@ -110,6 +110,20 @@ class ElasticGraspEnv(PhysimEnv):
     Gradients: the loss is of the last state, and ``loss_and_grad`` differentiates the whole
     horizon (physim's tape: checkpointed chunks recomputed in reverse, not truncated).
     """
+
+    args = {
+        "pad_cell": Arg("edge (m) of the gel pads' cubic cells (6 tets each); a 1 cm thick pad has "
+                        "thickness / pad_cell element layers", "float", 1e-3, 0.01),
+        "object_cells": Arg("particles per edge of the cube (spacing dx / 2: the cube's edge is "
+                            "object_cells / (2 grid_res) m)", "int", 2, 32),
+        "grid_res": Arg("MPM grid cells per axis", "int", 32, 256),
+        "substeps": Arg("substeps of dt = 8e-4 s per env step", "int", 1, 10_000),
+        "friction": Arg("Coulomb coefficient between the gels and the object", "float", 0.0, 5.0),
+        "lift_range": Arg("goal: the target lift (m) is drawn from this range", "range", 0.0, 0.03),
+        "z_jitter": Arg("goal: the cube's start z is jittered uniformly within +-z_jitter (m)", "float", 0.0, 0.005),
+    }
+    #: DiffTactile's sensor resolution: ~1.7k gel nodes (2.5 mm cells) in the two pads
+    paper = {"pad_cell": 0.0025}
 
     default_horizon = 16
     obs_entries = ("mpm.x",)
@@ -221,6 +235,28 @@ class ElasticGraspEnv(PhysimEnv):
     def _goal_points(self):
         x = self.scene.initial_state()["mpm.x"]
         return (x.mean(axis=0) + np.array([0.0, self.target_lift, 0.0]))[None]
+
+    #: render color of the target (gold: the elastic cube is green)
+    goal_color = (0.98, 0.72, 0.05)
+
+    def _goal_overlay(self, renderer):
+        """The target height: the cube's start shape lifted by the target lift (a translucent gold
+        box, its edges solid) and a gold line across the gripper at the target centre-of-mass
+        height."""
+        import pyvista as pv
+
+        x = self.scene.initial_state()["mpm.x"]
+        h = self.object_size / 2 + 0.25 * self.object_size / self.object_cells
+        c = x.mean(axis=0) + np.array([0.0, self.target_lift, 0.0])
+        box = pv.Box(bounds=(c[0] - h, c[0] + h, c[1] - h, c[1] + h, c[2] - h, c[2] + h))
+        renderer.add_goal(box, name="goal", color=self.goal_color, opacity=0.3, smooth_shading=False)
+        renderer.add_goal(box.extract_feature_edges(), name="goal_edges", color=self.goal_color, opacity=1.0,
+                          line_width=2.5, smooth_shading=False)
+        y = self.target_height
+        z = c[2] + h + 0.004
+        line = pv.Line((self._mounts[0][0] - 0.02, y, z), (self._mounts[1][0] + 0.02, y, z))
+        renderer.add_goal(line, name="goal_height", color=self.goal_color, opacity=1.0, line_width=3,
+                          smooth_shading=False)
 
     def camera_kwargs(self):
         c = np.array([0.5, self.target_height, 0.5])

@@ -8,7 +8,7 @@ import torch
 import physim as ps
 from physim import losses
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
 __all__ = ["GatheringEnv"]
 
@@ -63,9 +63,24 @@ class GatheringEnv(PhysimEnv):
     cores, f64): ~17 steps/s, one ``loss_and_grad`` at T = 60 ~12 s.
     """
 
+    args = {
+        "grid_res": Arg("MPM grid cells per axis", "int", 16, 256),
+        "spacing": Arg("particle lattice spacing (m) of the water and the blocks", "float", 1e-3, 0.05),
+        "substeps": Arg("MPM substeps per env step (the automatic dt is proportional to dx: doubling the grid "
+                        "and the substeps keeps the step's simulated time)", "int", 1, 10_000),
+        "region_half": Arg("goal: half the side (m) of the square target region (smaller is harder)", "float",
+                           0.03, 0.2),
+        "region_x_range": Arg("goal: the region's center x (m) is drawn from this range", "range", 0.5, 0.75),
+        "region_z_range": Arg("goal: the region's center z (m) is drawn from this range", "range", 0.3, 0.7),
+    }
+    #: FluidLab's 64^3 grid and particle count (~100k: 3 particles per cell and axis)
+    paper = {"grid_res": 64, "spacing": 1.0 / 192, "substeps": 40}
+
     default_horizon = 60
     grid_res = 32
     substeps = 20
+    region_x_range = (0.64, 0.68)
+    region_z_range = (0.4, 0.6)
     spacing = 0.02
     speed = 1.5  # m/s per unit action
     spin = 6.0  # rad/s per unit action
@@ -118,7 +133,7 @@ class GatheringEnv(PhysimEnv):
 
     # ------------------------------------------------------------------ goal
     def _sample_goal(self, rng):
-        self.region_xz = np.array([rng.uniform(0.64, 0.68), rng.uniform(0.4, 0.6)])
+        self.region_xz = np.array([rng.uniform(*self.region_x_range), rng.uniform(*self.region_z_range)])
         h = self.region_half
         self._lo = np.array([self.region_xz[0] - h, self._floor - 0.05, self.region_xz[1] - h])
         self._hi = np.array([self.region_xz[0] + h, 1.0, self.region_xz[1] + h])
@@ -163,15 +178,25 @@ class GatheringEnv(PhysimEnv):
         inside = np.all((x >= self._lo) & (x <= self._hi), axis=1)
         return {"fraction_in_target": float(inside.mean())}
 
-    def render(self):
-        # wooden blocks, so they stand out from the (green) goal markers
-        if self.render_mode is not None and self._renderer is None:
-            from physim.render import Renderer
+    def camera_kwargs(self):
+        # wooden blocks, so they stand out from the water and the (green) goal region; the pool close up
+        c = np.array([0.5, self._floor + 0.04, 0.5])
+        return {"colors": {self.scene.materials.index(self.solid): (0.85, 0.55, 0.25)},
+                "camera": [tuple(c + np.array([0.3, 0.55, 0.72])), tuple(c), (0.0, 1.0, 0.0)]}
 
-            colors = {self.scene.materials.index(self.solid): (0.85, 0.55, 0.25)}
-            self._renderer = Renderer(self.scene, off_screen=self.render_mode != "human", colors=colors)
-            self._renderer.add_points(self._goal_points(), color=(0.1, 0.75, 0.2), name="goal", opacity=0.8)
-        return super().render()
+    def _goal_overlay(self, renderer):
+        """The target region: a translucent green column from the floor to 3 cm above the water,
+        its outline at the surface drawn solid."""
+        import pyvista as pv
+
+        h = self.region_half
+        (x, z), top = self.region_xz, self._surface + 0.03
+        renderer.add_goal(pv.Box(bounds=(x - h, x + h, self._floor, top, z - h, z + h)), name="goal", opacity=0.3,
+                          smooth_shading=False)
+        y = self._surface + 0.01
+        ring = np.array([[x - h, y, z - h], [x + h, y, z - h], [x + h, y, z + h], [x - h, y, z + h]])
+        renderer.add_goal(pv.lines_from_points(ring, close=True), name="goal_edges", opacity=1.0, line_width=3,
+                          smooth_shading=False)
 
     def _goal_points(self):
         h = self.region_half

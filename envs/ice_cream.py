@@ -7,6 +7,7 @@ import numpy as np
 import physim as ps
 
 from ._shaping import ShapingEnv, capsule_tip
+from .base import Arg
 
 __all__ = ["IceCreamEnv"]
 
@@ -67,7 +68,19 @@ class IceCreamEnv(ShapingEnv):
     sideways, its trailing edge can lift off a little as the mound tips.
     """
 
+    args = {
+        "yield_stress": Arg("the soft-serve's yield stress (Pa)", "float", 0.0, 1e4),
+        "drag_range": Arg("goal: how far (m) the scripted nozzle drags the top is drawn from this range",
+                          "range", 0.0, 0.15),
+        "press_range": Arg("goal: how deep (m) the scripted nozzle presses into the top is drawn from this "
+                           "range", "range", 0.0, 0.12),
+    }
+    #: FluidLab's 64^3 grid and particle count (~80k: 4 particles per cell and axis)
+    paper = {"substeps": 20, "particle_spacing": 1.0 / 256}
+
     default_horizon = 40
+    drag_range = (0.06, 0.1)
+    press_range = (0.05, 0.08)
     #: the mound is sunk this deep into the floor's wall band (``sink_into_floor``): it sticks
     #: to the plate
     sink = 0.02
@@ -115,8 +128,8 @@ class IceCreamEnv(ShapingEnv):
 
     def _make_goal(self, rng):
         angle = rng.uniform(0, 2 * np.pi)
-        dist = rng.uniform(0.06, 0.1)
-        depth = rng.uniform(0.05, 0.08)
+        dist = rng.uniform(*self.drag_range)
+        depth = rng.uniform(*self.press_range)
         spin = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0)
         self.goal_params = np.array([np.cos(angle), np.sin(angle), dist, depth, spin])
         return self._script(angle, dist, depth, spin)

@@ -8,7 +8,7 @@ import torch
 import physim as ps
 from physim import losses
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
 __all__ = ["LatteArtEnv"]
 
@@ -63,9 +63,23 @@ class LatteArtEnv(PhysimEnv):
     CPU cores, f64): ~20 steps/s, one ``loss_and_grad`` at T = 50 ~12 s.
     """
 
+    args = {
+        "grid_res": Arg("MPM grid cells per axis", "int", 16, 256),
+        "spacing": Arg("particle lattice spacing (m) of the coffee and the milk", "float", 1e-3, 0.05),
+        "substeps": Arg("MPM substeps per env step (the automatic dt is proportional to dx: doubling the grid "
+                        "and the substeps keeps the step's simulated time)", "int", 1, 10_000),
+        "patterns": Arg("goal: the pattern kinds drawn from (each equally likely)", "choices",
+                        options=("stripe", "blob")),
+        "stripe_length_range": Arg("goal: a stripe's length (m) is drawn from this range", "range", 0.0, 0.4),
+    }
+    #: FluidLab's 64^3 grid and particle count (~73k at spacing dx / 2)
+    paper = {"grid_res": 64, "spacing": 1.0 / 128, "substeps": 40}
+
     default_horizon = 50
     grid_res = 32
     substeps = 20
+    patterns = ("stripe", "blob")
+    stripe_length_range = (0.15, 0.25)
     spacing = 0.025
     image_res = 32
     speed = 1.2  # m/s per unit action
@@ -136,9 +150,10 @@ class LatteArtEnv(PhysimEnv):
         return _blur(img, self.blur)
 
     def _sample_goal(self, rng):
-        self.kind = "stripe" if rng.random() < 0.5 else "blob"
+        u = rng.random()  # drawn whatever the patterns, so a seed's other draws do not depend on them
+        self.kind = self.patterns[0] if len(self.patterns) == 1 else ("stripe" if u < 0.5 else "blob")
         self.point = np.array([rng.uniform(0.42, 0.62), rng.uniform(0.38, 0.62)])
-        self.length = rng.uniform(0.15, 0.25) if self.kind == "stripe" else 0.0
+        self.length = rng.uniform(*self.stripe_length_range) if self.kind == "stripe" else 0.0
         actions = self.script(self.point, self.kind, self.length)
         self.scene.reset()
         self.scene.forward(actions @ self._action_map(), requires_grad=False)
@@ -175,16 +190,22 @@ class LatteArtEnv(PhysimEnv):
             img = self._milk_image(x).numpy()
         return {"image_l1": float(l1), "iou": losses.iou(img, self._target.numpy())}
 
-    def render(self):
+    def camera_kwargs(self):
         # coffee brown and milk white instead of the renderer's one color per material class
-        if self.render_mode is not None and self._renderer is None:
-            from physim.render import Renderer
+        return {"colors": {self.scene.materials.index(self.coffee): (0.36, 0.22, 0.12),
+                           self.scene.materials.index(self.milk): (0.97, 0.95, 0.9)}}
 
-            colors = {self.scene.materials.index(self.coffee): (0.36, 0.22, 0.12),
-                      self.scene.materials.index(self.milk): (0.97, 0.95, 0.9)}
-            self._renderer = Renderer(self.scene, off_screen=self.render_mode != "human", colors=colors)
-            self._renderer.add_points(self._goal_points(), color=(0.2, 0.7, 0.3), name="goal")
-        return super().render()
+    def _goal_overlay(self, renderer):
+        """The target pattern: the target image's pixels above 10 % of its peak as translucent
+        green squares just above the coffee, its outline solid."""
+        from physim.render import image_patch
+
+        t = self._target.numpy()
+        patch = image_patch(t, self._surface_y + 0.012, 0.1 * t.max())
+        renderer.add_goal(patch, name="goal", opacity=0.5, smooth_shading=False)
+        renderer.add_goal(patch.extract_feature_edges(boundary_edges=True, feature_edges=False, manifold_edges=False,
+                                                      non_manifold_edges=False),
+                          name="goal_edges", opacity=1.0, line_width=3, smooth_shading=False)
 
     def _goal_points(self):
         t = self._target.numpy()

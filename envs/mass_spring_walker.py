@@ -17,6 +17,7 @@ import torch
 
 import physim as ps
 
+from .base import Arg
 from .walker import _WalkerEnv
 
 __all__ = ["MassSpringWalker2DEnv", "walker_body"]
@@ -112,6 +113,17 @@ class MassSpringWalker2DEnv(_WalkerEnv):
     #: a larger policy step than train_policy's default (3e-3 moved the loss 1.0 -> 0.92 in 15
     #: iterations); the best rollout is kept, so an overshooting late iteration costs nothing
     policy_defaults = {"lr": 1e-2}
+
+    args = {
+        "grid_res": Arg("grid cells per axis: here only where the walls are (3 cells from the domain's "
+                        "edges); no MPM particles", "int", 16, 512),
+        "substeps": Arg("spring substeps per env step", "int", 1, 10_000),
+        "dt": Arg("s per substep (stable below ~5.8e-4 s for the default springs)", "float", 1e-6, 1e-3),
+        "stiffness": Arg("N/m per spring", "float", 1.0, 1e4),
+        "actuation_strength": Arg("rest length factor per unit actuation signal", "float", 0.0, 0.5),
+    }
+    #: DiffTaichi's mass-spring robots are this size (tens of masses): no larger resolution to match
+    paper: dict = {}
 
     dim = 2
     grid_res = 64

@@ -7,6 +7,7 @@ import numpy as np
 import physim as ps
 
 from ._shaping import ShapingEnv
+from .base import Arg
 
 __all__ = ["PinchEnv"]
 
@@ -30,10 +31,19 @@ class PinchEnv(ShapingEnv):
     ==================  =====================================================================
     """
 
+    args = {
+        "max_offset": Arg("goal: the dent's center is drawn uniformly within +-max_offset (m, x and z) of "
+                          "the block's center", "float", 0.0, 0.08),
+        "depth_range": Arg("goal: the scripted press's depth (m) is drawn from this range", "range", 0.0, 0.12),
+    }
+    paper = {"substeps": 20}
+
     default_horizon = 40
     boundary = "friction"
     speed = 1.0
     finger_radius = 0.04
+    max_offset = 0.07
+    depth_range = (0.07, 0.1)
 
     def _add_body_and_tool(self, scene):
         scene.add_body(ps.Box(center=(0.5, 0.15, 0.5), size=(0.24, 0.1, 0.24)),
@@ -58,9 +68,9 @@ class PinchEnv(ShapingEnv):
         return np.clip(a, -1, 1)
 
     def _make_goal(self, rng):
-        self.target_xz = np.array([0.5, 0.5]) + rng.uniform(-0.07, 0.07, size=2)
+        self.target_xz = np.array([0.5, 0.5]) + rng.uniform(-self.max_offset, self.max_offset, size=2)
         self.goal_params = self.target_xz
-        depth = rng.uniform(0.07, 0.1)
+        depth = rng.uniform(*self.depth_range)
         return self._script(self.target_xz, depth)
 
     def _contact(self, x, tool_pos):

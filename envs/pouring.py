@@ -7,7 +7,7 @@ import torch
 
 import physim as ps
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
 __all__ = ["PouringEnv", "cylinder_distance"]
 
@@ -59,9 +59,24 @@ class PouringEnv(PhysimEnv):
     Speed (2 shared CPU cores, f64): ~25 steps/s, one ``loss_and_grad`` at T = 50 ~7.5 s.
     """
 
+    args = {
+        "grid_res": Arg("MPM grid cells per axis", "int", 16, 256),
+        "particle_spacing": Arg("the water's particle lattice spacing (m); dx / 2 is 8 particles per cell",
+                                "spacing", 1e-3, 0.05),
+        "substeps": Arg("MPM substeps per env step (the automatic dt is proportional to dx: doubling the grid "
+                        "and the substeps keeps the step's simulated time)", "int", 1, 10_000),
+        "target_x_range": Arg("goal: the container's x (m) is drawn from this range", "range", 0.55, 0.8),
+        "target_z_range": Arg("goal: the container's z (m) is drawn from this range", "range", 0.2, 0.8),
+    }
+    #: FluidLab's 64^3 grid; 4 particles per cell and axis (35k: the cup holds less water than FluidLab's)
+    paper = {"grid_res": 64, "particle_spacing": 1.0 / 256, "substeps": 40}
+
     default_horizon = 50
     grid_res = 32
+    particle_spacing = None
     substeps = 20
+    target_x_range = (0.6, 0.72)
+    target_z_range = (0.38, 0.62)
     speed = 1.5  # m/s per unit action
     spin = 12.0  # rad/s per unit action
     # held cup (walls >= 2 dx thick: thinner walls leak at grid 32)
@@ -72,7 +87,8 @@ class PouringEnv(PhysimEnv):
     softness = 0.0
 
     def _build_scene(self):
-        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="slip")
+        scene = ps.Scene(dim=3, grid_res=self.grid_res, substeps_per_step=self.substeps, boundary="slip",
+                         particle_spacing=self.particle_spacing)
         cx, cy, cz = self.cup_pos
         bottom = cy - self.cup_half_height + self.cup_thickness
         height = 0.12
@@ -95,7 +111,7 @@ class PouringEnv(PhysimEnv):
 
     # ------------------------------------------------------------------ goal
     def _sample_goal(self, rng):
-        self.target_xz = np.array([rng.uniform(0.6, 0.72), rng.uniform(0.38, 0.62)])
+        self.target_xz = np.array([rng.uniform(*self.target_x_range), rng.uniform(*self.target_z_range)])
         eff = np.array([self.cup_pos, (self.target_xz[0], self._target_y, self.target_xz[1])])
         _set_start_tool_pos(self.scene, eff)
         t = self.target_thickness
@@ -137,6 +153,15 @@ class PouringEnv(PhysimEnv):
         inside = (r <= self.target_radius) & (x[:, 1] >= y_lo - 0.01) & (x[:, 1] <= y_hi)
         m = self.mass.numpy()
         return {"fraction_in_target": float(m[inside].sum() / m.sum())}
+
+    def _goal_overlay(self, renderer):
+        """The target region: the container's cavity as a translucent green column."""
+        import pyvista as pv
+
+        y_lo, y_hi = self._cavity
+        column = pv.Cylinder(center=(self.target_xz[0], 0.5 * (y_lo + y_hi), self.target_xz[1]), direction=(0, 1, 0),
+                             radius=0.97 * self.target_radius, height=y_hi - y_lo, resolution=48)
+        renderer.add_goal(column, name="goal", opacity=0.45)
 
     def _goal_points(self):
         y_lo, y_hi = self._cavity

@@ -7,6 +7,7 @@ import numpy as np
 import physim as ps
 
 from ._shaping import ShapingEnv
+from .base import Arg
 
 __all__ = ["RollingPinEnv"]
 
@@ -45,8 +46,18 @@ class RollingPinEnv(ShapingEnv):
     from zero actions take the loss from 0.76 to 0.34 (the scripted goal roll: 0.02).
     """
 
+    args = {
+        "thickness_range": Arg("goal: the sheet's thickness (m above the table) is drawn from this range",
+                               "range", 0.02, 0.12),
+        "reach_range": Arg("goal: how far (m) the scripted roll reaches from the center, each way, is drawn "
+                           "from this range", "range", 0.0, 0.3),
+    }
+    paper = {"substeps": 30}
+
     default_horizon = 50
     substeps = 15
+    thickness_range = (0.05, 0.075)
+    reach_range = (0.13, 0.18)
     #: the dough is sunk this deep into the floor's wall band, so the table's surface is
     #: ``scene.floor - sink``
     sink = 0.02
@@ -101,9 +112,9 @@ class RollingPinEnv(ShapingEnv):
         return np.clip(a, -1, 1)
 
     def _make_goal(self, rng):
-        thickness = rng.uniform(0.05, 0.075)
-        x_lo = 0.5 - rng.uniform(0.13, 0.18)
-        x_hi = 0.5 + rng.uniform(0.13, 0.18)
+        thickness = rng.uniform(*self.thickness_range)
+        x_lo = 0.5 - rng.uniform(*self.reach_range)
+        x_hi = 0.5 + rng.uniform(*self.reach_range)
         self.goal_params = np.array([thickness, x_lo, x_hi])
         return self._script(thickness, x_lo, x_hi)
 

@@ -26,7 +26,7 @@ import physim as ps
 from physim.optim.problem import SceneProblem
 from physim.tactile import TactileSensor
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
 __all__ = ["SurfaceFollowingEnv"]
 
@@ -110,6 +110,7 @@ class SurfaceFollowingEnv(PhysimEnv):
     inner_radius = 0.011
     outer_radius = 0.015
     dome_angle = 40.0
+    dome_layers = 1
     dome_rings = 4
     gel_E = 1e4
     gel_nu = 0.4
@@ -125,9 +126,24 @@ class SurfaceFollowingEnv(PhysimEnv):
     #: loss weight of the shear term
     shear_weight = 0.1
 
-    def __init__(self, render_mode: str | None = None, horizon: int | None = None, seed: int | None = None):
+    args = {
+        "dome_layers": Arg("element layers through the gel's thickness", "int", 1, 16),
+        "dome_rings": Arg("rings of the dome's cap triangulation (nodes ~ (layers + 1)(1 + 3 rings (rings + 1)))",
+                          "int", 1, 40),
+        "substeps": Arg("substeps of dt = 5e-5 s per env step (the gels sub-cycle when their elements need a "
+                        "smaller dt)", "int", 1, 10_000),
+        "force_range": Arg("goal: the target normal force (N) is drawn from this range", "range", 0.01, 1.0),
+        "arc_range": Arg("goal: |target arc| is drawn from this range, as a fraction of the surface arc under "
+                         "the mount's full-x-speed path (capped at max_reach)", "range", 0.0, 1.0),
+        "max_reach": Arg("goal: cap (m) of |target arc|", "float", 1e-3, 0.05),
+    }
+    #: DiffTactile's dome sensor resolution: 4 layers, ~2k nodes, ~8.7k tets
+    paper = {"dome_layers": 4, "dome_rings": 11}
+
+    def __init__(self, render_mode: str | None = None, horizon: int | None = None, seed: int | None = None,
+                 scale: str = "default", **kwargs):
         self._history: list[dict] = []
-        super().__init__(render_mode=render_mode, horizon=horizon, seed=seed)
+        super().__init__(render_mode=render_mode, horizon=horizon, seed=seed, scale=scale, **kwargs)
         # the loss reads time series: the problem observes them (see the module docstring)
         self.problem = SceneProblem(self.scene, self._loss, self.horizon, -1.0, 1.0,
                                     action_map=self.problem.action_map, start_state=self.problem.start_state,
@@ -139,7 +155,7 @@ class SurfaceFollowingEnv(PhysimEnv):
         core = c + np.array([0.0, self.surface_radius + self.outer_radius + self.start_gap, 0.0])
         self._core0 = core
         mesh = ps.dome_gel(center=tuple(core), inner_radius=self.inner_radius, outer_radius=self.outer_radius,
-                           layers=1, angle=self.dome_angle, rings=self.dome_rings, axis=(0.0, -1.0, 0.0))
+                           layers=self.dome_layers, angle=self.dome_angle, rings=self.dome_rings, axis=(0.0, -1.0, 0.0))
         scene = ps.Scene(dim=3, grid_res=32, dt=self.dt, substeps_per_step=self.substeps, gravity=(0.0, 0.0, 0.0))
         scene.add_tool(ps.SphereTool(position=tuple(core), radius=self.inner_radius, friction=0.0))
         h = math.sqrt(0.5)  # a quarter turn about x: the cylinder's local y axis along world z
@@ -185,6 +201,32 @@ class SurfaceFollowingEnv(PhysimEnv):
         c = np.asarray(self.surface_center)
         th = self.target_arc / self.surface_radius
         return (c + self.surface_radius * np.array([math.sin(th), math.cos(th), 0.0]))[None]
+
+    def _goal_overlay(self, renderer):
+        """The target: a green line across the cylinder at the target arc position (a finish
+        line the mount's centre must reach), the path to it from the start (top) drawn on the
+        surface just in front of the gel, an arrow into the surface at its end as long as the
+        target force (5 cm per N) and the target force in text."""
+        import pyvista as pv
+
+        c, R = np.asarray(self.surface_center), self.surface_radius
+        front = c[2] + self.outer_radius + 0.006  # in front of the gel, seen from the camera
+
+        def on_surface(theta, z):
+            return np.array([c[0] + (R + 3e-4) * math.sin(theta), c[1] + (R + 3e-4) * math.cos(theta), z])
+
+        end = self.target_arc / R
+        half = self.surface_half_length
+        across = np.array([on_surface(end, c[2] - half), on_surface(end, c[2] + half)])
+        renderer.add_goal(pv.Line(*across).tube(radius=5e-4), name="goal", opacity=0.95)
+        path = np.array([on_surface(t, front) for t in np.linspace(0.0, end, 24)])
+        renderer.add_goal(pv.Spline(path, 48).tube(radius=4e-4), name="goal_path", opacity=0.95)
+        tip, normal = path[-1], np.array([math.sin(end), math.cos(end), 0.0])
+        length = 0.05 * self.target_force
+        renderer.add_goal(pv.Arrow(start=tip + normal * length, direction=-normal, scale=length, tip_length=0.3,
+                                   tip_radius=0.12, shaft_radius=0.04), name="goal_force", opacity=0.95)
+        renderer.plotter.add_text(f"target: {self.target_force:.3f} N normal at arc {1e3 * self.target_arc:+.1f} mm",
+                                  position="upper_left", font_size=14, color="#1b5e20", name="goal_text")
 
     def camera_kwargs(self):
         c = np.asarray(self.surface_center) + np.array([0.0, self.surface_radius, 0.0])

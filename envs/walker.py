@@ -17,7 +17,7 @@ import numpy as np
 
 import physim as ps
 
-from .base import PhysimEnv
+from .base import Arg, PhysimEnv
 
 __all__ = ["Walker2DEnv", "Walker3DEnv"]
 
@@ -34,10 +34,23 @@ class _WalkerEnv(PhysimEnv):
     :meth:`_body_mass` weights them in the centroid.
     """
 
+    args = {
+        "grid_res": Arg("MPM grid cells per axis; particles at dx / 2, the robot keeps its size in meters "
+                        "(its parts are whole numbers of particles, rounded)", "int", 16, 512),
+        "substeps": Arg("MPM substeps per env step (the automatic dt is proportional to dx: doubling the grid "
+                        "and the substeps keeps the step's simulated time)", "int", 1, 10_000),
+        "target_range": Arg("goal: the target distance is drawn from this range, as a fraction of the hand "
+                            "gait's distance over the horizon (> 1: farther than the hand gait walks)",
+                            "range", 0.05, 3.0),
+        "wall_friction": Arg("Coulomb coefficient of the floor (and side walls)", "float", 0.0, 10.0),
+    }
+
     default_horizon = 50
     dim: ClassVar[int]
     grid_res: ClassVar[int]
     substeps: ClassVar[int]
+    #: particle spacing (m) at which the robots' part sizes are given in particles
+    lattice_spacing: ClassVar[float]
     #: Coulomb coefficient of the floor (and side walls)
     wall_friction = 1.0
     #: kg/m^3: heavy enough that the weight matters against the muscle stress (lighter
@@ -83,7 +96,7 @@ class _WalkerEnv(PhysimEnv):
     def gait_distance(self) -> float:
         """Centroid x displacement (m) of :meth:`hand_gait` over ``horizon`` steps from the
         initial state (simulated once per class and horizon)."""
-        key = (type(self).__name__, self.horizon)
+        key = (type(self).__name__, tuple(sorted(self.settings.items())))
         if key not in self._gait_distance_cache:
             self.scene.reset()
             c0 = self._centroid(self._body_x())[0]
@@ -137,6 +150,25 @@ class _WalkerEnv(PhysimEnv):
                 "progress": (cx - self.start_x) / self.target_distance,
                 "target_distance": self.target_distance}
 
+    #: render color of the finish line and the ghost (gold: the torso is green)
+    goal_color = (0.98, 0.72, 0.05)
+
+    def _goal_overlay(self, renderer):
+        """A finish line where the centroid must arrive (``target_x``) and, as faint dots, the
+        start shape moved there (:meth:`_goal_points`)."""
+        from physim.render import finish_line
+
+        floor = self.scene.floor
+        renderer.add_goal(finish_line(self.target_x, floor, self.dim, height=0.25, lo=floor + 0.1, hi=0.9 - floor),
+                          name="goal", color=self.goal_color, opacity=0.85, smooth_shading=False)
+        renderer.add_points(self._goal_points(), color=self.goal_color, name="goal_ghost", opacity=0.35)
+
+    def _lattice(self, count: int) -> float:
+        """Length (m) of ``count`` particles at :attr:`lattice_spacing`, rounded to whole particles
+        at the scene's spacing (the same length at any grid)."""
+        sp = self.scene_spacing
+        return max(1, round(count * self.lattice_spacing / sp)) * sp
+
     def _goal_points(self):
         """The start shape moved forward by the target distance (a ghost at the goal)."""
         shift = np.zeros(self.dim)
@@ -178,16 +210,21 @@ class Walker2DEnv(_WalkerEnv):
     in 6 iterations; from the hand gait with a 0.3 m target it walks 0.30 m (gait: 0.14 m).
     """
 
+    #: DiffTaichi diffmpm's 128^2 grid (3,072 particles), twice the substeps of the default
+    paper = {"grid_res": 128, "substeps": 32}
+
     dim = 2
     grid_res = 64
     substeps = 16
+    lattice_spacing = 0.5 / 64
     gait_period = 10.0
     gait_phases = (0.0, -np.pi / 2, np.pi, np.pi / 2)
 
     def _add_robot(self, scene, muscle, body):
-        sp = scene.spacing  # lattice spacing: every part is a whole number of particles
+        self.scene_spacing = scene.spacing  # every part is a whole number of particles
         x0, y0 = 0.1, scene.floor  # back of the robot; the floor wall's top
-        leg_w, leg_h, body_w, body_h = 12 * sp, 12 * sp, 40 * sp, 12 * sp
+        n = self._lattice
+        leg_w, leg_h, body_w, body_h = n(12), n(12), n(40), n(12)
         scene.add_body(ps.Box(center=(x0 + body_w / 2, y0 + leg_h + body_h / 2), size=(body_w, body_h)), body)
         k = 0
         for lx in (0.0, body_w - leg_w):  # back leg, front leg
@@ -232,17 +269,22 @@ class Walker3DEnv(_WalkerEnv):
     reaches the seed-0 target (loss < 1e-4) in 4 iterations.
     """
 
+    #: a 64^3 grid (16.6k particles; PlasticineLab's and FluidLab's resolution), twice the substeps
+    paper = {"grid_res": 64, "substeps": 20}
+
     dim = 3
     grid_res = 32
     substeps = 10
+    lattice_spacing = 0.5 / 32
     gait_period = 14.0
     gait_phases = tuple(np.pi * p for leg in (0.0, 0.0, 1.0, 1.0) for p in (leg, leg - 0.5))
 
     def _add_robot(self, scene, muscle, body):
-        sp = scene.spacing
+        self.scene_spacing = scene.spacing
         x0, y0 = 0.15, scene.floor
-        L, H, W = 20 * sp, 5 * sp, 15 * sp  # torso length (x), height, width (z)
-        leg_l, leg_h, leg_w = 6 * sp, 6 * sp, 4 * sp
+        n = self._lattice
+        L, H, W = n(20), n(5), n(15)  # torso length (x), height, width (z)
+        leg_l, leg_h, leg_w = n(6), n(6), n(4)
         z0 = 0.5 - W / 2
         scene.add_body(ps.Box(center=(x0 + L / 2, y0 + leg_h + H / 2, 0.5), size=(L, H, W)), body)
         k = 0

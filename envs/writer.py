@@ -8,6 +8,7 @@ import physim as ps
 from physim import losses
 
 from ._shaping import ShapingEnv, capsule_tip
+from .base import Arg
 
 __all__ = ["WriterEnv"]
 
@@ -49,8 +50,19 @@ class WriterEnv(ShapingEnv):
     material slip through them.
     """
 
+    args = {
+        "strokes": Arg("goal: the stroke kinds drawn from (each equally likely)", "choices", options=STROKES),
+        "length_range": Arg("goal: the stroke's length (m) is drawn from this range", "range", 0.02, 0.25),
+        "depth_range": Arg("goal: the pen's depth (m below the slab's top) is drawn from this range", "range",
+                           0.0, 0.09),
+    }
+    paper = {"substeps": 40}
+
     default_horizon = 50
     substeps = 20
+    strokes = STROKES
+    length_range = (0.14, 0.19)
+    depth_range = (0.05, 0.065)
     #: the slab is sunk this deep into the floor's wall band (``sink_into_floor``)
     sink = 0.02
     speed = 1.5  # m/s per unit action
@@ -61,7 +73,6 @@ class WriterEnv(ShapingEnv):
     yield_stress = 8.0
     pen_friction = 0.0
     nu = 0.38
-    depth_lo = 0.05
 
     def _add_body_and_tool(self, scene):
         sy = self.slab_size[1]
@@ -117,10 +128,10 @@ class WriterEnv(ShapingEnv):
         return np.clip(a, -1, 1)
 
     def _make_goal(self, rng):
-        self.stroke_kind = STROKES[int(rng.integers(len(STROKES)))]
+        self.stroke_kind = self.strokes[int(rng.integers(len(self.strokes)))]
         angle = rng.uniform(0, 2 * np.pi)
-        length = rng.uniform(0.14, 0.19)
-        depth = rng.uniform(self.depth_lo, self.depth_lo + 0.015)
+        length = rng.uniform(*self.length_range)
+        depth = rng.uniform(*self.depth_range)
         self.stroke_params = (self.stroke_kind, angle, length, depth)
         onehot = np.eye(len(STROKES))[STROKES.index(self.stroke_kind)]
         self.goal_params = np.concatenate([onehot, self.stroke_points(self.stroke_kind, angle, length, 5).reshape(-1),

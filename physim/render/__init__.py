@@ -18,8 +18,8 @@ and viewed along -z. Set ``pyvista.OFF_SCREEN = True`` or ``PYVISTA_OFF_SCREEN=t
 machines without a display.
 """
 
-from .meshes import pose_matrix, tool_mesh
-from .renderer import MATERIAL_COLORS, TOOL_COLOR, Renderer, material_color
+from .meshes import density_surface, finish_line, image_patch, pose_matrix, tool_mesh
+from .renderer import GOAL_COLOR, MATERIAL_COLORS, TOOL_COLOR, Renderer, material_color
 from .video import record_video, render_rollout
 
 __all__ = [
@@ -31,4 +31,8 @@ __all__ = [
     "material_color",
     "MATERIAL_COLORS",
     "TOOL_COLOR",
+    "GOAL_COLOR",
+    "density_surface",
+    "image_patch",
+    "finish_line",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 import pyvista as pv
 
 __all__ = ["PLANE_Z", "SLAB_DEPTH", "tool_mesh", "tool_outline_2d", "tool_profile", "pose_matrix",
-           "quaternion_matrix", "embed"]
+           "quaternion_matrix", "embed", "density_surface", "image_patch", "finish_line"]
 
 #: 2D scenes are drawn in this plane of the 3D render world
 PLANE_Z = 0.5
@@ -180,3 +180,55 @@ def tool_mesh(tool, dim: int | None = None) -> pv.PolyData:
         hx, hy, hz = (float(v) for v in tool.half_extents[:3])
         return pv.Box(bounds=(-hx, hx, -hy, hy, -hz, hz)).triangulate()
     return _revolve(tool_profile(tool))
+
+
+# ---------------------------------------------------------------------- goal geometry
+def density_surface(grid: np.ndarray, level: float) -> pv.PolyData:
+    """Surface where a 3D cell-centred density ``grid`` ((R, R, R) over the unit cube, e.g. a
+    target shape's grid mass) crosses ``level``: a closed, smoothed triangle mesh in world
+    coordinates (empty if no cell reaches ``level``)."""
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 3 or len(set(g.shape)) != 1 or not np.isfinite(g).all():
+        raise ValueError(f"density_surface: grid must be a finite (R, R, R) array, got shape {g.shape}")
+    if not (math.isfinite(level) and level > 0):
+        raise ValueError(f"density_surface: level must be positive, got {level!r}")
+    r = g.shape[0]
+    padded = np.pad(g, 1)  # zero border: the surface closes at the domain's walls
+    image = pv.ImageData(dimensions=padded.shape, spacing=(1.0 / r,) * 3, origin=(-0.5 / r,) * 3)
+    image.point_data["density"] = padded.ravel(order="F")
+    surface = image.contour([float(level)], scalars="density")
+    if surface.n_points == 0:
+        return pv.PolyData()
+    return surface.smooth(n_iter=30, relaxation_factor=0.1).compute_normals(auto_orient_normals=True)
+
+
+def image_patch(image: np.ndarray, height: float, threshold: float) -> pv.PolyData:
+    """The pixels of a top-down ``image`` ((R, R) over x (rows) and z (columns) of the unit
+    square) above ``threshold``, as flat squares at ``y = height`` (e.g. a target pattern drawn
+    on a liquid's surface)."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2 or img.shape[0] != img.shape[1]:
+        raise ValueError(f"image_patch: image must be square (R, R), got shape {img.shape}")
+    r = img.shape[0]
+    i, k = np.nonzero(img > threshold)
+    if len(i) == 0:
+        return pv.PolyData()
+    x0, z0 = i / r, k / r
+    corners = np.stack([np.stack([x0, x0 + 1 / r, x0 + 1 / r, x0], 1), np.full((len(i), 4), height),
+                        np.stack([z0, z0, z0 + 1 / r, z0 + 1 / r], 1)], axis=2).reshape(-1, 3)
+    faces = np.hstack([np.full((len(i), 1), 4), np.arange(4 * len(i)).reshape(-1, 4)]).ravel()
+    return pv.PolyData(corners, faces=faces).clean()
+
+
+def finish_line(x: float, floor: float, dim: int, height: float = 0.3, lo: float = 0.0, hi: float = 1.0
+                ) -> pv.PolyData:
+    """A finish line at ``x`` on the floor at height ``floor`` (render coordinates): in 3D a
+    stripe on the floor across z in [``lo``, ``hi``] with a post ``height`` tall at each end
+    (nothing in between to hide the robot); in 2D a thin upright bar ``height`` tall in front of
+    the plane z = :data:`PLANE_Z`."""
+    w = 0.008
+    if dim == 3:
+        stripe = pv.Box(bounds=(x - w, x + w, floor, floor + 0.002, lo, hi))
+        posts = [pv.Box(bounds=(x - w / 2, x + w / 2, floor, floor + height, z - w / 2, z + w / 2)) for z in (lo, hi)]
+        return stripe.merge(posts)
+    return pv.Box(bounds=(x - w * 0.75, x + w * 0.75, floor, floor + height, PLANE_Z + 0.01, PLANE_Z + 0.03))

@@ -24,7 +24,7 @@ import pyvista as pv
 from .meshes import PLANE_Z, SLAB_DEPTH, embed, pose_matrix, tool_mesh
 
 __all__ = ["Renderer", "MATERIAL_COLORS", "material_color", "TOOL_COLOR", "SPRING_COLORS", "FEM_COLORS",
-           "SHELL_COLORS"]
+           "SHELL_COLORS", "GOAL_COLOR", "GOAL_OPACITY"]
 
 #: RGB (0-1) per material class name
 MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
@@ -39,6 +39,10 @@ MATERIAL_COLORS: dict[str, tuple[float, float, float]] = {
 }
 #: color of particles whose material class (and bases) has no entry above
 DEFAULT_COLOR = (0.6, 0.6, 0.6)
+#: color and opacity of a task's goal (target shape, region, pattern): a saturated green (a task
+#: whose bodies are green draws its goal in another color)
+GOAL_COLOR = (0.05, 0.80, 0.35)
+GOAL_OPACITY = 0.4
 #: color of tool meshes
 TOOL_COLOR = (0.55, 0.60, 0.68)
 #: the cup is drawn as translucent glass in 3D, so what it holds stays visible
@@ -70,18 +74,50 @@ def material_color(material) -> tuple[float, float, float]:
 _VTK_WINDOW_ENV = "VTK_DEFAULT_OPENGL_WINDOW"
 
 
+_X_REACHABLE: dict[str, bool] = {}
+
+
+def _x_display_reachable() -> bool:
+    """Whether ``$DISPLAY`` names an X server that accepts a connection (cached per value).
+
+    Asked the way VTK asks (``XOpenDisplay``), which fails silently; ``DISPLAY`` unset, or no
+    libX11 to ask with: not reachable."""
+    display = os.environ.get("DISPLAY", "")
+    if not display:
+        return False
+    if display not in _X_REACHABLE:
+        ok = False
+        name = ctypes.util.find_library("X11")
+        if name is not None:
+            try:
+                xlib = ctypes.CDLL(name)
+                xlib.XOpenDisplay.restype = ctypes.c_void_p
+                xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+                handle = xlib.XOpenDisplay(display.encode())
+                if handle:
+                    xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
+                    xlib.XCloseDisplay(handle)
+                    ok = True
+            except OSError:
+                ok = False
+        _X_REACHABLE[display] = ok
+    return _X_REACHABLE[display]
+
+
 @contextmanager
 def _headless_window_class(off_screen: bool):
-    """Create VTK's render window as an EGL window when rendering off screen without an X display.
+    """Create VTK's render window as an EGL window when rendering off screen without a reachable X
+    display.
 
-    VTK on Linux first tries an X window; with ``DISPLAY`` unset that fails with the warning
-    ``bad X server connection. DISPLAY=`` and VTK falls back to EGL. Asking for EGL directly
+    VTK on Linux first tries an X window; with ``DISPLAY`` unset, or set to a display no X server
+    answers (``DISPLAY=:99`` on a machine without X), that fails with the warning ``bad X server
+    connection. DISPLAY=...`` and VTK falls back to EGL. Asking for EGL directly
     (through ``$VTK_DEFAULT_OPENGL_WINDOW``, only while the plotter is created) skips the
     doomed attempt, so nothing is hidden: a failing EGL window still reports its errors.
-    Left alone: windows on screen, an X display, a choice the user made in the environment,
+    Left alone: windows on screen, a reachable X display, a choice the user made in the environment,
     and machines without libEGL (VTK's own fallback to OSMesa then applies, with its warning).
     """
-    choose = (off_screen and sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+    choose = (off_screen and sys.platform.startswith("linux") and not _x_display_reachable()
               and _VTK_WINDOW_ENV not in os.environ and ctypes.util.find_library("EGL") is not None)
     if not choose:
         yield
@@ -359,6 +395,23 @@ class Renderer:
         self._extra[name] = (actor, 0.5 * self.particle_radius if radius is None else float(radius))
         self._resize_points()
         return actor
+
+    def add_goal(self, mesh, name: str = "goal", color=GOAL_COLOR, opacity: float = GOAL_OPACITY, **kwargs):
+        """Draw a task's goal (a target shape, region, pattern or line): ``mesh`` (render
+        coordinates) in a translucent goal color, with extra ambient light so it reads from every
+        side. Adding again with the same ``name`` replaces it; an empty mesh removes it.
+        Returns the actor (``None`` for an empty mesh)."""
+        if not 0.0 < float(opacity) <= 1.0:
+            raise ValueError(f"opacity must be in (0, 1], got {opacity!r}")
+        if mesh.n_points == 0:
+            self.plotter.remove_actor(name, render=False)
+            return None
+        kwargs.setdefault("smooth_shading", True)
+        kwargs.setdefault("ambient", 0.45)
+        kwargs.setdefault("diffuse", 0.6)
+        kwargs.setdefault("specular", 0.2)
+        return self.plotter.add_mesh(mesh, color=tuple(_rgb255(color) / 255.0), opacity=float(opacity), name=name,
+                                     reset_camera=False, **kwargs)
 
     def add_mesh(self, mesh, **kwargs):
         """Add any PyVista mesh in render coordinates (2D scenes live in the plane z = 0.5);
