@@ -11,7 +11,8 @@ Every subcommand returns the process exit status (0 on success; errors raise). W
 ``PHYSIM_SMOKE=1`` in the environment each runs at its smallest size, as the README's
 command test does (``tests/test_readme_commands.py``): ``optimize`` one iteration over a
 horizon of 4 steps, a headless demo 2 frames, an interactive demo window a few frames, a
-key press and Escape (see :mod:`physim.smoke`). Outputs and exit statuses stay the same.
+key press and Escape (see :mod:`physim.smoke`), ``train`` 8 env steps over a horizon of 4,
+``sweep`` one iteration per job over a horizon of 4. Outputs and exit statuses stay the same.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe")
 
 #: iterations per method when --iters is not given: a few minutes on 2 CPU cores
 DEFAULT_ITERS = {"adam": 20, "cma": 8, "hybrid": 16, "policy": 15}
+#: ``physim train``'s env steps with ``PHYSIM_SMOKE=1`` (two episodes of the smoke horizon)
+SMOKE_TRAIN_STEPS = 8
 
 
 def _env_id(name: str) -> str:
@@ -172,8 +175,11 @@ def _cmd_train(args) -> int:
     env_id = _env_id(args.env)
     if physim.backend.config() is None:
         physim.init(arch=args.arch, fast_compile=not args.full_compile)
-    rec = rl.train(env_id, algo=args.algo, steps=args.steps, seed=args.seed, out=args.out, horizon=args.horizon,
-                   normalize=not args.no_normalize, eval_episodes=args.eval_episodes, progress=not args.no_progress)
+    from physim import smoke
+
+    rec = rl.train(env_id, algo=args.algo, steps=smoke.shrink(args.steps, SMOKE_TRAIN_STEPS), seed=args.seed,
+                   out=args.out, horizon=smoke.shrink(args.horizon, smoke.HORIZON), normalize=not args.no_normalize,
+                   eval_episodes=args.eval_episodes, progress=not args.no_progress)
     out = args.out or str(Path("out") / "train" / f"{env_id.split('/')[-1]}-{args.algo}")
     print(f"{rec['env']} [{rec['algo']}]: {rec['env_steps']} env steps ({rec['episodes']} episodes) in "
           f"{rec['wall_seconds']:.1f} s; trained policy: return {rec['final_mean_return']:.5g}, "
@@ -197,7 +203,10 @@ def _cmd_sweep(args) -> int:
         jobs = sweep.make_jobs(args.envs, args.methods, args.seeds, args.iters, args.horizon, args.out)
     except ValueError as e:
         raise SystemExit(f"physim: {e}") from None
-    rows = sweep.sweep(args.envs, args.methods, args.seeds, args.iters, horizon=args.horizon, workers=args.workers,
+    from physim import smoke
+
+    rows = sweep.sweep(args.envs, args.methods, args.seeds, smoke.shrink(args.iters, smoke.ITERS),
+                       horizon=smoke.shrink(args.horizon, smoke.HORIZON), workers=args.workers,
                        ray_address=args.ray_address, out=args.out, use_ray=use_ray, arch=args.arch,
                        full_compile=args.full_compile, progress=not args.no_progress)
     print(sweep.markdown_table(rows))

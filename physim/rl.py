@@ -191,7 +191,8 @@ def train(env_id: str, algo: str = "ppo", steps: int = 10_000, seed: int = 0, ou
     ``actions.npy`` (the deterministic policy's actions in its first evaluation episode) and
     ``model.zip`` (the SB3 model). Returns the record: env, algo, seed, horizon, steps,
     env_steps, sim_steps, wall_seconds, train_seconds, initial_loss, final_loss,
-    final_mean_return, eval_returns, episodes, curve (steps, returns, losses), algo_kwargs, backend.
+    final_mean_return, eval_returns, episodes, best_episode_loss (lowest final loss of a training
+    episode), curve (steps, returns, final losses of the training episodes), algo_kwargs, backend.
     """
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
@@ -275,6 +276,9 @@ def train(env_id: str, algo: str = "ppo", steps: int = 10_000, seed: int = 0, ou
         "final_mean_return": final_mean_return,
         "eval_returns": returns,
         "episodes": len(curve.returns),
+        # the lowest final loss of a training episode (exploration noise included): comparable with
+        # the best candidate a CMA-ES run evaluated, not what the trained policy does
+        "best_episode_loss": min(curve.losses) if curve.losses else None,
         "curve": {"steps": curve.steps, "returns": curve.returns, "losses": curve.losses},
         "normalize": bool(normalize),
         "algo_kwargs": {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool))},

@@ -54,6 +54,7 @@ def test_ppo_record_matches_the_run(ppo):
     assert np.all(np.isfinite(rec["curve"]["returns"]))
     for r, loss in zip(rec["curve"]["returns"], rec["curve"]["losses"], strict=True):
         assert r == pytest.approx(rec["initial_loss"] - loss, abs=2e-6)
+    assert rec["best_episode_loss"] == min(rec["curve"]["losses"])
     assert np.isfinite(rec["final_mean_return"])
     # SB3's vector env stores rewards as float32: 10 steps of rounding ~1e-7 of a reward <= 1
     assert rec["final_mean_return"] == pytest.approx(rec["initial_loss"] - rec["final_loss"], abs=1e-6)
@@ -67,13 +68,16 @@ def test_ppo_record_matches_the_run(ppo):
 
 
 @needs_sb3
-def test_sac_runs_and_records(tmp_path):
-    rec = rl.train(ENV, algo="sac", steps=60, horizon=T, seed=0, out=str(tmp_path), progress=False,
-                   algo_kwargs={"learning_starts": 20, "batch_size": 16})
-    assert rec["algo"] == "sac" and rec["env_steps"] == 60 and rec["episodes"] == 6
+def test_sac_runs_and_records_in_smoke_mode(tmp_path, monkeypatch):
+    """SAC through the command; ``PHYSIM_SMOKE=1`` (the README command test) shrinks the run to
+    8 env steps over a horizon of 4."""
+    monkeypatch.setenv("PHYSIM_SMOKE", "1")
+    assert cli.main(["train", "MassSpringWalker2D", "--algo", "sac", "--steps", "5000", "--out", str(tmp_path),
+                     "--no-progress"]) == 0
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert rec["algo"] == "sac" and rec["horizon"] == 4 and rec["env_steps"] == 8 and rec["episodes"] == 2
     assert rec["final_mean_return"] == pytest.approx(rec["initial_loss"] - rec["final_loss"], abs=1e-6)
-    assert json.loads((tmp_path / "result.json").read_text())["final_loss"] == rec["final_loss"]
-    assert (tmp_path / "curve.png").stat().st_size > 1000
+    assert (tmp_path / "curve.png").stat().st_size > 1000 and np.load(tmp_path / "actions.npy").shape == (4, 4)
 
 
 @needs_sb3
