@@ -10,7 +10,8 @@ steps (``sim_steps`` in the record: a gradient evaluation counts its steps twice
 is the best of as many uniform random action sequences as that budget pays for forward passes.
 CardBending has horizon 1, which the command's hybrid cannot keyframe (``--method hybrid``
 uses 4 keyframes); its hybrid row calls :func:`physim.optim.hybrid` with ``keyframes=None``.
-Writes a JSON record per task (losses, wall seconds, sim steps, the commands).
+Writes one JSON record per task and seed (losses, wall seconds, sim steps, the commands),
+merged into ``--out`` (runs of other tasks, seeds or methods are kept).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ PLANS = {
     # T = 1, A = 2: Adam 10 x 2 + 1 evaluations; CMA-ES popsize 6 x 3 + 1; hybrid 2 x 6 + 1 then 3 x 2 + 1
     "CardBending": {"adam": 10, "cma": 3, "hybrid": (2, 3), "random": 21},
 }
+#: about three times the budget (``--plan long``): Adam 48 x 2T + T = 97T; CMA-ES 6 x 16T + T; hybrid 6 x 11T + T,
+#: then 12 x 2T + T
+LONG_PLANS = {"Folding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97}}
 
 
 def _git_commit() -> str:
@@ -93,11 +97,10 @@ def card_hybrid(seed: int, cma_iters: int, adam_iters: int) -> dict:
                        f"keyframes=None, seed={seed})"}
 
 
-def run_task(task: str, seed: int, out_dir: Path, methods) -> dict:
+def run_task(task: str, seed: int, out_dir: Path, methods, plan: dict) -> dict:
     from physim.cli import optimize
 
     env_id = f"physim/{task}-v0"
-    plan = PLANS[task]
     rows = {}
     for method in methods:
         print(f"{task}: {method} ...", flush=True)
@@ -127,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", nargs="+", default=list(PLANS), choices=list(PLANS))
     p.add_argument("--methods", nargs="+", default=["random", "cma", "adam", "hybrid"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plan", choices=["default", "long"], default="default",
+                   help="iterations per method: PLANS, or LONG_PLANS (about 3x the budget)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "shell_tasks.json"))
     p.add_argument("--work", default="out/shell_tasks", help="folder for the optimize outputs")
     args = p.parse_args(argv)
@@ -137,12 +142,18 @@ def main(argv=None) -> int:
     record = json.loads(out.read_text()) if out.exists() else {}
     record.setdefault("tasks", {})
     for task in args.tasks:
-        rows = run_task(task, args.seed, Path(args.work), args.methods)
-        record["tasks"].setdefault(task, {}).update(rows)
-        record["tasks"][task]["plan"] = PLANS[task]
+        plans = PLANS if args.plan == "default" else LONG_PLANS
+        if task not in plans:
+            raise SystemExit(f"no {args.plan} plan for {task}")
+        rows = run_task(task, args.seed, Path(args.work) / args.plan, args.methods, plans[task])
+        key = task if args.plan == "default" else f"{task} (long)"
+        entry = record["tasks"].setdefault(key, {"plan": plans[task], "seeds": {}})
+        entry["plan"] = plans[task]
+        entry["seeds"].setdefault(str(args.seed), {}).update(rows)
         record.update({"commit": _git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
-                       f"shared 2-core CPU", "backend": "cpu/f64", "seed": args.seed,
-                       "command": "python benchmarks/shell_tasks.py " + " ".join(argv or [])})
+                       "2 CPU cores shared with other jobs (load 5-13: wall times are pessimistic)",
+                       "backend": "cpu/f64",
+                       "command": "python benchmarks/shell_tasks.py --tasks T --seed S [--methods M ...]"})
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1))
     return 0

@@ -43,7 +43,7 @@ class FoldingEnv(PhysimEnv):
     ==================  =====================================================================
     Action space        ``Box(-1, 1, (3,))``: the gripper's velocity in the strip's plane
                         (x, y; x 1.5 m/s) and its turn rate about z (x 40 rad/s)
-    Observation space   ``Box(-inf, inf, (245,))``: the strip's vertices (x, v: 234), both
+    Observation space   ``Box(-inf, inf, (250,))``: the strip's vertices (x, v: 234), both
                         tools' poses (14), the target's largest kept angle (rad), phase t / T
     Reward              decrease of the task loss in the step
     Loss                crease error ``sum_h (r_h - r*_h)^2 / sum_h r*_h^2`` of the rest
@@ -51,7 +51,7 @@ class FoldingEnv(PhysimEnv):
                         ``r*``, plus ``shape_weight`` (0.2) x the mean squared distance of the
                         vertices to the target's at the end of its fold, over the strip's
                         length squared (a shaping term: it has a gradient before any hinge
-                        yields); 1 + ~0.1 at the start, 0 at the target
+                        yields); ~1.02 at the start (no crease yet), 0 at the target
     Start state         flat strip at rest; the target is the crease and end shape of a
                         scripted fold (lift-and-turn, then lower) with seeded speeds, so every
                         target is reachable
@@ -183,5 +183,5 @@ class FoldingEnv(PhysimEnv):
     def _metrics(self, state):
         rest = torch.as_tensor(np.asarray(state["shell.rest_angle"], dtype=np.float64))
         return {"crease_error": float(self.crease_error(rest)),
-                "max_kept_angle": float(np.degrees(rest.abs().max())),
-                "target_max_kept_angle": float(np.degrees(self._target_rest.abs().max()))}
+                "max_kept_angle": math.degrees(float(rest.abs().max())),
+                "target_max_kept_angle": math.degrees(float(self._target_rest.abs().max()))}

@@ -36,12 +36,12 @@ class SlidingEnv(PhysimEnv):
     ==================  =====================================================================
     Action space        ``Box(-1, 1, (4,))``: the pad's velocity (x, z: x 0.3 m/s; y: x 0.05
                         m/s, down presses) and its turn rate about the vertical (x 5 rad/s)
-    Observation space   ``Box(-inf, inf, (N,))``: the mat's vertices (x, v: 294), the pad's
+    Observation space   ``Box(-inf, inf, (305,))``: the mat's vertices (x, v: 294), the pad's
                         pose (7), the target pose (dx, dz, yaw: 3), phase t / T
     Reward              decrease of the task loss in the step
     Loss                mean squared distance of the mat's vertices to their target positions
                         (the rest mat moved by the target translation and turned by the target
-                        yaw about its centre), over (2 cm)^2; ~1.5-4 at the start
+                        yaw about its centre), over (2 cm)^2; 0.5-2.3 at the start (1.01 for seed 0)
     Start state         mat flat at rest, pad resting on it; target: translation
                         (dx, dz) with |dx|, |dz| ~ U(0.8, 2) cm (random signs) and yaw
                         ~ +-U(0.1, 0.25) rad (seeded; the pad's full speed covers 3 cm, 0.5 rad)
