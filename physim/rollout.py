@@ -187,6 +187,8 @@ class Rollout:
             if checkpoints is not None:
                 checkpoints.append(self._export(0))
             self.tape.clear()
+            # the last chunk's tape is the one backward() differentiates first, right away
+            self.tape.keep_scratch = record and g + length == total
             for l in range(length):
                 self._substep(l, (g + l) // ns)
                 if observe is not None and (g + l + 1) % ns == 0:
@@ -194,6 +196,7 @@ class Rollout:
             self._check_health(1, length, self._substeps_done + g + 1)
             g += length
             self._slot = length
+        self.tape.keep_scratch = False
         self.time += total * self.dt
         self._substeps_done += total
 
@@ -394,8 +397,12 @@ class Rollout:
                 self._import(0, r["checkpoints"][c])
                 self.tape.recording = True
                 self.tape.clear()
-                for l in range(length):
-                    self._substep(l, (c * K + l) // ns)
+                self.tape.keep_scratch = True  # differentiated right after: parts may keep scratch
+                try:
+                    for l in range(length):
+                        self._substep(l, (c * K + l) // ns)
+                finally:
+                    self.tape.keep_scratch = False
             for step, values in by_step.items():
                 j = step * ns - c * K  # slot of this step's state in chunk c
                 if 0 < j <= length:

@@ -19,7 +19,11 @@ How reverse mode works
     (the solver's ``zero_scratch_grads``), then runs each launch's gradient in reverse
     order. A launch's gradient is the kernel's Taichi-generated adjoint (``kernel.grad``)
     unless a hand-written ``grad`` callable was given (MPM: the SVD and G2P). Launches with
-    ``grad=None`` (restoring scratch) are forward-only.
+    ``grad=None`` (restoring scratch) are forward-only. While :attr:`Tape.keep_scratch` is set
+    (reverse mode's recompute of a chunk, and the last chunk of a recorded forward pass: the
+    substeps are differentiated before anything else runs) a part may store each substep's
+    scratch in memory of its own and record a cheaper replay that restores it (MPM does,
+    within ``KEEP_SCRATCH_MAX_BYTES``).
 
 Overwrites
     Slot fields are written once per forward pass of a chunk, so nothing the
@@ -82,6 +86,10 @@ class Tape:
     """Per-substep lists of launches for the chunk being simulated."""
 
     recording: bool = True
+    #: the substeps being recorded are differentiated before the next chunk runs (reverse
+    #: mode's recompute of a chunk, and the last chunk of a forward pass): a part may keep
+    #: each substep's scratch in memory of its own instead of recomputing it in the replay
+    keep_scratch: bool = False
     substeps: list[list[Launch]] = field(default_factory=list)
     _current: list[Launch] | None = None
     debug: bool = _DEBUG

@@ -9,7 +9,12 @@ The forward pass runs them fused into one launch (``substep_fused``; per-particl
 intermediates stay in registers and the per-launch overhead is paid once: on the 2-core CPU
 the 2D mpm88 configuration went from 1.3-2.0 to 1.0-1.3 ms per substep). The tape records
 the phase kernels for their adjoints; before it differentiates a substep, one fused launch
-(``substep_scratch``) restores the scratch values those adjoints read.
+(``substep_scratch``) restores the scratch values those adjoints read. Substeps that are
+differentiated right after they run (a chunk's recompute in reverse mode, the last chunk of a
+forward pass) keep their particle scratch per substep (``substep_keep``), and that launch
+becomes a copy plus the scatter (``substep_restore``: no SVD, return mapping or stress), within
+``KEEP_SCRATCH_MAX_BYTES``. On the CPU the loops that scatter into shared memory run on one
+thread with plain adds instead of atomics (``SERIAL_SCATTER_CPU``).
 
 Particle state (``mpm.x``, ``mpm.v``, ``mpm.C``, ``mpm.F``, ``mpm.Jp``) lives in slot fields
 declared through the part protocol: substep ``l`` of a checkpoint chunk reads slot ``l`` and
@@ -53,12 +58,14 @@ kernels, so ``mpm.density`` is differentiable (for every material).
 
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
 import taichi as ti
 
+from .. import backend
 from ..materials import DIFF_PARAMS, MODEL_IDS, PARAM_COLUMNS
 from ..parts.base import BAD_FAST, BAD_NONFINITE, BAD_OUTSIDE, Param, Part
 from ._linalg import (
@@ -88,6 +95,21 @@ WAVE_CFL_LIMIT = 0.9
 #: a rigid body's rest shape must span the space: its smallest principal extent (singular
 #: value of the centred rest positions) at least this fraction of its largest
 RIGID_MIN_SPAN = 1e-6
+#: run the particle loops that add into shared memory on one thread on the CPU: the P2G
+#: scatter (forward and replay), the G2P adjoint's scatter into the grid gradient, and the
+#: Taichi-generated adjoints of the particle phases (which add every particle's share of
+#: d loss / d E, nu, density into one entry per material). In a serial loop Taichi compiles
+#: ``+=`` on fields as a plain add instead of an atomic compare-and-swap loop; on the 2-core
+#: CPU a 2D scatter of 10k particles took 16x less CPU time serial than threaded (atomics),
+#: and a P2G adjoint's shared parameter gradients are contended by every thread. The loops
+#: of per-particle work without shared writes (SVD, stress, G2P) stay threaded. On a CPU with
+#: many idle cores the threaded atomics may win for large scenes: ``PHYSIM_SERIAL_SCATTER=0``
+#: (read when an engine is built) turns this off.
+SERIAL_SCATTER_CPU = True
+#: most bytes of per-substep particle scratch (F_trial, U, sig, V, sig_elastic, affine for each
+#: of a chunk's K substeps) an engine keeps so reverse mode can skip recomputing it (see
+#: :meth:`MPMEngine.substep`); a layout whose K x capacity needs more replays it instead
+KEEP_SCRATCH_MAX_BYTES = 2**30
 #: passes of the rigid bodies' wall contact (each: find the body's particles in a wall band
 #: moving into the wall, one impulse per wall at their centroid; see MPMEngine._rigid_impulse)
 RIGID_CONTACT_PASSES = 2
@@ -163,6 +185,10 @@ class MPMEngine(Part):
         self.svd_gap_eps = SVD_GAP_EPS["f64" if real == ti.f64 else "f32"]
         self.svd_tie_split = SVD_TIE_SPLIT["f64" if real == ti.f64 else "f32"]
         self.svd_tol = SVD_TOL["f64" if real == ti.f64 else "f32"]
+        # on the CPU the scatters (p2g, the g2p adjoint) and the particle adjoints run on one
+        # thread, where Taichi turns their atomic adds into plain ones (see SERIAL_SCATTER_CPU)
+        self.serial = (SERIAL_SCATTER_CPU and os.environ.get("PHYSIM_SERIAL_SCATTER", "1") != "0"
+                       and backend.config().arch == "cpu")
         dim, N = self.dim, self.capacity
         self.dx = 1.0 / self.res
         self.inv_dx = float(self.res)
@@ -191,6 +217,11 @@ class MPMEngine(Part):
         if self.f_ext is not None:
             self.particle_scratch.append(self.f_ext)
         self.grid_scratch = [self.grid_mv, self.grid_m, self.grid_v]
+        # the particle scratch of every substep of a chunk (allocated by the first substep that
+        # keeps it, see substep): [F_trial, U, sig, V, sig_elastic, affine] with a leading axis K
+        self.kept: list | None = None
+        per_particle = 4 * dim * dim + 2 * dim
+        self.keep_bytes = K * N * per_particle * (8 if real == ti.f64 else 4)
 
         # per-particle constants
         self.material = ti.field(ti.i32, shape=N)
@@ -402,6 +433,8 @@ class MPMEngine(Part):
 
     @ti.kernel
     def trial_deformation(self, l: ti.i32):
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             self.F_trial[p] = self._trial_F(l, p)
 
@@ -551,6 +584,8 @@ class MPMEngine(Part):
     @ti.kernel
     def plasticity(self, l: ti.i32):
         """Return mapping: writes the elastic F[l+1], its singular values and Jp[l+1]."""
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             m = self.material[p]
             mu, la = self._lame(m)
@@ -563,6 +598,8 @@ class MPMEngine(Part):
     @ti.kernel
     def stress(self, l: ti.i32, t: ti.i32):
         """Kirchhoff stress of F[l+1]; stores each particle's MLS affine matrix."""
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             m = self.material[p]
             mu, la = self._lame(m)
@@ -585,6 +622,8 @@ class MPMEngine(Part):
     @ti.kernel
     def p2g(self, l: ti.i32):
         """Scatter mass and momentum (with the affine/stress term) to the grid."""
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             self._scatter(l, p, self.affine[p])
 
@@ -704,6 +743,8 @@ class MPMEngine(Part):
         Reads the gradients of slot ``l + 1``'s x, v, C; adds to ``grid_v.grad`` and
         ``x.grad[l]`` (v[l] and C[l] do not enter the gather)."""
         dim, inv_dx = ti.static(self.dim, self.inv_dx)
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             base, fx, w = self._stencil(l, p)
             g_x1 = self.x.grad[l + 1, p]
@@ -982,7 +1023,8 @@ class MPMEngine(Part):
     def _particle_to_grid(self, l, t, p, svd: ti.template(), keep: ti.template()):
         """Particle ``p``'s part of trial_deformation -> svd -> plasticity -> stress -> p2g, with
         its intermediates in registers; ``keep`` also stores the ones the phase kernels'
-        adjoints read (F_trial, U, sig, V, sig_elastic, affine)."""
+        adjoints read (F_trial, U, sig, V, sig_elastic, affine): ``1`` in the scratch fields,
+        ``2`` in the kept scratch of substep ``l`` (:attr:`kept`)."""
         m = self.material[p]
         mu, la = self._lame(m)
         F_trial = self._trial_F(l, p)
@@ -996,13 +1038,93 @@ class MPMEngine(Part):
         C = self.C[l, p]
         tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, U, V, F_new, sig_new, jp_new, C, mu, la)
         affine = self._affine(m, tau, C)
-        if ti.static(keep):
+        if ti.static(keep == 2):
+            kF, kU, ksig, kV, ksig_e, kaff = ti.static(self.kept)
+            kF[l, p] = F_trial
+            if ti.static(svd):
+                kU[l, p], ksig[l, p], kV[l, p] = U, sig, V
+            ksig_e[l, p] = sig_new
+            kaff[l, p] = affine
+        elif ti.static(keep):
             self.F_trial[p] = F_trial
             if ti.static(svd):
                 self.U[p], self.sig[p], self.V[p] = U, sig, V
             self.sig_elastic[p] = sig_new
+        if ti.static(keep == 1 or self.serial):
             self.affine[p] = affine
-        self._scatter(l, p, affine)
+        if ti.static(not self.serial):
+            self._scatter(l, p, affine)
+
+    @ti.kernel
+    def substep_keep(self, l: ti.i32, t: ti.i32, svd: ti.template()):
+        """:meth:`substep_fused` (no rigid bodies) that also keeps substep ``l``'s particle
+        scratch in :attr:`kept` for :meth:`substep_restore`."""
+        for I in ti.grouped(self.grid_m):
+            self._clear_node(I)
+        for p in range(self.n_particles[None]):
+            self._particle_to_grid(l, t, p, svd, 2)
+        self._serial_scatter(l)
+        for I in ti.grouped(self.grid_m):
+            self._update_node(I, l, t)
+        for p in range(self.n_particles[None]):
+            self._gather(l, p)
+
+    @ti.kernel
+    def substep_restore(self, l: ti.i32, t: ti.i32, svd: ti.template()):
+        """Reverse mode's replay of a substep run by :meth:`substep_keep`: the particle scratch
+        from :attr:`kept` (no SVD, return mapping or stress; tied singular values split as
+        :meth:`split_tied_scratch` does), then the scatter and the grid update as
+        :meth:`substep_scratch` does. Writes only scratch, and zeroes the scratch gradients
+        (what :meth:`zero_scratch_grads` would do next: see :meth:`_replay_restore`)."""
+        kF, kU, ksig, kV, ksig_e, kaff = ti.static(self.kept)
+        for I in ti.grouped(self.grid_m):
+            self._clear_node(I)
+            for f in ti.static(self.grid_scratch):
+                f.grad[I] = ti.zero(f.grad[I])
+        for p in range(self.n_particles[None]):
+            for f in ti.static(self.particle_scratch):
+                f.grad[p] = ti.zero(f.grad[p])
+            self.F_trial[p] = kF[l, p]
+            if ti.static(svd):
+                self.U[p], self.sig[p], self.V[p] = kU[l, p], ksig[l, p], kV[l, p]
+            self.sig_elastic[p] = ksig_e[l, p]
+            self.affine[p] = kaff[l, p]
+            if ti.static(not self.serial):
+                self._scatter(l, p, kaff[l, p])
+            if ti.static(svd):
+                self._split_tie(l, p)
+        self._serial_scatter(l)
+        for I in ti.grouped(self.grid_m):
+            self._update_node(I, l, t)
+
+    def _replay_restore(self, l: int, t: int, svd: bool) -> None:
+        """The replay launch of a kept substep: :meth:`substep_restore`, which also zeroes the
+        scratch gradients, so the :meth:`zero_scratch_grads` that the tape calls next skips its
+        launch."""
+        self.substep_restore(l, t, svd)
+        self._scratch_grads_zeroed = True
+
+    def _keeps(self, tape) -> bool:
+        """Whether this substep keeps its scratch (tape.keep_scratch: it is differentiated
+        before the next chunk runs), when the layout's kept scratch fits KEEP_SCRATCH_MAX_BYTES
+        (allocated here, once) and the scene has no rigid body (whose scratch is replayed)."""
+        if not (tape.keep_scratch and not self.has_rigid and self.keep_bytes <= KEEP_SCRATCH_MAX_BYTES):
+            return False
+        if self.kept is None:
+            dim, shape = self.dim, (self.K, self.capacity)
+            mat = lambda: ti.Matrix.field(dim, dim, self.real, shape=shape)  # noqa: E731
+            vec = lambda: ti.Vector.field(dim, self.real, shape=shape)  # noqa: E731
+            self.kept = [mat(), mat(), vec(), mat(), vec(), mat()]
+        return True
+
+    @ti.func
+    def _serial_scatter(self, l):
+        """The P2G scatter of every particle from ``affine`` on one thread (after
+        :meth:`_particle_to_grid` stored it), when ``self.serial``; a loop of the caller's kernel."""
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
+            for p in range(self.n_particles[None]):
+                self._scatter(l, p, self.affine[p])
 
     @ti.kernel
     def substep_fused(self, l: ti.i32, t: ti.i32, svd: ti.template(), rigid: ti.template()):
@@ -1014,6 +1136,7 @@ class MPMEngine(Part):
             self._clear_node(I)
         for p in range(self.n_particles[None]):
             self._particle_to_grid(l, t, p, svd, False)
+        self._serial_scatter(l)
         for I in ti.grouped(self.grid_m):
             self._update_node(I, l, t)
         for p in range(self.n_particles[None]):
@@ -1057,6 +1180,7 @@ class MPMEngine(Part):
             self._clear_node(I)
         for p in range(self.n_particles[None]):
             self._particle_to_grid(l, t, p, svd, True)
+        self._serial_scatter(l)
         for I in ti.grouped(self.grid_m):
             self._update_node(I, l, t)
         if ti.static(rigid):
@@ -1082,15 +1206,20 @@ class MPMEngine(Part):
         of a tied pair). Forward only; F and Jp of slot ``l + 1`` stay as the forward pass wrote
         them (the adjoints are evaluated O(split) away from them)."""
         for p in range(self.n_particles[None]):
-            sig = self.sig[p]
-            split = split_ties(sig, self.svd_tie_split)
-            if (split - sig).norm_sqr() > 0:
-                m = self.material[p]
-                mu, la = self._lame(m)
-                _F, sig_new, _jp = self._return_mapping(self.mat_model[m], m, self.U[p], split, self.V[p],
-                                                        self.F_trial[p], self.Jp[l, p], mu, la)
-                self.sig[p] = split
-                self.sig_elastic[p] = sig_new
+            self._split_tie(l, p)
+
+    @ti.func
+    def _split_tie(self, l, p):
+        """:meth:`split_tied_scratch` for particle ``p`` (on its scratch values)."""
+        sig = self.sig[p]
+        split = split_ties(sig, self.svd_tie_split)
+        if (split - sig).norm_sqr() > 0:
+            m = self.material[p]
+            mu, la = self._lame(m)
+            _F, sig_new, _jp = self._return_mapping(self.mat_model[m], m, self.U[p], split, self.V[p],
+                                                    self.F_trial[p], self.Jp[l, p], mu, la)
+            self.sig[p] = split
+            self.sig_elastic[p] = sig_new
 
     # ------------------------------------------------------------ bookkeeping
     @ti.kernel
@@ -1104,8 +1233,17 @@ class MPMEngine(Part):
             if flag != 0:
                 ti.atomic_or(self.bad[s], flag)
 
+    def zero_grads(self) -> None:
+        """Zero every gradient (the start of a backward pass); also forgets a replay's zeroing."""
+        self._scratch_grads_zeroed = False
+        super().zero_grads()
+
     def zero_scratch_grads(self) -> None:
-        """Zero the gradients of every scratch field (one launch; the tape calls it per substep)."""
+        """Zero the gradients of every scratch field (one launch; the tape calls it per substep,
+        after the replay: nothing to do when that was :meth:`_replay_restore`)."""
+        if getattr(self, "_scratch_grads_zeroed", False):
+            self._scratch_grads_zeroed = False
+            return
         self._zero_scratch_grads(self.has_rigid)
 
     @ti.kernel
@@ -1166,14 +1304,21 @@ class MPMEngine(Part):
 
         Runs as one fused launch; when ``tape.recording``, also records the phase kernels
         (without running them) so reverse mode can replay and differentiate them."""
-        self.substep_fused(l, t, self.needs_svd, self.has_rigid)
+        keep = tape.recording and self._keeps(tape)
+        if keep:
+            self.substep_keep(l, t, self.needs_svd)
+        else:
+            self.substep_fused(l, t, self.needs_svd, self.has_rigid)
         if not tape.recording:
             return
-        # one fused launch restores the substep's scratch (replayed, no adjoint); the phase
-        # kernels are recorded for their adjoints only
-        tape.record(self.substep_scratch, l, t, self.needs_svd, self.has_rigid, grad=None, replay=True)
-        if self.needs_svd:
-            tape.record(self.split_tied_scratch, l, grad=None, replay=True)
+        # one fused launch restores the substep's scratch (replayed, no adjoint): from the kept
+        # scratch, or recomputed; the phase kernels are recorded for their adjoints only
+        if keep:
+            tape.record(self._replay_restore, l, t, self.needs_svd, grad=None, replay=True)
+        else:
+            tape.record(self.substep_scratch, l, t, self.needs_svd, self.has_rigid, grad=None, replay=True)
+            if self.needs_svd:
+                tape.record(self.split_tied_scratch, l, grad=None, replay=True)
         tape.record(self.trial_deformation, l)
         if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
             tape.record(self.svd, grad=self.svd_grad)
