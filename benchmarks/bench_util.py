@@ -22,17 +22,22 @@ def time_runs(run: Callable[[], None], prepare: Callable[[], None], sync: Callab
 
     ``sync`` waits for the device (``ti.sync``) so asynchronous launches are counted.
     Returns the best (``seconds``, the least disturbed by other load on a shared
-    machine), the median and every individual time.
+    machine), the median and every individual time; ``cpu_seconds``: the least CPU time of
+    this process's threads over the repeats (``time.process_time``; on a machine loaded by
+    other processes it moves far less than wall time, but it does not credit parallelism:
+    two busy threads count twice), every repeat's in ``cpu_seconds_all``.
     """
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         prepare()
         sync()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         sync()
         times.append(time.perf_counter() - start)
-    return {"seconds": min(times), "seconds_median": statistics.median(times), "seconds_all": times}
+        cpu.append(time.process_time() - start_cpu)
+    return {"seconds": min(times), "seconds_median": statistics.median(times), "seconds_all": times,
+            "cpu_seconds": min(cpu), "cpu_seconds_all": cpu}
 
 
 def write_result(path: str | None, record: dict) -> None:

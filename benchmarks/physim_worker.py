@@ -408,7 +408,9 @@ def main(argv: list[str] | None = None) -> None:
         "warmup_seconds": warmup_seconds,
         "forward_seconds": fwd["seconds"],
         "forward_seconds_all": fwd["seconds_all"],
+        "forward_cpu_seconds": fwd["cpu_seconds"],
         "seconds": fwd["seconds"],
+        "load_average": os.getloadavg()[0],
     }
     if fem:
         part = scene.partset.fem
@@ -441,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
                 "fwd_bwd_seconds": fb["seconds"],
                 "fwd_bwd_seconds_all": fb["seconds_all"],
                 "fwd_bwd_over_fwd": fb["seconds"] / fwd["seconds"],
+                "fwd_bwd_cpu_seconds": fb["cpu_seconds"],
+                "fwd_bwd_over_fwd_cpu": fb["cpu_seconds"] / fwd["cpu_seconds"],
             })
     pos = scene.get_state()[seed_name]
     if not np.isfinite(pos).all():

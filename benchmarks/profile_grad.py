@@ -45,6 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", default="f32", choices=("f32", "f64"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
+    parser.add_argument("--phases", action="store_true", help="also time the MPM phase kernels one by one")
     args = parser.parse_args(argv)
     os.environ.setdefault("TI_OFFLINE_CACHE_FILE_PATH", os.path.join(os.path.expanduser("~"), ".cache", "taichi",
                                                                       "physim-benchmarks"))
@@ -147,6 +148,39 @@ def main(argv=None) -> None:
         accounted += times_b[name]
         print(f"  {name:34s} {times_b[name]:8.3f} s  {times_b[name] / f:.2f}x  ({counts_b[name]} calls)")
     print(f"  {'other (backward)':34s} {bwd - accounted:8.3f} s  {(bwd - accounted) / f:.2f}x")
+    if args.phases:
+        phases(scene, ti, clock, f, n_steps * spec["substeps_per_step"])
+
+
+def phases(scene, ti, clock, forward_seconds: float, substeps: int) -> None:
+    """The MPM phase kernels run one by one (forward, on the initial state, as often as the
+    horizon has substeps), against the forward pass: where a fused substep's time goes."""
+    mpm = scene.partset.by_name()["mpm"]
+    scene.reset()
+    svd, rigid = mpm.needs_svd, mpm.has_rigid
+    calls = {
+        "substep_fused (forward)": lambda: mpm.substep_fused(0, 0, svd, rigid),
+        "substep_scratch (replay)": lambda: mpm.substep_scratch(0, 0, svd, rigid),
+        "zero_scratch_grads": mpm.zero_scratch_grads,
+        "trial_deformation": lambda: mpm.trial_deformation(0),
+        "svd": mpm.svd,
+        "plasticity": lambda: mpm.plasticity(0),
+        "stress": lambda: mpm.stress(0, 0),
+        "p2g": lambda: mpm.p2g(0),
+        "grid_update": lambda: mpm.grid_update(0, 0),
+        "g2p": lambda: mpm.g2p(0),
+    }
+    print(f"phase kernels, {substeps} calls each, vs the forward pass ({forward_seconds:.3f} s):")
+    for name, fn in calls.items():
+        fn()
+        ti.sync()
+        t0 = clock()
+        for _ in range(substeps):
+            fn()
+        ti.sync()
+        dt = clock() - t0
+        print(f"  {name:34s} {dt:8.3f} s  {dt / forward_seconds:.2f}x")
+    scene.reset()
 
 
 if __name__ == "__main__":

@@ -364,6 +364,10 @@ def run_case(case: Case, arch: str, timeout: float) -> dict:
             "reference_peak_memory_bytes": ref["peak_memory_bytes"],
             "ratio_vs_reference": mine["particle_steps_per_s"] / ref["particle_steps_per_s"],
         })
+        if "cpu_seconds" in ref and "forward_cpu_seconds" in mine:  # CPU time per particle-substep, ratio
+            record["reference_cpu_seconds"] = ref["cpu_seconds"]
+            record["ratio_vs_reference_cpu"] = ((ref["cpu_seconds"] / cfg["n_particles"])
+                                                / (mine["forward_cpu_seconds"] / mine["particles"]))
     return record
 
 
@@ -440,6 +444,9 @@ COLUMNS = [
     ("vs Taichi", lambda r: _fmt(r.get("ratio_vs_reference"), ".2f", "x")),
     ("fwd+bwd s", lambda r: _fmt(r.get("fwd_bwd_seconds"), ".2f")),
     ("fwd+bwd/fwd", lambda r: _fmt(r.get("fwd_bwd_over_fwd"), ".2f", "x")),
+    ("vs Taichi CPU", lambda r: _fmt(r.get("ratio_vs_reference_cpu"), ".2f", "x")),
+    ("fwd+bwd/fwd CPU", lambda r: _fmt(r.get("fwd_bwd_over_fwd_cpu"), ".2f", "x")),
+    ("load", lambda r: _fmt(r.get("load_average"), ".1f")),
     ("peak MiB", lambda r: _fmt(r.get("peak_memory_bytes", math.nan) / 2**20, ".0f")),
 ]
 
