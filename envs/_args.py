@@ -11,6 +11,7 @@ so the documentation cannot drift from the code.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,4 +133,7 @@ def arguments_table(cls) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + out[0])
         lines.extend(indent + t for t in out[1:])
     lines.append(rule)
+    note = getattr(cls, "paper_note", "")
+    if note:
+        lines += ["", *textwrap.wrap(f'``scale="paper"``: {note}', width=92)]
     return "\n".join(lines)

@@ -146,8 +146,10 @@ class ShapingEnv(PhysimEnv):
         return self._target_x
 
     def _goal_overlay(self, renderer):
-        """The target shape as a translucent surface: where the target's grid mass crosses 40 %
-        of its full cells' (the 90th percentile of its occupied cells)."""
+        """The target shape as a translucent green surface (where the target's grid mass crosses
+        20 % of its full cells', the 90th percentile of its occupied cells: just outside its
+        particles) with its creases drawn solid, and a legend; the particles outside the target
+        are colored by ``_excess_colors`` (see ``camera_kwargs``)."""
         from physim.render import density_surface
 
         g = self._target_grid.numpy()
@@ -157,6 +159,8 @@ class ShapingEnv(PhysimEnv):
         renderer.add_goal(surface.extract_feature_edges(feature_angle=35, boundary_edges=False, manifold_edges=False,
                                                         non_manifold_edges=False),
                           name="goal_edges", opacity=1.0, line_width=2.5, smooth_shading=False)
+        renderer.plotter.add_text("green: target shape   magenta: material the target does not have",
+                                  position="upper_left", font_size=10, color="#333333", name="goal_text")
 
 
     #: a particle farther than this many particle spacings from every target particle is drawn in

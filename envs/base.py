@@ -79,6 +79,8 @@ class PhysimEnv(gym.Env):
     args: dict[str, Arg] = {}
     #: argument values at ``scale="paper"`` (merged along the class hierarchy; may hold ``horizon``)
     paper: dict[str, Any] = {}
+    #: one sentence under the Arguments table: what the paper scale is (reference, measured size)
+    paper_note: str = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -124,6 +124,7 @@ class MassSpringWalker2DEnv(_WalkerEnv):
     }
     #: DiffTaichi's mass-spring robots are this size (tens of masses): no larger resolution to match
     paper: dict = {}
+    paper_note = "the default (DiffTaichi's mass-spring robots have tens of masses, like this one)."
 
     dim = 2
     grid_res = 64

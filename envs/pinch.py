@@ -37,6 +37,8 @@ class PinchEnv(ShapingEnv):
         "depth_range": Arg("goal: the scripted press's depth (m) is drawn from this range", "range", 0.0, 0.12),
     }
     paper = {"substeps": 20}
+    paper_note = ("PlasticineLab's 64^3 grid (~10k particles there): 12,493 particles, 20 substeps of "
+                  "1.9e-4 s (3.75 ms per step, as the default's 10 of 3.75e-4 s).")
 
     default_horizon = 40
     boundary = "friction"
