@@ -32,12 +32,17 @@ def _runtime():
     yield
 
 
+#: the steps small_scene() builds for
+SMALL_STEPS = 8
+
+
 def small_scene(dim, material, *, tool=True, softness=50.0, friction=0.4, actuator=None,
                 gravity=None, checkpoint_every=8, substeps=4, velocity=None, boundary="slip", dt=2e-4,
-                tool_x=0.38, specialize=False):
+                tool_x=0.38, specialize=False, build=True):
     """A small scene (grid 32 in 2D / 16 in 3D, a few hundred particles) whose layout is the
     same for every material, so all gradient tests of one dimension share compiled kernels
-    (generic kernels: ``specialize=False``; tests of the specialized kernels pass True)."""
+    (generic kernels: ``specialize=False``; tests of the specialized kernels pass True).
+    Built for 8 steps unless ``build=False``."""
     res = 32 if dim == 2 else 16
     scene = ps.Scene(dim=dim, grid_res=res, dt=dt, substeps_per_step=substeps, gravity=gravity,
                      checkpoint_every=checkpoint_every, boundary=boundary, specialize=specialize)
@@ -49,7 +54,8 @@ def small_scene(dim, material, *, tool=True, softness=50.0, friction=0.4, actuat
     if tool:
         pos = [tool_x, 0.34, 0.5][:dim]
         scene.add_tool(ps.SphereTool(position=pos, radius=0.05, softness=softness, friction=friction))
-    scene.build(max_steps=8)
+    if build:
+        scene.build(max_steps=SMALL_STEPS)
     return scene
 
 

@@ -5,9 +5,10 @@ action column cannot escape it.
 Scenes: three 2D scenes that together hold every MPM material, every tool shape and every wall
 mode, each with several bodies and two tools (hard contact except one soft sphere; the box,
 capsule, cylinder and cup rotated); they share one compiled layout (grid 16, at most 4
-materials, 2 tools, generic kernels, K = 16, 8 steps), so the 2D kernels compile once. One 3D
-scene (grid 16) holds every material but the rigid body (see :data:`ELSEWHERE_3D`), eight
-bodies pressed by a rotated capsule. Every scene runs 8 steps of 3 substeps = 24 substeps
+materials, 2 tools, generic kernels, K = 16, 8 steps), so the 2D kernels compile once. Two 3D
+scenes (grid 16) hold every material but the rigid body (see :data:`ELSEWHERE_3D`), four bodies
+each, two of them pressed by a rotated capsule; they have the layout of the small 3D scene of
+tests/conftest.py, so they compile no 3D kernels of their own. Every scene runs 8 steps of 3 substeps = 24 substeps
 (beyond 16) with ``checkpoint_every=5``, so checkpoint chunk boundaries fall inside env steps
 (substeps 5, 10, 20).
 
@@ -23,11 +24,12 @@ What is checked, per scene, all read from the built scene at run time:
 - every action column (each tool's linear and angular velocity, the muscle actuation): a
   directional derivative along a random direction over the steps.
 
-The 3D scene also starts its plastic particles at a deformation gradient with two equal singular
+The plastic 3D scene also starts its plastic particles at a deformation gradient with two equal singular
 values beyond the yield surface (and the sand at an isotropic one), and checks the derivative
 along the shear of the tied pair, the term the SVD adjoint's clamped gap would drop.
 """
 
+import gc
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,34 +154,48 @@ SPECS = {
     ], "slip", dt=1e-3, spacing=1 / 48, push=[(-2.0, 0.5), (0.5, -1.5)]),
 }
 
-# the 3D scene: every material but the rigid body, one body each on the floor of a 16^3 grid, a
-# rotated capsule pressing two of them (hard contact), frictional walls. Rigid bodies in 3D are
-# FD-checked in tests/test_rigid.py (test_gradients_match_finite_differences[3]: tool velocity,
-# initial velocities, density): compiling the 3D rigid wall-contact adjoint here as well would
-# cost 34 s of CPU of this file's 90 s budget (measured, rigid_contact_impulse.grad, cold).
+# the 3D scenes: every material but the rigid body, split over two scenes of four materials each, one
+# body each on the floor of a 16^3 grid, a rotated capsule pressing two of them (hard contact),
+# frictional walls. Four materials, one tool, grid 16, K = 16, 8 steps and 108 particles are the
+# layout of conftest.small_scene(3, ...) (see test_layout_is_the_small_3d_scenes), so both scenes
+# reuse the 3D generic kernels (forward and reverse) that tests/test_checkpoint.py and
+# tests/test_gradients.py compile; one scene of all eight materials (n_mat 8) compiled a 3D layout
+# of its own, forward and reverse. Rigid bodies in 3D are FD-checked in tests/test_rigid.py
+# (test_gradients_match_finite_differences[3]: tool velocity, initial velocities, density):
+# compiling the 3D rigid wall-contact adjoint here as well would cost 34 s of CPU (measured,
+# rigid_contact_impulse.grad, cold).
 ELSEWHERE_3D = {"Rigid": "tests/test_rigid.py::test_gradients_match_finite_differences[3]"}
-_MATERIALS_3D = [
-    ps.Elastic(E=600.0, nu=0.3), ps.NeoHookean(E=600.0, nu=0.3), ps.Plasticine(E=800.0, nu=0.25, yield_stress=8.0),
-    ps.Sand(E=800.0, nu=0.3, friction_angle=30.0), ps.Snow(E=600.0, nu=0.2),
-    ps.Fluid(bulk_modulus=300.0, viscosity=1.0),
-    ps.Viscoplastic(E=800.0, nu=0.3, yield_stress=6.0, viscosity=1.0),
-    ps.Muscle(E=600.0, nu=0.2, actuation_strength=100.0)]
-SPECS["3d-all-friction"] = Spec(3, [
-    Body(ps.Box(center=(0.3 + 0.2 * (k // 3), 0.24, 0.3 + 0.2 * (k % 3)), size=(0.1, 0.1, 0.1)), m,
-         (0.3, -0.2, 0.1), converge=1.0, actuator=0 if isinstance(m, ps.Muscle) else None)
-    for k, m in enumerate(_MATERIALS_3D)
-], [
-    # lies across the elastic (k = 0) and neo-Hookean (k = 1) blocks, its axis tilted off z
-    ps.CapsuleTool(position=(0.3, 0.33, 0.4), rotation=(0.68, 0.68, 0.2, 0.15), radius=0.035, half_length=0.1,
-                   friction=0.4),
-], "friction", dt=5e-4, wall_friction=0.3,
-    # plastic flow with tied singular values: two equal stretches, deviatoric log strain
-    # 0.049 > yield / 2 mu (0.0125 plasticine, 0.0098 viscoplastic); sand isotropically compressed
+
+
+def _spec_3d(materials, tied_F=None):
+    """A 3D scene of ``materials`` (four: the small 3D layout's material rows), on a 2 x 2 patch
+    of the floor; the capsule lies across the first two blocks, its axis tilted off z."""
+    return Spec(3, [
+        Body(ps.Box(center=(0.3 + 0.2 * (k // 2), 0.24, 0.3 + 0.2 * (k % 2)), size=(0.1, 0.1, 0.1)), m,
+             (0.3, -0.2, 0.1), converge=1.0, actuator=0 if isinstance(m, ps.Muscle) else None)
+        for k, m in enumerate(materials)
+    ], [
+        ps.CapsuleTool(position=(0.3, 0.33, 0.4), rotation=(0.68, 0.68, 0.2, 0.15), radius=0.035, half_length=0.1,
+                       friction=0.4),
+    ], "friction", dt=5e-4, wall_friction=0.3, tied_F=tied_F or {})
+
+
+# elastic solids: the capsule presses the elastic and the neo-Hookean block
+SPECS["3d-solids-friction"] = _spec_3d([
+    ps.Elastic(E=600.0, nu=0.3), ps.NeoHookean(E=600.0, nu=0.3), ps.Snow(E=600.0, nu=0.2),
+    ps.Muscle(E=600.0, nu=0.2, actuation_strength=100.0)])
+# plastic flow with tied singular values: two equal stretches, deviatoric log strain 0.049 >
+# yield / 2 mu (0.0125 plasticine, 0.0098 viscoplastic); sand isotropically compressed. The
+# capsule presses the plasticine and the sand.
+SPECS["3d-plastic-friction"] = _spec_3d([
+    ps.Plasticine(E=800.0, nu=0.25, yield_stress=8.0), ps.Sand(E=800.0, nu=0.3, friction_angle=30.0),
+    ps.Fluid(bulk_modulus=300.0, viscosity=1.0), ps.Viscoplastic(E=800.0, nu=0.3, yield_stress=6.0, viscosity=1.0)],
     tied_F={"Plasticine": np.diag([1.04, 0.98, 0.98]), "Viscoplastic": np.diag([1.04, 0.98, 0.98]),
             "Sand": np.diag([0.98, 0.98, 0.98])})
 
 
-def build(spec: Spec) -> ps.Scene:
+def unbuilt(spec: Spec) -> ps.Scene:
+    """The scene of ``spec``, its bodies and tools added, not built yet."""
     scene = ps.Scene(dim=spec.dim, grid_res=spec.grid_res, dt=spec.dt, substeps_per_step=SUBSTEPS,
                      checkpoint_every=CHECKPOINT, boundary=spec.boundary, wall_friction=spec.wall_friction,
                      particle_spacing=spec.spacing, specialize=False)
@@ -187,6 +203,12 @@ def build(spec: Spec) -> ps.Scene:
         scene.add_body(b.shape, b.material, velocity=b.velocity, actuator=b.actuator, jitter=0.3, seed=k)
     for tool in spec.tools:
         scene.add_tool(tool)
+    return scene
+
+
+def build(spec: Spec) -> ps.Scene:
+    gc.collect()  # the previous scene of this layout is collected: its compiled engine is reused
+    scene = unbuilt(spec)
     scene.build(max_steps=STEPS)
     init = scene.initial_state()
     x, v, mat = init["mpm.x"], init["mpm.v"], scene.particle_materials()
@@ -325,6 +347,19 @@ def check_scene(key):
                          f"{key}: d/d initial F of the {mname} particles along the shear of their tied singular values")
             checked.append(f"tied-singular-value shear of {mname}")
     return checked
+
+
+def test_layout_is_the_small_3d_scenes():
+    """Both 3D scenes have the layout of ``small_scene(3, ...)`` (the 3D generic kernels the
+    checkpoint and gradient tests compile), so the matrix compiles no 3D layout of its own: a
+    scene that outgrows it (a fifth material, more particles, a second tool) fails here."""
+    from conftest import SMALL_STEPS, small_scene
+
+    small = small_scene(3, ps.Elastic(E=600.0, nu=0.3), build=False)._layout(SMALL_STEPS)
+    for key, spec in SPECS.items():
+        if spec.dim == 3:
+            layout = unbuilt(spec)._layout(STEPS)
+            assert layout == small, f"{key}: {layout} is not the small 3D layout {small}"
 
 
 @pytest.mark.parametrize("key", list(SPECS))
