@@ -22,6 +22,11 @@ Usage::
 
     nice -n 10 python benchmarks/precision.py            # full sweep -> results/precision.json
     python benchmarks/precision.py --dims 2 --horizons 200 --materials Plasticine   # a subset
+    python benchmarks/precision.py --dims 3 --runs f64 f32 pert --no-determinism    # 3D, merged into the JSON
+
+The JSON keeps the records this run did not measure again (``--replace`` overwrites it); each
+record's ``run`` names its entry in ``runs`` (that run's ``meta``). ``norm_f64`` (the f64 action gradient's norm)
+over the horizons is the rollout's Jacobian growth: where it grows fast, so does any round-off.
 
 Kernels are cached in ``~/.cache/taichi/physim-precision`` (``TI_OFFLINE_CACHE_FILE_PATH``).
 """
@@ -54,31 +59,40 @@ SPEED_CASE = ("Plasticine", 200)
 # ---------------------------------------------------------------------------- worker
 def make_scene(ps, dim: int, material: str, max_steps: int):
     """The benchmark scene: a block on the floor pressed from above by a sphere tool.
-    2D: grid 32, ~500 particles; 3D: grid 16, ~1,400 particles. One layout per dimension
-    (generic kernels, ``specialize=False``) so every material reuses the same compiled kernels."""
+    2D: grid 32, ~500 particles; 3D: grid 32, a 0.16 m cube of 10^3 = 1,000 particles (spacing
+    1/64). One layout per dimension (generic kernels, ``specialize=False``) so every material
+    reuses the same compiled kernels."""
     mat = getattr(ps, material)()
     if dim == 2:
         scene = ps.Scene(dim=2, grid_res=32, dt=DT, substeps_per_step=SUBSTEPS_PER_STEP, boundary="slip",
                          checkpoint_every=50, specialize=False, particle_spacing=1 / 128)
         center, size, tool_pos, radius = [0.5, 0.17], [0.22, 0.14], [0.5, 0.305], 0.06
     else:
-        scene = ps.Scene(dim=3, grid_res=16, dt=DT, substeps_per_step=SUBSTEPS_PER_STEP, boundary="slip",
+        scene = ps.Scene(dim=3, grid_res=32, dt=DT, substeps_per_step=SUBSTEPS_PER_STEP, boundary="slip",
                          checkpoint_every=50, specialize=False)
-        center, size, tool_pos, radius = [0.5, 0.32, 0.5], [0.36, 0.36, 0.36], [0.5, 0.58, 0.5], 0.08
+        top = scene.floor + 0.16  # the block rests on the floor; the sphere starts 5 mm above it
+        center, size = [0.5, scene.floor + 0.08 + 1e-3, 0.5], [0.16, 0.16, 0.16]
+        radius = 0.05
+        tool_pos = [0.5, top + 1e-3 + radius + 0.005, 0.5]
     scene.add_body(ps.Box(center=center, size=size), mat, velocity=[0.0] * dim, jitter=0.3, seed=1)
     scene.add_tool(ps.SphereTool(position=tool_pos, radius=radius, softness=50.0, friction=0.4))
     scene.build(max_steps=max_steps)
     return scene
 
 
+#: how far the tool descends over the horizon (m), by dimension
+DESCENT = {2: 0.06, 3: 0.05}
+
+
 def make_actions(scene, substeps: int) -> np.ndarray:
-    """The tool descends 0.06 over the horizon (whatever its length) with a small sideways wobble."""
+    """The tool descends :data:`DESCENT` over the horizon (whatever its length) with a small sideways wobble."""
     steps = substeps // SUBSTEPS_PER_STEP
     duration = substeps * DT
+    d = DESCENT[scene.dim]
     t = np.arange(steps) / steps
     a = np.zeros((steps, scene.action_dim))
-    a[:, 1] = -0.06 / duration
-    a[:, 0] = 0.2 * (0.06 / duration) * np.sin(2 * np.pi * t)
+    a[:, 1] = -d / duration
+    a[:, 0] = 0.2 * (d / duration) * np.sin(2 * np.pi * t)
     return a
 
 
@@ -134,6 +148,7 @@ def worker(args) -> None:
                 out[f"{mat}/{T}/error"] = np.array(f"{type(e).__name__}: {e}")
             print(f"  [{args.precision}{' pert' if args.perturb else ''} {args.dim}D] {mat} T={T}: "
                   f"{time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+            np.savez(args.out, **out)  # what is measured so far survives a later failure
         if pert is not None:
             scene.set_initial_state(x=x0)
     if args.speed:
@@ -221,6 +236,13 @@ def main(argv=None) -> None:
                    help="materials also measured over --long-horizons")
     p.add_argument("--long-horizons", type=int, nargs="*", default=[1000, 4000])
     p.add_argument("--no-determinism", action="store_true", help="skip the threaded-run comparison")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
+                   help="configurations to run (f64 and pert are needed for every comparison)")
+    p.add_argument("--from-dir", default=None, metavar="DIR",
+                   help="start no workers: compare the NAME_DIM.npz files workers wrote to DIR (cases they did not "
+                        "reach are recorded as not run)")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite --json; default: merge, keeping its records of the other dimensions")
     p.add_argument("--json", default=str(HERE / "results" / "precision.json"))
     args = p.parse_args(argv)
     bad = [m for m in args.materials if m not in MATERIALS]
@@ -238,15 +260,30 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="physim-precision-") as tmp:
         tmp = Path(tmp)
         for dim in args.dims:
-            procs = {name: start_worker(name, dim, args, tmp) for name in RUNS}
             res = {}
+            if args.from_dir:  # compare the (possibly partial) results of workers that ran before
+                for name in args.runs:
+                    f = Path(args.from_dir) / f"{name}_{dim}.npz"
+                    if f.exists():
+                        with np.load(f) as z:
+                            res[name] = {k: z[k] for k in z.files}
+                missing = {"f64", "pert"} - set(res)
+                res.update({name: {} for name in args.runs if name not in res})  # every case: not run
+                if missing:
+                    raise FileNotFoundError(f"{args.from_dir} has no {sorted(missing)} results for {dim}D")
+            procs = {} if args.from_dir else {name: start_worker(name, dim, args, tmp) for name in args.runs}
             for name, (proc, out) in procs.items():
                 if proc.wait() != 0:
-                    raise RuntimeError(f"worker {name} ({dim}D) failed with exit code {proc.returncode}")
+                    if not out.exists() or name in ("f64", "pert"):
+                        raise RuntimeError(f"worker {name} ({dim}D) failed with exit code {proc.returncode}")
+                    print(f"worker {name} ({dim}D) failed with exit code {proc.returncode}; using the cases it "
+                          f"finished", file=sys.stderr)
                 with np.load(out) as z:
                     res[name] = {k: z[k] for k in z.files}
             print(f"{dim}D: {time.perf_counter() - t_start:.0f} s", flush=True)
             for prec in ("f32", "f32_fm", "f64"):
+                if prec not in res:
+                    continue
                 if "speed" in res[prec]:
                     speed[f"{prec}_{dim}d"] = {"forward_substeps_per_s": float(res[prec]["speed"][0]),
                                                "fwd_bwd_substeps_per_s": float(res[prec]["speed"][1])}
@@ -256,36 +293,41 @@ def main(argv=None) -> None:
                 for T in horizons_of(args, mat):
                     key = f"{mat}/{T}"
                     rec = {"dim": dim, "material": mat, "substeps": T}
+                    for r in res.values():  # a case a failed worker never reached
+                        if f"{key}/ga" not in r and f"{key}/error" not in r:
+                            r[f"{key}/error"] = np.array("not run (the worker stopped before it)")
                     errs = {k: str(r[f"{key}/error"]) for k, r in res.items() if f"{key}/error" in r}
                     if errs:
                         rec["error"] = errs
                     if "f64" in errs or "pert" in errs:
                         records.append(rec)
                         continue
-                    for name in errs:  # a failed f32 run: its gradient is NaN (compares as NaN)
+                    for name in [k for k, e in errs.items() if not e.startswith("not run")]:
+                        # a failed f32 run: its gradient is NaN (compares as NaN)
                         res[name][f"{key}/ga"] = res["f64"][f"{key}/ga"] * np.nan
                         res[name][f"{key}/gp"] = res["f64"][f"{key}/gp"] * np.nan
                         res[name][f"{key}/x"] = res["f64"][f"{key}/x"] * np.nan
                         res[name][f"{key}/time"] = np.array([np.nan, np.nan])
-                    g32, g64, gp = res["f32"][f"{key}/ga"], res["f64"][f"{key}/ga"], res["pert"][f"{key}/ga"]
-                    rec["cos"], rec["rel"] = compare(g32, g64)
-                    rec["cos_fm"], rec["rel_fm"] = compare(res["f32_fm"][f"{key}/ga"], g64)
-                    rec["cos_pert"], rec["rel_pert"] = compare(gp, g64)
+                    g64, p64 = res["f64"][f"{key}/ga"], res["f64"][f"{key}/gp"]
                     names = [str(s) for s in res["f64"][f"{key}/gp_names"]]
-                    p32, p64, pp = res["f32"][f"{key}/gp"], res["f64"][f"{key}/gp"], res["pert"][f"{key}/gp"]
                     nz = np.abs(p64) > 0
                     rec["params"] = names
-                    rec["cos_params"], rec["rel_params"] = compare(p32[nz], p64[nz]) if nz.any() else (None, None)
-                    rec["rel_params_pert"] = compare(pp[nz], p64[nz])[1] if nz.any() else None
-                    pn = res["f32_fm"][f"{key}/gp"]
-                    rec["rel_params_fm"] = compare(pn[nz], p64[nz])[1] if nz.any() else None
                     rec["grad_params_f64"] = dict(zip(names, p64.tolist(), strict=True))
-                    rec["grad_params_f32"] = dict(zip(names, p32.tolist(), strict=True))
                     rec["norm_f64"] = float(np.linalg.norm(g64))
-                    rec["x_diff_f32"] = float(np.abs(res["f32"][f"{key}/x"] - res["f64"][f"{key}/x"]).max())
-                    rec["x_diff_pert"] = float(np.abs(res["pert"][f"{key}/x"] - res["f64"][f"{key}/x"]).max())
-                    rec["x_diff_f32_fm"] = float(np.abs(res["f32_fm"][f"{key}/x"] - res["f64"][f"{key}/x"]).max())
-                    rec["seconds_fwd_bwd"] = {p: float(res[p][f"{key}/time"].sum()) for p in ("f32", "f32_fm", "f64")}
+                    # suffix of each run's fields: f32 -> cos, rel, ...; f32_fm -> cos_fm, ...; pert -> cos_pert, ...
+                    for name, sfx in (("f32", ""), ("f32_fm", "_fm"), ("pert", "_pert")):
+                        if name not in res or f"{key}/ga" not in res[name]:  # not run
+                            continue
+                        r = res[name]
+                        rec[f"cos{sfx}"], rec[f"rel{sfx}"] = compare(r[f"{key}/ga"], g64)
+                        cp, rp = compare(r[f"{key}/gp"][nz], p64[nz]) if nz.any() else (None, None)
+                        rec[f"rel_params{sfx}"] = rp
+                        if name == "f32":
+                            rec["cos_params"] = cp
+                            rec["grad_params_f32"] = dict(zip(names, r[f"{key}/gp"].tolist(), strict=True))
+                        rec[f"x_diff_{name}"] = float(np.abs(r[f"{key}/x"] - res["f64"][f"{key}/x"]).max())
+                    rec["seconds_fwd_bwd"] = {p: float(res[p][f"{key}/time"].sum()) for p in ("f32", "f32_fm", "f64")
+                                              if f"{key}/time" in res.get(p, {})}
                     records.append(rec)
 
     print()
@@ -297,9 +339,10 @@ def main(argv=None) -> None:
             print(f"{r['dim']:>3} {r['material']:<13}{r['substeps']:>5}  error: {r['error']}")
             continue
         f = lambda v: f"{v:9.2e}" if v is not None else f"{'-':>9}"  # noqa: E731
-        print(f"{r['dim']:>3} {r['material']:<13}{r['substeps']:>5} {r['cos']:9.6f} {f(r['rel'])} "
-              f"{r['cos_fm']:9.6f} {f(r['rel_fm'])} {r['cos_pert']:9.6f} {f(r['rel_pert'])} "
-              f"{f(r['rel_params'])} {f(r['rel_params_fm'])} {f(r['rel_params_pert'])}")
+        g = lambda k: f"{r[k]:9.6f}" if r.get(k) is not None else f"{'-':>9}"  # noqa: E731
+        print(f"{r['dim']:>3} {r['material']:<13}{r['substeps']:>5} {g('cos')} {f(r.get('rel'))} "
+              f"{g('cos_fm')} {f(r.get('rel_fm'))} {g('cos_pert')} {f(r.get('rel_pert'))} "
+              f"{f(r.get('rel_params'))} {f(r.get('rel_params_fm'))} {f(r.get('rel_params_pert'))}")
     if speed:
         print("\nspeed", SPEED_CASE, json.dumps(speed))
     if det:
@@ -309,12 +352,30 @@ def main(argv=None) -> None:
             "perturbation": PERTURBATION, "speed_case": SPEED_CASE, "loadavg": os.getloadavg()}
     try:
         meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True).stdout.strip()
+                                        text=True).stdout.strip() or os.environ.get("PHYSIM_SOURCE_COMMIT", "")
     except OSError:
         pass
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"meta": meta, "records": records, "speed": speed,
-                                           "determinism": det}, indent=1))
+    meta["dims"] = args.dims
+    meta["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - meta["seconds"]))
+    meta["runs"] = args.runs
+    out = {"meta": meta, "records": records, "speed": speed, "determinism": det}
+    path = Path(args.json)
+    if path.exists() and not args.replace:  # keep the records (and speeds) this run did not measure again
+        old = json.loads(path.read_text())
+        new_keys = {(r["dim"], r["material"], r["substeps"]) for r in records}
+        kept = [r for r in old.get("records", []) if (r["dim"], r["material"], r["substeps"]) not in new_keys]
+        out["records"] = sorted(kept + records, key=lambda r: (r["dim"], MATERIALS.index(r["material"]), r["substeps"]))
+        out["speed"] = {**old.get("speed", {}), **speed}
+        out["determinism"] = {**old.get("determinism", {}), **det}
+        old_meta = old.get("meta", {})
+        for r in records:
+            r["run"] = meta["started"]
+        for r in kept:
+            r.setdefault("run", old_meta.get("started", old_meta.get("commit", "before")))
+        runs = old.get("runs", {str(old_meta.get("started", old_meta.get("commit", "before"))): old_meta})
+        out["runs"] = {**runs, meta["started"]: meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {args.json} ({meta['seconds']:.0f} s)")
 
 
