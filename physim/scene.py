@@ -501,8 +501,9 @@ class Scene(Rollout):
                                 hinges=_next_pow2(sum(b.n_hinges for b in self.shell_bodies), 16),
                                 bodies=_next_pow2(len(self.shell_bodies), 1),
                                 contact_pairs=_next_pow2(PAIRS_PER_VERTEX * sum(
-                                    b.n_vertices for b in self.shell_bodies if b.self_contact), 16)
-                                if any(b.self_contact for b in self.shell_bodies) else 0)
+                                    b.n_vertices for b in self.shell_bodies if b.self_contact or fem), 16)
+                                if fem or any(b.self_contact for b in self.shell_bodies) else 0,
+                                fem_nodes=fem.nodes if fem else 0)
         return SceneLayout(
             shell=shell,
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),
@@ -549,6 +550,9 @@ class Scene(Rollout):
                                 wall_hi=1.0 - BOUND * self.dx, subcycle=self._fem_subcycle))
         if ps.shell is not None:
             from .parts.shell import ShellSpec
+
+            if ps.fem is not None:
+                ps.shell.attach_fem(ps.fem)  # the pads are obstacles of the sheets
             from .parts.tools import SHAPE_IDS
 
             ps.shell.load(ShellSpec(

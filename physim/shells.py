@@ -487,6 +487,9 @@ class ShellBody:
         self_contact_stiffness: scale of the contact barrier (Pa/m; the parameter
             ``shell.self_contact_stiffness``): the pressure at half the margin is 1.2 times it times
             the margin.
+        pad_friction: Coulomb coefficient against FEM pads (soft fingertips, :class:`physim.FEMBody`);
+            the parameter ``shell.pad_friction``. Every shell body touches every FEM body's surface (the
+            penalty of the tools, ``shell.contact_stiffness``).
         self_contact_margin: the barrier acts while the gap between the sheets' surfaces (mid-surface
             distance less the two half thicknesses) is below this (m).
 
@@ -502,6 +505,7 @@ class ShellBody:
     self_friction: float = 0.3
     self_contact_stiffness: float = 1e7
     self_contact_margin: float = 5e-4
+    pad_friction: float = 0.5
     _hinges: np.ndarray = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -539,6 +543,7 @@ class ShellBody:
         _positive("ShellBody", "self_friction", self.self_friction, allow_zero=True)
         _positive("ShellBody", "self_contact_stiffness", self.self_contact_stiffness)
         _positive("ShellBody", "self_contact_margin", self.self_contact_margin)
+        _positive("ShellBody", "pad_friction", self.pad_friction, allow_zero=True)
         if len(owner) == n:
             raise ValueError("ShellBody: every vertex is pinned or attached; nothing is left to simulate")
 

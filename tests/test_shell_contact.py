@@ -12,6 +12,9 @@ from gradcheck import assert_close, central_difference
 import physim as ps
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
 
+# the FEM pad sub-cycles the shells' 2 ms substep (announced by a warning)
+pytestmark = pytest.mark.filterwarnings("ignore::physim.parts.fem.Subcycling")
+
 #: a soft sheet (E t = 5e3 N/m, D = 2e-5 N m), as in test_shell_grad
 SOFT = dict(E=1e7, nu=0.3, thickness=5e-4, density=500.0, bending=2e-5)
 
@@ -249,3 +252,102 @@ def test_bad_contact_inputs_are_clear_errors():
     scene.add_shell(ShellBody(other, mat, self_contact=True))
     with pytest.raises(ValueError, match="start touching or overlapping"):
         scene.build(max_steps=2)
+
+
+# ---------------------------------------------------------------------------- FEM pads
+PSTEPS, PSUB = 3, 2
+
+
+@pytest.fixture(scope="module")
+def pad_scene():
+    """A soft FEM pad (gel facing down, its back mounted on box tool 0) above a 5 x 5 sheet pinned at
+    its edge, 0.1 mm from the sheet's contact zone; the action drives the mount down and sideways."""
+    mat = ShellMaterial(**SOFT, damping=0.5)
+    sheet = ShellMesh.rectangle(center=(0.5, 0.3, 0.5), size=(0.04, 0.04), res=(5, 5), normal="y")
+    X = sheet.vertices
+    edge = np.flatnonzero((np.abs(X[:, 0] - 0.5) > 0.019) | (np.abs(X[:, 2] - 0.5) > 0.019))
+    scene = ps.Scene(dim=3, grid_res=32, dt=2e-3, substeps_per_step=PSUB, checkpoint_every=16)
+    from physim.parts.shell import MARGIN
+    # pad centre off the sheet's grid lines (closest-point regions; see the `pair` fixture)
+    pc = (0.5013, 0.3 + 0.005 + 0.5 * SOFT["thickness"] + MARGIN + 1e-4, 0.4991)
+    scene.add_tool(ps.BoxTool(position=(pc[0], pc[1] + 0.007, pc[2]), half_extents=(0.012, 0.002, 0.012)))
+    gel = ps.flat_pad(center=pc, size=(0.02, 0.02), thickness=0.01, resolution=(2, 2, 2), back="top")
+    scene.add_fem(ps.FEMBody(gel, E=5e4, nu=0.3, density=1000.0, mount=0))
+    scene.add_shell(ShellBody(sheet, mat, pinned=edge, pad_friction=0.5))
+    scene.build(max_steps=PSTEPS)
+    scene.partset.shell.set_newton(rtol=1e-13)
+    return scene
+
+
+def _pad_actions(scene, down=-0.15, side=0.02):
+    # 0.3 mm per substep (less than half the 0.75 mm contact zone: the gel is an obstacle that moves
+    # between the shell's solves, so a faster pad could start a solve past a sheet vertex); 1.8 mm
+    # down over the 3 steps, 1.7 mm into the contact zone
+    a = np.zeros((PSTEPS, scene.action_dim))
+    a[:, 1] = down
+    a[:, 0] = side
+    return a
+
+
+def _pad_loss(scene, a, w):
+    scene.reset()
+    scene.forward(a, requires_grad=False)
+    s = scene.get_state()
+    return float(sum((w[k] * s[k]).sum() for k in w))
+
+
+def test_fem_pad_presses_the_sheet_without_passing_through(pad_scene):
+    """The pad's face ends below the sheet's rest plane, the sheet under it is pushed down, and no
+    sheet vertex comes nearer to the gel's surface triangles than half the thickness less 0.1 mm
+    of penalty compression (contact_stiffness 1e7 Pa/m: the ~1 kPa this press needs sinks
+    ~0.1 mm) or gets above its face."""
+    scene = pad_scene
+    scene.reset()
+    scene.forward(_pad_actions(scene), requires_grad=False)
+    s = scene.get_state()
+    x, xf = s["shell.x"], s["fem.x"]
+    faces = scene.partset.fem.faces.to_numpy()[: int(scene.partset.fem.n_faces[None])]
+    nrm = np.cross(xf[faces[:, 1]] - xf[faces[:, 0]], xf[faces[:, 2]] - xf[faces[:, 0]])
+    bottom = faces[nrm[:, 1] < -0.9 * np.linalg.norm(nrm, axis=1)]  # the gel's face (outward normal down)
+    lo, hi = xf[:, [0, 2]].min(0), xf[:, [0, 2]].max(0)
+    under = ((x[:, [0, 2]] > lo) & (x[:, [0, 2]] < hi)).all(1)
+    assert under.sum() >= 4
+    assert xf[bottom, 1].max() < 0.3 - 5e-4, "the pad did not press the sheet"
+    assert x[under, 1].max() < 0.3 - 2e-4, "the sheet under the pad was not pushed down"
+    d = min_distance(x, xf, faces)
+    assert d > 0.5 * SOFT["thickness"] - 1e-4, f"a sheet vertex is {d:.3g} m from the gel's surface"
+    assert (x[under, 1] < xf[bottom, 1].max()).all(), "a sheet vertex is above the pad's face"
+    assert all(ok for ok, _res, _t in scene.partset.shell._status.values())
+
+
+def test_fem_pad_action_and_friction_gradients(pad_scene):
+    """Through the pad: d loss / d the mount's velocity (tools -> FEM kinematic nodes -> the gel's
+    explicit steps -> its surface as the sheet's obstacle -> the implicit shell steps) and
+    d loss / d shell.pad_friction, against central differences."""
+    scene = pad_scene
+    a = _pad_actions(scene)
+    rng = np.random.default_rng(3)
+    st = scene.get_state()
+    w = {"shell.x": rng.normal(size=st["shell.x"].shape), "shell.v": rng.normal(size=st["shell.v"].shape)}
+    scene.reset()
+    scene.forward(a)
+    g = scene.backward(dict(w))
+    fd, ad = [], []
+    for t, col in ((0, 1), (2, 1), (1, 0), (2, 2)):
+        def f(e, t=t, col=col):
+            b = a.copy()
+            b[t, col] += e
+            return _pad_loss(scene, b, w)
+        fd.append(central_difference(f, 1e-5))
+        ad.append(g.actions[t, col])
+    mu = scene.get_param("shell.pad_friction", 0)
+
+    def fmu(e):
+        scene.set_param("shell.pad_friction", mu + e, row=0)
+        return _pad_loss(scene, a, w)
+    try:
+        fd.append(central_difference(fmu, 1e-4 * mu))
+    finally:
+        scene.set_param("shell.pad_friction", mu, row=0)
+    ad.append(g.params["shell.pad_friction"][0])
+    assert_close(fd, ad, "d loss / d pad mount actions and shell.pad_friction")

@@ -131,8 +131,8 @@ DEFAULT_CONTACT_STIFFNESS = 1e7
 # vertex kinds
 FREE, PINNED = -2, -1
 # columns of the work copy of the parameters
-C_E, C_NU, C_T, C_RHO, C_D, C_ALPHA, C_KC, C_WMU, C_SKC, C_SMU = range(10)
-N_COLS = 10
+C_E, C_NU, C_T, C_RHO, C_D, C_ALPHA, C_KC, C_WMU, C_SKC, C_SMU, C_PMU = range(11)
+N_COLS = 11
 
 
 class NewtonWarning(UserWarning):
@@ -163,6 +163,8 @@ class ShellLayout:
     bodies: int
     #: shell <-> shell contact pair capacity (0: no body has ``self_contact``, nothing compiled)
     contact_pairs: int = 0
+    #: FEM node capacity of the scene's pads (0: no FEM part; else its surface is an obstacle of the shells)
+    fem_nodes: int = 0
 
 
 @dataclass
@@ -262,6 +264,7 @@ class ShellPart(Part):
         self.wall_mu = ti.field(real, shape=B, needs_grad=True)
         self.self_kc = ti.field(real, shape=B, needs_grad=True)
         self.self_mu = ti.field(real, shape=B, needs_grad=True)
+        self.pad_mu = ti.field(real, shape=B, needs_grad=True)
         self.param("E", "Pa", self.E, lower=0.0, lower_open=True, doc="Young's modulus of the sheet (Pa)")
         self.param("nu", "1", self.nu, lower=-1.0, upper=0.5, lower_open=True, upper_open=True,
                    doc="Poisson ratio of the sheet")
@@ -280,6 +283,7 @@ class ShellPart(Part):
                    doc="shell <-> shell contact barrier stiffness (Pa/m; bodies with self_contact)")
         self.param("self_friction", "1", self.self_mu, lower=0.0,
                    doc="Coulomb coefficient between sheets (bodies with self_contact)")
+        self.param("pad_friction", "1", self.pad_mu, lower=0.0, doc="Coulomb coefficient against FEM pads")
         # work copies: the residual kernel reads only these (and the iterate), so its adjoint --
         # run for every Hessian-vector product -- never touches the state's or parameters' gradients
         self.xk = self.scratch_field((3,), N)  # the Newton iterate (x_{n+1})
@@ -327,7 +331,8 @@ class ShellPart(Part):
             from .shell_contact import ShellContact
 
             self.contact = ShellContact(self, layout.contact_pairs,
-                                        dict(thickness=C_T, stiffness=C_SKC, friction=C_SMU))
+                                        dict(thickness=C_T, stiffness=C_SKC, friction=C_SMU, pad_stiffness=C_KC,
+                                             pad_friction=C_PMU))
 
     def param_rows(self, name: str) -> int:
         return int(self.n_bodies[None])
@@ -351,7 +356,7 @@ class ShellPart(Part):
         nbody, narea, kind, xloc = np.zeros(N, np.int32), np.ones(N), np.full(N, FREE, np.int32), np.zeros((N, 3))
         attached = np.zeros((B, E), np.int32)
         prm = {k: np.ones(B) for k in ("E", "nu", "thickness", "density", "bending", "yield_angle", "hardening",
-                                       "damping", "kc", "wall_mu", "self_kc", "self_mu")}
+                                       "damping", "kc", "wall_mu", "self_kc", "self_mu", "pad_mu")}
         rest0 = np.zeros(h)
         min_edge = math.inf
         v0 = t0 = h0 = 0
@@ -406,7 +411,7 @@ class ShellPart(Part):
                         bending=mat.bending_stiffness(), yield_angle=math.radians(mat.yield_angle),
                         hardening=mat.hardening, damping=mat.damping, kc=DEFAULT_CONTACT_STIFFNESS,
                         wall_mu=spec.wall_friction, self_kc=b.self_contact_stiffness,
-                        self_mu=b.self_friction)
+                        self_mu=b.self_friction, pad_mu=b.pad_friction)
             for k, val in vals.items():
                 prm[k][bi] = val
             v0, t0, h0 = v0 + nv, t0 + nt, h0 + nh
@@ -439,13 +444,19 @@ class ShellPart(Part):
         self.initial_rest_angle = rest0
         self._build_pattern(tri[:m], hinge[:h], kind[:n], n)
         self._check_tool_overlap(spec)
-        if any(b.self_contact for b in bodies):
+        if any(b.self_contact for b in bodies) or (self.contact is not None and self.contact.fem is not None):
             if self.contact is None:
                 raise ValueError("a shell body has self_contact=True but this shell layout was compiled without "
                                  "shell contact (contact_pairs=0)")
             self.contact.load(bodies, tri[:m], kind[:n], narea[:n], min_edge)
         elif self.contact is not None:
             self.contact.topology = None
+
+    def attach_fem(self, fem) -> None:
+        """Make the FEM part's surface (its pads) an obstacle of the shells (before :meth:`load`)."""
+        if self.contact is None or not self.contact.has_pad:
+            raise ValueError("this shell layout was compiled without FEM pads (fem_nodes=0)")
+        self.contact.fem = fem
 
     @property
     def contact_on(self) -> bool:
@@ -466,6 +477,8 @@ class ShellPart(Part):
             self.bp[b, C_T] = self.thickness[b]
             self.bp[b, C_SKC] = self.self_kc[b]
             self.bp[b, C_SMU] = self.self_mu[b]
+            self.bp[b, C_KC] = self.kc[b]
+            self.bp[b, C_PMU] = self.pad_mu[b]
 
     def _build_pattern(self, tri: np.ndarray, hinge: np.ndarray, kind: np.ndarray, n: int) -> None:
         """The Hessian's block sparsity (vertices sharing a triangle or a hinge), a greedy distance-2
@@ -605,6 +618,7 @@ class ShellPart(Part):
             self.bp[b, C_WMU] = self.wall_mu[b]
             self.bp[b, C_SKC] = self.self_kc[b]
             self.bp[b, C_SMU] = self.self_mu[b]
+            self.bp[b, C_PMU] = self.pad_mu[b]
         for e in range(self.tools.rows[None]):
             self.tp[0, e] = self.tools.pos[l, e]
             self.tq[0, e] = self.tools.rot[l, e]
@@ -659,6 +673,7 @@ class ShellPart(Part):
             self.wall_mu.grad[b] += self.bp.grad[b, C_WMU]
             self.self_kc.grad[b] += self.bp.grad[b, C_SKC]
             self.self_mu.grad[b] += self.bp.grad[b, C_SMU]
+            self.pad_mu.grad[b] += self.bp.grad[b, C_PMU]
         for e in range(self.tools.rows[None]):
             self.tools.friction.grad[e] += self.tmu.grad[e]
             for s in ti.static(range(2)):
@@ -1278,7 +1293,7 @@ class ShellPart(Part):
         self.place_kinematic()
         self._floor = 0.0
         if self.contact_on:
-            self.contact.begin_step()
+            self.contact.begin_step(l, l + 1)
         its, cgs, res, ok = self._newton()
         self.write_out(l)
         self._status[l] = (ok, res, t)
@@ -1308,7 +1323,7 @@ class ShellPart(Part):
         self.load_work(l, l + 1)
         self._load_iterate(l)
         if self.contact_on:
-            self.contact.begin_step()
+            self.contact.begin_step(l, l + 1)
             self.contact.update()
         self._adjoint_rhs(l)
         self.diag_kernel()
@@ -1322,8 +1337,13 @@ class ShellPart(Part):
                 f"shell substep {l} of the chunk (action step {step}): the adjoint solve H lambda = g did not "
                 f"converge in {n_cg} CG iterations (H not positive definite at the converged state?)")
         self._zero_work_grads()  # the Hessian-vector products above accumulated into them
+        pad = self.contact_on and self.contact.fem is not None
+        if pad:
+            self.contact.zero_obstacle_grads()
         self._adjoint_seed()
         self.residual_vjp()
+        if pad:
+            self.contact.scatter_obstacle_grads(l)
         self._kinematic_grads()
         self.place_kinematic.grad()
         self._scatter_work_grads(l)
@@ -1348,7 +1368,9 @@ class ShellPart(Part):
         e = self._energy.to_numpy()
         extra = {}
         if self.contact_on:
-            self.contact._fric = np.zeros((0, 5), np.int64)
+            self.contact._fric = self.contact._pad_fric = np.zeros((0, 5), np.int64)
+            if self.contact.fem is not None:
+                self.contact.load_obstacle(slot, slot)
             self.contact.update()
             extra["self_contact"] = self.contact.energy()
         m = self.vertex_mass()

@@ -47,6 +47,22 @@ Step bound (collision-aware, no tunnelling): a pair's distance shrinks by at mos
     (max_side1 |dx| + max_side2 |dx|)`` keeps every gap above ``MIN_GAP_KEEP`` of its value along
     the whole straight path of the step: no pair reaches ``z = 0`` or crosses.
 
+Shell <-> FEM pad contact (every shell body against every FEM body's surface, e.g. a soft fingertip
+    mounted on a gripper tool; the FEM part steps first in a substep, so its surface at the end of
+    the substep, slot ``l + 1``, is a moving obstacle of the shell's Newton solve): vertex-triangle
+    pairs of shell vertices and the gel's outward surface triangles, the tools' penalty
+    ``0.5 kc a (eps - phi)^2`` below ``eps`` = :data:`physim.parts.shell.MARGIN` (``kc`` =
+    ``shell.contact_stiffness``, ``a`` the vertex's lumped area, ``phi`` the distance to the face
+    less half the sheet's thickness, negative only behind a face's interior), and lagged friction
+    from the pairs in contact at the start of the step (the gel's nodes at slot ``l``), coefficient
+    ``shell.pad_friction``. Gradients: the adjoint's vector-Jacobian product gives the gel nodes'
+    gradients at slots ``l + 1`` and ``l``, added to ``fem.x``'s, from where the FEM part's own
+    reverse mode carries them to its state, parameters and mount pose (the gripper's actions).
+    Coupled one way: the gel shapes the sheet, the sheet's reaction is not applied to the gel (an
+    explicit FEM step would need it as an external force from the previous substep). The gel may
+    advance at most about half the contact zone per substep (a faster pad can start a solve past a
+    sheet vertex: Newton then fails and says so).
+
 Derivatives: the pair kernel writes each pair's forces ``dE/dx_a`` from pair-local copies of its
     vertices; Taichi's reverse mode of it is the exact Hessian-vector product (through the
     closest-point weights: the distance's exact second derivative), used by CG, and seeded one
@@ -63,6 +79,7 @@ import math
 import numpy as np
 import taichi as ti
 
+from .shell import MARGIN as PAD_MARGIN
 from .shell import V_SMOOTH
 
 __all__ = ["ShellContact", "CONTACT_STEP", "MIN_GAP_KEEP", "PAIRS_PER_VERTEX", "VT", "EE"]
@@ -75,8 +92,8 @@ MIN_GAP_KEEP = 0.1
 PAIRS_PER_VERTEX = 64
 #: pair types
 VT, EE = 0, 1
-#: pair roles
-BARRIER, FRICTION = 0, 1
+#: pair roles: shell <-> shell barrier and lagged friction, shell vertex <-> FEM pad face penalty and friction
+BARRIER, FRICTION, PAD, PAD_FRICTION = 0, 1, 2, 3
 #: the edge-edge mollifier acts below this fraction of |e_a|^2 |e_b|^2 (rest lengths)
 MOLLIFIER = 1e-3
 
@@ -163,9 +180,17 @@ class ShellContact:
         self.fp = ti.Vector.field(3, real, shape=(P, 4), needs_grad=True)
         self.pz = ti.field(real, shape=P)  # gap z of every pair at the iterate
         self.margin = ti.field(real, shape=B)  # s_hat of each body (m)
+        self.C_KC, self.C_PMU = cols["pad_stiffness"], cols["pad_friction"]
+        # FEM pad nodes (the obstacle), rows OB + j of the pairs' ids: at the end / start of the substep
+        self.OB = part.layout.nodes
+        self.has_pad = part.layout.fem_nodes > 0
+        self.ob_x = ti.Vector.field(3, real, shape=max(part.layout.fem_nodes, 1), needs_grad=True)
+        self.ob_xn = ti.Vector.field(3, real, shape=max(part.layout.fem_nodes, 1), needs_grad=True)
+        self.fem = None  # the FEM part (set by the scene: attach_fem)
         self.red = ti.field(real, shape=4)  # [energy, min z (barrier pairs), step bound]
         self.enabled = np.zeros(0, bool)
         self._fric = None  # friction pairs of the current step (numpy)
+        self._pad_fric = None
         self.delta = 0.0
         self.topology = None
 
@@ -198,25 +223,52 @@ class ShellContact:
             v0 += b.n_vertices
         self.topology = dict(
             tri=tri_c.astype(np.int64), tri_body=nbody[tri_c[:, 0]] if len(tri_c) else np.zeros(0, np.int64),
-            edges=np.concatenate(edges).astype(np.int64), edge_area=np.concatenate(eareas),
+            edges=np.concatenate(edges).astype(np.int64) if edges else np.zeros((0, 2), np.int64),
+            edge_area=np.concatenate(eareas) if eareas else np.zeros(0),
             verts=np.flatnonzero(self.enabled[nbody]), node_body=nbody, kinematic=kind != -2,
             node_area=node_area.astype(np.float64), margin=margins,
             thickness=np.array([b.material.thickness for b in bodies], np.float64))
         T = self.topology
         T["edge_body"] = nbody[T["edges"][:, 0]]
+        n = len(nbody)
+        T["n"] = n
+        T["pad_tri"] = np.zeros((0, 3), np.int64)
+        T["kinematic_all"] = T["kinematic"]
+        if self.fem is not None:
+            nf = int(self.fem.n_faces[None])
+            T["pad_tri"] = self.fem.faces.to_numpy()[:nf].astype(np.int64) + self.OB
+            kin = np.ones(self.OB + int(self.fem.rows[None]), bool)
+            kin[:n] = T["kinematic"]
+            T["kinematic_all"] = kin
         X = np.concatenate([b.mesh.vertices for b in bodies])
+        T["verts_all"] = np.arange(n)
         T["rest_len2"] = ((X[T["edges"][:, 1]] - X[T["edges"][:, 0]]) ** 2).sum(1)
         self.delta = CONTACT_STEP * min_edge
         # the rest shapes: no pair of one body inside its contact zone (the barrier would act at rest),
         # no two bodies touching or overlapping
-        self.set_pairs(X, np.zeros((0, 4), np.int64), extra=0.0)
+        pad = None
+        if self.fem is not None:
+            pad = np.concatenate([b.mesh.vertices for b in self.fem.bodies])
+            full = np.zeros(self.ob_x.shape + (3,), self.part.np_real)
+            full[: len(pad)] = pad
+            self.ob_x.from_numpy(full)
+            self.ob_xn.from_numpy(full)
+        self.set_pairs(self._with_pad(X, pad), np.zeros((0, 5), np.int64), extra=0.0)
         self._gaps()
         n = int(self.n_pairs[None])
         if n:
             z = self.pz.to_numpy()[:n]
             ids = self.pid.to_numpy()[:n]
             bod = self.pbody.to_numpy()[:n]
-            same = bod[:, 0] == bod[:, 1]
+            role = self.prole.to_numpy()[:n]
+            bad = (role == PAD) & (z <= 0.0)
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise ValueError(f"shell vertex {int(ids[j, 0])} (body {int(bod[j, 0])}) starts inside a FEM pad or "
+                                 f"within half its thickness of the pad's surface (face of FEM nodes "
+                                 f"{(ids[j, 1:] - self.OB).tolist()}, {-z[j] * PAD_MARGIN:.3g} m too deep); move "
+                                 f"the pad or the sheet")
+            same = (bod[:, 0] == bod[:, 1]) & (role < PAD)
             bad = (z < 1.0) & same
             if bad.any():
                 j = int(np.argmax(bad))
@@ -226,7 +278,7 @@ class ShellContact:
                     f"pair {ids[j].tolist()} (not sharing a vertex) within its self-contact zone (thickness + "
                     f"self_contact_margin = {T['thickness'][b] + margins[b]:.3g} m; gap {z[j]:.3g} of the margin): "
                     f"the barrier would act at rest; lower self_contact_margin or use a coarser mesh")
-            bad = z <= 0.0
+            bad = (z <= 0.0) & (role < PAD)
             if bad.any():
                 j = int(np.argmax(bad))
                 raise ValueError(
@@ -240,27 +292,9 @@ class ShellContact:
         from scipy.spatial import cKDTree
 
         T = self.topology
-        out = []
-        tri, verts, kin = T["tri"], T["verts"], T["kinematic"]
-        if len(tri) and len(verts):
-            P = X[tri]  # (m, 3, 3)
-            lo, hi = P.min(1), P.max(1)
-            cen = 0.5 * (lo + hi)
-            rad = np.linalg.norm(hi - lo, axis=1) * 0.5 + radius
-            tree = cKDTree(X[verts])
-            hits = tree.query_ball_point(cen, rad)
-            cnt = np.fromiter((len(h) for h in hits), np.int64, len(hits))
-            if cnt.sum():
-                t_idx = np.repeat(np.arange(len(tri)), cnt)
-                v_idx = verts[np.concatenate([np.asarray(h, np.int64) for h in hits if len(h)])]
-                x = X[v_idx]
-                gap = np.linalg.norm(np.maximum(np.maximum(lo[t_idx] - x, x - hi[t_idx]), 0.0), axis=1)
-                tt = tri[t_idx]
-                keep = (gap <= radius) & (tt != v_idx[:, None]).all(1)
-                keep &= ~(kin[v_idx] & kin[tt].all(1))
-                v_idx, tt = v_idx[keep], tt[keep]
-                out.append(np.column_stack([v_idx, tt, np.full(len(v_idx), VT)]))
+        out = [self._vt(X, T["verts"], T["tri"], T["kinematic"], radius, VT)]
         E = T["edges"]
+        kin = T["kinematic"]
         if len(E) > 1:
             A, Bq = X[E[:, 0]], X[E[:, 1]]
             lo, hi = np.minimum(A, Bq), np.maximum(A, Bq)
@@ -275,33 +309,85 @@ class ShellContact:
                 share = (ei[:, :1] == ej).any(1) | (ei[:, 1:] == ej).any(1)
                 keep = (gap <= radius) & ~share & ~(kin[ei].all(1) & kin[ej].all(1))
                 out.append(np.column_stack([ei[keep], ej[keep], np.full(int(keep.sum()), EE)]))
-        if not out:
-            return np.zeros((0, 5), np.int64)
         return np.concatenate(out).astype(np.int64)
+
+    @staticmethod
+    def _vt(X: np.ndarray, verts: np.ndarray, tri: np.ndarray, kin: np.ndarray, radius: float, typ: int):
+        """(k, 5) vertex-triangle pairs [v, t1, t2, t3, typ] whose boxes come within ``radius``
+        (no shared vertex, not all kinematic)."""
+        from scipy.spatial import cKDTree
+
+        if not (len(tri) and len(verts)):
+            return np.zeros((0, 5), np.int64)
+        P = X[tri]  # (m, 3, 3)
+        lo, hi = P.min(1), P.max(1)
+        cen = 0.5 * (lo + hi)
+        rad = np.linalg.norm(hi - lo, axis=1) * 0.5 + radius
+        tree = cKDTree(X[verts])
+        hits = tree.query_ball_point(cen, rad)
+        cnt = np.fromiter((len(h) for h in hits), np.int64, len(hits))
+        if not cnt.sum():
+            return np.zeros((0, 5), np.int64)
+        t_idx = np.repeat(np.arange(len(tri)), cnt)
+        v_idx = verts[np.concatenate([np.asarray(h, np.int64) for h in hits if len(h)])]
+        x = X[v_idx]
+        gap = np.linalg.norm(np.maximum(np.maximum(lo[t_idx] - x, x - hi[t_idx]), 0.0), axis=1)
+        tt = tri[t_idx]
+        keep = (gap <= radius) & (tt != v_idx[:, None]).all(1)
+        keep &= ~(kin[v_idx] & kin[tt].all(1))
+        return np.column_stack([v_idx[keep], tt[keep], np.full(int(keep.sum()), typ)]).astype(np.int64)
+
+    def _pad_candidates(self, X: np.ndarray, radius: float) -> np.ndarray:
+        """(k, 5) shell vertex <-> FEM pad face pairs (``X``: shell rows, then the pad's at OB)."""
+        T = self.topology
+        return self._vt(X, T["verts_all"], T["pad_tri"], T["kinematic_all"], radius, VT)
+
+    def _with_pad(self, X: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        """Shell positions X followed (from row OB) by the pad's ``pad``."""
+        if not self.has_pad or self.fem is None:
+            return X
+        out = np.zeros((self.OB + len(pad), 3))
+        out[: len(X)] = X
+        out[self.OB:] = pad
+        return out
 
     def _radius(self) -> float:
         T = self.topology
         en = self.enabled[: len(T["margin"])]
-        return float(T["thickness"][en].max() + T["margin"][en].max())
+        return float(T["thickness"][en].max() + T["margin"][en].max()) if en.any() else 0.0
 
-    def set_pairs(self, X: np.ndarray, fric: np.ndarray, extra: float) -> None:
-        """Upload the barrier candidates at positions ``X`` (search radius: the contact zone +
-        ``extra``) followed by the friction pairs ``fric`` ((k, 5))."""
-        bar = self._candidates(X, self._radius() + extra)
+    def _pad_radius(self) -> float:
+        from .shell import MARGIN
+
+        return float(0.5 * self.topology["thickness"].max() + MARGIN)
+
+    def set_pairs(self, X: np.ndarray, fric: np.ndarray, extra: float, pad_fric=None) -> None:
+        """Upload the barrier candidates at positions ``X`` (shell rows, then the pad's at OB;
+        search radius: the contact zone + ``extra``), the friction pairs ``fric`` ((k, 5)), the pad
+        penalty candidates and the pad friction pairs ``pad_fric``."""
+        parts = [self._candidates(X, self._radius() + extra) if self.enabled.any() else np.zeros((0, 5), np.int64),
+                 fric]
+        roles = [BARRIER, FRICTION]
+        if self.fem is not None:
+            parts += [self._pad_candidates(X, self._pad_radius() + extra),
+                      np.zeros((0, 5), np.int64) if pad_fric is None else pad_fric]
+            roles += [PAD, PAD_FRICTION]
         T = self.topology
-        allp = np.concatenate([bar, fric]) if len(fric) else bar
+        allp = np.concatenate(parts)
+        role = np.concatenate([np.full(len(q), r) for q, r in zip(parts, roles, strict=True)])
         n = len(allp)
         if n > self.capacity:
             raise RuntimeError(f"shell contact: {n} candidate pairs exceed the compiled capacity {self.capacity} "
                                f"({PAIRS_PER_VERTEX} per contact vertex); the sheets are crumpled far more densely "
                                f"than the layout allows, or self_contact_margin is large against the mesh spacing")
         ids, typ = allp[:, :4], allp[:, 4]
-        role = np.concatenate([np.full(len(bar), BARRIER), np.full(len(fric), FRICTION)])
         nb = T["node_body"]
-        body = np.column_stack([nb[ids[:, 0]], np.where(typ == VT, nb[ids[:, 1]], nb[ids[:, 2]])])
+        pad = role >= PAD
+        other = np.where(typ == VT, ids[:, 1], ids[:, 2])
+        body = np.column_stack([nb[ids[:, 0]], np.where(pad, nb[ids[:, 0]], nb[np.where(pad, 0, other)])])
         w = np.where(typ == VT, T["node_area"][ids[:, 0]], 0.0)
         c0 = np.zeros(n)
-        ee = typ == EE
+        ee = (typ == EE) & ~pad
         if ee.any():
             E = T["edges"]
             # edge rows: look the edges up by their (sorted) vertex pairs
@@ -335,32 +421,52 @@ class ShellContact:
         self.pc0.from_numpy(pad(np.maximum(c0, 1e-300) if r == np.float64 else np.maximum(c0, 1e-30), (), r))
         self.n_pairs[None] = n
 
-    def begin_step(self) -> None:
-        """The friction pairs of the step: barrier candidates at ``x_n`` inside the contact zone."""
+    def _pad_x(self, field) -> np.ndarray:
+        return field.to_numpy()[: int(self.fem.rows[None])].astype(np.float64) if self.fem is not None else None
+
+    def begin_step(self, l_now: int, l_next: int) -> None:
+        """The friction pairs of the step: the candidates at ``x_n`` inside the contact zone. The
+        pad's nodes: slot ``l_now`` (x_n) and ``l_next`` (the obstacle during the solve)."""
+        if self.fem is not None:
+            self.load_obstacle(l_now, l_next)
         xn = self.part.xn.to_numpy().astype(np.float64)
-        self.set_pairs(xn, np.zeros((0, 5), np.int64), extra=0.0)
+        self.set_pairs(self._with_pad(xn, self._pad_x(self.ob_xn)), np.zeros((0, 5), np.int64), extra=0.0)
         self._gaps_at_xn()
         n = int(self.n_pairs[None])
         z = self.pz.to_numpy()[:n]
         pid = self.pid.to_numpy()[:n].astype(np.int64)
         typ = self.ptype.to_numpy()[:n].astype(np.int64)
+        role = self.prole.to_numpy()[:n]
         act = z < 1.0
-        self._fric = np.column_stack([pid[act], typ[act]]) if act.any() else np.zeros((0, 5), np.int64)
+        empty = np.zeros((0, 5), np.int64)
+        sel = act & (role == BARRIER)
+        self._fric = np.column_stack([pid[sel], typ[sel]]) if sel.any() else empty
+        sel = act & (role == PAD)
+        self._pad_fric = np.column_stack([pid[sel], typ[sel]]) if sel.any() else empty
 
     def update(self) -> None:
-        """Barrier candidates at the iterate ``xk`` (reachable within one iteration) + the friction pairs."""
+        """Candidates at the iterate ``xk`` (reachable within one iteration) + the friction pairs."""
         xk = self.part.xk.to_numpy().astype(np.float64)
-        self.set_pairs(xk, self._fric, extra=2.0 * self.delta)
+        self.set_pairs(self._with_pad(xk, self._pad_x(self.ob_x)), self._fric, extra=2.0 * self.delta,
+                       pad_fric=self._pad_fric)
 
     # ------------------------------------------------------------------ kernels
     @ti.kernel
     def gather(self):
-        """Pair-local copies of the iterate and of x_n."""
+        """Pair-local copies of the iterate and of x_n (shell rows; the pad's from row OB)."""
         for p in range(self.n_pairs[None]):
             ids = self.pid[p]
             for a in ti.static(range(4)):
-                self.xp[p, a] = self.part.xk[ids[a]]
-                self.xnp[p, a] = self.part.xn[ids[a]]
+                if ti.static(self.has_pad):
+                    if ids[a] >= self.OB:
+                        self.xp[p, a] = self.ob_x[ids[a] - self.OB]
+                        self.xnp[p, a] = self.ob_xn[ids[a] - self.OB]
+                    else:
+                        self.xp[p, a] = self.part.xk[ids[a]]
+                        self.xnp[p, a] = self.part.xn[ids[a]]
+                else:
+                    self.xp[p, a] = self.part.xk[ids[a]]
+                    self.xnp[p, a] = self.part.xn[ids[a]]
 
     @ti.kernel
     def scatter(self):
@@ -368,8 +474,44 @@ class ShellContact:
         for p in range(self.n_pairs[None]):
             ids = self.pid[p]
             for a in ti.static(range(4)):
-                if self.part.kind[ids[a]] == -2:
-                    self.part.r[ids[a]] += self.fp[p, a]
+                if ids[a] < self.OB:
+                    if self.part.kind[ids[a]] == -2:
+                        self.part.r[ids[a]] += self.fp[p, a]
+
+    @ti.kernel
+    def load_obstacle(self, l_now: ti.i32, l_next: ti.i32):
+        """The pad's nodes at slots ``l_next`` (the obstacle) and ``l_now`` (x_n, friction's lag)."""
+        for j in range(self.fem.rows[None]):
+            self.ob_x[j] = self.fem.x[l_next, j]
+            self.ob_xn[j] = self.fem.x[l_now, j]
+
+    @ti.kernel
+    def zero_obstacle_grads(self):
+        for j in range(self.fem.rows[None]):
+            self.ob_x.grad[j] = ti.zero(self.ob_x.grad[j])
+            self.ob_xn.grad[j] = ti.zero(self.ob_xn.grad[j])
+
+    @ti.kernel
+    def scatter_obstacle_grads(self, l: ti.i32):
+        """The pad nodes' gradients to the FEM state: slot l + 1 (obstacle) and l (lag)."""
+        for j in range(self.fem.rows[None]):
+            self.fem.x.grad[l + 1, j] += self.ob_x.grad[j]
+            self.fem.x.grad[l, j] += self.ob_xn.grad[j]
+
+    @ti.func
+    def _pad_phi(self, x0, x1, x2, x3, toff):
+        """(w, unit normal out of the pad face at the closest point, phi = signed distance - t/2) of
+        shell vertex x0 against pad face (x1, x2, x3) (outward): negative only behind the face's
+        interior (a vertex pushed into the gel)."""
+        w, diff = self._closest(VT, x0, x1, x2, x3)
+        d = ti.max(diff.norm(), 1e-12)
+        nt = (x2 - x1).cross(x3 - x1)
+        sgn = 1.0
+        # inside only where the closest point is on the face itself: near an edge or a corner of the pad
+        # the neighbouring faces' closest points are on their rims, and those count as outside
+        if diff.dot(nt) < 0 and w[1] < 0 and w[2] < 0 and w[3] < 0:
+            sgn = -1.0
+        return w, sgn * diff / d, sgn * d - toff
 
     @ti.func
     def _closest(self, typ, x0, x1, x2, x3):
@@ -432,7 +574,30 @@ class ShellContact:
             f1 = ti.Vector.zero(self.real, 3)
             f2 = ti.Vector.zero(self.real, 3)
             f3 = ti.Vector.zero(self.real, 3)
-            if self.prole[p] == BARRIER:
+            role = self.prole[p]
+            if role == PAD:
+                tv = 0.5 * self.part.bp[self.pbody[p][0], self.C_T]
+                w, nrm, phi = self._pad_phi(x0, x1, x2, x3, tv)
+                if phi < PAD_MARGIN:
+                    c = -self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi)
+                    f0 = c * w[0] * nrm
+                    f1 = c * w[1] * nrm
+                    f2 = c * w[2] * nrm
+                    f3 = c * w[3] * nrm
+            elif role == PAD_FRICTION:
+                y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
+                tv = 0.5 * self.part.bp[self.pbody[p][0], self.C_T]
+                w, nrm, phi = self._pad_phi(y0, y1, y2, y3, tv)
+                if phi < PAD_MARGIN:
+                    lam = self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi)
+                    u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
+                    u -= u.dot(nrm) * nrm
+                    c = self.part.bp[self.pbody[p][0], self.C_PMU] * lam / ti.sqrt(u.dot(u) + eps_u * eps_u)
+                    f0 = c * w[0] * u
+                    f1 = c * w[1] * u
+                    f2 = c * w[2] * u
+                    f3 = c * w[3] * u
+            elif role == BARRIER:
                 w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
                 d = diff.norm()
                 z = (d - toff) / sh
@@ -480,7 +645,23 @@ class ShellContact:
             x0, x1, x2, x3 = self.xp[p, 0], self.xp[p, 1], self.xp[p, 2], self.xp[p, 3]
             toff, sh, k, mu = self._consts(p)
             en = 0.0 * k
-            if self.prole[p] == BARRIER:
+            role = self.prole[p]
+            if role == PAD:
+                tv = 0.5 * self.part.bp[self.pbody[p][0], self.C_T]
+                _w, _n, phi = self._pad_phi(x0, x1, x2, x3, tv)
+                self.pz[p] = phi / PAD_MARGIN
+                if phi < PAD_MARGIN:
+                    en = 0.5 * self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi) ** 2
+            elif role == PAD_FRICTION:
+                y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
+                tv = 0.5 * self.part.bp[self.pbody[p][0], self.C_T]
+                w, nrm, phi = self._pad_phi(y0, y1, y2, y3, tv)
+                if phi < PAD_MARGIN:
+                    lam = self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi)
+                    u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
+                    u -= u.dot(nrm) * nrm
+                    en = self.part.bp[self.pbody[p][0], self.C_PMU] * lam * (ti.sqrt(u.dot(u) + eps_u * eps_u) - eps_u)
+            elif role == BARRIER:
                 _w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
                 z = (diff.norm() - toff) / sh
                 self.pz[p] = z
@@ -522,28 +703,37 @@ class ShellContact:
                     m1 = ti.max(m1, self.part.cx[ids[1]].norm())
                 if m0 + m1 > 0:
                     ti.atomic_min(self.red[2], (1.0 - MIN_GAP_KEEP) * gap / (m0 + m1))
+            elif self.prole[p] == PAD:
+                # the pad stands still during the solve: keep the vertex from crossing its face
+                gap = self.pz[p] * PAD_MARGIN
+                m0 = self.part.cx[self.pid[p][0]].norm()
+                if gap > 0 and m0 > 0:
+                    ti.atomic_min(self.red[2], (1.0 - MIN_GAP_KEEP) * gap / m0)
 
     @ti.kernel
     def _gaps_kernel(self, at_xn: ti.i32):
+        """pz = every pair's gap at the gathered iterate (or x_n): z for shell pairs, phi / margin for pad pairs."""
         for p in range(self.n_pairs[None]):
-            ids = self.pid[p]
-            x0 = self.part.xk[ids[0]]
-            x1 = self.part.xk[ids[1]]
-            x2 = self.part.xk[ids[2]]
-            x3 = self.part.xk[ids[3]]
+            x0, x1, x2, x3 = self.xp[p, 0], self.xp[p, 1], self.xp[p, 2], self.xp[p, 3]
             if at_xn:
-                x0, x1, x2, x3 = self.part.xn[ids[0]], self.part.xn[ids[1]], self.part.xn[ids[2]], self.part.xn[ids[3]]
+                x0, x1, x2, x3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
             toff, sh, _k, _mu = self._consts(p)
-            _w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
-            self.pz[p] = (diff.norm() - toff) / sh
+            if self.prole[p] >= PAD:
+                _w, _n, phi = self._pad_phi(x0, x1, x2, x3, 0.5 * self.part.bp[self.pbody[p][0], self.C_T])
+                self.pz[p] = phi / PAD_MARGIN
+            else:
+                _w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
+                self.pz[p] = (diff.norm() - toff) / sh
 
     def _gaps(self) -> None:
         """pz = the gaps at the iterate (the part's work copies must hold the thicknesses: at load,
         the pairs are checked from the rest positions written into ``xk``)."""
         self.part._load_rest_for_contact()
+        self.gather()
         self._gaps_kernel(0)
 
     def _gaps_at_xn(self) -> None:
+        self.gather()
         self._gaps_kernel(1)
 
     @ti.kernel
@@ -627,7 +817,8 @@ class ShellContact:
             lam, V = np.linalg.eigh(Hb)
             Hb = (V * np.maximum(lam, 0.0)[:, None, :]) @ V.transpose(0, 2, 1)
         ids = self.pid.to_numpy()[:n].astype(np.int64)
-        dof = free_dof[ids]  # (n, 4): -1 where kinematic
+        nn = len(free_dof)
+        dof = np.where(ids < nn, free_dof[np.minimum(ids, nn - 1)], -1)  # (n, 4): -1 where kinematic or pad
         rows = (3 * dof[:, :, None] + np.arange(3)).reshape(n, 12)
         ok = (dof >= 0).repeat(3, axis=1)
         rr = np.broadcast_to(rows[:, :, None], (n, 12, 12))
