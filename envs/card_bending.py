@@ -132,13 +132,13 @@ class CardBendingEnv(PhysimEnv):
         key = self.true_params
         if key not in self._cache:  # a truth's observation is simulated once per env
             series = self._simulate(*key)["shell.x"]
-            self._cache[key] = (series[1:, self._tip].copy(), series[-1].copy())
-        self._observed, self._observed_final = self._cache[key]
+            self._cache[key] = {"tip": series[1:, self._tip].copy(), "final": series[-1].copy(), "centre_loss": None}
+        self._truth = self._cache[key]
+        self._observed, self._observed_final = self._truth["tip"], self._truth["final"]
         self._observed_t = torch.as_tensor(self._observed)
         drop = self.height - self._observed[:, :, 1].mean(axis=1)
         self._observed_tip = drop
         self._deflection = float(np.abs(drop).max())
-        self._centre_loss = None
         self.scene.reset()
 
     def observed_loss(self, state: dict) -> torch.Tensor:
@@ -220,11 +220,11 @@ class CardBendingEnv(PhysimEnv):
         self._t = 0
         self._guess = np.zeros(2)
         self._sim_tip = np.zeros(self.experiment_steps)
-        if self._centre_loss is None:
-            self._centre_loss = self.loss(np.zeros((1, 2)))
+        if self._truth["centre_loss"] is None:  # once per truth
+            self._truth["centre_loss"] = self.loss(np.zeros((1, 2)))
             self._sim_steps -= self.experiment_steps  # the reference loss is not the optimizer's cost
         self.scene.reset()
-        self._prev_loss = self._centre_loss
+        self._prev_loss = self._truth["centre_loss"]
         if self.render_mode == "human":
             self.render()
         return self._observation(), self._info(self._prev_loss)
