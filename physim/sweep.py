@@ -133,8 +133,9 @@ def _run_ray(jobs: list[Job], workers: int | None, address: str | None, arch: st
         kw = dict(init_kwargs)
         kw.setdefault("include_dashboard", False)
         kw.setdefault("logging_level", "WARNING")
-        if address is not None:
-            kw["address"] = address
+        # no address: always a fresh local Ray ("local"), never a cluster that ``ray start`` left
+        # registered on this machine (pass --ray-address auto to join that one)
+        kw["address"] = "local" if address is None else address
         ray.init(**kw)
         started = True
     try:
@@ -181,8 +182,9 @@ def sweep(envs, methods, seeds, iters: int, horizon: int | None = None, workers:
         envs, methods, seeds: lists or comma-separated strings (see :func:`make_jobs`).
         iters: iterations of every run; horizon: episode length (default each task's).
         workers: Ray actors (default: the cluster's CPUs, at most one per job). Ignored in-process.
-        ray_address: a Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
-            default: start a local Ray on this machine.
+        ray_address: a Ray cluster to join (``"auto"``: the one ``ray start`` runs on this machine;
+            ``"ray://host:10001"``, ``"host:6379"``); default: start a new local Ray on this machine.
+            A Ray already initialized in this process is used as it is.
         out: output directory: ``results.csv``, ``results.json`` and one folder per job.
         use_ray: ``None``: Ray when installed; ``True``: require it; ``False``: in this process.
         arch: the Taichi arch of every worker (default auto); full_compile: Taichi's full kernel
