@@ -53,6 +53,8 @@ class RollingPinEnv(ShapingEnv):
                            "from this range", "range", 0.0, 0.3),
     }
     paper = {"substeps": 30}
+    paper_note = ("PlasticineLab's 64^3 grid (~10k particles there): 10,140 particles, 30 substeps of "
+                  "1.7e-4 s (5.1 ms per step, as the default's).")
 
     default_horizon = 50
     substeps = 15

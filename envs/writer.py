@@ -57,6 +57,8 @@ class WriterEnv(ShapingEnv):
                            0.0, 0.09),
     }
     paper = {"substeps": 40}
+    paper_note = ("PlasticineLab's 64^3 grid (~10k particles there): 16,848 particles, 40 substeps of "
+                  "1.4e-4 s (5.8 ms per step, as the default's).")
 
     default_horizon = 50
     substeps = 20

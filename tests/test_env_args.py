@@ -59,6 +59,7 @@ def test_paper_scale_refines_the_resolution():
         assert (d["grid_res"], p["grid_res"]) == (32, 64), task
         assert p["substeps"] == 2 * d["substeps"], task
     assert env_class("Walker2D").config(scale="paper")["grid_res"] == 128
+    assert env_class("Walker3D").config(scale="paper")["grid_res"] == 64
     assert env_class("SurfaceFollowing").config(scale="paper")["dome_layers"] == 4
     assert env_class("ElasticGrasp").config(scale="paper")["pad_cell"] == 0.0025
 
