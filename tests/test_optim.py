@@ -275,6 +275,20 @@ def test_identify_recovers_youngs_modulus(elastic):
     assert scene.get_material_param(0, "E") == pytest.approx(r.value)  # the scene keeps the identified value
 
 
+def test_hybrid_default_keyframes_fit_a_one_step_horizon():
+    """An inverse task's horizon is one action (a parameter guess): hybrid's default keyframes must
+    not exceed it (they used to be a fixed 4, so `physim optimize physim/CardBending-v0 --method
+    hybrid` raised), and the optimum inside the bounds is found."""
+    q = Quadratic(T=1, A=2)  # target row (-1.5, 1.5): optimum at the bounds (-1, 1)
+    r = hybrid(q, cma_iters=4, adam_iters=20, lr=0.2, seed=0, progress=False)
+    assert r.extras["cma"].extras["keyframes"] == 1
+    np.testing.assert_allclose(r.actions, [[-1.0, 1.0]], atol=1e-3)
+    with pytest.raises(ValueError, match="keyframes"):
+        hybrid(q, keyframes="many", progress=False)
+    with pytest.raises(ValueError, match="keyframes=4 exceeds the horizon T=1"):
+        hybrid(q, keyframes=4, progress=False)  # an explicit count is still checked
+
+
 # ---------------------------------------------------------------------------- bad inputs, plots
 def test_bad_inputs_name_the_value(elastic):
     q = Quadratic()

@@ -156,7 +156,7 @@ def hybrid(
     problem,
     cma_iters: int = 10,
     adam_iters: int = 30,
-    keyframes: int | None = 4,
+    keyframes: int | None | str = "auto",
     popsize: int | None = None,
     sigma0: float = 0.3,
     lr: float = 0.05,
@@ -172,7 +172,9 @@ def hybrid(
     CMA-ES's best sequence, in one call.
 
     Args:
-        cma_iters, popsize, sigma0, keyframes, seed: passed to :func:`cmaes`.
+        cma_iters, popsize, sigma0, keyframes, seed: passed to :func:`cmaes`; ``keyframes="auto"``
+            (the default) is 4 keyframes, or one per step when the horizon is shorter than 4 (an
+            inverse task whose one action is a parameter guess has T = 1).
         adam_iters, lr, lr_schedule, clip_norm, expand: passed to :func:`adam` (``lr`` in action units).
         init: CMA-ES's starting mean ((T, A) or (A,)).
         callback: ``callback(iteration, loss, actions)`` with the iteration counted over both
@@ -187,6 +189,11 @@ def hybrid(
     cma_iters = check_positive_int("cma_iters", cma_iters)
     adam_iters = check_positive_int("adam_iters", adam_iters)
     check_callback(callback)
+    if isinstance(keyframes, str):
+        if keyframes != "auto":
+            raise ValueError(f"keyframes must be an int, None or 'auto', got {keyframes!r}")
+        _, T, _, _, _ = check_problem(problem)
+        keyframes = min(4, T)
     t0 = time.perf_counter()
     r1 = cmaes(problem, iters=cma_iters, popsize=popsize, sigma0=sigma0, keyframes=keyframes, init=init, seed=seed,
                progress=progress, callback=callback)
