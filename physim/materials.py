@@ -244,16 +244,17 @@ class Rigid(Material):
     comes to rest on the floor (1e-12 m/s; 3e-8 m/s once slid to a stop on a friction floor),
     slides to a stop at mu g, and a block landing on a corner turns and settles flat.
 
-    Fluids: a light body floats and a heavy one sinks, but a light one floats too deep (a
-    0.4-density body in water is 0.55-0.75 submerged over 0.8-1.2 s instead of Archimedes'
-    0.4, and sinks slowly as fluid seeps in under it; an elastic body of the same density
-    floats 0.43-0.5 submerged). Measured cause: each substep the body gets only its mass share
-    of the fluid's pressure force on the grid nodes it shares with the fluid (held in place,
-    a 0.4-density body gets 0.39 of Archimedes' force, a 1.5-density one 0.58); the fluid's
-    share moves the fluid under the body up into it (5 mm/s under a held rigid body, 0.1
-    mm/s under an elastic one, whose stress passes that push on), instead of reaching the
-    body. Coupling through the grid (the body's nodes moving rigidly, their fluid included)
-    would remove it; the walls no longer have the problem (see above).
+    Other materials: the body is coupled to them on the grid. Each substep, before the grid
+    velocities are final, the body's nodes (every node its particles reach) and all the mass on
+    them, fluid included, get one rigid motion that keeps their linear and angular momentum, so
+    the body receives the whole force the fluid's pressure puts on those nodes (before, the
+    projection after g2p gave it only its mass share of it: a 0.4-density body dropped into
+    water floated 0.66-0.74 submerged instead of Archimedes' 0.4, and fluid seeped into it).
+    Bodies of density 0.3 / 0.5 / 0.7 now float 0.53 / 0.60 / 0.78 submerged in a 64-cell tank,
+    as deep as elastic bodies of those densities (0.52 / 0.60 / 0.79; the MPM free surface is
+    spread over about a cell), and a heavy one sinks (tests/test_rigid.py). The fluid on the
+    body's nodes, up to 1.5 cells from it, moves with it (a no-slip layer): bodies are slow to
+    settle to their depth (seconds in a 0.02 Pa s fluid).
 
     One instance is one rigid body: give every ``add_body`` its own ``Rigid(...)``; several
     ``add_body`` calls with the same instance make one compound body (instances compare by

@@ -52,7 +52,12 @@ centroid of the body's particles in each wall's band moving into it; atomics) an
 mass and inverse inertia that stops its normal velocity, and a Coulomb-bounded tangential
 one), all with Taichi's adjoints (the selection is piecewise constant); ``rigid_project``
 then sets v = V + w x r, C = skew(w) and advances x with the contact's velocity change
-(x = c + dt dV + turn(dt dw) R X, an exact rotation). Particle masses are density * particle volume evaluated in the
+(x = c + dt dV + turn(dt dw) R X, an exact rotation). Before all that, the bodies are coupled to
+the other materials on the grid: ``rigid_grid_reduce`` sums, per body, the updated mass and
+momentum of every node its particles reach (other materials' mass included) and
+``rigid_grid_motion`` solves the rigid motion that keeps them, which ``grid_update`` sets on
+those nodes -- the body gets the whole force on its nodes, not its mass share (see
+:meth:`MPMEngine._rigid_grid_motion`). Particle masses are density * particle volume evaluated in the
 kernels, so ``mpm.density`` is differentiable (for every material).
 """
 
@@ -302,6 +307,22 @@ class MPMEngine(Part):
         self.contact_r = self.scratch_field((dim,), (P, B, W))
         self.body_scratch.append(self.body_c)
         self.contact_scratch = [self.body_lv, self.body_av, self.contact_n, self.contact_r]
+        # grid-level coupling, before the grid velocities are final: the body owning each grid node
+        # (material row + 1, the largest among the rigid particles whose stencil reaches it; 0:
+        # none), per body the sums over its nodes (all their mass, other materials' included) of
+        # m, m x, m v, m x x^T, m x cross v of the updated velocities, and the rigid motion (c, V,
+        # w) those give, which the grid update then sets on the body's nodes (see _rigid_grid_motion)
+        self.grid_body = ti.field(ti.i32, shape=(self.res,) * dim)
+        self.body_gm = self.scratch_field((), B)
+        self.body_gmx = self.scratch_field((dim,), B)
+        self.body_gmv = self.scratch_field((dim,), B)
+        self.body_gmxx = self.scratch_field((dim, dim), B)
+        self.body_gml = self.scratch_field((ad,), B)
+        self.body_gc = self.scratch_field((dim,), B)
+        self.body_gV = self.scratch_field((dim,), B)
+        self.body_gw = self.scratch_field((ad,), B)
+        self.body_grid_scratch = [self.body_gm, self.body_gmx, self.body_gmv, self.body_gmxx, self.body_gml,
+                                  self.body_gc, self.body_gV, self.body_gw]
 
     @property
     def action(self):
@@ -425,6 +446,8 @@ class MPMEngine(Part):
     def _clear_node(self, I):
         for f in ti.static(self.grid_scratch):
             f[I] = ti.zero(f[I])
+        if ti.static(self.has("rigid")):
+            self.grid_body[I] = 0
 
     @ti.func
     def _trial_F(self, l, p):
@@ -683,6 +706,13 @@ class MPMEngine(Part):
 
     @ti.func
     def _update_node(self, I, l, t):
+        self._grid_node(I, l, t, False)
+
+    @ti.func
+    def _grid_node(self, I, l, t, rigid_sum: ti.template()):
+        """Node ``I``'s updated velocity (momentum / mass, gravity, tools, walls) into ``grid_v``,
+        set to its rigid body's motion where a body owns the node; with ``rigid_sum`` (the
+        coupling's first phase) added to its body's sums instead."""
         m = self.grid_m[I]
         # nodes at the very edge of a stencil get ~1e-20 of a particle's mass; treating them as
         # empty keeps the adjoint of v = mv / m (which has 1 / m^2) from overflowing in f32
@@ -705,7 +735,12 @@ class MPMEngine(Part):
                             vt = safe_norm(v)
                             scale = ti.max(1.0 - self.wall_friction[None] * ti.abs(vn) / vt, 0.0)
                             v = v * scale
-            self.grid_v[I] = v
+            if ti.static(rigid_sum):
+                self._rigid_grid_accumulate(I, m, xg, v)
+            else:
+                if ti.static(self.has("rigid")):
+                    v = self._rigid_node_velocity(I, xg, v)
+                self.grid_v[I] = v
 
     @ti.kernel
     def g2p(self, l: ti.i32):
@@ -809,6 +844,87 @@ class MPMEngine(Part):
         else:
             out = ti.Matrix([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
         return out
+
+    @ti.func
+    def _rigid_mark_nodes(self, l, p):
+        """Rigid particle ``p`` claims the nodes of its stencil for its body (the largest material
+        row wins where two bodies' stencils overlap)."""
+        base, _fx, _w = self._stencil(l, p)
+        for offset in ti.static(ti.grouped(ti.ndrange(*((3,) * self.dim)))):
+            ti.atomic_max(self.grid_body[base + offset], self.material[p] + 1)
+
+    @ti.func
+    def _rigid_grid_accumulate(self, I, m, xg, v):
+        """Add node ``I`` (mass m at xg, updated velocity v) to the sums of the body owning it."""
+        b = self.grid_body[I] - 1
+        if b >= 0:
+            self.body_gm[b] += m
+            self.body_gmx[b] += m * xg
+            self.body_gmv[b] += m * v
+            self.body_gmxx[b] += m * xg.outer_product(xg)
+            self.body_gml[b] += m * self._cross(xg, v)
+
+    @ti.func
+    def _rigid_grid_motion(self, b):
+        """Body ``b``'s rigid motion on the grid: the velocity V and angular velocity w about the
+        centre c of all the mass on its nodes that keep their linear and angular momentum
+        (w = I^-1 L, I the nodes' inertia about c). Setting it on those nodes moves the body and
+        the material sharing its nodes as one rigid piece for this substep, so the body receives
+        the whole force the other materials put on its nodes (pressure, contact), not a share in
+        proportion to its mass there; the particle projection after g2p then finds this motion
+        again (a rigid field is reproduced exactly by the quadratic B-spline transfer)."""
+        M = self.body_gm[b]
+        c = self.body_gmx[b] / M
+        P = self.body_gmv[b]
+        S = self.body_gmxx[b] - M * c.outer_product(c)
+        L = self.body_gml[b] - self._cross(c, P)
+        w = L * 0.0
+        if ti.static(self.dim == 2):
+            w = L / (S[0, 0] + S[1, 1])
+        else:
+            inertia = (S[0, 0] + S[1, 1] + S[2, 2]) * ti.Matrix.identity(self.real, 3) - S
+            w = inertia.inverse() @ L
+        self.body_gc[b] = c
+        self.body_gV[b] = P / M
+        self.body_gw[b] = w
+
+    @ti.func
+    def _rigid_node_velocity(self, I, xg, v):
+        """The velocity of node ``I`` at xg: its body's rigid motion V + w x (xg - c) where a body
+        owns it, else v."""
+        b = self.grid_body[I] - 1
+        k = ti.max(b, 0)
+        rigid = self.body_gV[k] + self._spin(self.body_gw[k], xg - self.body_gc[k])
+        return ti.select(b >= 0, rigid, v)
+
+    @ti.func
+    def _rigid_grid_couple(self, l, t):
+        """The grid-level coupling's loops (fused kernels): mark the bodies' nodes, sum them,
+        solve each body's motion (the grid update then sets it on the nodes)."""
+        for p in range(self.n_particles[None]):
+            if self._is_rigid(p):
+                self._rigid_mark_nodes(l, p)
+        for b in range(self.n_mat):
+            for f in ti.static(self.body_grid_scratch):
+                f[b] = ti.zero(f[b])
+        for I in ti.grouped(self.grid_m):
+            self._grid_node(I, l, t, True)
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                self._rigid_grid_motion(b)
+
+    @ti.kernel
+    def rigid_grid_reduce(self, l: ti.i32, t: ti.i32):
+        """Per-body sums of the nodes' updated state (atomics); recorded for its adjoint."""
+        for I in ti.grouped(self.grid_m):
+            self._grid_node(I, l, t, True)
+
+    @ti.kernel
+    def rigid_grid_motion(self):
+        """Each body's rigid motion on the grid; recorded for its adjoint."""
+        for b in range(self.n_mat):
+            if self.body_rigid[b] != 0:
+                self._rigid_grid_motion(b)
 
     @ti.func
     def _rigid_clear(self, b):
@@ -1137,6 +1253,8 @@ class MPMEngine(Part):
         for p in range(self.n_particles[None]):
             self._particle_to_grid(l, t, p, svd, False)
         self._serial_scatter(l)
+        if ti.static(rigid):
+            self._rigid_grid_couple(l, t)
         for I in ti.grouped(self.grid_m):
             self._update_node(I, l, t)
         for p in range(self.n_particles[None]):
@@ -1181,6 +1299,8 @@ class MPMEngine(Part):
         for p in range(self.n_particles[None]):
             self._particle_to_grid(l, t, p, svd, True)
         self._serial_scatter(l)
+        if ti.static(rigid):
+            self._rigid_grid_couple(l, t)
         for I in ti.grouped(self.grid_m):
             self._update_node(I, l, t)
         if ti.static(rigid):
@@ -1259,7 +1379,7 @@ class MPMEngine(Part):
                     f.grad[p] = ti.zero(f.grad[p])
         if ti.static(rigid):
             for b in range(self.n_mat):
-                for f in ti.static(self.body_scratch):
+                for f in ti.static(self.body_scratch + self.body_grid_scratch):
                     f.grad[b] = ti.zero(f.grad[b])
                 for k in ti.static(range(RIGID_CONTACT_PASSES + 1)):
                     self.body_lv.grad[k, b] = ti.zero(self.body_lv.grad[k, b])
@@ -1325,6 +1445,9 @@ class MPMEngine(Part):
         tape.record(self.plasticity, l)
         tape.record(self.stress, l, t)
         tape.record(self.p2g, l)
+        if self.has_rigid:  # the grid-level coupling: the bodies' nodes' sums, their rigid motion
+            tape.record(self.rigid_grid_reduce, l, t)
+            tape.record(self.rigid_grid_motion)
         tape.record(self.grid_update, l, t)
         tape.record(self.g2p, l, grad=self.g2p_grad)
         if self.has_rigid:
