@@ -30,7 +30,7 @@ import numpy as np
 __all__ = ["main", "optimize"]
 
 METHODS = ("adam", "cma", "hybrid", "policy")
-DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe")
+DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe", "fold_paper")
 
 #: iterations per method when --iters is not given: a few minutes on 2 CPU cores
 DEFAULT_ITERS = {"adam": 20, "cma": 8, "hybrid": 16, "policy": 15}
