@@ -42,6 +42,19 @@ def central_difference(f, h):
     return (f(+h) - f(-h)) / (2 * h)
 
 
+def action_entries_fd(scene, actions, weights, entries, h):
+    """Central differences of :func:`loss_only` with respect to the action entries ``entries``
+    (a list of (step, column)), in that order."""
+    fd = []
+    for t, j in entries:
+        def shifted(e, t=t, j=j):
+            a = actions.copy()
+            a[t, j] += e
+            return loss_only(scene, a, weights)
+        fd.append(central_difference(shifted, h))
+    return fd
+
+
 def initial_entries_fd(scene, actions, weights, label, base, rows, h, step=1.0):
     """Central differences of :func:`loss_only` with respect to entries of the initial state
     ``label`` (``"x0"`` or ``"v0"``, starting from ``base``): rows ``rows``, every axis, in

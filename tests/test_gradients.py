@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import small_scene
-from gradcheck import assert_close, central_difference, initial_entries_fd, loss_and_grad, loss_only
+from gradcheck import action_entries_fd, assert_close, central_difference, initial_entries_fd, loss_and_grad, loss_only
 
 import physim as ps
 
@@ -105,13 +105,7 @@ def _check_gradients(dim, name, specialize):
 
     # actions: every column of two steps (linear, angular velocity, actuation)
     entries = [(t, j) for t in (0, actions.shape[0] - 1) for j in range(scene.action_dim)]
-    fd = []
-    for t, j in entries:
-        def shifted(h, t=t, j=j):
-            a = actions.copy()
-            a[t, j] += h
-            return f(a)
-        fd.append(central_difference(shifted, H))
+    fd = action_entries_fd(scene, actions, weights, entries, H)
     assert_close(fd, [g.actions[t, j] for t, j in entries], f"{name} {dim}D d/d actions")
 
     # initial positions and velocities of a few particles

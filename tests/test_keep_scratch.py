@@ -5,7 +5,7 @@ Both must give the finite-difference gradient (f64, central differences)."""
 
 import numpy as np
 from conftest import small_scene
-from gradcheck import assert_close, central_difference, loss_and_grad, loss_only
+from gradcheck import action_entries_fd, assert_close, central_difference, loss_and_grad, loss_only
 
 import physim as ps
 from physim.solvers import mpm
@@ -38,13 +38,7 @@ def test_kept_and_replayed_scratch_match_finite_differences(monkeypatch):
     _, replayed = loss_and_grad(scene, actions, weights)
     assert not calls, "KEEP_SCRATCH_MAX_BYTES = 0 must replay by recomputing"
     entries = [(t, j) for t in (0, 2, 3) for j in range(scene.action_dim)]
-    fd = []
-    for t, j in entries:
-        def shifted(h, t=t, j=j):
-            a = actions.copy()
-            a[t, j] += h
-            return loss_only(scene, a, weights)
-        fd.append(central_difference(shifted, H))
+    fd = action_entries_fd(scene, actions, weights, entries, H)
     for g, how in ((kept, "kept"), (replayed, "replayed")):
         assert_close(fd, [g.actions[t, j] for t, j in entries], f"{how} scratch d/d actions")
     value = scene.get_material_param(0, "yield_stress")
