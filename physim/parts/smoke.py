@@ -192,7 +192,7 @@ class SmokeField:
             raise ValueError(f"SmokeField.{name} must give {n} = {self.res}^{dim} cell values, got {out.size}")
         if not np.isfinite(out).all():
             bad = int(np.argmin(np.isfinite(out)))
-            raise ValueError(f"SmokeField.{name} contains NaN or inf (first at cell {bad}: {out[bad]!r})")
+            raise ValueError(f"SmokeField.{name} contains NaN or inf (first at cell {bad}: {float(out[bad])!r})")
         return out
 
     def initial_state(self, dim: int) -> dict[str, np.ndarray]:
@@ -489,7 +489,7 @@ class SmokePart(Part):
     def drag_force(self, l: ti.i32):
         """Drag between the air (slot ``l``) and every MPM particle: the particle's force goes to
         ``mpm.f_ext``, the reaction to the air faces (``f_air``)."""
-        mpm = ti.static(self.mpm)
+        mpm = self.mpm
         for p in range(mpm.rows[None]):
             x = mpm.x[l, p]
             f = self.coefs["drag"][0] * mpm.p_vol[None] * (self.velocity_at(l, x) - mpm.v[l, p])
@@ -539,7 +539,7 @@ class SmokePart(Part):
         """Velocity of the tool whose SDF (slot ``l``) is negative at ``x`` (zero if none)."""
         u = ti.Vector.zero(self.real, self.dim)
         if ti.static(self.layout.tools > 0):
-            tools = ti.static(self.tools)
+            tools = self.tools
             for e in ti.static(range(self.layout.tools)):
                 if e < tools.rows[None]:
                     R = rotation_matrix(tools.rot[l, e], self.dim)
@@ -596,9 +596,11 @@ class SmokePart(Part):
 
     # ------------------------------------------------------------------ projection
     @ti.kernel
-    def _rhs(self, adjoint: ti.template(), l: ti.i32) -> ti.f64:
-        """r = -D v_mix (forward) or r = D (W dv) with dv = v.grad[l] (adjoint); returns |r|^2."""
+    def _rhs(self, adjoint: ti.template(), l: ti.i32) -> ti.types.vector(2, ti.f64):
+        """r = -D v_mix (forward) or r = D (W dv) with dv = v.grad[l] (adjoint); returns |r|^2 and
+        the sum of the squared face terms of D (the scale of D's round-off)."""
         tot = 0.0
+        scale = 0.0
         for I in ti.grouped(ti.ndrange(*([self.n] * self.dim))):
             c = self.flat(I)
             div = self.v_mix[c][0] * 0.0
@@ -616,11 +618,12 @@ class SmokePart(Part):
                     if I[d] < self.n - 1:
                         up = self.v_mix[self.flat(I + ed)][d]
                 div += (up - here) * self.n
+                scale += (up * up + here * here) * self.n * self.n
             r = ti.static(1.0 if adjoint else -1.0) * div
             self.cg["r"][c] = r
             self.cg["p"][c] = 0.0
             tot += r * r
-        return tot
+        return ti.Vector([tot, scale], ti.f64)
 
     @ti.kernel
     def _cg_precondition(self) -> ti.f64:
@@ -669,13 +672,17 @@ class SmokePart(Part):
             tot += r * r
         return tot
 
-    def _solve(self, rr: float) -> tuple[bool, int, float]:
-        """Preconditioned CG on A p = r (set by :meth:`_rhs`, whose |r|^2 is ``rr``), from p = 0.
+    def _solve(self, rhs) -> tuple[bool, int, float]:
+        """Preconditioned CG on A p = r (set by :meth:`_rhs`, which returned ``rhs``: |r|^2 and
+        the scale of its round-off), from p = 0. Converged: |r| <= tolerance |b|, or |r| at the
+        round-off level of the divergence itself (a field already divergence-free).
         Returns (converged, iterations, relative residual)."""
+        rr, scale = float(rhs[0]), float(rhs[1])
         b = math.sqrt(rr)
-        if b == 0.0:
-            return True, 0, 0.0
-        goal = self.tolerance * b
+        eps = 2.2e-16 if self.real == ti.f64 else 1.2e-7
+        goal = max(self.tolerance * b, 16 * eps * math.sqrt(scale))
+        if b <= goal:
+            return True, 0, 0.0 if b == 0 else 1.0
         self.cg["s"].fill(0)
         rz = self._cg_precondition()
         self._cg_direction(0.0)
