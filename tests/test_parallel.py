@@ -72,7 +72,8 @@ def test_a_worker_with_another_problem_refuses_to_start():
     factory = parallel.EnvFactory.from_env(env, seed=0)
     assert factory.kwargs["horizon"] == H and factory.env_id == ENV
     ok = parallel._Evaluator("w0", None, factory, reference=(actions, loss, 1e-6))
-    assert ok.evaluate(3, actions) == (3, pytest.approx(loss, rel=1e-9), H)
+    index, got, steps, cpu = ok.evaluate(3, actions)
+    assert (index, steps) == (3, H) and got == pytest.approx(loss, rel=1e-9) and cpu > 0
     other = parallel.EnvFactory(ENV, factory.kwargs, seed=1)
     with pytest.raises(ValueError, match=r"worker w1: the reference actions give loss .* here but .* in the main "
                                          r"process: the worker's problem differs"):

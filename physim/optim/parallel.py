@@ -19,7 +19,9 @@ cluster at ``ray_address`` or a new local Ray on this machine when none is given
 otherwise processes of this machine (``concurrent.futures`` with the ``spawn`` start method,
 so each has its own Taichi runtime). Every worker starts Taichi with this process's backend
 settings (arch, precision, seed, fast_compile, deterministic). On a cluster, every node needs
-physim installed in the same Python environment.
+physim installed in the same Python environment. Worker processes are spawned, so they import
+the calling script again: a script that uses the processes backend must make its pool under
+``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -112,16 +114,17 @@ class _Evaluator:
     def ready(self) -> str:
         return self.name
 
-    def evaluate(self, index: int, actions) -> tuple[int, float, int]:
-        """(index, loss or NaN where the simulation failed, simulated steps used)."""
+    def evaluate(self, index: int, actions) -> tuple[int, float, int, float]:
+        """(index, loss or NaN where the simulation failed, simulated steps used, CPU seconds of
+        this worker's threads)."""
         from ..scene import GradientError, SimulationError
 
-        before = self.problem.sim_steps
+        before, cpu = self.problem.sim_steps, time.process_time()
         try:
             loss = float(self.problem.loss(actions))
         except (SimulationError, GradientError, FloatingPointError):
             loss = math.nan
-        return index, loss, int(self.problem.sim_steps - before)
+        return index, loss, int(self.problem.sim_steps - before), time.process_time() - cpu
 
 
 # ---------------------------------------------------------------- worker processes
@@ -147,7 +150,7 @@ def _process_ready() -> str:
     return _process_worker().ready()
 
 
-def _process_evaluate(index: int, actions) -> tuple[int, float, int]:
+def _process_evaluate(index: int, actions) -> tuple[int, float, int, float]:
     return _process_worker().evaluate(index, actions)
 
 
@@ -168,7 +171,8 @@ class Pool:
 
     The workers start on :meth:`start` (or the first :meth:`losses`); use the pool as a context
     manager, or call :meth:`close`, to stop them. ``sim_steps`` and ``evaluations`` count the
-    workers' rollouts (the start check's excluded).
+    workers' rollouts (the start check's excluded), ``cpu_seconds`` their CPU time (every thread
+    of a worker counts). A started pool can serve several optimizer runs on the same problem.
     """
 
     def __init__(self, factory, workers: int = 2, backend: str = "auto", ray_address: str | None = None,
@@ -192,6 +196,7 @@ class Pool:
         self.ray_init_kwargs = dict(ray_init_kwargs or {})
         self.sim_steps = 0
         self.evaluations = 0
+        self.cpu_seconds = 0.0  #: CPU time of the workers' threads in their evaluations
         self.start_seconds: float | None = None  #: wall time of :meth:`start` (worker startup)
         self._executor = None
         self._actors: list = []
@@ -235,11 +240,20 @@ class Pool:
     def _start_processes(self, cfg, reference) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_process_init, initargs=(cfg, self.factory, reference))
         # one call per worker makes the executor spawn them all now; a failed start raises here
-        names = [f.result() for f in [self._executor.submit(_process_ready) for _ in range(self.workers)]]
+        futures = [self._executor.submit(_process_ready) for _ in range(self.workers)]
+        try:
+            names = [f.result() for f in futures]
+        except BrokenProcessPool as e:
+            raise RuntimeError(
+                "a physim worker process died while starting. The processes backend spawns fresh Python "
+                "processes, which import the calling script again: a script that makes a Pool (or calls "
+                "cmaes with one, or `physim.cli.optimize(workers=...)`) must do it under "
+                "`if __name__ == \"__main__\":`") from e
         self.worker_names = sorted(set(names))
 
     def _start_ray(self, cfg, reference) -> None:
@@ -291,9 +305,10 @@ class Pool:
         self.start()
         results = self._map_ray(candidates) if self.backend == "ray" else self._map_processes(candidates)
         out = np.full(len(candidates), math.nan)
-        for index, loss, steps in results:
+        for index, loss, steps, cpu in results:
             out[index] = loss
             self.sim_steps += steps
+            self.cpu_seconds += cpu
         self.evaluations += len(candidates)
         return out
 
