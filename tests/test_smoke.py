@@ -125,11 +125,15 @@ def small2d():
     return scene
 
 
-def test_projection_is_the_helmholtz_projector(small2d):
+@pytest.mark.parametrize("serial", [True, False], ids=["serial-cg", "parallel-cg"])
+def test_projection_is_the_helmholtz_projector(small2d, serial):
     """A discretely divergence-free field (the discrete curl of a stream function that is 0 on
     the walls) plus a discrete gradient G phi projects back onto the divergence-free part
-    (uniqueness of the discrete Helmholtz decomposition), to the CG tolerance."""
+    (uniqueness of the discrete Helmholtz decomposition), to the CG tolerance; with the one-launch
+    serial CG (CPU) and the launch-per-iteration parallel CG (GPU)."""
     sm = small2d.partset.smoke
+    was = sm.serial_cg
+    sm.serial_cg = serial
     n = 12
     rng = np.random.default_rng(0)
     psi = np.zeros((n + 1, n + 1))  # at the cell corners, 0 on the walls
@@ -151,6 +155,7 @@ def test_projection_is_the_helmholtz_projector(small2d):
         out = sm.v.to_numpy()[1]
     finally:
         small2d.partset.tools.rows[None] = 1
+        sm.serial_cg = was
     assert sm.last_solve[0] > 0
     assert np.abs(out - free).max() < 1e-8 * np.abs(free).max(), np.abs(out - free).max()
 

@@ -278,6 +278,8 @@ class SmokePart(Part):
         self.cg_failed = np.zeros(self.S, bool)
         self.tolerance = 1e-10
         self.max_iterations = 200
+        #: run CG as one serial launch (CPU) instead of 4 parallel launches per iteration (GPU)
+        self.serial_cg = ti.lang.impl.current_cfg().arch in (ti.x64, ti.arm64)
         #: (iterations, relative residual) of the last forward and adjoint pressure solves
         self.last_solve = (0, 0.0)
         self.last_adjoint_solve = (0, 0.0)
@@ -649,15 +651,7 @@ class SmokePart(Part):
         tot = 0.0
         for I in ti.grouped(ti.ndrange(*([self.n] * self.dim))):
             c = self.flat(I)
-            acc = 0.0 * s[c]
-            for d in ti.static(range(self.dim)):
-                ed = ti.Vector.unit(self.dim, d, ti.i32)
-                if I[d] > 0:
-                    acc += self.w_face[c][d] * (s[c] - s[self.flat(I - ed)])
-                if I[d] < self.n - 1:
-                    cp = self.flat(I + ed)
-                    acc += self.w_face[cp][d] * (s[c] - s[cp])
-            As[c] = acc * self.n * self.n
+            As[c] = self._apply_A(I)
             tot += s[c] * As[c]
         return tot
 
@@ -672,6 +666,72 @@ class SmokePart(Part):
             tot += r * r
         return tot
 
+    @ti.func
+    def _apply_A(self, I):
+        """(A s)_c for the cell at ``I``."""
+        s = ti.static(self.cg["s"])
+        c = self.flat(I)
+        acc = 0.0 * s[c]
+        for d in ti.static(range(self.dim)):
+            ed = ti.Vector.unit(self.dim, d, ti.i32)
+            if I[d] > 0:
+                acc += self.w_face[c][d] * (s[c] - s[self.flat(I - ed)])
+            if I[d] < self.n - 1:
+                cp = self.flat(I + ed)
+                acc += self.w_face[cp][d] * (s[c] - s[cp])
+        return acc * self.n * self.n
+
+    @ti.kernel
+    def _cg_serial(self, max_iter: ti.i32, goal: ti.f64) -> ti.types.vector(2, ti.f64):
+        """The whole preconditioned CG in one launch, serial (on a CPU the per-iteration launches
+        and reductions of :meth:`_solve`'s parallel path cost more than the arithmetic on small
+        grids). Returns (iterations, |r|^2)."""
+        out = ti.Vector([0.0, 0.0], ti.f64)
+        p, r, z, s, As = ti.static(self.cg["p"], self.cg["r"], self.cg["z"], self.cg["s"], self.cg["As"])
+        ti.loop_config(serialize=True)
+        for _once in range(1):
+            rz = ti.cast(0.0, ti.f64)
+            rr = ti.cast(0.0, ti.f64)
+            for c in range(self.n_cells):
+                zc = 0.0 * r[c]
+                if self.diag[c] > 0:
+                    zc = r[c] / self.diag[c]
+                z[c] = zc
+                s[c] = zc
+                rz += r[c] * zc
+                rr += r[c] * r[c]
+            it = 0
+            while it < max_iter and ti.sqrt(rr) > goal:
+                it += 1
+                sAs = ti.cast(0.0, ti.f64)
+                for I in ti.grouped(ti.ndrange(*([self.n] * self.dim))):
+                    c = self.flat(I)
+                    As[c] = self._apply_A(I)
+                    sAs += s[c] * As[c]
+                if not sAs > 0:
+                    break
+                alpha = rz / sAs
+                rr = 0.0
+                for c in range(self.n_cells):
+                    p[c] += alpha * s[c]
+                    r[c] -= alpha * As[c]
+                    rr += r[c] * r[c]
+                if ti.sqrt(rr) <= goal:
+                    break
+                rz_new = ti.cast(0.0, ti.f64)
+                for c in range(self.n_cells):
+                    zc = 0.0 * r[c]
+                    if self.diag[c] > 0:
+                        zc = r[c] / self.diag[c]
+                    z[c] = zc
+                    rz_new += r[c] * zc
+                beta = rz_new / rz
+                rz = rz_new
+                for c in range(self.n_cells):
+                    s[c] = z[c] + beta * s[c]
+            out = ti.Vector([ti.cast(it, ti.f64), rr])
+        return out
+
     def _solve(self, rhs) -> tuple[bool, int, float]:
         """Preconditioned CG on A p = r (set by :meth:`_rhs`, which returned ``rhs``: |r|^2 and
         the scale of its round-off), from p = 0. Converged: |r| <= tolerance |b|, or |r| at the
@@ -683,6 +743,9 @@ class SmokePart(Part):
         goal = max(self.tolerance * b, 16 * eps * math.sqrt(scale))
         if b <= goal:
             return True, 0, 0.0 if b == 0 else 1.0
+        if self.serial_cg:
+            it, rr = (float(v) for v in self._cg_serial(self.max_iterations, goal))
+            return math.sqrt(rr) <= goal, int(it), math.sqrt(rr) / b
         self.cg["s"].fill(0)
         rz = self._cg_precondition()
         self._cg_direction(0.0)
