@@ -128,16 +128,11 @@ def _run_ray(jobs: list[Job], workers: int | None, address: str | None, arch: st
              init_kwargs: dict, progress: bool) -> list[dict]:
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        kw = dict(init_kwargs)
-        kw.setdefault("include_dashboard", False)
-        kw.setdefault("logging_level", "WARNING")
-        # no address: always a fresh local Ray ("local"), never a cluster that ``ray start`` left
-        # registered on this machine (pass --ray-address auto to join that one)
-        kw["address"] = "local" if address is None else address
-        ray.init(**kw)
-        started = True
+    from physim.optim.parallel import init_ray
+
+    # no address: always a fresh local Ray, never a cluster that ``ray start`` left registered on
+    # this machine (pass --ray-address auto to join that one)
+    started = init_ray(address, init_kwargs)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = min(len(jobs), workers or max(cpus, 1))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BACKENDS", "EnvFactory", "Pool", "ray_available"]
+__all__ = ["BACKENDS", "EnvFactory", "Pool", "init_ray", "ray_available"]
 
 #: the values ``Pool(backend=...)`` accepts
 BACKENDS = ("auto", "ray", "processes")
@@ -45,6 +45,25 @@ def ray_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ray") is not None
+
+
+def init_ray(address: str | None = None, init_kwargs: dict | None = None) -> bool:
+    """Connect this process to Ray unless it already is: join the cluster at ``address``
+    (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``) or, with ``address=None``, start a new
+    local Ray on this machine (never a cluster that ``ray start`` left running here: pass
+    ``"auto"`` for that one). ``init_kwargs`` go to ``ray.init`` (the dashboard is off and
+    Ray logs warnings only, unless they say otherwise). Returns whether this call started the
+    connection (so the caller shuts it down when done)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw = dict(init_kwargs or {})
+    kw.setdefault("include_dashboard", False)
+    kw.setdefault("logging_level", "WARNING")
+    kw["address"] = "local" if address is None else address
+    ray.init(**kw)
+    return True
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,14 +278,7 @@ class Pool:
     def _start_ray(self, cfg, reference) -> None:
         import ray
 
-        if not ray.is_initialized():
-            kw = dict(self.ray_init_kwargs)
-            kw.setdefault("include_dashboard", False)
-            kw.setdefault("logging_level", "WARNING")
-            # no address: a fresh local Ray, never a cluster `ray start` left on this machine
-            kw["address"] = "local" if self.ray_address is None else self.ray_address
-            ray.init(**kw)
-            self._ray_started = True
+        self._ray_started = init_ray(self.ray_address, self.ray_init_kwargs)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         # an actor asks for at most its share of the CPUs, so more workers than CPUs still start
         Actor = ray.remote(num_cpus=min(1.0, cpus / self.workers))(_Evaluator)
