@@ -32,11 +32,13 @@ import numpy as np
 
 __all__ = ["main", "optimize", "parse_env_args", "check_env_kwargs"]
 
-METHODS = ("adam", "cma", "hybrid", "policy")
+METHODS = ("adam", "cma", "hybrid", "policy", "random")
+#: the methods that evaluate populations of candidates (what ``--workers`` parallelizes)
+POPULATION_METHODS = ("cma", "hybrid", "random")
 DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe", "fold_paper")
 
 #: iterations per method when --iters is not given: a few minutes on 2 CPU cores
-DEFAULT_ITERS = {"adam": 20, "cma": 8, "hybrid": 16, "policy": 15}
+DEFAULT_ITERS = {"adam": 20, "cma": 8, "hybrid": 16, "policy": 15, "random": 8}
 #: ``physim train``'s env steps with ``PHYSIM_SMOKE=1`` (two episodes of the smoke horizon)
 SMOKE_TRAIN_STEPS = 8
 
@@ -141,8 +143,11 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     ``scale`` (``"default"`` or ``"paper"``) and ``env_kwargs`` (the task's arguments, its
     docstring's Arguments table) go to ``gym.make``, checked first (:func:`check_env_kwargs`).
 
-    ``workers`` (>= 2; ``cma`` and ``hybrid`` only): evaluate each CMA-ES generation's candidates
-    on that many workers holding warm copies of the env (:class:`physim.optim.parallel.Pool`):
+    ``method="random"`` is uniform random search (:func:`physim.optim.random_search.random_search`,
+    16 candidates per iteration), the baseline.
+
+    ``workers`` (>= 2; ``cma``, ``hybrid`` and ``random`` only): evaluate each generation's
+    candidates on that many workers holding warm copies of the env (:class:`physim.optim.parallel.Pool`):
     Ray actors when Ray is installed (``backend="auto"``; joining ``ray_address``, or a new local
     Ray on this machine), else worker processes (``backend="processes"`` forces them). The same
     seed gives the same result as ``workers=None`` (one process), to round-off.
@@ -165,8 +170,9 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-        if method not in ("cma", "hybrid") and workers > 1:
-            raise ValueError(f"workers={workers} applies to the population methods cma and hybrid, not {method!r}")
+        if method not in POPULATION_METHODS and workers > 1:
+            raise ValueError(f"workers={workers} applies to the population methods {', '.join(POPULATION_METHODS)}, "
+                             f"not {method!r}")
     if ray_address is not None and (workers is None or workers < 2):
         raise ValueError(f"ray_address={ray_address!r} needs workers >= 2 (the Ray actors to start)")
     kwargs = check_env_kwargs(env_id, scale, env_kwargs, horizon)
@@ -199,6 +205,10 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         elif method == "hybrid":
             cma_iters = max(1, iters // 3)
             res = optim.hybrid(task, cma_iters=cma_iters, adam_iters=max(1, iters - cma_iters), pool=pool, **opts)
+        elif method == "random":
+            from physim.optim.random_search import random_search
+
+            res = random_search(task, iters=iters, pool=pool, **opts)
         else:
             res = optim.train_policy(env, iters=iters, **{**getattr(task, "policy_defaults", {}), **opts})
     finally:
@@ -429,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="Taichi's full kernel optimization: faster kernels, much slower first compile")
     _add_env_options(p)
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="cma, hybrid: evaluate each generation's candidates on N workers, each with a warm env "
+                   help="cma, hybrid, random: evaluate each generation's candidates on N workers, each with a warm env "
                         "(Ray actors when Ray is installed, else processes; default: one process)")
     p.add_argument("--ray-address", default=None,
                    help="with --workers: join this Ray cluster (e.g. auto, ray://head:10001); default a local Ray")

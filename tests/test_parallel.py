@@ -5,7 +5,8 @@ The mass-spring walker at a horizon of 4 steps (the smoke horizon), the cheapest
 CMA-ES generations of 12 candidates on 2 worker processes must give the in-process run's
 numbers (losses per generation, best actions, simulated steps), and so must 2 Ray actors of a
 local Ray (skipped without Ray: CI does not install it). A worker whose env differs from the
-caller's (another goal seed) refuses to start, naming both losses.
+caller's (another goal seed) refuses to start, naming both losses. Random search, the other
+population method, is checked the same way on 2 processes.
 """
 
 import importlib.util
@@ -62,6 +63,30 @@ def test_local_ray_actors_give_the_in_process_numbers(sequential, tmp_path):
     assert not ray.is_initialized()  # the local Ray the pool started is shut down again
 
 
+def test_random_search_keeps_its_best_candidate_and_gives_the_same_numbers_on_workers():
+    """Random search (here through 2 keyframes: straight-line sequences) returns the best loss it
+    evaluated, which its actions reproduce, inside the bounds; 2 worker processes evaluate the
+    same seeded draws to the same losses."""
+    from physim.optim.random_search import random_search
+
+    env = gym.make(ENV, horizon=H)
+    env.reset(seed=0)
+    task = env.unwrapped
+    kw = {"iters": 2, "popsize": 6, "keyframes": 2, "seed": 3, "progress": False}
+    res = random_search(task, **kw)
+    assert res.method == "random" and len(res.losses) == 2 and res.sim_steps == H * (1 + 2 * 6)
+    assert res.loss == min([res.initial_loss, *res.losses]) < res.initial_loss
+    assert task.loss(res.actions) == pytest.approx(res.loss, rel=1e-9)
+    assert np.all(np.abs(res.actions) <= 1.0)
+    np.testing.assert_allclose(np.diff(res.actions, 2, axis=0), 0.0, atol=1e-12)  # linear between 2 keyframes
+    with parallel.Pool(parallel.EnvFactory.from_env(env, seed=0), workers=2, backend="processes") as pool:
+        par = random_search(task, pool=pool, **kw)
+        assert pool.evaluations == 12 and pool.sim_steps == 12 * H and pool.cpu_seconds > 0
+    np.testing.assert_allclose(par.losses, res.losses, rtol=1e-9)
+    np.testing.assert_allclose(par.actions, res.actions, rtol=0, atol=1e-12)
+    assert par.sim_steps == res.sim_steps and par.extras["workers"] == 2
+
+
 def test_a_worker_with_another_problem_refuses_to_start():
     """What every worker runs on start (here in this process): its env drawn with goal seed 1
     does not give the caller's loss of seed 0's env for the same actions."""
@@ -95,7 +120,7 @@ def test_bad_pool_arguments_are_named(tmp_path):
         parallel.Pool(factory, backend="mpi")
     with pytest.raises(ValueError, match="ray_address='auto' needs the Ray backend, not 'processes'"):
         parallel.Pool(factory, backend="processes", ray_address="auto")
-    with pytest.raises(ValueError, match="workers=2 applies to the population methods cma and hybrid, not 'adam'"):
+    with pytest.raises(ValueError, match="workers=2 applies to the population methods cma, hybrid, random, not 'ad"):
         cli.optimize(ENV, method="adam", workers=2, out=str(tmp_path))
     with pytest.raises(SystemExit, match="contradict"):
         cli.main(["optimize", ENV, "--method", "cma", "--workers", "2", "--no-ray", "--ray-address", "auto"])
