@@ -176,8 +176,8 @@ def test_env_args_reach_gym_make(tmp_path, monkeypatch):
     assert abs(default.unwrapped.loss(actions) - rec["final_loss"]) > 1e-6 * abs(rec["final_loss"])
     # a reused env made with other arguments is refused
     with pytest.raises(ValueError, match=r"env was made with other arguments: stiffness=100.0 \(requested 60.0\)"):
-        cli.optimize(ENV, method="cma", iters=1, horizon=H, env=gym.make(ENV, horizon=H),
-                     env_kwargs={"stiffness": 60.0}, out=str(tmp_path / "x"), video=False, progress=False)
+        cli.optimize(ENV, method="cma", iters=1, horizon=H, env=default, env_kwargs={"stiffness": 60.0,
+                     "target_range": (0.7, 0.8)}, out=str(tmp_path / "x"), video=False, progress=False)
     # `physim train` hands them to rl.train as gym.make arguments
     from physim import rl
 
