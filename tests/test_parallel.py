@@ -3,8 +3,8 @@ and the env arguments of the `physim optimize` / `physim train` command line.
 
 The mass-spring walker at a horizon of 4 steps (the smoke horizon), the cheapest task: two
 CMA-ES generations of 12 candidates on 2 worker processes must give the in-process run's
-numbers (losses per generation, best actions, simulated steps), and so must 2 Ray actors of a
-local Ray (skipped without Ray: CI does not install it). A worker whose env differs from the
+numbers (losses per generation, best actions, simulated steps), and so must 2 Ray actors on a
+Ray cluster the pool joins (skipped without Ray: CI does not install it). A worker whose env differs from the
 caller's (another goal seed) refuses to start, naming both losses. Random search, the other
 population method, is checked the same way on 2 processes.
 """
@@ -54,13 +54,22 @@ def test_worker_processes_give_the_in_process_numbers(sequential, tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_RAY, reason='Ray not installed (pip install "physim[ray]")')
-def test_local_ray_actors_give_the_in_process_numbers(sequential, tmp_path):
+def test_ray_actors_on_a_cluster_give_the_in_process_numbers(sequential, tmp_path):
+    """`--ray-address`: the pool joins a running Ray cluster (a 2-CPU head node this test starts
+    and stops) instead of starting its own; a local Ray without an address is tests/test_sweep.py's
+    (the same parallel.init_ray)."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    run = _optimize(tmp_path, workers=2, backend="ray", ray_init_kwargs={"num_cpus": 2, "log_to_driver": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    address = cluster.address
+    try:
+        run = _optimize(tmp_path, workers=2, ray_address=address, ray_init_kwargs={"log_to_driver": False})
+        assert not ray.is_initialized()  # the pool disconnected from the cluster it joined
+    finally:
+        cluster.shutdown()
     _same_run(run, sequential)
-    assert run[0]["pool"]["backend"] == "ray"
-    assert not ray.is_initialized()  # the local Ray the pool started is shut down again
+    assert run[0]["pool"]["backend"] == "ray" and run[0]["pool"]["ray_address"] == address
 
 
 def test_random_search_keeps_its_best_candidate_and_gives_the_same_numbers_on_workers():
