@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "optimize", "parse_env_args", "check_env_kwargs"]
+__all__ = ["main", "optimize", "parse_env_args", "check_env_kwargs", "check_workers"]
 
 METHODS = ("adam", "cma", "hybrid", "policy", "random")
 #: the methods that evaluate populations of candidates (what ``--workers`` parallelizes)
@@ -167,14 +167,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     iters = DEFAULT_ITERS[method] if iters is None else int(iters)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
-    if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-        if method not in POPULATION_METHODS and workers > 1:
-            raise ValueError(f"workers={workers} applies to the population methods {', '.join(POPULATION_METHODS)}, "
-                             f"not {method!r}")
-    if ray_address is not None and (workers is None or workers < 2):
-        raise ValueError(f"ray_address={ray_address!r} needs workers >= 2 (the Ray actors to start)")
+    check_workers(method, workers, ray_address)
     kwargs = check_env_kwargs(env_id, scale, env_kwargs, horizon)
     out_dir = Path(out or Path("out") / env_id.split("/")[-1])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +241,19 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     return record
 
 
+def check_workers(method: str, workers: int | None, ray_address: str | None = None) -> None:
+    """``ValueError`` unless ``workers`` is None or an integer >= 1, more than one only for a
+    population method (:data:`POPULATION_METHODS`), and ``ray_address`` comes with >= 2 workers."""
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if method not in POPULATION_METHODS and workers > 1:
+            raise ValueError(f"workers={workers} applies to the population methods {', '.join(POPULATION_METHODS)}, "
+                             f"not {method!r}")
+    if ray_address is not None and (workers is None or workers < 2):
+        raise ValueError(f"ray_address={ray_address!r} needs workers >= 2 (the Ray actors to start)")
+
+
 def _check_settings(task, kwargs: dict) -> None:
     """A reused env must have been made with the requested arguments."""
     settings = getattr(task, "settings", None)
@@ -289,14 +295,9 @@ def _cmd_optimize(args) -> int:
     backend = _pool_backend_or_exit(args)
     if physim.backend.config() is None:
         physim.init(arch=args.arch, fast_compile=not args.full_compile)
-    try:
-        rec = optimize(env_id, method=args.method, iters=smoke.shrink(args.iters, smoke.ITERS), seed=args.seed,
-                       out=args.out, horizon=horizon, lr=args.lr, video=not args.no_video, scale=args.scale,
-                       env_kwargs=env_kwargs, workers=args.workers, ray_address=args.ray_address, backend=backend)
-    except ValueError as e:
-        if "workers" not in str(e) and "ray_address" not in str(e):
-            raise
-        raise SystemExit(f"physim: {e}") from None
+    rec = optimize(env_id, method=args.method, iters=smoke.shrink(args.iters, smoke.ITERS), seed=args.seed,
+                   out=args.out, horizon=horizon, lr=args.lr, video=not args.no_video, scale=args.scale,
+                   env_kwargs=env_kwargs, workers=args.workers, ray_address=args.ray_address, backend=backend)
     out = args.out or str(Path("out") / rec["env"].split("/")[-1])
     kind = {"ray": "Ray actors", "processes": "worker processes"}
     where = "" if rec["pool"] is None else f" on {rec['workers']} {kind[rec['pool']['backend']]}"
@@ -316,9 +317,14 @@ def _env_kwargs_or_exit(env_id: str, args, horizon: int | None) -> dict:
 
 
 def _pool_backend_or_exit(args) -> str:
-    """``--no-ray`` / ``--ray-address`` checked against each other and against Ray being installed."""
+    """``--workers`` / ``--no-ray`` / ``--ray-address`` checked against the method, each other and
+    Ray being installed; the pool backend to use."""
     from physim.optim.parallel import ray_available
 
+    try:
+        check_workers(args.method, args.workers, args.ray_address)
+    except ValueError as e:
+        raise SystemExit(f"physim: {e}") from None
     if args.ray_address is not None and args.no_ray:
         raise SystemExit("physim: --ray-address and --no-ray contradict each other")
     if args.ray_address is not None and not ray_available():

@@ -131,6 +131,10 @@ def test_bad_pool_arguments_are_named(tmp_path):
         parallel.Pool(factory, backend="processes", ray_address="auto")
     with pytest.raises(ValueError, match="workers=2 applies to the population methods cma, hybrid, random, not 'ad"):
         cli.optimize(ENV, method="adam", workers=2, out=str(tmp_path))
+    with pytest.raises(SystemExit, match="physim: workers=3 applies to the population methods .*, not 'policy'"):
+        cli.main(["optimize", ENV, "--method", "policy", "--workers", "3"])
+    with pytest.raises(SystemExit, match="physim: ray_address='auto' needs workers >= 2"):
+        cli.main(["optimize", ENV, "--method", "cma", "--ray-address", "auto"])
     with pytest.raises(SystemExit, match="contradict"):
         cli.main(["optimize", ENV, "--method", "cma", "--workers", "2", "--no-ray", "--ray-address", "auto"])
 
