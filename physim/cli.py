@@ -379,15 +379,18 @@ def _cmd_sweep(args) -> int:
               "in this process", file=sys.stderr)
         use_ray = False
     try:
-        jobs = sweep.make_jobs(args.envs, args.methods, args.seeds, args.iters, args.horizon, args.out)
-    except ValueError as e:
+        env_kwargs = parse_env_args(args.env_arg)
+        jobs = sweep.make_jobs(args.envs, args.methods, args.seeds, args.iters, args.horizon, args.out, args.scale,
+                               env_kwargs)
+    except (ValueError, TypeError) as e:
         raise SystemExit(f"physim: {e}") from None
     from physim import smoke
 
     rows = sweep.sweep(args.envs, args.methods, args.seeds, smoke.shrink(args.iters, smoke.ITERS),
                        horizon=smoke.shrink(args.horizon, smoke.HORIZON), workers=args.workers,
                        ray_address=args.ray_address, out=args.out, use_ray=use_ray, arch=args.arch,
-                       full_compile=args.full_compile, progress=not args.no_progress)
+                       full_compile=args.full_compile, progress=not args.no_progress, scale=args.scale,
+                       env_kwargs=env_kwargs)
     print(sweep.markdown_table(rows))
     print(f"{len(jobs)} jobs; results in {args.out}/results.csv and results.json")
     return 0
@@ -479,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--arch", default=None, help="auto (default), cpu or cuda, in every worker")
     w.add_argument("--full-compile", action="store_true", help="Taichi's full kernel optimization in every worker")
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_env_options(w)
     d = sub.add_parser("demo", help=f"interactive demo: {', '.join(DEMOS)} (extra options go to the demo)")
     d.add_argument("name")
     args, rest = parser.parse_known_args(argv)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import physim.envs  # noqa: F401  (registers the tasks)
-from physim import cli
+from physim import cli, sweep
 from physim.optim import parallel
 
 ENV = "physim/MassSpringWalker2D-v0"
@@ -201,3 +201,17 @@ def test_env_args_reach_gym_make(tmp_path, monkeypatch):
     assert cli.main(["train", "MassSpringWalker2D", "--env-arg", "stiffness=60", "--scale", "paper",
                      "--horizon", str(H), "--out", str(tmp_path / "t")]) == 0
     assert seen["env_kwargs"] == {"stiffness": 60, "scale": "paper"} and seen["horizon"] == H
+
+
+def test_sweep_passes_scale_and_env_args_to_every_job(tmp_path):
+    rows = sweep.sweep("MassSpringWalker2D", "random", "0", 1, horizon=H, out=str(tmp_path), use_ray=False,
+                       progress=False, scale="paper", env_kwargs={"stiffness": 60.0})
+    assert rows[0]["settings"]["stiffness"] == 60.0 and rows[0]["settings"]["scale"] == "paper"
+    rec = json.loads((tmp_path / "MassSpringWalker2D-v0" / "random-s0" / "result.json").read_text())
+    assert rec["settings"] == rows[0]["settings"] and rec["final_loss"] == rows[0]["best_loss"]
+    # checked against every env's Arguments table before any job runs
+    with pytest.raises(TypeError, match=r"Walker2DEnv got unknown argument\(s\) \['stiffness'\]"):
+        sweep.make_jobs("MassSpringWalker2D,Walker2D", "cma", "0", 1, env_kwargs={"stiffness": 60.0})
+    with pytest.raises(SystemExit, match=r"stiffness must be a finite number in \[1, 10000\], got -1"):
+        cli.main(["sweep", "--envs", "MassSpringWalker2D", "--iters", "1", "--env-arg", "stiffness=-1",
+                  "--out", str(tmp_path)])
