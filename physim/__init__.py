@@ -10,6 +10,7 @@ from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Rigid, Sand, Snow, Viscoplastic
 from .meshes import TetMesh, dome_gel, flat_pad, read_tet_mesh
 from .parts.fem import FEMBody
+from .parts.smoke import SmokeField, Vent
 from .parts.springs import MassSpring
 from .scene import GradientError, Gradients, Scene, SimulationError
 from .shells import ShellBody, ShellMaterial, ShellMesh
@@ -45,6 +46,8 @@ __all__ = [
     "TactileSensor",
     "MassSpring",
     "FEMBody",
+    "SmokeField",
+    "Vent",
     "ShellMesh",
     "ShellMaterial",
     "ShellBody",

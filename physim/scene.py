@@ -188,6 +188,7 @@ class Scene(Rollout):
         self._fiber: list[np.ndarray] = []
         self.n_actuators = 0
         self.coupling = None
+        self.smoke = None  # a physim.SmokeField (add_smoke)
         self.partset = None
         self.parts: list[Part] = []
         self.tape = Tape()
@@ -378,6 +379,30 @@ class Scene(Rollout):
         self.shell_bodies.append(body)
         return len(self.shell_bodies) - 1
 
+    def add_smoke(self, field) -> None:
+        """Add the scene's air: a :class:`physim.SmokeField` (an Eulerian grid of velocity, smoke
+        density and temperature over the unit domain; :mod:`physim.parts.smoke`). Its vents take
+        the last action columns (:attr:`smoke_slice`); with MPM bodies the air and the material
+        exchange drag (``smoke.drag``). State: ``smoke.v``, ``smoke.density``,
+        ``smoke.temperature``."""
+        from .parts.smoke import SmokeField
+
+        self._check_not_built()
+        if not isinstance(field, SmokeField):
+            raise TypeError(f"expected a physim.SmokeField, got {type(field).__name__}")
+        if self.smoke is not None:
+            raise ValueError("the scene already has a smoke field")
+        field.check(self.dim)
+        field.initial_state(self.dim)  # checks the initial fields now, not at build
+        self.smoke = field
+
+    @property
+    def smoke_slice(self) -> slice:
+        """Action columns of the smoke field's vents (each: ``dim`` velocity components, then a
+        temperature above ambient); the last columns."""
+        n = 0 if self.smoke is None else len(self.smoke.vents) * (self.dim + 1)
+        return slice(self.action_dim - n, self.action_dim)
+
     def couple(self, stiffness: float = 2e3, damping: float = 2.0, friction: float = 0.3,
                radius: float | None = None, *, fem_friction: float | None = None,
                fem_radius: float | None = None) -> None:
@@ -420,7 +445,8 @@ class Scene(Rollout):
     def action_dim(self) -> int:
         """Values per action row: each tool's (linear, angular) velocity, then MPM actuation
         signals, then mass-spring actuation signals."""
-        return len(self.tools) * self.tool_action_dim + self.n_actuators + self.n_spring_actuators
+        smoke = 0 if self.smoke is None else len(self.smoke.vents) * (self.dim + 1)
+        return len(self.tools) * self.tool_action_dim + self.n_actuators + self.n_spring_actuators + smoke
 
     def tool_slice(self, index: int) -> slice:
         k = self.tool_action_dim
@@ -458,7 +484,7 @@ class Scene(Rollout):
                 has_actuators=self.n_actuators > 0 if self.specialize else True,
                 # no tools: specialized kernels leave the contact code out (it costs even when skipped)
                 tool_contact=has_tools or not self.specialize,
-                external_force=coupled,
+                external_force=coupled or self.smoke is not None,  # the smoke field's drag
             )
         springs = coupler = None
         if self.spring_bodies:
@@ -518,14 +544,23 @@ class Scene(Rollout):
             max_steps: longest action sequence :meth:`forward` will be given.
         """
         self._check_not_built()
-        if not self.bodies and not self.spring_bodies and not self.fem_bodies and not self.shell_bodies:
+        if not (self.bodies or self.spring_bodies or self.fem_bodies or self.shell_bodies or self.smoke):
             raise ValueError("the scene has no particle bodies; add one with add_body() (or add_mass_spring(), "
-                             "add_fem(), add_shell())")
+                             "add_fem(), add_shell(), add_smoke())")
         if not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         cfg = backend.ensure_init()
         self.max_steps = max_steps
-        self.partset = ps = get_partset(self._layout(max_steps), self, cfg.real)
+        if self.smoke is None:
+            self.partset = ps = get_partset(self._layout(max_steps), self, cfg.real)
+        else:
+            from .parts.smoke import SmokeLayout, get_smoke_partset
+
+            layout = self._layout(max_steps)
+            self.partset = ps = get_smoke_partset(layout, SmokeLayout(
+                dim=self.dim, res=self.smoke.res, vents=len(self.smoke.vents), tools=layout.tools,
+                mpm=0 if not self.bodies else 2 if layout.coupler is not None else 1), self, cfg.real)
+            ps.smoke.load((self.smoke, self.gravity, cfg.precision))
         self.parts = ps.parts
         self._np_real = cfg.np_real
         self._precision = cfg.precision
@@ -566,7 +601,7 @@ class Scene(Rollout):
             ps.coupler.load(self.coupling or CouplingSpec(radius=self.dx))
         self.dt = self._choose_dt()
         offset = 0
-        for part in self.parts:
+        for part in sorted(self.parts, key=lambda p: p.name == "smoke"):  # the vents' columns last
             part.dt[None] = self.dt
             part.act_offset[None] = offset
             offset += part.action_dim
@@ -670,6 +705,8 @@ class Scene(Rollout):
             init["fem.f_contact"] = np.zeros_like(init["fem.x"])
         if self.shell_bodies:
             init.update({f"shell.{k}": v for k, v in self.partset.shell.initial_state().items()})
+        if self.smoke is not None:
+            init.update({f"smoke.{k}": v for k, v in self.smoke.initial_state(self.dim).items()})
         return init
 
     # ------------------------------------------------------------------ state I/O

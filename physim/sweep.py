@@ -6,7 +6,7 @@
 Every job is one :func:`physim.cli.optimize` call (no video) writing its usual results to
 ``<out>/<Task>-v0/<method>-s<seed>/``. With Ray installed (``pip install "physim[ray]"``) the
 jobs run on ``workers`` Ray actors, one process each, that take jobs from a shared queue: a
-worker starts its Taichi runtime once and keeps every env it has made (by task and horizon),
+worker starts its Taichi runtime once and keeps every env it has made (by task and arguments),
 so its compiled kernels stay warm across the jobs it runs. Without an address Ray starts a
 local cluster on this machine; with one it joins that cluster (``ray.init(address=...)``).
 Without Ray, or with ``use_ray=False``, the jobs run one after another in this process (the
@@ -41,6 +41,9 @@ class Job:
     iters: int
     horizon: int | None
     out: str
+    #: ``gym.make`` scale (None: the task's default) and task arguments, as (name, value) pairs
+    scale: str | None = None
+    env_kwargs: tuple = ()
 
 
 def ray_available() -> bool:
@@ -62,11 +65,14 @@ def _split(what: str, value, convert=str) -> list:
     return out
 
 
-def make_jobs(envs, methods, seeds, iters: int, horizon: int | None = None, out: str = "out/sweep") -> list[Job]:
+def make_jobs(envs, methods, seeds, iters: int, horizon: int | None = None, out: str = "out/sweep",
+              scale: str | None = None, env_kwargs: dict | None = None) -> list[Job]:
     """The jobs of a sweep: every (env, method, seed), in that nesting order. ``envs``,
     ``methods`` and ``seeds`` are lists or comma-separated strings; env names are resolved
-    (``"Walker2D"`` -> ``"physim/Walker2D-v0"``) and checked, as are the methods."""
-    from physim.cli import METHODS, _env_id
+    (``"Walker2D"`` -> ``"physim/Walker2D-v0"``) and checked, as are the methods. ``scale`` and
+    ``env_kwargs`` (``gym.make`` arguments, the same for every env) are checked against each
+    env's Arguments table (:func:`physim.cli.check_env_kwargs`)."""
+    from physim.cli import METHODS, _env_id, check_env_kwargs
 
     try:
         envs = [_env_id(e) for e in _split("envs", envs)]
@@ -81,12 +87,16 @@ def make_jobs(envs, methods, seeds, iters: int, horizon: int | None = None, out:
         raise ValueError(f"iters must be an integer >= 1, got {iters!r}")
     if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
         raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
+    env_kwargs = dict(env_kwargs or {})
+    for env in envs:
+        check_env_kwargs(env, scale, env_kwargs, horizon)  # ValueError / TypeError naming the argument
+    pairs = tuple(sorted(env_kwargs.items()))
     jobs = []
     for env in envs:
         for method in methods:
             for seed in seeds:
                 path = Path(out) / env.split("/")[-1] / f"{method}-s{seed}"
-                jobs.append(Job(len(jobs), env, method, seed, iters, horizon, str(path)))
+                jobs.append(Job(len(jobs), env, method, seed, iters, horizon, str(path), scale, pairs))
     return jobs
 
 
@@ -107,16 +117,22 @@ class _Runner:
         import physim.envs  # noqa: F401  (registers the tasks)
         from physim.cli import optimize
 
-        key = (job.env, job.horizon)
+        key = (job.env, job.horizon, job.scale, repr(job.env_kwargs))
         if key not in self.envs:
-            kwargs = {} if job.horizon is None else {"horizon": job.horizon}
+            kwargs = dict(job.env_kwargs)
+            if job.horizon is not None:
+                kwargs["horizon"] = job.horizon
+            if job.scale is not None:
+                kwargs["scale"] = job.scale
             self.envs[key] = gym.make(job.env, render_mode="rgb_array", **kwargs)
         rec = optimize(job.env, method=job.method, iters=job.iters, seed=job.seed, out=job.out, horizon=job.horizon,
-                       video=False, progress=False, env=self.envs[key])
+                       video=False, progress=False, env=self.envs[key], scale=job.scale,
+                       env_kwargs=dict(job.env_kwargs))
         return {"index": job.index, "env": job.env, "method": job.method, "seed": job.seed, "iters": job.iters,
                 "horizon": rec["horizon"], "initial_loss": rec["initial_loss"],
                 "best_loss": rec["final_loss"], "sim_steps": rec["sim_steps"],
-                "wall_seconds": rec["wall_seconds"], "worker": self.name, "out": job.out}
+                "wall_seconds": rec["wall_seconds"], "worker": self.name, "out": job.out,
+                "settings": rec["settings"]}
 
 
 def run_job(job: Job) -> dict:
@@ -128,16 +144,11 @@ def _run_ray(jobs: list[Job], workers: int | None, address: str | None, arch: st
              init_kwargs: dict, progress: bool) -> list[dict]:
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        kw = dict(init_kwargs)
-        kw.setdefault("include_dashboard", False)
-        kw.setdefault("logging_level", "WARNING")
-        # no address: always a fresh local Ray ("local"), never a cluster that ``ray start`` left
-        # registered on this machine (pass --ray-address auto to join that one)
-        kw["address"] = "local" if address is None else address
-        ray.init(**kw)
-        started = True
+    from physim.optim.parallel import init_ray
+
+    # no address: always a fresh local Ray, never a cluster that ``ray start`` left registered on
+    # this machine (pass --ray-address auto to join that one)
+    started = init_ray(address, init_kwargs)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = min(len(jobs), workers or max(cpus, 1))
@@ -175,7 +186,7 @@ def _bar(total: int, progress: bool):
 def sweep(envs, methods, seeds, iters: int, horizon: int | None = None, workers: int | None = None,
           ray_address: str | None = None, out: str = "out/sweep", use_ray: bool | None = None,
           arch: str | None = None, full_compile: bool = False, ray_init_kwargs: dict | None = None,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, scale: str | None = None, env_kwargs: dict | None = None) -> list[dict]:
     """Run ``optimize`` for every (env, method, seed) and gather the results table.
 
     Args:
@@ -192,10 +203,13 @@ def sweep(envs, methods, seeds, iters: int, horizon: int | None = None, workers:
             started in this process is used as it is for the in-process path.
         ray_init_kwargs: extra ``ray.init`` keyword arguments (e.g. ``num_cpus=2``).
         progress: a progress bar over the jobs.
+        scale, env_kwargs: ``gym.make``'s ``scale`` and task arguments for every env (checked
+            against each env first; see :func:`make_jobs`).
 
-    Returns the rows (dicts with :data:`COLUMNS` and ``out``), in job order.
+    Returns the rows (dicts with :data:`COLUMNS`, ``out`` and ``settings``: the env's argument
+    values), in job order.
     """
-    jobs = make_jobs(envs, methods, seeds, iters, horizon, out)
+    jobs = make_jobs(envs, methods, seeds, iters, horizon, out, scale, env_kwargs)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if use_ray is None:

@@ -46,6 +46,7 @@ def cmaes(
     seed: int | None = None,
     progress: bool = True,
     callback=None,
+    pool=None,
 ) -> OptimResult:
     """CMA-ES (the ``cma`` package) on the action sequence of ``problem``; gradient free.
 
@@ -68,10 +69,16 @@ def cmaes(
         seed: random seed (None: time-based). cma seeds numpy's global generator with it.
         progress: show a tqdm progress bar.
         callback: ``callback(generation, best_loss_of_generation, its_actions)``; returning True stops.
+        pool: a :class:`physim.optim.parallel.Pool` whose workers evaluate each generation's
+            candidates in parallel (each holding a copy of ``problem``); None: one after another
+            here. The initial loss is computed here and every worker checks it gets the same on
+            start. The same seed gives the same result either way (to round-off).
 
     Returns:
         :class:`OptimResult` (method "cmaes"); ``extras``: ``evaluations`` (rollouts),
-        ``popsize``, ``dimension``, ``keyframes`` and ``failed`` (candidates whose simulation failed).
+        ``popsize``, ``dimension``, ``keyframes``, ``failed`` (candidates whose simulation failed),
+        ``sigma``, and with a pool ``workers``, ``backend`` and ``pool_start_seconds``.
+        ``sim_steps`` includes the workers' rollouts.
     """
     import cma
 
@@ -83,6 +90,8 @@ def cmaes(
     if seed is not None:
         seed = check_positive_int("seed", seed, minimum=0)
     check_callback(callback)
+    if pool is not None and not callable(getattr(pool, "losses", None)):
+        raise ValueError(f"pool must be a physim.optim.parallel.Pool (or have losses(candidates)), got {pool!r}")
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise ValueError(f"cmaes needs finite action bounds, got action_low={low}, action_high={high}")
     k = T if keyframes is None else check_positive_int("keyframes", keyframes)
@@ -111,19 +120,21 @@ def cmaes(
     best_loss, best_actions = initial_loss, decode(z0)
     losses: list[float] = []
     evaluations, failed = 1, 0
-    bar = tqdm(range(iters), desc="CMA-ES", disable=not progress, leave=False)
+    pool_steps0 = 0
+    if pool is not None:
+        pool.start(reference=(decode(z0), initial_loss))
+        pool_steps0 = pool.sim_steps
+    desc = "CMA-ES" if pool is None else f"CMA-ES ({pool.workers} workers)"
+    bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False)
     try:
         for gen in bar:
             Z = es.ask()
-            fit = []
-            for z in Z:
-                try:
-                    fit.append(float(prob.loss(decode(z))))
-                except (SimulationError, GradientError, FloatingPointError):
-                    fit.append(math.nan)
-                    failed += 1
-                evaluations += 1
-            f = np.asarray(fit)
+            if pool is None:
+                f = np.array([_candidate_loss(prob, decode(z)) for z in Z])
+            else:
+                f = np.asarray(pool.losses([decode(z) for z in Z]), dtype=np.float64)
+            evaluations += len(Z)
+            failed += int(np.isnan(f).sum())
             finite = np.isfinite(f)
             if not finite.any():
                 raise SimulationError(f"every candidate of CMA-ES generation {gen} failed to simulate")
@@ -144,12 +155,22 @@ def cmaes(
         loss=best_loss,
         losses=losses,
         initial_loss=initial_loss,
-        sim_steps=int(prob.sim_steps - steps0),
+        sim_steps=int(prob.sim_steps - steps0) + (0 if pool is None else int(pool.sim_steps - pool_steps0)),
         wall_seconds=time.perf_counter() - t0,
         method="cmaes",
         extras={"evaluations": evaluations, "popsize": int(es.popsize), "dimension": dim, "keyframes": keyframes,
-                "failed": failed, "sigma": float(es.sigma)},
+                "failed": failed, "sigma": float(es.sigma),
+                **({} if pool is None else {"workers": pool.workers, "backend": pool.backend,
+                                            "pool_start_seconds": pool.start_seconds})},
     )
+
+
+def _candidate_loss(prob, actions) -> float:
+    """One candidate's loss; NaN when its simulation fails (as a pool's worker reports it)."""
+    try:
+        return float(prob.loss(actions))
+    except (SimulationError, GradientError, FloatingPointError):
+        return math.nan
 
 
 def hybrid(
@@ -167,6 +188,7 @@ def hybrid(
     seed: int | None = None,
     progress: bool = True,
     callback=None,
+    pool=None,
 ) -> OptimResult:
     """CMA-ES (global, gradient free, through ``keyframes``) then Adam (local, gradients) from
     CMA-ES's best sequence, in one call.
@@ -177,6 +199,7 @@ def hybrid(
             inverse task whose one action is a parameter guess has T = 1).
         adam_iters, lr, lr_schedule, clip_norm, expand: passed to :func:`adam` (``lr`` in action units).
         init: CMA-ES's starting mean ((T, A) or (A,)).
+        pool: a :class:`physim.optim.parallel.Pool` for CMA-ES's candidates (Adam runs here).
         callback: ``callback(iteration, loss, actions)`` with the iteration counted over both
             stages (CMA-ES generations first); returning True stops the current stage.
 
@@ -196,7 +219,7 @@ def hybrid(
         keyframes = min(4, T)
     t0 = time.perf_counter()
     r1 = cmaes(problem, iters=cma_iters, popsize=popsize, sigma0=sigma0, keyframes=keyframes, init=init, seed=seed,
-               progress=progress, callback=callback)
+               progress=progress, callback=callback, pool=pool)
     offset = len(r1.losses)
     cb2 = None if callback is None else (lambda i, loss, a: callback(offset + i, loss, a))
     r2 = adam(problem, iters=adam_iters, lr=lr, init=r1.actions, lr_schedule=lr_schedule, clip_norm=clip_norm,
