@@ -501,3 +501,11 @@ def test_gel_gradients_through_the_reaction(pad_scene):
     ad.append(g.params["shell.pad_friction"][0])
     assert np.abs(fd).max() > 0, "the loss on the gel does not depend on the sheet"
     assert_close(fd, ad, "d loss(fem.x, fem.v) / d initial shell.x, shell.v and shell.pad_friction via the reaction")
+
+
+def test_bad_pad_relaxation_is_a_clear_error(pad_scene):
+    shell = pad_scene.partset.shell
+    for bad in (0.0, -0.5, 1.5, math.nan):
+        with pytest.raises(ValueError, match="pad relaxation must be in"):
+            shell.set_pad_relaxation(bad)
+    assert shell.contact.relaxation == 0.5

@@ -87,7 +87,8 @@ The sheets' reaction on the pads (two-way coupling). At the converged ``x_{n+1}`
     limit: stick friction between a sheet much stiffer in-plane than the gel is in shear (gain
     ``~ membrane stiffness / gel shear stiffness``, ~50 in that scene) is not stabilized by ``w``: the
     gel's surface keeps a bounded sideways jitter (|v| ~ 0.07 m/s, of the size ``mu lam`` over the gel's
-    shear stiffness; ``w = 0.25`` roughly halves it), the normal force stays within 2 %; use a smaller ``w``
+    shear stiffness; the normal force stays within 2 %); ``w = 0.25`` roughly halves it, ``w = 0.1``
+    leaves ~0.01 m/s but the normal force then takes ~60 ms to settle. Use a smaller ``w``
     (:meth:`physim.parts.shell.ShellPart.set_pad_relaxation`) or ``pad_friction = 0`` where the shear
     reading matters. Reverse mode: ``f_pad[l + 1]``'s gradient joins the implicit step's adjoint (the
     reaction depends on ``x_{n+1}``: ``(dR/dx_{n+1})^T (w dL/df_pad)`` is added to the right-hand side
