@@ -28,7 +28,8 @@ import numpy as np
 
 #: per task: iterations per method (about the same simulated-step budget; see the module docstring)
 PLANS = {
-    # T = 20, A = 3: Adam 16 x 2T + T; CMA-ES popsize 16 (60 dims) x 2 + 1; hybrid 2 x 11 (12 dims) + 1, then 4 x 2T + T
+    # T = 20 steps of 2 substeps, A = 3: Adam 16 x 2T + T; CMA-ES popsize 16 (60 dims) x 2 + 1; hybrid 2 x 11
+    # (12 dims) + 1, then 4 x 2T + T
     "Folding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
     # T = 20, A = 4: CMA-ES popsize 17 (80 dims); hybrid popsize 11 (16 dims)
     "Sliding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
@@ -193,7 +194,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import physim
 
-    physim.init(arch="cpu", precision="f64", fast_compile=True, verbose=False)
+    # not fast_compile: without Taichi's advanced optimizations the shells' reverse mode is wrong in
+    # f64 too (measured on Folding, H = 8: d loss / d actions along a direction -1.30 against the
+    # central difference 0.308; 0.308 with them), so the gradient methods would get wrong gradients
+    physim.init(arch="cpu", precision="f64", fast_compile=False, verbose=False)
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {}
     record.setdefault("tasks", {})
@@ -207,7 +211,7 @@ def main(argv=None) -> int:
         entry["plan"] = plans[task]
         entry["seeds"].setdefault(str(args.seed), {}).update(rows)
         record.update({"commit": _git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
-                       "2 CPU cores shared with other jobs (load 5-13: wall times are pessimistic)",
+                       "2 CPU cores shared with other jobs (load 9-14: wall times are pessimistic)",
                        "backend": "cpu/f64",
                        "command": "python benchmarks/shell_tasks.py --tasks T --seed S [--methods M ...]"})
         out.parent.mkdir(parents=True, exist_ok=True)

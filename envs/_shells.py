@@ -1,14 +1,24 @@
 """Shared pieces of the thin-shell tasks (Folding, Sliding, CardBending).
 
-A camera that looks at a sheet from the front and above, and the goal drawn as a translucent
-target sheet (the target's triangles) rather than as points.
+:class:`ShellTaskEnv`, their common base: the time step and the rule that fixes an episode's
+simulated length whatever the horizon, the observation (the sheet's vertices), the scene's
+frame, and the goal drawn as a translucent target sheet (the target's triangles) rather than as
+points; a camera that looks at a sheet from the front and above; signed dihedral angles in
+torch (differentiable, for losses on a sheet's bends).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-__all__ = ["sheet_camera", "draw_target_sheet", "GOAL_SHEET_COLOR"]
+import numpy as np
+import torch
+
+import physim as ps
+
+from .base import PhysimEnv
+
+__all__ = ["ShellTaskEnv", "sheet_camera", "draw_target_sheet", "dihedral_angles_torch", "GOAL_SHEET_COLOR"]
 
 #: RGB (0-1) of the target sheet
 GOAL_SHEET_COLOR = (0.2, 0.7, 0.3)
@@ -31,3 +41,58 @@ def draw_target_sheet(renderer, x: np.ndarray, triangles: np.ndarray, name: str 
     mesh = pv.PolyData(np.asarray(x, dtype=np.float64), faces)
     return renderer.plotter.add_mesh(mesh, color=GOAL_SHEET_COLOR, opacity=opacity, name=name, reset_camera=False,
                                      smooth_shading=True)
+
+
+def dihedral_angles_torch(x: torch.Tensor, hinges: torch.Tensor) -> torch.Tensor:
+    """Signed dihedral angles (rad, (h,)) of ``hinges`` ((h, 4) vertex indices ``[e0, e1, a, b]``)
+    at positions ``x`` ((n, 3)): ``atan2((n1 x n2) . e / |e|, n1 . n2)`` with ``e = x1 - x0``,
+    ``n1 = e x (xa - x0)``, ``n2 = (xb - x0) x e``, the solver's own definition
+    (:func:`physim.parts.shell.dihedral_angles`), differentiable by torch."""
+    x0, x1, xa, xb = (x[hinges[:, k]] for k in range(4))
+    e = x1 - x0
+    n1 = torch.cross(e, xa - x0, dim=-1)
+    n2 = torch.cross(xb - x0, e, dim=-1)
+    return torch.atan2((torch.cross(n1, n2, dim=-1) * e).sum(-1) / e.norm(dim=-1), (n1 * n2).sum(-1))
+
+
+class ShellTaskEnv(PhysimEnv):
+    """Base of the thin-shell tasks: implicit Euler steps of ``dt`` (5 ms), observations of the
+    sheet's vertices (``shell.x``, ``shell.v``), a goal drawn as the target sheet.
+
+    Time: an episode lasts at least ``episode_seconds`` whatever the horizon: each env step is
+    :meth:`substeps_for` ``(horizon)`` = ``ceil(episode_seconds / (horizon dt))`` substeps (one
+    at the default horizon when ``episode_seconds = default_horizon * dt``), so a shorter
+    horizon covers the same motion with fewer, longer steps. ``episode_seconds = None``: one
+    substep per step (a task whose steps are not time, e.g. CardBending's guesses).
+
+    Subclasses build their scene on :meth:`new_scene` (which sets ``self.substeps``), set
+    ``self._target_x`` ((n, 3): the target sheet) in ``_sample_goal`` and draw it with the body's
+    triangles (:meth:`_draw_goal`).
+    """
+
+    default_horizon = 20
+    obs_entries = ("shell.x", "shell.v")
+    obs_particles = 128
+    #: implicit Euler substep (s)
+    dt = 5e-3
+    #: simulated seconds per episode (see the class docstring); None: one substep per step
+    episode_seconds: float | None = 0.1
+
+    def substeps_for(self, horizon: int) -> int:
+        """Substeps per env step at ``horizon`` steps (class docstring)."""
+        if self.episode_seconds is None:
+            return 1
+        return max(1, math.ceil(self.episode_seconds / (int(horizon) * self.dt) - 1e-9))
+
+    def new_scene(self, **kwargs) -> ps.Scene:
+        """An empty 3D scene (grid 32: the shells do not use the grid, it places the floor and
+        walls) with the task's ``dt`` and ``substeps_for(horizon)`` substeps per step (stored as
+        ``self.substeps``); ``kwargs`` go to :class:`physim.Scene`."""
+        self.substeps = self.substeps_for(self.horizon)
+        return ps.Scene(dim=3, grid_res=32, dt=self.dt, substeps_per_step=self.substeps, **kwargs)
+
+    def _goal_points(self):
+        return self._target_x
+
+    def _draw_goal(self) -> None:
+        draw_target_sheet(self._renderer, self._goal_points(), self.scene.shell_bodies[0].mesh.triangles)

@@ -21,11 +21,10 @@ import math
 import numpy as np
 import torch
 
-import physim as ps
 from physim.optim.problem import Evaluation, rollout_loss
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
 
-from ._shells import draw_target_sheet, sheet_camera
+from ._shells import ShellTaskEnv, sheet_camera
 from .base import PhysimEnv
 
 __all__ = ["CardBendingEnv"]
@@ -33,7 +32,7 @@ __all__ = ["CardBendingEnv"]
 PARAMS = ("shell.bending", "shell.damping")
 
 
-class CardBendingEnv(PhysimEnv):
+class CardBendingEnv(ShellTaskEnv):
     """Identify a card strip's bending stiffness D and damping alpha from the observed fall of
     its free end (a seeded hidden truth).
 
@@ -72,8 +71,9 @@ class CardBendingEnv(PhysimEnv):
     default_horizon = 1
     obs_entries = ("shell.x",)
     obs_particles = 0
+    #: one substep per experiment step (the env's steps are guesses, not time)
+    episode_seconds = None
 
-    dt = 5e-3
     experiment_steps = 40
     length = 0.25
     width = 0.04
@@ -96,7 +96,7 @@ class CardBendingEnv(PhysimEnv):
         X = mesh.vertices
         clamped = np.flatnonzero(X[:, 0] < self.start_x + 1.5 * s)
         self._tip = np.flatnonzero(X[:, 0] > self.start_x + L - 0.5 * s)
-        scene = ps.Scene(dim=3, grid_res=32, dt=self.dt, substeps_per_step=1)
+        scene = self.new_scene()
         scene.add_shell(ShellBody(mesh, ShellMaterial.card(damping=self.alpha0), pinned=clamped))
         scene.build(max_steps=self.experiment_steps)
         self._X = X
@@ -281,9 +281,6 @@ class CardBendingEnv(PhysimEnv):
 
     def _goal_points(self):
         return self._observed_final
-
-    def _draw_goal(self) -> None:
-        draw_target_sheet(self._renderer, self._goal_points(), self.scene.shell_bodies[0].mesh.triangles)
 
     def camera_kwargs(self):
         return sheet_camera((self.start_x + 0.5 * self.length, self.height - 0.02, 0.5), distance=0.35,

@@ -3,11 +3,17 @@ release matches a seeded target.
 
 Paper creases plastically (:class:`physim.ShellMaterial` ``yield_angle``): a hinge bent past its
 yield angle moves its rest angle by the excess, so after the gripper lets go the strip springs
-back to its rest angles, not to flat. The loss therefore reads ``shell.rest_angle`` -- the shape
-the strip keeps after release (with every hinge at its rest angle the bending energy is zero) --
-rather than the shape while it is held. The gradient of a rest angle is exact on each branch of
-the yield test (:mod:`physim.parts.shell`): nonzero only through hinges that yield, which is
-what makes this task hard for gradients alone.
+back to its rest angles, not to flat. The task's main term therefore reads ``shell.rest_angle``
+-- the shape the strip keeps after release (with every hinge at its rest angle the bending
+energy is zero) -- rather than the shape while it is held. The gradient of a rest angle is exact
+on each branch of the yield test (:mod:`physim.parts.shell`): nonzero only through hinges that
+yield. Alone, that term is flat wherever nothing yields (an unfolded strip: zero gradient, the
+plateau that stalled gradient descent in an earlier version of this task), so the loss adds two
+shaping terms with a gradient everywhere: the held strip's bends (dihedral angles) and vertex
+positions at the end of the fold, against the target fold's. The target is a monotone fold
+(the gripper moves back, up and turns at constant speeds), so a strip held bent like the target
+has passed through the target's largest bends, and matching the held bends drives the hinges
+past their yield angle where the target's did.
 """
 
 from __future__ import annotations
@@ -20,59 +26,58 @@ import torch
 import physim as ps
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
 
-from ._shells import draw_target_sheet, sheet_camera
-from .base import PhysimEnv
+from ._shells import ShellTaskEnv, dihedral_angles_torch, sheet_camera
 
 __all__ = ["FoldingEnv"]
 
 
-class FoldingEnv(PhysimEnv):
+class FoldingEnv(ShellTaskEnv):
     """Fold a paper strip, clamped at one end, with a gripper holding the other end, so that the
     crease it keeps matches a seeded target.
 
-    Strip: 12 x 3 cm paper (13 x 3 vertices, 39; 48 triangles), 0.1 mm thick, 800 kg/m^3,
-    bending stiffness D = 3.7e-4 N m (80 g/m^2 copy paper), yield angle 20 degrees with hardening
-    0.1 (:meth:`physim.ShellMaterial.paper`), damping 5 /s, held 0.3 m above the floor: its
-    left two columns of vertices are clamped (pinned; a static box, tool 1, draws the clamp),
-    its right column is attached to the gripper (tool 0, a small box) and follows it rigidly.
-    The membrane is 100x softer than paper's (E t = 4e3 N/m instead of 4e5 N/m): folding is an
-    inextensible motion whose stretch stays below 1e-3 either way, and the softer membrane
-    keeps Newton's Hessian well conditioned (with paper's own E, folds at this speed made
-    Newton stall; see the task's report in ``benchmarks/results/shell_tasks.json``).
+    Strip: 12 x 3 cm paper (13 x 3 vertices, 39; 48 triangles, 58 hinges), 0.1 mm thick,
+    800 kg/m^3, bending stiffness D = 3.7e-4 N m (80 g/m^2 copy paper), yield angle 20 degrees
+    with hardening 0.1 (:meth:`physim.ShellMaterial.paper`), damping 5 /s, held 0.3 m above the
+    floor: its left two columns of vertices are clamped (pinned; a static box, tool 1, draws the
+    clamp), its right column is attached to the gripper (tool 0, a small box) and follows it
+    rigidly. The membrane is 100x softer than paper's (E t = 4e3 N/m instead of 4e5 N/m): folding
+    is an inextensible motion whose stretch stays below 1e-3 either way, and the softer membrane
+    keeps Newton's Hessian well conditioned (with paper's own E, folds at this speed made Newton
+    stall).
 
     ==================  =====================================================================
     Action space        ``Box(-1, 1, (3,))``: the gripper's velocity in the strip's plane
-                        (x, y; x 1.5 m/s) and its turn rate about z (x 40 rad/s)
+                        (x, y; x 2 m/s) and its turn rate about z (x 50 rad/s)
     Observation space   ``Box(-inf, inf, (250,))``: the strip's vertices (x, v: 234), both
                         tools' poses (14), the target's largest kept angle (rad), phase t / T
     Reward              decrease of the task loss in the step
-    Loss                crease error ``sum_h (r_h - r*_h)^2 / sum_h r*_h^2`` of the rest
-                        angles ``r`` (the crease kept after release) against the target's
-                        ``r*``, plus ``shape_weight`` (0.2) x the mean squared distance of the
-                        vertices to the target's at the end of its fold, over the strip's
-                        length squared (a shaping term: it has a gradient before any hinge
-                        yields); ~1.02 at the start (no crease yet), 0 at the target
+    Loss                ``0.5 crease + 0.25 bend + 0.25 shape``, each term relative to its
+                        value for the unfolded strip (zero actions), so the loss is 1 there
+                        and 0 at the target: ``crease`` the squared error of the rest angles
+                        (the crease kept after release) against the target's, ``bend`` of the
+                        held strip's dihedral angles at the end (as ``2 (1 - cos)`` of the
+                        difference: no jump at +-pi), ``shape`` the mean squared
+                        distance of its vertices to the target's (the two shaping terms have
+                        a gradient before any hinge yields)
     Start state         flat strip at rest; the target is the crease and end shape of a
-                        scripted fold (lift-and-turn, then lower) with seeded speeds, so every
-                        target is reachable
-    Episode end         truncated after ``horizon`` steps (default 20, 0.1 s); never terminates
-    Info                ``loss``, ``crease_error``, ``max_kept_angle`` and
+                        scripted monotone fold (:meth:`script`: back, up and turning over at
+                        seeded constant speeds), so every target is reachable; it keeps a
+                        crease of 20-40 degrees on one or two columns of hinges near the clamp
+    Episode end         truncated after ``horizon`` steps (default 20, 0.2 s); never terminates
+    Info                ``loss``, ``crease_error``, ``bend_error``, ``shape_error`` (the three
+                        terms, each 1 for the unfolded strip), ``max_kept_angle`` and
                         ``target_max_kept_angle`` (deg)
     ==================  =====================================================================
 
-    Time: one substep of dt 5 ms per step (implicit Euler), 0.1 s per default episode; a shorter
-    horizon takes ``ceil(0.1 s / (T dt))`` substeps per step (3 at T = 8), so an episode always
-    lasts at least 0.1 s.
+    Time (:class:`ShellTaskEnv`): two substeps of dt 5 ms per step (implicit Euler), 0.2 s per
+    default episode; another horizon takes ``ceil(0.2 s / (T dt))`` substeps per step (5 at
+    T = 8), so an episode always lasts at least 0.2 s. The target's speeds are a third of the
+    action range or less (the target's normalized actions: back 0.26-0.34, up 0.04-0.09, turn
+    0.24-0.40), within reach of a gradient method's first iterations.
     """
 
-    default_horizon = 20
-    obs_entries = ("shell.x", "shell.v")
-    obs_particles = 128
-
-    dt = 5e-3
-    #: simulated seconds per episode: each step is ceil(episode_seconds / (horizon dt)) substeps
-    #: (1 at the default horizon), so shorter horizons cover the same motion
-    episode_seconds = 0.1
+    #: simulated seconds per episode (:class:`ShellTaskEnv`): 2 substeps per step at the default horizon
+    episode_seconds = 0.2
     #: strip (m), vertices along and across
     length = 0.12
     width = 0.03
@@ -82,17 +87,20 @@ class FoldingEnv(PhysimEnv):
     height = 0.3
     start_x = 0.42
     #: action scales: m/s (x, y), rad/s (turn about z)
-    speed = 1.5
-    spin = 40.0
+    speed = 2.0
+    spin = 50.0
     #: paper with a 100x softer membrane (class docstring)
     membrane_E = 4e7
     paper_bending = 3.7e-4
     damping = 5.0
-    shape_weight = 0.2
+    #: weights of the loss's terms: kept crease, held bends, held shape (each 1 for the unfolded strip)
+    crease_weight = 0.5
+    bend_weight = 0.25
+    shape_weight = 0.25
     #: ranges of the scripted target fold (normalized actions): back speed, lift speed, turn rate
-    goal_back = (0.3, 0.6)
-    goal_lift = (0.2, 0.5)
-    goal_turn = (0.4, 0.8)
+    goal_back = (0.26, 0.34)
+    goal_lift = (0.04, 0.09)
+    goal_turn = (0.24, 0.40)
 
     # ------------------------------------------------------------------ scene
     def _material(self) -> ShellMaterial:
@@ -106,8 +114,7 @@ class FoldingEnv(PhysimEnv):
         X = mesh.vertices
         clamped = np.flatnonzero(X[:, 0] < self.start_x + 1.5 * s)
         held = np.flatnonzero(X[:, 0] > self.start_x + L - 0.5 * s)
-        self.substeps = max(1, math.ceil(self.episode_seconds / (self.horizon * self.dt) - 1e-9))
-        scene = ps.Scene(dim=3, grid_res=32, dt=self.dt, substeps_per_step=self.substeps)
+        scene = self.new_scene()
         end = self.start_x + L
         scene.add_tool(ps.BoxTool(position=(end + 0.004, self.height, 0.5), half_extents=(0.005, 0.004, 0.6 * W),
                                   friction=0.5))
@@ -115,7 +122,9 @@ class FoldingEnv(PhysimEnv):
                                   half_extents=(0.5 * s + 0.005, 0.004, 0.6 * W), friction=0.5))
         scene.add_shell(ShellBody(mesh, self._material(), pinned=clamped, attach={0: held}))
         scene.build(max_steps=self.horizon)
+        self._hinges = torch.as_tensor(mesh.hinges().astype(np.int64))
         self._goals: dict = {}
+        self._unfolded = None
         return scene
 
     def _action_map(self):
@@ -126,9 +135,9 @@ class FoldingEnv(PhysimEnv):
 
     # ------------------------------------------------------------------ goal
     def script(self, back: float, lift: float, turn: float, horizon: int | None = None) -> np.ndarray:
-        """(T, 3) normalized actions of the scripted fold: the gripper moves back (-x) at ``back``
-        and turns at ``turn`` the whole time, rising at ``lift`` for the first half and sinking at
-        ``lift`` for the second (all in [0, 1], fractions of the action scales)."""
+        """(T, 3) normalized actions of the scripted monotone fold: the gripper moves back (-x) at
+        ``back``, up at ``lift`` and turns over (about -z) at ``turn``, all constant (in [0, 1],
+        fractions of the action scales)."""
         T = self.horizon if horizon is None else int(horizon)
         for name, v in (("back", back), ("lift", lift), ("turn", turn)):
             if not (np.isfinite(v) and 0.0 <= v <= 1.0):
@@ -136,52 +145,75 @@ class FoldingEnv(PhysimEnv):
         a = np.zeros((T, 3))
         a[:, 0] = -back
         a[:, 1] = lift
-        a[T // 2:, 1] = -lift
         a[:, 2] = -turn
         return a
+
+    def _end_state(self, actions: np.ndarray) -> dict:
+        """The state after ``actions`` (normalized, (T, 3)) from the start, as float64 tensors
+        (forward only; the scene is reset afterwards)."""
+        self.scene.reset()
+        self.scene.forward(actions @ self._action_map(), requires_grad=False)
+        s = self.scene.get_state()
+        self.scene.reset()
+        return {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in s.items()}
 
     def _sample_goal(self, rng):
         self.goal_params = np.array([rng.uniform(*self.goal_back), rng.uniform(*self.goal_lift),
                                      rng.uniform(*self.goal_turn)])
         self._goal_actions = self.script(*self.goal_params)
         key = tuple(self.goal_params.tolist())
+        if self._unfolded is None:  # the zero-action end state: every term's scale (goal independent)
+            self._unfolded = self._end_state(np.zeros((self.horizon, 3)))
         if key not in self._goals:  # a seed's goal is simulated once per env (Gymnasium resets often)
-            self.scene.reset()
-            self.scene.forward(self._goal_actions @ self._action_map(), requires_grad=False)
-            s = self.scene.get_state()
-            self.scene.reset()
-            self._goals[key] = (s["shell.rest_angle"], s["shell.x"])
-        rest, x = self._goals[key]
-        self._target_rest = torch.as_tensor(rest)
-        self._target_x = x
-        self._target_x_t = torch.as_tensor(self._target_x)
-        self._target_norm = float((self._target_rest ** 2).sum())
-        if self._target_norm <= 0.0:
-            raise RuntimeError(f"the scripted fold {self.goal_params.tolist()} kept no crease; widen the goal ranges")
+            s = self._end_state(self._goal_actions)
+            target = {"rest": s["shell.rest_angle"], "x": s["shell.x"],
+                      "bend": dihedral_angles_torch(s["shell.x"], self._hinges)}
+            if float((target["rest"] ** 2).sum()) <= 0.0:
+                raise RuntimeError(f"the scripted fold {self.goal_params.tolist()} kept no crease; "
+                                   "widen the goal ranges")
+            self._use_target(target, (1.0, 1.0, 1.0))
+            target["scales"] = tuple(float(v) for v in self.terms(self._unfolded))
+            self._goals[key] = target
+        self._use_target(self._goals[key], self._goals[key]["scales"])
+
+    def _use_target(self, target: dict, scales: tuple) -> None:
+        self._target, self._scales = target, scales
+        self._target_rest = target["rest"]
+        self._target_x = target["x"].numpy()
 
     def _goal_features(self):
         return np.array([float(self._target_rest.abs().max())])
-
-    def _goal_points(self):
-        return self._target_x
-
-    def _draw_goal(self) -> None:
-        draw_target_sheet(self._renderer, self._goal_points(), self.scene.shell_bodies[0].mesh.triangles)
 
     def camera_kwargs(self):
         return sheet_camera((self.start_x + 0.5 * self.length, self.height + 0.03, 0.5), distance=0.22)
 
     # ------------------------------------------------------------------ loss
     def crease_error(self, rest: torch.Tensor) -> torch.Tensor:
-        """Relative squared error of rest angles ``rest`` (h,) against the target's."""
-        return ((rest - self._target_rest) ** 2).sum() / self._target_norm
+        """Relative squared error ``sum_h (r_h - r*_h)^2 / sum_h r*_h^2`` of rest angles ``rest``
+        (h,) against the target's (1 for an uncreased strip)."""
+        return ((rest - self._target_rest) ** 2).sum() / (self._target_rest ** 2).sum()
+
+    def terms(self, state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(crease, bend, shape) errors of a state (tensors), each relative to the unfolded
+        strip's (so each is 1 for zero actions): the kept rest angles' squared error, the held
+        dihedral angles' ``sum_h 2 (1 - cos(theta_h - theta*_h))`` (the squared error for small
+        differences, without a jump where an angle wraps at +-pi), the vertices' mean squared
+        distance, all against the target's."""
+        x = state["shell.x"]
+        crease = self.crease_error(state["shell.rest_angle"])
+        # 2 (1 - cos d) ~ d^2 for small d, and periodic: no jump where a hinge's angle wraps at +-pi
+        bend = (2.0 * (1.0 - torch.cos(dihedral_angles_torch(x, self._hinges) - self._target["bend"]))).sum()
+        shape = ((x - self._target["x"]) ** 2).sum(-1).mean()
+        return crease / self._scales[0], bend / self._scales[1], shape / self._scales[2]
 
     def _loss(self, state):
-        shape = ((state["shell.x"] - self._target_x_t) ** 2).sum(-1).mean() / self.length ** 2
-        return self.crease_error(state["shell.rest_angle"]) + self.shape_weight * shape
+        crease, bend, shape = self.terms(state)
+        return self.crease_weight * crease + self.bend_weight * bend + self.shape_weight * shape
 
     def _metrics(self, state):
-        rest = torch.as_tensor(np.asarray(state["shell.rest_angle"], dtype=np.float64))
-        return {"crease_error": float(self.crease_error(rest)),
+        s = {k: torch.as_tensor(np.asarray(state[k], dtype=np.float64)) for k in ("shell.x", "shell.rest_angle")}
+        crease, bend, shape = (float(v) for v in self.terms(s))
+        rest = s["shell.rest_angle"]
+        return {"crease_error": crease, "bend_error": bend, "shape_error": shape,
                 "max_kept_angle": math.degrees(float(rest.abs().max())),
                 "target_max_kept_angle": math.degrees(float(self._target_rest.abs().max()))}

@@ -18,13 +18,12 @@ import physim as ps
 from physim.parts.shell import MARGIN
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
 
-from ._shells import draw_target_sheet, sheet_camera
-from .base import PhysimEnv
+from ._shells import ShellTaskEnv, sheet_camera
 
 __all__ = ["SlidingEnv"]
 
 
-class SlidingEnv(PhysimEnv):
+class SlidingEnv(ShellTaskEnv):
     """Slide a rubber mat across a table to a seeded target pose with a pad that presses on it.
 
     Mat: 12 x 12 cm rubber sheet (7 x 7 vertices, 49; 72 triangles), 1 mm thick, 1100 kg/m^3,
@@ -50,19 +49,11 @@ class SlidingEnv(PhysimEnv):
                         ``yaw`` and ``target_yaw`` (rad)
     ==================  =====================================================================
 
-    Time: one substep of dt 5 ms per step (implicit Euler), 0.1 s per default episode; a shorter
-    horizon takes ``ceil(0.1 s / (T dt))`` substeps per step (3 at T = 8), so an episode always
-    lasts at least 0.1 s.
+    Time (:class:`ShellTaskEnv`): one substep of dt 5 ms per step (implicit Euler), 0.1 s per
+    default episode; a shorter horizon takes ``ceil(0.1 s / (T dt))`` substeps per step (3 at
+    T = 8), so an episode always lasts at least 0.1 s.
     """
 
-    default_horizon = 20
-    obs_entries = ("shell.x", "shell.v")
-    obs_particles = 128
-
-    dt = 5e-3
-    #: simulated seconds per episode: each step is ceil(episode_seconds / (horizon dt)) substeps
-    #: (1 at the default horizon), so shorter horizons cover the same motion
-    episode_seconds = 0.1
     #: mat (m) and vertices per side
     size = 0.12
     res = 7
@@ -83,8 +74,7 @@ class SlidingEnv(PhysimEnv):
 
     # ------------------------------------------------------------------ scene
     def _build_scene(self):
-        self.substeps = max(1, math.ceil(self.episode_seconds / (self.horizon * self.dt) - 1e-9))
-        scene = ps.Scene(dim=3, grid_res=32, dt=self.dt, substeps_per_step=self.substeps)
+        scene = self.new_scene()
         mat = ShellMaterial.rubber_sheet(damping=self.damping)
         eps = 0.5 * mat.thickness + MARGIN
         # rest on the floor: the weight compresses the penalty by rho t g / kc (~1e-9 m)
@@ -123,12 +113,6 @@ class SlidingEnv(PhysimEnv):
 
     def _goal_features(self):
         return self.goal_params
-
-    def _goal_points(self):
-        return self._target_x
-
-    def _draw_goal(self) -> None:
-        draw_target_sheet(self._renderer, self._goal_points(), self.scene.shell_bodies[0].mesh.triangles)
 
     def camera_kwargs(self):
         return sheet_camera(self.center, distance=0.22, elevation=0.9)

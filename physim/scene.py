@@ -444,7 +444,7 @@ class Scene(Rollout):
     @property
     def action_dim(self) -> int:
         """Values per action row: each tool's (linear, angular) velocity, then MPM actuation
-        signals, then mass-spring actuation signals."""
+        signals, then mass-spring actuation signals, then the smoke field's vents."""
         smoke = 0 if self.smoke is None else len(self.smoke.vents) * (self.dim + 1)
         return len(self.tools) * self.tool_action_dim + self.n_actuators + self.n_spring_actuators + smoke
 

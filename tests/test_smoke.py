@@ -73,8 +73,8 @@ def test_plume_rises_at_the_buoyancy_law(plume):
     closed box returns the mean force int beta T / V through the walls (its first image term).
     With the update order (advect with slot l's velocity, then force), the centroid after n
     substeps is z0 + a dt^2 n (n - 1) / 2. Tolerance 4%: the measured ratio to this law is
-    0.929 / 0.976 / 0.993 at 16^3 / 24^3 / 32^3 (converging with dx / sigma; /tmp runs of the
-    same script), i.e. 2.4% off at this test's 24^3."""
+    0.929 / 0.976 / 0.993 at 16^3 / 24^3 / 32^3 (this set-up at other resolutions: converging as
+    dx / sigma shrinks), i.e. 2.4% off at this test's 24^3."""
     scene, out = plume
     T = out["smoke.temperature"]
     x = scene.smoke.cell_centers(3)

@@ -9,6 +9,8 @@ Every optimizer works on a *problem*: a :class:`SceneProblem` or any object with
   gradient clipping and temporal expansion for long horizons;
 * :func:`cmaes`: CMA-ES (gradient free), optionally through a few keyframes;
 * :func:`hybrid`: CMA-ES, then Adam from its best sequence;
+* :func:`random_search`: uniform random search inside the bounds (the baseline);
+* :mod:`physim.optim.parallel`: a population's rollouts on worker processes or Ray actors;
 * :func:`train_policy`: a closed-loop MLP policy trained through the simulator;
 * :func:`identify`: system identification of a material parameter;
 * :func:`plot_losses`: loss curves as PNG.
@@ -20,6 +22,7 @@ from .cmaes import cmaes, hybrid, keyframe_matrix
 from .plot import plot_losses
 from .policy import MLPPolicy, train_policy
 from .problem import Evaluation, SceneProblem
+from .random_search import random_search
 from .result import OptimResult
 from .sysid import SysIdResult, identify
 
@@ -30,6 +33,7 @@ __all__ = [
     "adam",
     "cmaes",
     "hybrid",
+    "random_search",
     "keyframe_matrix",
     "train_policy",
     "MLPPolicy",

@@ -63,6 +63,10 @@ half of a node's tangential slip per sub-step (static friction without overshoot
 coupler's force of MPM material (:mod:`physim.parts.coupler`) is added to the same nodes.
 The sum is kept per node as the slot state ``fem.f_contact`` (N; the mean over the
 substep's sub-steps), the force field a tactile sensor reads (:mod:`physim.tactile`).
+Another part's force on the nodes enters through :meth:`FEMPart.set_external_force` (the thin
+shells' reaction on the pads, :mod:`physim.parts.shell_contact`): a vector slot field of that part,
+slot ``l`` added to the free nodes during substep ``l`` (held over its sub-steps) and to
+``fem.f_contact``; Taichi's adjoint of :meth:`FEMPart.external_forces` gives its gradient.
 A tool that starts inside a gel (a free rest node deeper than ``START_DEPTH`` = 0.1 of the
 smallest tet's height scale) is a ValueError at load naming the body, node, tool and depth.
 
@@ -78,7 +82,8 @@ warning), each recorded on the tape; with ``subcycle=False`` such a dt is a Valu
 One substep on the tape (every launch record-and-run; all but the last replayed in reverse
 mode, restoring the sub-step ring ``xs``/``vs``/``force`` the adjoints read):
 ``copy_in`` (slot l -> ring 0), ``clear_forces``, n x (``deform`` k, [``polar`` k,]
-``elastic_forces`` k, ``damping_forces`` k, [``contact_forces`` k,] ``integrate`` k),
+``elastic_forces`` k, ``damping_forces`` k, [``face_forces`` k,] [``contact_forces`` k,]
+[``external_forces`` k,] ``integrate`` k),
 ``copy_out`` (ring n -> slot l + 1).
 """
 
@@ -350,6 +355,9 @@ class FEMPart(Part):
         # force of the coupler (MPM material) on each node, written once per substep
         self.f_ext = self.scratch_field((3,), (NS, N) if layout.mpm_contact else (1, 1))
         self.coupler = None  # set by the PartSet when MPM material touches the gel
+        # external force on each node (N): another part's (K + 1, >= N) vector slot field, or None
+        # (set_external_force: the sheets' reaction on the pads)
+        self.external = None
         self.corotated = "corotated" in layout.models
         self._contact = layout.tool_contact or layout.mpm_contact
         # per sub-step and tet: F and dF/dt (gathered once: the stress launches read them)
@@ -785,6 +793,33 @@ class FEMPart(Part):
             self.fc[k, i] = f
             self.force[k, i] += f
 
+    def set_external_force(self, field) -> None:
+        """Hook for another part's force on the gel's nodes: ``field`` is a vector slot field of that part
+        (shape (K + 1, >= nodes), N) whose slot ``l`` row ``i`` is added to free node ``i``'s force at every
+        sub-step of substep ``l`` (held over the substep: the writer fills slot ``l + 1`` during substep ``l``,
+        after this part has stepped, so the force acts one substep later) and to its contact force reading
+        ``fem.f_contact``. Reverse mode adds to ``field.grad[l]`` (Taichi's adjoint of :meth:`external_forces`);
+        the field is the writer's state, so checkpoints carry it. Used by the thin shells
+        (:meth:`physim.parts.shell.ShellPart.attach_fem`)."""
+        if field.shape[0] != self.S or field.shape[1] < self.capacity or field.n != 3:
+            raise ValueError(f"FEMPart.set_external_force needs a 3-vector slot field of shape ({self.S}, >= "
+                             f"{self.capacity}), got shape {field.shape}")
+        self.external = field
+
+    @ti.kernel
+    def external_forces(self, l: ti.i32, k: ti.i32):
+        """The external force of slot ``l`` (:meth:`set_external_force`) on the free nodes, added to
+        ``force[k]`` and to the contact force ``fc[k]``."""
+        for i in range(self.rows[None]):
+            f = ti.Vector.zero(self.real, 3)
+            if self.kind[i] == FREE:
+                f = self.external[l, i]
+            self.force[k, i] += f
+            if ti.static(self._contact):
+                self.fc[k, i] += f  # after contact_forces, which assigns it
+            else:
+                self.fc[k, i] = f
+
     @ti.func
     def _tool_penalty(self, l, t, k, n, i):
         """Penalty + regularized Coulomb force on surface node ``i`` against the tools."""
@@ -882,6 +917,8 @@ class FEMPart(Part):
                 tape.launch(self.coupler.face_forces, l, k, n, replay=True)
             if self._contact:
                 tape.launch(self.contact_forces, l, t, k, n, replay=True)
+            if self.external is not None:
+                tape.launch(self.external_forces, l, k, replay=True)
             tape.launch(self.integrate, l, t, k, n, replay=True)
         tape.launch(self.copy_out, l, n)
 

@@ -6,7 +6,9 @@ User-facing: :class:`physim.ShellBody` (a :class:`physim.ShellMesh` with a
 concatenated into one :class:`ShellPart` (3D only). State: ``shell.x``, ``shell.v`` ((n, 3)
 vertex positions in m and velocities in m/s), ``shell.rest_angle`` (h,) the rest dihedral angle of
 every hinge (rad; it moves when a crease yields) and ``shell.plastic`` (h,) the accumulated plastic
-angle of every hinge (rad, for hardening). Parameters, one row per body: ``shell.E`` (Pa),
+angle of every hinge (rad, for hardening); with FEM pads in the scene also ``shell.f_pad`` ((fem nodes, 3),
+N) the sheets' relaxed contact force on the pads' nodes, applied by the FEM part in the next substep
+(:mod:`physim.parts.shell_contact`). Parameters, one row per body: ``shell.E`` (Pa),
 ``shell.nu``, ``shell.thickness`` (m, not differentiable), ``shell.density`` (kg/m^3),
 ``shell.bending`` (the bending stiffness D, N m), ``shell.yield_angle`` (deg), ``shell.hardening``,
 ``shell.damping`` (1/s), ``shell.contact_stiffness`` (Pa/m) and ``shell.wall_friction``; the tools'
@@ -232,6 +234,12 @@ class ShellPart(Part):
         self.rest_angle = self.slot_field("rest_angle", (), H, group="hinges")
         self.plastic = self.slot_field("plastic", (), H, group="hinges")
         self.n_hinges = self.group_rows("hinges")
+        #: the sheets' contact force on every FEM pad node (N), from the substep that ended at the slot (scenes
+        #: with FEM pads: the FEM part adds slot l's to its nodes in substep l, see :meth:`attach_fem`)
+        self.f_pad = None
+        if layout.fem_nodes:
+            self.f_pad = self.slot_field("f_pad", (3,), layout.fem_nodes, group="pad_nodes")
+            self.n_pad_nodes = self.group_rows("pad_nodes")
         # constants
         self.tri = ti.Vector.field(3, ti.i32, shape=T)
         self.Dminv = ti.Matrix.field(2, 2, real, shape=T)
@@ -453,10 +461,31 @@ class ShellPart(Part):
             self.contact.topology = None
 
     def attach_fem(self, fem) -> None:
-        """Make the FEM part's surface (its pads) an obstacle of the shells (before :meth:`load`)."""
-        if self.contact is None or not self.contact.has_pad:
+        """Couple the sheets with the FEM part's surface (its pads) both ways (before :meth:`load`, after the FEM
+        part's): the gel's surface is an obstacle of the shells' implicit steps, and the sheets' contact force on
+        it, the state ``shell.f_pad``, is the FEM part's external force one substep later
+        (:meth:`physim.parts.fem.FEMPart.set_external_force`; :mod:`physim.parts.shell_contact`)."""
+        if self.contact is None or not self.contact.has_pad or self.f_pad is None:
             raise ValueError("this shell layout was compiled without FEM pads (fem_nodes=0)")
+        n = int(fem.rows[None])
+        if n > self.f_pad.shape[1]:
+            raise ValueError(f"the FEM part has {n} nodes but this shell layout holds the reaction of "
+                             f"{self.f_pad.shape[1]} (fem_nodes)")
         self.contact.fem = fem
+        self.n_pad_nodes[None] = n
+        fem.set_external_force(self.f_pad)
+
+    def set_pad_relaxation(self, relaxation: float) -> None:
+        """The relaxation ``w`` of the sheets' reaction on the FEM pads, in (0, 1] (default
+        :data:`physim.parts.shell_contact.PAD_RELAXATION`): the force applied to the gel moves this fraction
+        of the way to the newest reaction per substep (:mod:`physim.parts.shell_contact`; smaller is more
+        stable and slower). Not differentiable; each new value compiles the reaction's kernels once."""
+        w = float(relaxation)
+        if not (math.isfinite(w) and 0.0 < w <= 1.0):
+            raise ValueError(f"pad relaxation must be in (0, 1], got {relaxation!r}")
+        if self.contact is None or self.f_pad is None:
+            raise ValueError("this shell layout was compiled without FEM pads (fem_nodes=0): no reaction to relax")
+        self.contact.relaxation = w
 
     @property
     def contact_on(self) -> bool:
@@ -554,7 +583,10 @@ class ShellPart(Part):
             vb[b.kinematic()] = 0.0
             v.append(vb)
         h = len(self.initial_rest_angle)
-        return {"x": x, "v": np.concatenate(v), "rest_angle": self.initial_rest_angle.copy(), "plastic": np.zeros(h)}
+        out = {"x": x, "v": np.concatenate(v), "rest_angle": self.initial_rest_angle.copy(), "plastic": np.zeros(h)}
+        if self.f_pad is not None:
+            out["f_pad"] = np.zeros((int(self.n_pad_nodes[None]), 3))  # no contact before the first step
+        return out
 
     def set_newton(self, rtol: float | None = None, max_iter: int | None = None, max_cg: int | None = None,
                    linear_solver: str | None = None) -> None:
@@ -1036,6 +1068,26 @@ class ShellPart(Part):
                 lam = ti.zero(lam)
             self.r.grad[i] = -lam
 
+    def _write_pad_reaction(self, l: int) -> None:
+        """shell.f_pad[l + 1] = the sheets' contact force on the pad nodes at the converged x_{n+1} (0 without
+        contact)."""
+        if self.contact_on and self.contact.fem is not None:
+            self.contact.write_reaction(l)
+        else:
+            self._zero_pad_reaction(l)
+
+    @ti.kernel
+    def _zero_pad_reaction(self, l: ti.i32):
+        for j in range(self.n_pad_nodes[None]):
+            self.f_pad[l + 1, j] = ti.zero(self.f_pad[l + 1, j])
+
+    @ti.kernel
+    def _reaction_rhs(self):
+        """cr += (d f_pad / d x_{n+1})^T dL/df_pad on the free vertices (left in xk.grad by the reaction's VJP)."""
+        for i in range(self.rows[None]):
+            if self.kind[i] == FREE:
+                self.cr[i] += self.xk.grad[i]
+
     @ti.kernel
     def _kinematic_grads(self):
         """After the VJP: x.grad of the iterate's free rows is scratch (zeroed); its kinematic rows
@@ -1296,6 +1348,8 @@ class ShellPart(Part):
             self.contact.begin_step(l, l + 1)
         its, cgs, res, ok = self._newton()
         self.write_out(l)
+        if self.f_pad is not None:
+            self._write_pad_reaction(l)
         self._status[l] = (ok, res, t)
         self.stats.append((its, cgs, res))
         if len(self.stats) > 100000:
@@ -1326,6 +1380,12 @@ class ShellPart(Part):
             self.contact.begin_step(l, l + 1)
             self.contact.update()
         self._adjoint_rhs(l)
+        if self.contact_on and self.contact.fem is not None:
+            # the reaction on the pads (shell.f_pad[l + 1]) depends on x_{n+1} too: its gradient joins the rhs
+            self._zero_work_grads()
+            self.contact.zero_obstacle_grads()
+            self.contact.reaction_vjp(l)
+            self._reaction_rhs()
         self.diag_kernel()
         n_cg, converged = 0, self.use_direct() and self._direct_adjoint()
         if not converged:
@@ -1343,6 +1403,8 @@ class ShellPart(Part):
         self._adjoint_seed()
         self.residual_vjp()
         if pad:
+            self.contact.reaction_vjp(l)  # the reaction's own dependence on x_n, the gel and the parameters
+            self.contact.carry_grad(l, self.contact.relaxation)
             self.contact.scatter_obstacle_grads(l)
         self._kinematic_grads()
         self.place_kinematic.grad()

@@ -58,10 +58,48 @@ Shell <-> FEM pad contact (every shell body against every FEM body's surface, e.
     ``shell.pad_friction``. Gradients: the adjoint's vector-Jacobian product gives the gel nodes'
     gradients at slots ``l + 1`` and ``l``, added to ``fem.x``'s, from where the FEM part's own
     reverse mode carries them to its state, parameters and mount pose (the gripper's actions).
-    Coupled one way: the gel shapes the sheet, the sheet's reaction is not applied to the gel (an
-    explicit FEM step would need it as an external force from the previous substep). The gel may
-    advance at most about half the contact zone per substep (a faster pad can start a solve past a
-    sheet vertex: Newton then fails and says so).
+    The gel may advance at most about half the contact zone per substep (a faster pad can start a
+    solve past a sheet vertex: Newton then fails and says so).
+
+The sheets' reaction on the pads (two-way coupling). At the converged ``x_{n+1}`` of substep ``l`` the
+    pad pairs' forces on the gel's nodes are ``R_l = -sum_p dE_p/dx_a`` over the pairs' face rows ``a``:
+    exactly minus the force on the sheet's vertex, spread over the face's three nodes with the closest
+    point's barycentric weights (``E_p`` depends on the vertex and the face only through their
+    difference, so the four forces of a pair sum to zero; lagged friction likewise). They are written to
+    the state ``shell.f_pad`` ((fem nodes, 3), N), relaxed::
+
+        f_pad[l + 1] = (1 - w) f_pad[l] + w R_l,     w = :attr:`ShellContact.relaxation` (default 0.5)
+
+    and the FEM part adds ``f_pad[l]`` to its free nodes' forces during substep ``l``
+    (:meth:`physim.parts.fem.FEMPart.set_external_force`), held over its sub-steps and counted in the
+    tactile reading ``fem.f_contact``. Why lagged: the FEM part steps first in a substep (explicitly; the
+    shells need its surface at the end of the substep as their obstacle), so the reaction of substep
+    ``l`` can only act in substep ``l + 1``; putting the gel's nodes into the shells' Newton solve would
+    make it monolithic. Momentum is exchanged exactly, one substep late:
+    ``sum_{l < T} f_pad[l] = sum_{l < T} R_l - (f_pad[T] - f_pad[0]) / w`` (the last term is the impulse
+    still to be applied; tested). Why relaxed: a lagged penalty is a fixed-point iteration between the
+    sheet and the gel whose gain is the contact's stiffness over the gel's local stiffness (``~ kc h / E``
+    for normal contact): measured on a 2 x 2 x 2 pad (E = 5e4 Pa, 2 cm, damped by beta = 5e-4 s) pressed
+    1.7 mm into a pinned 5e3 N/m sheet at dt = 2e-3 s, ``w = 1`` locks into a period-two cycle (the
+    pad's force alternating 0.19 / 0.38 N; at E = 2e5 Pa it grows slowly), ``w = 0.5`` settles to
+    0.247 N and the gel to rest (|v| < 1e-3 m/s within 24 ms); an undamped gel (beta = 0) with ``w = 1``
+    inverted a tet within 12 substeps, with ``w = 0.5`` it stays bounded, ringing by +-15 %. Known
+    limit: stick friction between a sheet much stiffer in-plane than the gel is in shear (gain
+    ``~ membrane stiffness / gel shear stiffness``, ~50 in that scene) is not stabilized by ``w``: the
+    gel's surface keeps a bounded sideways jitter (|v| ~ 0.07 m/s, of the size ``mu lam`` over the gel's
+    shear stiffness; the normal force stays within 2 %); ``w = 0.25`` roughly halves it, ``w = 0.1``
+    leaves ~0.01 m/s but the normal force then takes ~60 ms to settle. Use a smaller ``w``
+    (:meth:`physim.parts.shell.ShellPart.set_pad_relaxation`) or ``pad_friction = 0`` where the shear
+    reading matters. Reverse mode: ``f_pad[l + 1]``'s gradient joins the implicit step's adjoint (the
+    reaction depends on ``x_{n+1}``: ``(dR/dx_{n+1})^T (w dL/df_pad)`` is added to the right-hand side
+    before ``H lam = g`` is solved; its other inputs -- ``x_n``, the gel at both ends of the substep,
+    ``shell.contact_stiffness``, ``shell.pad_friction`` -- get theirs from one more vector-Jacobian
+    product of the same pair kernel), ``(1 - w)`` of it is carried to ``f_pad[l]``, and the FEM part's
+    adjoint of its external force gives ``f_pad[l]``'s. ``shell.f_pad`` is slot state, so
+    checkpoints carry it. It stays in the shell part, not the coupler (ARCHITECTURE's place for
+    cross-part contact): the pad contact is a term of the shells' incremental potential (its energy,
+    exact pair Hessians and step bound enter every Newton iteration and the adjoint), which a coupler
+    that writes forces before the solvers step cannot provide.
 
 Derivatives: the pair kernel writes each pair's forces ``dE/dx_a`` from pair-local copies of its
     vertices; Taichi's reverse mode of it is the exact Hessian-vector product (through the
@@ -82,7 +120,7 @@ import taichi as ti
 from .shell import MARGIN as PAD_MARGIN
 from .shell import V_SMOOTH
 
-__all__ = ["ShellContact", "CONTACT_STEP", "MIN_GAP_KEEP", "PAIRS_PER_VERTEX", "VT", "EE"]
+__all__ = ["ShellContact", "CONTACT_STEP", "MIN_GAP_KEEP", "PAIRS_PER_VERTEX", "PAD_RELAXATION", "VT", "EE"]
 
 #: the most a vertex moves in one Newton iteration when shell contact is on (fraction of the shortest rest edge)
 CONTACT_STEP = 0.25
@@ -96,6 +134,9 @@ VT, EE = 0, 1
 BARRIER, FRICTION, PAD, PAD_FRICTION = 0, 1, 2, 3
 #: the edge-edge mollifier acts below this fraction of |e_a|^2 |e_b|^2 (rest lengths)
 MOLLIFIER = 1e-3
+#: relaxation of the sheets' reaction on the FEM pads: the force applied to the gel moves this fraction of the
+#: way to the newest reaction per substep (module docstring)
+PAD_RELAXATION = 0.5
 
 
 @ti.func
@@ -187,6 +228,8 @@ class ShellContact:
         self.ob_x = ti.Vector.field(3, real, shape=max(part.layout.fem_nodes, 1), needs_grad=True)
         self.ob_xn = ti.Vector.field(3, real, shape=max(part.layout.fem_nodes, 1), needs_grad=True)
         self.fem = None  # the FEM part (set by the scene: attach_fem)
+        #: relaxation of the reaction on the pads (module docstring; a compile-time constant of its kernels)
+        self.relaxation = PAD_RELAXATION
         self.red = ti.field(real, shape=4)  # [energy, min z (barrier pairs), step bound]
         self.enabled = np.zeros(0, bool)
         self._fric = None  # friction pairs of the current step (numpy)
@@ -498,6 +541,56 @@ class ShellContact:
             self.fem.x.grad[l + 1, j] += self.ob_x.grad[j]
             self.fem.x.grad[l, j] += self.ob_xn.grad[j]
 
+    # ------------------------------------------------------------------ the reaction on the pads
+    @ti.kernel
+    def reaction_out(self, l: ti.i32, omega: ti.template()):
+        """shell.f_pad[l + 1] = (1 - omega) f_pad[l] + omega R, R the pairs' forces on the pad nodes,
+        ``-dE_p/dx_a`` summed over the pairs' pad rows (from ``fp``: :meth:`forces` at the converged iterate)."""
+        for j in range(self.fem.rows[None]):
+            self.part.f_pad[l + 1, j] = (1.0 - omega) * self.part.f_pad[l, j]
+        for p in range(self.n_pairs[None]):
+            ids = self.pid[p]
+            for a in ti.static(range(1, 4)):
+                if ids[a] >= self.OB:
+                    self.part.f_pad[l + 1, ids[a] - self.OB] -= omega * self.fp[p, a]
+
+    @ti.kernel
+    def _seed_reaction(self, l: ti.i32, omega: ti.template()):
+        """The seed of the reaction's vector-Jacobian product: fp.grad = -omega dL/d f_pad[l + 1] on every pair's
+        pad rows, 0 elsewhere (the reverse of :meth:`reaction_out`); the pair-local inputs' gradients zeroed."""
+        for p in range(self.n_pairs[None]):
+            ids = self.pid[p]
+            for a in ti.static(range(4)):
+                self.xp.grad[p, a] = ti.zero(self.xp.grad[p, a])
+                self.xnp.grad[p, a] = ti.zero(self.xnp.grad[p, a])
+                g = ti.Vector.zero(self.real, 3)
+                if ids[a] >= self.OB:
+                    g = -omega * self.part.f_pad.grad[l + 1, ids[a] - self.OB]
+                self.fp.grad[p, a] = g
+
+    @ti.kernel
+    def carry_grad(self, l: ti.i32, omega: ti.template()):
+        """f_pad.grad[l] += (1 - omega) f_pad.grad[l + 1] (the relaxation's carried part)."""
+        for j in range(self.fem.rows[None]):
+            self.part.f_pad.grad[l, j] += (1.0 - omega) * self.part.f_pad.grad[l + 1, j]
+
+    def write_reaction(self, l: int) -> None:
+        """shell.f_pad[l + 1] at the converged iterate (after the Newton solve of substep ``l``: the pairs are
+        those of that iterate)."""
+        self.gather()
+        self.forces()
+        self.reaction_out(l, self.relaxation)
+
+    def reaction_vjp(self, l: int) -> None:
+        """The work copies' (iterate, x_n, parameters) and the obstacle's gradients += (d f_pad[l + 1] /
+        d input)^T dL/d f_pad[l + 1]: the reverse of :meth:`write_reaction`."""
+        if self.n_pairs[None] == 0:
+            return
+        self.gather()
+        self._seed_reaction(l, self.relaxation)
+        self.forces.grad()
+        self.gather.grad()
+
     @ti.func
     def _pad_phi(self, x0, x1, x2, x3, toff):
         """(w, unit normal out of the pad face at the closest point, phi = signed distance - t/2) of
@@ -512,6 +605,23 @@ class ShellContact:
         if diff.dot(nt) < 0 and w[1] < 0 and w[2] < 0 and w[3] < 0:
             sgn = -1.0
         return w, sgn * diff / d, sgn * d - toff
+
+    @ti.func
+    def _pad_slip(self, p, x0, x1, x2, x3):
+        """(w, u, mu lam) of pad friction pair ``p`` at the iterate's pair-local copies ``x0..x3``: the weights
+        ``w`` and normal at the start of the step (``xnp``), the tangential slip ``u`` of the vertex against
+        the face's material point over the step, and ``mu lam``, the Coulomb bound of the normal force at
+        the start (0 where the pair was not in contact). Friction's potential is ``mu lam (sqrt(|u|^2 +
+        eps_u^2) - eps_u)``, its force on vertex a ``mu lam w_a u / sqrt(|u|^2 + eps_u^2)``."""
+        y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
+        b = self.pbody[p][0]
+        w, nrm, phi = self._pad_phi(y0, y1, y2, y3, 0.5 * self.part.bp[b, self.C_T])
+        u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
+        u -= u.dot(nrm) * nrm
+        mu_lam = 0.0 * phi
+        if phi < PAD_MARGIN:
+            mu_lam = self.part.bp[b, self.C_PMU] * self.part.bp[b, self.C_KC] * self.pw[p] * (PAD_MARGIN - phi)
+        return w, u, mu_lam
 
     @ti.func
     def _closest(self, typ, x0, x1, x2, x3):
@@ -585,18 +695,12 @@ class ShellContact:
                     f2 = c * w[2] * nrm
                     f3 = c * w[3] * nrm
             elif role == PAD_FRICTION:
-                y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
-                tv = 0.5 * self.part.bp[self.pbody[p][0], self.C_T]
-                w, nrm, phi = self._pad_phi(y0, y1, y2, y3, tv)
-                if phi < PAD_MARGIN:
-                    lam = self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi)
-                    u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
-                    u -= u.dot(nrm) * nrm
-                    c = self.part.bp[self.pbody[p][0], self.C_PMU] * lam / ti.sqrt(u.dot(u) + eps_u * eps_u)
-                    f0 = c * w[0] * u
-                    f1 = c * w[1] * u
-                    f2 = c * w[2] * u
-                    f3 = c * w[3] * u
+                w, u, mu_lam = self._pad_slip(p, x0, x1, x2, x3)
+                c = mu_lam / ti.sqrt(u.dot(u) + eps_u * eps_u)
+                f0 = c * w[0] * u
+                f1 = c * w[1] * u
+                f2 = c * w[2] * u
+                f3 = c * w[3] * u
             elif role == BARRIER:
                 w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
                 d = diff.norm()
@@ -653,14 +757,8 @@ class ShellContact:
                 if phi < PAD_MARGIN:
                     en = 0.5 * self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi) ** 2
             elif role == PAD_FRICTION:
-                y0, y1, y2, y3 = self.xnp[p, 0], self.xnp[p, 1], self.xnp[p, 2], self.xnp[p, 3]
-                tv = 0.5 * self.part.bp[self.pbody[p][0], self.C_T]
-                w, nrm, phi = self._pad_phi(y0, y1, y2, y3, tv)
-                if phi < PAD_MARGIN:
-                    lam = self.part.bp[self.pbody[p][0], self.C_KC] * self.pw[p] * (PAD_MARGIN - phi)
-                    u = w[0] * (x0 - y0) + w[1] * (x1 - y1) + w[2] * (x2 - y2) + w[3] * (x3 - y3)
-                    u -= u.dot(nrm) * nrm
-                    en = self.part.bp[self.pbody[p][0], self.C_PMU] * lam * (ti.sqrt(u.dot(u) + eps_u * eps_u) - eps_u)
+                _w, u, mu_lam = self._pad_slip(p, x0, x1, x2, x3)
+                en = mu_lam * (ti.sqrt(u.dot(u) + eps_u * eps_u) - eps_u)
             elif role == BARRIER:
                 _w, diff = self._closest(self.ptype[p], x0, x1, x2, x3)
                 z = (diff.norm() - toff) / sh

@@ -511,20 +511,23 @@ class SmokePart(Part):
                     self.f_air[self.flat(idx)][d] -= inside * w * f[d]
 
     @ti.kernel
-    def advect(self, l: ti.i32):
-        """Semi-Lagrangian advection of slot ``l``'s fields into the scratch ``v_adv``, ``rho_adv``,
-        ``T_adv``."""
+    def advect_faces(self, l: ti.i32, d: ti.template()):
+        """Semi-Lagrangian advection of slot ``l``'s velocity component ``d`` into ``v_adv``
+        (one kernel per axis: the adjoint of all axes in one kernel takes minutes to compile in 3D)."""
+        dx = ti.static(1.0 / self.n)
+        for I in ti.grouped(ti.ndrange(*([self.n] * self.dim))):
+            x = (I.cast(self.real) + 0.5) * dx
+            x[d] -= 0.5 * dx
+            self.v_adv[self.flat(I)][d] = ti.select(I[d] > 0, 1.0, 0.0) * self.sample_face(
+                self.v, l, d, self._backtrace(l, x))
+
+    @ti.kernel
+    def advect_cells(self, l: ti.i32):
+        """Semi-Lagrangian advection of slot ``l``'s density and temperature into ``rho_adv``, ``T_adv``."""
         dx = ti.static(1.0 / self.n)
         for I in ti.grouped(ti.ndrange(*([self.n] * self.dim))):
             c = self.flat(I)
-            xc = (I.cast(self.real) + 0.5) * dx
-            u = ti.Vector.zero(self.real, self.dim)
-            for d in ti.static(range(self.dim)):
-                x = xc
-                x[d] -= 0.5 * dx
-                u[d] = ti.select(I[d] > 0, 1.0, 0.0) * self.sample_face(self.v, l, d, self._backtrace(l, x))
-            self.v_adv[c] = u
-            xb = self._backtrace(l, xc)
+            xb = self._backtrace(l, (I.cast(self.real) + 0.5) * dx)
             self.rho_adv[c] = self.sample_cell(self.density, l, xb)
             self.T_adv[c] = self.sample_cell(self.temperature, l, xb)
 
@@ -811,7 +814,9 @@ class SmokePart(Part):
         if self.mpm is not None:
             tape.launch(self.clear_air_force, grad=None, replay=True)
             tape.launch(self.drag_force, l, replay=True)
-        tape.launch(self.advect, l, replay=True)
+        for d in range(self.dim):
+            tape.launch(self.advect_faces, l, d, replay=True)
+        tape.launch(self.advect_cells, l, replay=True)
         tape.launch(self.forces, l, t)
         tape.launch(self.project, l, grad=self.project_grad)
 
