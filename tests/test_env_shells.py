@@ -105,9 +105,13 @@ def test_folding_gradient_matches_finite_differences_through_yielding_creases(fo
         loss, g = _directional_fd_check(task, a, seed=4, eps=1e-5)
     except AssertionError:
         if _fast_compile():  # a known bug, reported: fails here only under fast_compile
-            pytest.xfail("with fast_compile (Taichi's advanced optimizations off, as tests/conftest.py sets) the "
-                         "shells' reverse mode is wrong in f64 too: measured -1.296 against the central difference "
-                         "0.308 here; without fast_compile 0.308 to 1e-8")
+            # issue 12, narrowed: only with the sparse direct solver in the forward Newton steps; with the
+            # forward on CG (ShellPart._direct_newton_step off, or set_newton(linear_solver="cg")) fast_compile
+            # gives 0.3080739391 / 0.3080739390 (FD 0.3080739359); the assembled Hessian equals the
+            # Hessian-vector products to 3e-16 and the direct adjoint solve is not the cause either
+            pytest.xfail("with fast_compile (Taichi's advanced optimizations off, as tests/conftest.py sets) and the "
+                         "direct solver in the forward Newton steps the shells' gradient is wrong in f64: measured "
+                         "-1.296 against the central difference 0.308 here; without fast_compile 0.308 to 1e-8")
         raise
     assert np.abs(g).max() > 0
 
