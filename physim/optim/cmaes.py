@@ -90,8 +90,7 @@ def cmaes(
     if seed is not None:
         seed = check_positive_int("seed", seed, minimum=0)
     check_callback(callback)
-    if pool is not None and not callable(getattr(pool, "losses", None)):
-        raise ValueError(f"pool must be a physim.optim.parallel.Pool (or have losses(candidates)), got {pool!r}")
+    _check_pool(pool)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise ValueError(f"cmaes needs finite action bounds, got action_low={low}, action_high={high}")
     k = T if keyframes is None else check_positive_int("keyframes", keyframes)
@@ -119,22 +118,12 @@ def cmaes(
     initial_loss = float(prob.loss(decode(z0)))
     best_loss, best_actions = initial_loss, decode(z0)
     losses: list[float] = []
-    evaluations, failed = 1, 0
-    pool_steps0 = 0
-    if pool is not None:
-        pool.start(reference=(decode(z0), initial_loss))
-        pool_steps0 = pool.sim_steps
-    desc = "CMA-ES" if pool is None else f"CMA-ES ({pool.workers} workers)"
-    bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False)
+    population = _Population(prob, pool, (decode(z0), initial_loss))
+    bar = tqdm(range(iters), desc=population.label("CMA-ES"), disable=not progress, leave=False)
     try:
         for gen in bar:
             Z = es.ask()
-            if pool is None:
-                f = np.array([_candidate_loss(prob, decode(z)) for z in Z])
-            else:
-                f = np.asarray(pool.losses([decode(z) for z in Z]), dtype=np.float64)
-            evaluations += len(Z)
-            failed += int(np.isnan(f).sum())
+            f = population.losses([decode(z) for z in Z])
             finite = np.isfinite(f)
             if not finite.any():
                 raise SimulationError(f"every candidate of CMA-ES generation {gen} failed to simulate")
@@ -155,13 +144,11 @@ def cmaes(
         loss=best_loss,
         losses=losses,
         initial_loss=initial_loss,
-        sim_steps=int(prob.sim_steps - steps0) + (0 if pool is None else int(pool.sim_steps - pool_steps0)),
+        sim_steps=int(prob.sim_steps - steps0) + population.pool_sim_steps(),
         wall_seconds=time.perf_counter() - t0,
         method="cmaes",
-        extras={"evaluations": evaluations, "popsize": int(es.popsize), "dimension": dim, "keyframes": keyframes,
-                "failed": failed, "sigma": float(es.sigma),
-                **({} if pool is None else {"workers": pool.workers, "backend": pool.backend,
-                                            "pool_start_seconds": pool.start_seconds})},
+        extras={"popsize": int(es.popsize), "dimension": dim, "keyframes": keyframes, "sigma": float(es.sigma),
+                **population.extras()},
     )
 
 
@@ -171,6 +158,48 @@ def _candidate_loss(prob, actions) -> float:
         return float(prob.loss(actions))
     except (SimulationError, GradientError, FloatingPointError):
         return math.nan
+
+
+def _check_pool(pool) -> None:
+    if pool is not None and not callable(getattr(pool, "losses", None)):
+        raise ValueError(f"pool must be a physim.optim.parallel.Pool (or have losses(candidates)), got {pool!r}")
+
+
+class _Population:
+    """Evaluates a population's candidates here or on a pool's workers (started against the
+    caller's ``reference = (actions, loss)``), counting evaluations (the reference is one) and
+    failed candidates (NaN losses), for :func:`cmaes` and :func:`~physim.optim.random_search`."""
+
+    def __init__(self, prob, pool, reference):
+        self.prob, self.pool = prob, pool
+        self.evaluations, self.failed = 1, 0
+        self._pool_steps0 = 0
+        if pool is not None:
+            pool.start(reference=reference)
+            self._pool_steps0 = pool.sim_steps
+
+    def label(self, name: str) -> str:
+        return name if self.pool is None else f"{name} ({self.pool.workers} workers)"
+
+    def losses(self, candidates) -> np.ndarray:
+        if self.pool is None:
+            f = np.array([_candidate_loss(self.prob, a) for a in candidates])
+        else:
+            f = np.asarray(self.pool.losses(candidates), dtype=np.float64)
+        self.evaluations += len(candidates)
+        self.failed += int(np.isnan(f).sum())
+        return f
+
+    def pool_sim_steps(self) -> int:
+        """Simulated steps the workers ran since the start (0 without a pool)."""
+        return 0 if self.pool is None else int(self.pool.sim_steps - self._pool_steps0)
+
+    def extras(self) -> dict:
+        out = {"evaluations": self.evaluations, "failed": self.failed}
+        if self.pool is not None:
+            out.update(workers=self.pool.workers, backend=self.pool.backend,
+                       pool_start_seconds=self.pool.start_seconds)
+        return out
 
 
 def hybrid(

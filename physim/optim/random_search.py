@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..scene import SimulationError
 from .checks import check_callback, check_positive_int, check_problem
-from .cmaes import _candidate_loss, keyframe_matrix
+from .cmaes import _check_pool, _Population, keyframe_matrix
 from .result import OptimResult
 
 __all__ = ["random_search"]
@@ -60,8 +60,7 @@ def random_search(
     if seed is not None:
         seed = check_positive_int("seed", seed, minimum=0)
     check_callback(callback)
-    if pool is not None and not callable(getattr(pool, "losses", None)):
-        raise ValueError(f"pool must be a physim.optim.parallel.Pool (or have losses(candidates)), got {pool!r}")
+    _check_pool(pool)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise ValueError(f"random_search needs finite action bounds, got action_low={low}, action_high={high}")
     k = T if keyframes is None else check_positive_int("keyframes", keyframes)
@@ -76,23 +75,13 @@ def random_search(
     start = np.tile(np.clip(0.0, low, high), (T, 1))
     initial_loss = float(prob.loss(start))
     best_loss, best_actions = initial_loss, start
-    pool_steps0 = 0
-    if pool is not None:
-        pool.start(reference=(start, initial_loss))
-        pool_steps0 = pool.sim_steps
+    population = _Population(prob, pool, (start, initial_loss))
     losses: list[float] = []
-    evaluations, failed = 1, 0
-    desc = "random search" if pool is None else f"random search ({pool.workers} workers)"
-    bar = tqdm(range(iters), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(iters), desc=population.label("random search"), disable=not progress, leave=False)
     try:
         for it in bar:
             candidates = [draw() for _ in range(popsize)]
-            if pool is None:
-                f = np.array([_candidate_loss(prob, a) for a in candidates])
-            else:
-                f = np.asarray(pool.losses(candidates), dtype=np.float64)
-            evaluations += popsize
-            failed += int(np.isnan(f).sum())
+            f = population.losses(candidates)
             if np.isnan(f).all():
                 raise SimulationError(f"every candidate of random-search iteration {it} failed to simulate")
             i = int(np.nanargmin(f))
@@ -109,11 +98,9 @@ def random_search(
         loss=best_loss,
         losses=losses,
         initial_loss=initial_loss,
-        sim_steps=int(prob.sim_steps - steps0) + (0 if pool is None else int(pool.sim_steps - pool_steps0)),
+        sim_steps=int(prob.sim_steps - steps0) + population.pool_sim_steps(),
         wall_seconds=time.perf_counter() - t0,
         method="random",
-        extras={"evaluations": evaluations, "popsize": popsize, "keyframes": keyframes, "failed": failed,
-                **({} if pool is None else {"workers": pool.workers, "backend": pool.backend,
-                                            "pool_start_seconds": pool.start_seconds})},
+        extras={"popsize": popsize, "keyframes": keyframes, **population.extras()},
     )
 
