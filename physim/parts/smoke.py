@@ -433,14 +433,22 @@ class SmokePart(Part):
         base, fr = self._face_lattice(x, d)
         val = x[0] * 0.0
         for off in ti.static(ti.grouped(ti.ndrange(*([2] * self.dim)))):
-            w = x[0] * 0.0 + 1.0
-            for k in ti.static(range(self.dim)):
-                w *= (1.0 - fr[k]) + off[k] * (2.0 * fr[k] - 1.0)
-            idx = base + off
-            inside = ti.select(idx[d] < self.n, 1.0, 0.0)
-            idx[d] = ti.min(idx[d], self.n - 1)
-            val += inside * w * f[l, self.flat(idx)][d]
+            w, i = self._face_corner(base, fr, off, d)
+            val += w * f[l, i][d]
         return val
+
+    @ti.func
+    def _face_corner(self, base, fr, off, d: ti.template()):
+        """Trilinear weight and flat index of corner ``off`` of the face lattice cell at ``base``
+        (fractions ``fr``) for component ``d``: the weight is 0 for the upper wall's faces (index
+        ``res``, not stored), whose index is clamped to the last stored face."""
+        w = fr[0] * 0.0 + 1.0
+        for k in ti.static(range(self.dim)):
+            w *= (1.0 - fr[k]) + off[k] * (2.0 * fr[k] - 1.0)
+        idx = base + off
+        inside = ti.select(idx[d] < self.n, 1.0, 0.0)
+        idx[d] = ti.min(idx[d], self.n - 1)
+        return inside * w, self.flat(idx)
 
     @ti.func
     def velocity_at(self, l, x):
@@ -502,13 +510,8 @@ class SmokePart(Part):
             for d in ti.static(range(self.dim)):
                 base, fr = self._face_lattice(x, d)
                 for off in ti.static(ti.grouped(ti.ndrange(*([2] * self.dim)))):
-                    w = x[0] * 0.0 + 1.0
-                    for k in ti.static(range(self.dim)):
-                        w *= (1.0 - fr[k]) + off[k] * (2.0 * fr[k] - 1.0)
-                    idx = base + off
-                    inside = ti.select(idx[d] < self.n, 1.0, 0.0)
-                    idx[d] = ti.min(idx[d], self.n - 1)
-                    self.f_air[self.flat(idx)][d] -= inside * w * f[d]
+                    w, i = self._face_corner(base, fr, off, d)
+                    self.f_air[i][d] -= w * f[d]
 
     @ti.kernel
     def advect_faces(self, l: ti.i32, d: ti.template()):
