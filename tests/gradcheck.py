@@ -45,12 +45,18 @@ def central_difference(f, h):
 def action_entries_fd(scene, actions, weights, entries, h):
     """Central differences of :func:`loss_only` with respect to the action entries ``entries``
     (a list of (step, column)), in that order."""
+    return actions_fd(lambda a: loss_only(scene, a, weights), actions, entries, h)
+
+
+def actions_fd(loss, actions, entries, h):
+    """Central differences of ``loss(actions)`` with respect to the action entries ``entries``
+    (a list of (step, column)), in that order."""
     fd = []
     for t, j in entries:
         def shifted(e, t=t, j=j):
             a = actions.copy()
             a[t, j] += e
-            return loss_only(scene, a, weights)
+            return loss(a)
         fd.append(central_difference(shifted, h))
     return fd
 

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from gradcheck import assert_close, central_difference
+from gradcheck import actions_fd, assert_close, central_difference
 
 import physim as ps
 
@@ -241,15 +241,9 @@ def test_gradient_vent_and_tool_actions(grads2d):
     scene, actions, weights, g, loss, _ = grads2d
     cols = list(range(scene.smoke_slice.start, scene.smoke_slice.stop)) + [scene.tool_slice(0).start,
                                                                              scene.tool_slice(0).start + 1]
-    fd, ad = [], []
-    for t in range(3):
-        for j in cols:
-            def shifted(e, t=t, j=j):
-                a = actions.copy()
-                a[t, j] += e
-                return loss(a)
-            fd.append(central_difference(shifted, 1e-6))
-            ad.append(g.actions[t, j])
+    entries = [(t, j) for t in range(3) for j in cols]
+    fd = actions_fd(loss, actions, entries, 1e-6)
+    ad = [g.actions[t, j] for t, j in entries]
     assert_close(fd, ad, "vent and tool actions")
 
 
@@ -432,13 +426,9 @@ def test_gradient_3d():
     fd, ad = [], []
     fd.append(central_difference(lambda e: loss(actions, param=("smoke.buoyancy", e)), 1e-6))
     ad.append(g.params["smoke.buoyancy"][0])
-    for t, j in ((0, 3), (1, 1), (0, 0)):
-        def shifted(e, t=t, j=j):
-            a = actions.copy()
-            a[t, j] += e
-            return loss(a)
-        fd.append(central_difference(shifted, 1e-6))
-        ad.append(g.actions[t, j])
+    entries = ((0, 3), (1, 1), (0, 0))
+    fd += actions_fd(loss, actions, entries, 1e-6)
+    ad += [g.actions[t, j] for t, j in entries]
     c = (4 * 8 + 4) * 8 + 3
     for name, d in (("smoke.temperature", None), ("smoke.v", 1), ("smoke.v", 0)):
         def shifted(e, name=name, d=d):
