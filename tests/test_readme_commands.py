@@ -21,18 +21,20 @@ What is collected and what is not:
   silently.
 
 Off-screen commands run with ``DISPLAY`` unset, like a headless user, and must not print
-VTK's X server warning. A demo without ``--offscreen`` opens its window: it runs under
-``xvfb-run`` (a virtual X display) and the smoke mode makes the window render frames, press
-a key through the interactor and close itself with Escape; without ``xvfb-run`` it is
-skipped, saying so. The interactive demos also run that way through ``python demos/NAME.py``
+VTK's X server warning. A demo without ``--offscreen`` opens its window: it runs on one
+virtual X display (``Xvfb``, started once per test process) and the smoke mode makes the
+window render frames, press a key through the interactor and close itself with Escape;
+without ``Xvfb`` it is skipped, saying so. The interactive demos also run that way through ``python demos/NAME.py``
 (:func:`test_interactive_demo_window_starts_renders_and_quits`).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import subprocess
@@ -147,17 +149,51 @@ def check_promises(argv: list[str], cwd: Path, stdout: str) -> None:
         assert (cwd / out).exists(), f"{shlex.join(argv)} did not write {out}"
 
 
+_XVFB: subprocess.Popen | None = None
+_XVFB_DISPLAY: str | None = None
+
+
+def virtual_display(argv: list[str]) -> str:
+    """The ``DISPLAY`` of one virtual X server (``Xvfb``) shared by this test process.
+
+    Started on first use and stopped at exit. ``Xvfb -displayfd`` picks a free display
+    number itself and reports it when it accepts connections, so there is no race between
+    servers: one ``xvfb-run -a`` per command could hand a demo a display whose previous
+    server was still shutting down ("bad X server connection", seen once in CI).
+    Skips, saying so, when ``Xvfb`` is not installed."""
+    global _XVFB, _XVFB_DISPLAY
+    if _XVFB is not None and _XVFB.poll() is None:
+        return _XVFB_DISPLAY
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip(f"`{shlex.join(argv)}` opens a window: needs Xvfb (apt-get install xvfb), not found")
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen([xvfb, "-displayfd", str(w), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        os.close(w)
+    number = b""
+    with os.fdopen(r, "rb") as pipe:
+        ready, _, _ = select.select([pipe], [], [], 60)
+        if ready:
+            number = pipe.readline().strip()
+    if not number.isdigit():
+        proc.kill()
+        raise RuntimeError(f"Xvfb did not report a display within 60 s (exit status {proc.poll()})")
+    atexit.register(proc.terminate)
+    _XVFB, _XVFB_DISPLAY = proc, f":{number.decode()}"
+    return _XVFB_DISPLAY
+
+
 def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run a README command at smoke size in ``cwd``; a window gets a virtual X display."""
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}  # a headless user's shell
     env.update({smoke.ENV: "1", "PHYSIM_FAST_COMPILE": "1", "PYTHONUNBUFFERED": "1"})
     cmd = _executable(argv)
     if opens_window(argv):
-        xvfb = shutil.which("xvfb-run")
-        if xvfb is None:
-            pytest.skip(f"`{shlex.join(argv)}` opens a window: needs xvfb-run (apt-get install xvfb), not found")
         env.pop("PYVISTA_OFF_SCREEN", None)
-        cmd = [xvfb, "-a", "-s", "-screen 0 1280x1024x24", *cmd]
+        env["DISPLAY"] = virtual_display(argv)
     else:
         env["PYVISTA_OFF_SCREEN"] = "true"
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
