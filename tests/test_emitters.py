@@ -318,3 +318,29 @@ def test_bad_speed_parameter(fd_scene):
         fd_scene.set_param("emitter.speed", -2.0)
     with pytest.raises(ValueError, match=r"unstable for the emitter part"):
         fd_scene.set_param("emitter.speed", 500.0)
+
+
+# ------------------------------------------------------------------------------- rendering
+def test_renderer_hides_particles_not_emitted():
+    """Before the emission starts nothing of the fluid's color is drawn (the reserve is parked at the
+    nozzle); after it, the jet is."""
+    pytest.importorskip("pyvista")
+    from physim.render import Renderer, material_color
+
+    scene, em = jet(pos=(0.3, 0.6), start=0.01, speed=3.0)
+    color = np.array(material_color(em.material)) * 255.0
+
+    def fluid_pixels(renderer):
+        renderer.sync()
+        img = renderer.frame()[..., :3].astype(np.float64)
+        return int((np.abs(img - color).max(axis=2) < 60).sum())
+
+    r = Renderer(scene, off_screen=True, window_size=(160, 120))
+    try:
+        assert fluid_pixels(r) == 0
+        scene.forward(np.zeros((2, 3)), requires_grad=False)  # t = 0.005 s < start: still none
+        assert not scene.particle_active().any() and fluid_pixels(r) == 0
+        scene.forward(np.zeros((STEPS - 2, 3)), requires_grad=False)
+        assert scene.particle_active().sum() > 10 and fluid_pixels(r) > 10
+    finally:
+        r.close()
