@@ -669,7 +669,8 @@ class Scene(Rollout):
             em = get_emitter_part(ps, EmitterLayout(self.dim, _next_pow2(len(self.emitters), 1),
                                                     _next_pow2(len(self._emit_table["time"]), 16)), cfg.real)
             em.load(EmitterSpec(self.emitters, self._emit_first, self._emit_table))
-            self.parts.insert(self.parts.index(ps.mpm), em)  # after the tools, before MPM's substep
+            # right after the tools (it reads their new pose), before every part that reads MPM particles
+            self.parts.insert(self.parts.index(ps.tools) + 1, em)
         self.dt = self._choose_dt()
         if self.emitters:
             em.set_dt(self.dt, self.dx, 1.0 - self.dx)

@@ -313,6 +313,15 @@ def test_nozzle_leaving_the_domain_is_an_error():
         scene.forward(np.tile([-12.0, 0.0, 0.0], (STEPS, 1)), requires_grad=False)
 
 
+def test_bad_clock_state(fd_scene):
+    fd_scene.reset()
+    state = fd_scene.get_state()
+    state["emitter.clock"] = np.array([2.5])
+    with pytest.raises(ValueError, match=r"emitter.clock.*2.5"):
+        fd_scene.set_state(state)
+    fd_scene.reset()
+
+
 def test_bad_speed_parameter(fd_scene):
     with pytest.raises(ValueError, match=r"emitter.speed.*-2"):
         fd_scene.set_param("emitter.speed", -2.0)

@@ -309,8 +309,9 @@ class EmitterSpec:
 
 @ti.data_oriented
 class EmitterPart(Part):
-    """The scene's emitters (see the module docstring). Stepped after the tools (it reads
-    their slot ``l + 1`` pose) and before the MPM part (it sets ``mpm.n_particles``)."""
+    """The scene's emitters (see the module docstring). Stepped right after the tools (it reads
+    their slot ``l + 1`` pose), before the parts that read MPM particles (it sets
+    ``mpm.n_particles``, the rows the coupler and the smoke drag should read too)."""
 
     name = "emitter"
 
@@ -394,6 +395,15 @@ class EmitterPart(Part):
 
     def initial_state(self) -> dict[str, np.ndarray]:
         return {"clock": np.zeros(1)}
+
+    def import_(self, slot: int, state: dict, grad: bool = False) -> None:
+        """As :meth:`Part.import_`; the clock must count whole substeps (which rows are active)."""
+        if not grad and "clock" in state:
+            c = np.asarray(state["clock"], np.float64).reshape(-1)
+            if len(c) == 1 and not (0 <= c[0] < 2**24 and c[0] == math.floor(c[0])):
+                raise ValueError(f"state['emitter.clock'] counts the substeps since reset (which reserved particles "
+                                 f"are emitted): a whole number in [0, 2^24), got {c[0]!r}")
+        super().import_(slot, state, grad)
 
     def stable_dt(self) -> float:
         """The jet must not move a particle more than one grid cell per substep: dx / max speed."""
