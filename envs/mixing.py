@@ -204,36 +204,68 @@ class MixingEnv(PhysimEnv):
         return {"mixed_fraction": float(m[np.abs(c - cbar) <= 0.2].sum() / m.sum())}
 
     # ------------------------------------------------------------------ rendering
-    def _colors(self, x: np.ndarray) -> np.ndarray:
-        """Per-particle colours: half its own liquid's colour, half the colour of the local
-        concentration of A (its mixing cell's, trilinear), so mixed regions turn green-grey."""
-        c, _ = self._concentration(x)
+    def _column_concentration(self, x: np.ndarray) -> np.ndarray:
+        """The concentration of A per column of mixing cells (through the depth, mass-weighted):
+        (mix_res, mix_res) over x-z in 3D, (mix_res,) along x in 2D; NaN where no liquid."""
+        c, m = self._concentration(x)
         n = self.mix_res
-        g = c.reshape((n,) * self.dim)
-        idx = np.clip(np.floor(x * n - 0.5).astype(int), 0, n - 1)
-        local = g[tuple(idx[:, d] for d in range(self.dim))]
-        own = self._is_a.numpy().astype(np.float64)
-        w = 0.5 * own + 0.5 * local
-        return w[:, None] * np.asarray(self.color_a) + (1 - w[:, None]) * np.asarray(self.color_b)
+        cg, mg = (c * m).reshape((n,) * self.dim), m.reshape((n,) * self.dim)
+        num, den = cg.sum(axis=1), mg.sum(axis=1)  # axis 1 is the vertical
+        return np.where(den > 1e-6 * den.max(), num / np.maximum(den, 1e-300), np.nan)
+
+    def _column_colors(self, x: np.ndarray) -> np.ndarray:
+        cbar = float(self._is_a.numpy().mean())
+        col = self._column_concentration(x).reshape(-1, order="F")
+        col = np.where(np.isnan(col), cbar, col)
+        rgb = col[:, None] * np.asarray(self.color_a) + (1 - col[:, None]) * np.asarray(self.color_b)
+        return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
     def camera_kwargs(self):
-        kw = {"color_fn": self._colors}
+        kw = {"colors": {self.scene.materials.index(self.liquid_a): self.color_a,
+                         self.scene.materials.index(self.liquid_b): self.color_b}}
         if self.dim == 3:
-            kw["camera"] = [(0.5, 0.95, 1.55), (0.5, self._floor + 0.1, 0.5), (0.0, 1.0, 0.0)]
+            kw["camera"] = [(0.5, 1.25, 2.0), (0.5, self._floor + 0.12, 0.5), (0.0, 1.0, 0.0)]
         return kw
 
     def _goal_overlay(self, renderer):
-        """The goal, the liquid fully mixed: a translucent slab over the liquid in the colour of the
-        mean concentration of A, its outline solid."""
+        """A concentration map over the liquid (a tile per column of mixing cells, in the colour of
+        its mean concentration of A: blue A, yellow B; updated every frame) whose goal is one
+        uniform colour, the colour of the mean concentration, drawn as the map's green-edged frame
+        and a strip of that colour along its back edge."""
         import pyvista as pv
 
+        n = self.mix_res
         lo, hi = self._lattice.min(axis=0), self._lattice.max(axis=0)
+        y = float(hi[1]) + 0.04
+        if self.dim == 3:
+            tiles = pv.ImageData(dimensions=(n + 1, 1, n + 1), spacing=(1.0 / n, 1.0, 1.0 / n), origin=(0.0, y, 0.0))
+        else:
+            tiles = pv.ImageData(dimensions=(n + 1, 2, 1), spacing=(1.0 / n, 0.03, 1.0), origin=(0.0, y, 0.5))
+        tiles = tiles.clip_box((float(lo[0]), float(hi[0]), -1, 2, *((float(lo[2]), float(hi[2])) if self.dim == 3
+                                                                      else (-1, 2))), invert=False)
+        self._tiles = tiles
+        self._tile_cells = tiles.cell_centers().points
+        self._update_tiles(self.scene.get_state()["mpm.x"])
+        renderer.add_mesh(tiles, scalars="rgb", rgb=True, name="concentration", opacity=0.6, lighting=False,
+                          show_scalar_bar=False)
         cbar = float(self._is_a.numpy().mean())
         color = tuple(cbar * np.asarray(self.color_a) + (1 - cbar) * np.asarray(self.color_b))
+        z0 = float(lo[2]) if self.dim == 3 else 0.5
+        strip = pv.Box(bounds=(float(lo[0]), float(hi[0]), y + 0.005, y + 0.025, z0 - 0.03, z0))
+        renderer.add_goal(strip, name="goal", color=color, opacity=1.0, smooth_shading=False)
+        renderer.add_goal(tiles.extract_feature_edges(boundary_edges=True, feature_edges=False, manifold_edges=False,
+                                                      non_manifold_edges=False),
+                          name="goal_edges", opacity=1.0, line_width=3, smooth_shading=False)
+
+    def _update_tiles(self, x) -> None:
+        n = self.mix_res
+        rgb = self._column_colors(np.asarray(x, dtype=np.float64))
+        idx = np.clip((self._tile_cells[:, 0] * n).astype(int), 0, n - 1)
         if self.dim == 3:
-            box = pv.Box(bounds=(lo[0], hi[0], hi[1] + 0.01, hi[1] + 0.03, lo[2], hi[2]))
-        else:
-            box = pv.Box(bounds=(lo[0], hi[0], hi[1] + 0.01, hi[1] + 0.03, 0.49, 0.51))
-        renderer.add_goal(box, name="goal", color=color, opacity=0.6, smooth_shading=False)
-        renderer.add_goal(box.extract_feature_edges(), name="goal_edges", opacity=1.0, line_width=2,
-                          smooth_shading=False)
+            idx = idx + n * np.clip((self._tile_cells[:, 2] * n).astype(int), 0, n - 1)
+        self._tiles.cell_data["rgb"] = rgb[idx]
+
+    def render(self):
+        if self._renderer is not None and self.render_mode is not None:
+            self._update_tiles(self.scene.get_state()["mpm.x"])
+        return super().render()
