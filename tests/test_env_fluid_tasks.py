@@ -181,6 +181,24 @@ def test_mixing_layout_is_seeded(mixing):
     np.testing.assert_array_equal(env.scene.initial_state()["mpm.x"], x1)
 
 
+def test_mixing_render_shows_the_concentration_map(mixing):
+    """The map over the liquid is coloured by each column's concentration: A's blue on one side
+    and B's yellow on the other at the start, and the goal's green frame is drawn."""
+    env = mixing
+    env.render_mode = "rgb_array"
+    try:
+        env.reset(seed=0)
+        frame = env.render().astype(int)
+        tiles = env._tiles.cell_data["rgb"].astype(int)
+    finally:
+        env.close()
+        env.render_mode = None
+    a, b = (np.asarray(c) * 255 for c in (env.color_a, env.color_b))
+    assert np.linalg.norm(tiles - a, axis=1).min() < 60 and np.linalg.norm(tiles - b, axis=1).min() < 60
+    green = (frame[..., 1] > 150) & (frame[..., 0] < 100) & (frame[..., 2] < 150)
+    assert green.sum() > 20, "the goal's frame is not drawn"
+
+
 # ---------------------------------------------------------------------------- arguments
 @pytest.mark.parametrize("cls, kwargs, match", [
     (CirculationEnv, {"dim": 4}, "dim must be an integer in"),
