@@ -60,7 +60,9 @@ class MixingEnv(PhysimEnv):
     (:func:`segregation_index`).
 
     ==================  =====================================================================
-    Action space        ``Box(-1, 1, (dim,))``: the rod's linear velocity (x ``speed`` = 1 m/s)
+    Action space        ``Box(-1, 1, (dim,))``: the rod's linear velocity (x ``speed`` = 1.5 m/s;
+                        a kinematic tool: walls do not stop it, and out of the liquid it stirs
+                        nothing)
     Observation space   ``Box(-inf, inf, (N,))``: 128 sampled particles (x, v), the rod's pose,
                         the interface's normal (cos, sin of its angle) and A's share, 128 labels
                         (1 for A) of the sampled particles, episode phase t / T
@@ -68,26 +70,29 @@ class MixingEnv(PhysimEnv):
     Loss                the intensity of segregation of A on the ``mix_res`` grid (concentration
                         from the particles with quadratic B-spline weights: smooth in the
                         positions): ~1 for the liquids side by side, 0 perfectly mixed
-    Start state         liquids at rest, 0.3 deep (3D: 2,208 particles at spacing dx / 2 on the
-                        16^3 grid), the rod (radius 0.05, 0.4 long) upright at the centre, its end
-                        2 cm above the floor
+    Start state         liquids at rest, 0.3 deep (3D: 3,760 particles at spacing dx / 2 on the
+                        16^3 grid; 2D: 789 on 32^2), the rod (radius 0.07, 0.4 long) upright at
+                        the centre, its end 2 cm above the floor
     Episode end         truncated after ``horizon`` steps (default 40); never terminates
     Info                ``loss``, ``mixed_fraction`` (the mass fraction of the liquid in cells
                         whose concentration of A is within 0.2 of the mean)
     ==================  =====================================================================
 
-    Defaults: 3D, grid 16^3, weakly compressible liquids (bulk modulus 300, viscosity 0.05,
-    density 1), dt automatic, 10 substeps per step, concentration grid 6^dim. Particles do not
-    diffuse: the liquids mix only as far as the stirring folds them finer than a mixing cell.
-    ``dim=2`` is a vertical section (grid 32^2 and the rod a rectangle; the tests' gradient checks
-    use it).
+    Defaults: 3D, grid 16^3, weakly compressible liquids (bulk modulus 300, viscosity 0.01,
+    density 1), dt 1e-3 s (automatic), 20 substeps per step (20 ms; 0.8 s per episode),
+    concentration grid 4^dim. Particles do not diffuse: the liquids mix only as far as the
+    stirring folds them finer than a mixing cell. A viscosity of 0.05 (Reynolds number ~3 at
+    the rod) left Adam at a 2 % decrease; 0.01 lets a stroke fold the liquids. ``dim=2`` is a
+    vertical section (grid 32^2, 40 substeps of 7.2e-4 s, the rod a rectangle; the tests'
+    gradient checks use it).
     """
 
     args = {
         "dim": Arg("2 (a vertical section) or 3", "int", 2, 3),
         "grid_res": Arg("MPM grid cells per axis (with dim=2 and no grid_res: 32)", "int", 12, 256),
         "substeps": Arg("MPM substeps per env step (the automatic dt is proportional to dx: doubling the grid "
-                        "and the substeps keeps the step's simulated time)", "int", 1, 10_000),
+                        "and the substeps keeps the step's simulated time; with dim=2 and no grid_res: twice "
+                        "the default)", "int", 1, 10_000),
         "depth": Arg("depth (m) of the liquids", "float", 0.15, 0.45),
         "fraction_a": Arg("share of liquid A (the rest is B)", "float", 0.2, 0.8),
         "mix_res": Arg("goal: concentration cells per axis over the domain (finer is harder)", "int", 2, 32),
