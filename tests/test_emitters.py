@@ -1,6 +1,7 @@
 """Particle emitters (physim.parts.emitter): the injected mass and momentum laws, the ballistic
 free jet, gradients against central finite differences (f64) across checkpoint chunks,
-checkpointed = unchunked reverse mode, state restore, bad inputs.
+checkpointed = unchunked reverse mode, state restore, bad inputs, the renderer hiding the
+particles not emitted yet.
 
 2D scenes on a 32-cell grid (dx = 1/32, particle spacing dx/2, dt = 5e-4 s, 5 substeps a step),
 a Fluid jet from a small sphere nozzle; one small 3D forward check."""

@@ -341,6 +341,9 @@ class EmitterPart(Part):
         self.hi = ti.field(real, shape=())
         self.n_emitters = 0
         self.emitters: list[Emitter] = []
+        # on the CPU the rows' loop runs on one thread: its work (a copy per waiting row) is far less
+        # than the thread pool's dispatch (PHYSIM_SERIAL_SCATTER=0 turns it off, as for MPM)
+        self.serial = mpm.serial
         self._times = np.zeros(0)
         self._overflow: list[float] = []
 
@@ -463,50 +466,79 @@ class EmitterPart(Part):
                     ti.atomic_max(self.bad[s], self.owner[k] + 1)
 
     # ------------------------------------------------------------------ substep
-    @ti.kernel
-    def set_live(self, l: ti.i32):
-        """``mpm.n_particles`` for substep ``l``: the bodies' rows and the reserve emitted before it.
-        Replayed before the substep's adjoints (no adjoint of its own)."""
-        first = self.first[None]
-        self.mpm.n_particles[None] = first
-        for k in range(self.n_reserve[None]):
-            if self.step[k] < self.clock[l, 0]:
-                ti.atomic_max(self.mpm.n_particles[None], first + k + 1)
+    @ti.func
+    def _set_live(self, l):
+        """``mpm.n_particles`` for substep ``l``: the bodies' rows and the reserve emitted before it
+        (one thread: a binary search of the sorted schedule)."""
+        clock = self.clock[l, 0]
+        lo, hi = 0, self.n_reserve[None]
+        while lo < hi:  # the count of reserved rows with step < clock
+            mid = (lo + hi) // 2
+            if self.step[mid] < clock:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.mpm.n_particles[None] = self.first[None] + lo
+
+    @ti.func
+    def _emit_row(self, l, t, k):
+        """Reserved row ``k`` at slot ``l + 1``: it leaves the nozzle if this substep is its turn,
+        keeps its state if it is still waiting (rows emitted earlier are the MPM part's)."""
+        dim = ti.static(self.dim)
+        mpm, tools = self.mpm, self.tools
+        p = self.first[None] + k
+        s = self.step[k]
+        now = self.clock[l, 0]
+        if s == now:
+            e = self.owner[k]
+            i = self.tool[e]
+            R = rotation_matrix(tools.rot[l + 1, i], dim)
+            r = R @ (self.exit[e] + self.lateral[k])
+            v = self.speed[e] * (R @ self.axis[e]) + tools.velocity(i, t, r)
+            mpm.x[l + 1, p] = tools.pos[l + 1, i] + r + self.lag[k] * v
+            mpm.v[l + 1, p] = v
+            mpm.C[l + 1, p] = ti.Matrix.zero(self.real, dim, dim)
+            mpm.F[l + 1, p] = ti.Matrix.identity(self.real, dim)
+            mpm.Jp[l + 1, p] = 1.0
+        elif s > now:
+            mpm.x[l + 1, p] = mpm.x[l, p]
+            mpm.v[l + 1, p] = mpm.v[l, p]
+            mpm.C[l + 1, p] = mpm.C[l, p]
+            mpm.F[l + 1, p] = mpm.F[l, p]
+            mpm.Jp[l + 1, p] = mpm.Jp[l, p]
 
     @ti.kernel
     def emit(self, l: ti.i32, t: ti.i32):
-        """Slot ``l + 1`` of the reserve: the particles of this substep's schedule leave the nozzle,
-        the ones still waiting keep their state; the clock ticks. (Rows emitted earlier are the
-        MPM part's.) Differentiated by Taichi's adjoint."""
-        dim = ti.static(self.dim)
-        mpm, tools = self.mpm, self.tools
-        for k in range(self.n_reserve[None]):
-            p = self.first[None] + k
-            s = self.step[k]
-            now = self.clock[l, 0]
-            if s == now:
-                e = self.owner[k]
-                i = self.tool[e]
-                R = rotation_matrix(tools.rot[l + 1, i], dim)
-                r = R @ (self.exit[e] + self.lateral[k])
-                v = self.speed[e] * (R @ self.axis[e]) + tools.velocity(i, t, r)
-                mpm.x[l + 1, p] = tools.pos[l + 1, i] + r + self.lag[k] * v
-                mpm.v[l + 1, p] = v
-                mpm.C[l + 1, p] = ti.Matrix.zero(self.real, dim, dim)
-                mpm.F[l + 1, p] = ti.Matrix.identity(self.real, dim)
-                mpm.Jp[l + 1, p] = 1.0
-            elif s > now:
-                mpm.x[l + 1, p] = mpm.x[l, p]
-                mpm.v[l + 1, p] = mpm.v[l, p]
-                mpm.C[l + 1, p] = mpm.C[l, p]
-                mpm.F[l + 1, p] = mpm.F[l, p]
-                mpm.Jp[l + 1, p] = mpm.Jp[l, p]
+        """Substep ``l`` of the emitters in one launch: set ``mpm.n_particles``, write slot ``l + 1``
+        of the reserve from the first row left out (:meth:`_emit_row`), tick the clock. Replayed
+        before the substep's adjoints (it restores ``mpm.n_particles``; it rewrites slot ``l + 1``
+        with the values it wrote); differentiated by :meth:`emit_rows`' Taichi adjoint."""
+        for _ in range(1):
+            self._set_live(l)
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
+        for k in range(self.mpm.n_particles[None] - self.first[None], self.n_reserve[None]):
+            self._emit_row(l, t, k)
         for _ in range(1):
             self.clock[l + 1, 0] = self.clock[l, 0] + 1.0
 
+    @ti.kernel
+    def emit_rows(self, l: ti.i32, t: ti.i32):
+        """The differentiable part of :meth:`emit` (its rows and clock), whose adjoint reverse mode
+        runs; ``mpm.n_particles`` is the replayed one."""
+        if ti.static(self.serial):
+            ti.loop_config(serialize=True)
+        for k in range(self.mpm.n_particles[None] - self.first[None], self.n_reserve[None]):
+            self._emit_row(l, t, k)
+        for _ in range(1):
+            self.clock[l + 1, 0] = self.clock[l, 0] + 1.0
+
+    def _emit_grad(self, l: int, t: int) -> None:
+        self.emit_rows.grad(l, t)
+
     def substep(self, tape, l: int, t: int) -> None:
-        tape.launch(self.set_live, l, grad=None, replay=True)
-        tape.launch(self.emit, l, t)
+        # one launch forward (Taichi launches cost ~40 us each on the CPU: as much as a small MPM substep)
+        tape.launch(self.emit, l, t, grad=self._emit_grad, replay=True)
 
 
 def get_emitter_part(partset, layout: EmitterLayout, real) -> EmitterPart:
