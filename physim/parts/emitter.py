@@ -9,7 +9,7 @@ the tool's own velocity there. :meth:`physim.Scene.add_emitter` adds one.
 emitter's ``capacity`` rows after the bodies' particles, in the order they will be emitted
 (all emitters together, by emission time). The MPM kernels step only rows
 ``0 .. mpm.n_particles - 1``; this part sets that count at every substep, so a particle
-not emitted yet contributes nothing to P2G, is not moved, not checked, not coupled. Its
+not emitted yet contributes nothing to P2G, is not moved and not checked. Its
 state (``mpm.x`` ... ``mpm.Jp``) is carried from slot to slot unchanged (parked at the
 nozzle's exit at build), and :meth:`physim.Scene.particle_active` reports it inactive.
 
@@ -40,6 +40,11 @@ Errors: a bad argument names the value (:class:`Emitter`, :meth:`physim.Scene.ad
 a nozzle whose exit starts outside the domain raises at :meth:`physim.Scene.add_emitter` /
 build; a rollout in which an emitter needs more particles than its ``capacity``, or emits
 outside the domain, raises :class:`physim.SimulationError` saying when and how many.
+
+Limits: the coupler (mass-spring / FEM contact) and the smoke field's drag loop over every MPM
+row (``mpm.rows``), so in such a scene a waiting particle, parked at the nozzle, takes part in
+them (the fix is theirs: loop to ``mpm.n_particles``, which this part sets before they run). A
+nozzle tool with ``softness > 0`` acts on grid nodes outside it too, so it slows its own jet.
 """
 
 
