@@ -354,3 +354,73 @@ def test_renderer_hides_particles_not_emitted():
         assert scene.particle_active().sum() > 10 and fluid_pixels(r) > 10
     finally:
         r.close()
+
+
+# ------------------------------------------------------------------- parked rows and the couplings
+def test_parked_particles_feel_and_exert_no_air_drag():
+    """A jet into moving air (uniform 0.4 m/s, drag 5): the smoke part's drag must loop over the
+    emitted rows only (``mpm.n_particles``). Before the emission starts (t = 0.0051 s) the reserve
+    is parked at the nozzle at rest, and the air must receive no force at all (before the fix
+    every parked particle pulled on it: |f_air| ~ drag V_p 0.4 per particle). Once particles
+    are emitted the air does feel them (so the check is not vacuous)."""
+    field = ps.SmokeField(res=16, air_density=1.0, drag=5.0, buoyancy=0.0,
+                          velocity=lambda x: np.tile([0.4, 0.0], (len(x), 1)))
+    start = 0.0051  # in substep 10 (of 5e-4 s): rows active from substep 11
+    scene = ps.Scene(dim=2, grid_res=32, dt=DT, substeps_per_step=SUB, gravity=(0.0, 0.0), checkpoint_every=4 * SUB,
+                     boundary="slip")
+    noz = ps.SphereTool(position=(0.3, 0.6), radius=0.02)
+    scene.add_tool(noz)
+    scene.add_emitter(ps.Emitter(ps.Fluid(bulk_modulus=200.0, density=1000.0), noz, speed=2.0, rate=1e4,
+                                 direction=(1.0, 0.0), start=start))
+    scene.add_smoke(field)
+    scene.build(max_steps=4)
+    sm, mpm = scene.partset.smoke, scene.partset.mpm
+    scene.reset()
+    scene.partset.controls.action.fill(0)
+    n_sub = 4 * SUB
+    force, live = [], []
+    for l in range(n_sub):
+        scene._substep(l, l // SUB)
+        live.append(int(mpm.n_particles[None]))
+        force.append(float(np.abs(sm.f_air.to_numpy()).sum()))
+    assert scene.n_particles > 40
+    before = [f for f, n in zip(force, live, strict=True) if n == 0]
+    after = [f for f, n in zip(force, live, strict=True) if n > 0]
+    assert len(before) == math.floor(start / DT) + 1 and len(after) > 3, live
+    assert max(before) == 0.0, force
+    assert min(after) > 0.0, force
+
+
+def test_parked_particles_do_not_touch_a_mass_spring_cable():
+    """A cable of springs hangs across a downward nozzle's exit, where the reserve is parked; no
+    gravity, the jet starts at t = 0.0051 s. The coupler must pair the emitted rows only
+    (``mpm.n_particles``): before the emission no contact pair exists and the cable stays exactly
+    where it was (before the fix the parked particles pushed it). Once the jet is on, it hits the
+    cable (pairs form and the cable moves)."""
+    start = 0.0051
+    scene = ps.Scene(dim=2, grid_res=32, dt=DT, substeps_per_step=SUB, gravity=(0.0, 0.0), checkpoint_every=16,
+                     boundary="slip")
+    noz = ps.SphereTool(position=(0.3, 0.6), radius=0.02)
+    scene.add_tool(noz)
+    em = ps.Emitter(ps.Fluid(bulk_modulus=200.0, density=1000.0), noz, speed=2.0, rate=1e4, direction=(0.0, -1.0),
+                    start=start)
+    scene.add_emitter(em)
+    y = 0.6 - 0.02 - 1.5 / 32 - 0.5 / 64  # the nozzle's exit (Emitter's default offset)
+    # the cable 0.02 m below it: inside the contact radius (0.031 m), outside the build's overlap check
+    scene.add_mass_spring(ps.MassSpring.chain((0.24, y - 0.02), (0.36, y - 0.02), 7, mass=1e-2, stiffness=50.0,
+                                              damping=0.01))
+    scene.couple(stiffness=300.0, damping=0.05, friction=0.3)
+    scene.build(max_steps=4)
+    mpm, cp = scene.partset.mpm, scene.partset.coupler
+    parked = scene.get_state()["mpm.x"]
+    assert np.abs(parked[:, 1] - y).max() < 0.005  # the reserve is parked within reach of the cable
+    x0 = scene.get_state()["springs.x"].copy()
+    scene.partset.controls.action.fill(0)
+    for l in range(math.floor(start / DT) + 1):
+        scene._substep(l, l // SUB)
+        assert int(mpm.n_particles[None]) == 0
+        assert int(cp.n_pairs[None]) == 0, l
+    scene.reset()
+    scene.forward(np.zeros((4, scene.action_dim)), requires_grad=False)
+    assert int(cp.n_pairs[None]) > 0, (int(cp.n_pairs[None]), int(mpm.n_particles[None]))
+    assert np.abs(scene.get_state()["springs.x"] - x0).max() > 1e-4
