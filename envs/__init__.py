@@ -59,6 +59,9 @@ ENVS: dict[str, tuple[str, str]] = {
     "physim/Mixing-v0": ("physim.envs.mixing:MixingEnv",
                          "3D two liquids: stir them with a moving rod until their concentration fields mix "
                          "(FluidLab)"),
+    "physim/Transporting-v0": ("physim.envs.transporting:TransportingEnv",
+                               "2D water + floating rigid box: push it to a target with the water jet of a moving "
+                               "nozzle (FluidLab)"),
 }
 
 
