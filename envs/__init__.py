@@ -62,6 +62,9 @@ ENVS: dict[str, tuple[str, str]] = {
     "physim/Transporting-v0": ("physim.envs.transporting:TransportingEnv",
                                "2D water + floating rigid box: push it to a target with the water jet of a moving "
                                "nozzle (FluidLab)"),
+    "physim/IceCreamDynamic-v0": ("physim.envs.ice_cream_dynamic:IceCreamDynamicEnv",
+                                  "2D soft-serve from a dispenser: move the cone under it so the cream piles into "
+                                  "a target shape (FluidLab)"),
 }
 
 
