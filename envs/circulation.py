@@ -66,6 +66,9 @@ class CirculationEnv(PhysimEnv):
                   "as the default's).")
 
     default_horizon = 40
+    #: Adam's step: at the generic 0.05 Adam reached 0.262 in the default 40 iterations, at 0.3
+    #: it reached 0.0117 (``physim optimize physim/Circulation-v0``, seed 0, T = 40)
+    adam_defaults = {"lr": 0.3}
     dim = 3
     res = 16
     substeps = 2
