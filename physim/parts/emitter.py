@@ -41,10 +41,9 @@ a nozzle whose exit starts outside the domain raises at :meth:`physim.Scene.add_
 build; a rollout in which an emitter needs more particles than its ``capacity``, or emits
 outside the domain, raises :class:`physim.SimulationError` saying when and how many.
 
-Limits: the coupler (mass-spring / FEM contact) and the smoke field's drag loop over every MPM
-row (``mpm.rows``), so in such a scene a waiting particle, parked at the nozzle, takes part in
-them (the fix is theirs: loop to ``mpm.n_particles``, which this part sets before they run). A
-nozzle tool with ``softness > 0`` acts on grid nodes outside it too, so it slows its own jet.
+The coupler (mass-spring / FEM contact) and the smoke field's drag loop to ``mpm.n_particles``,
+which this part sets before they run, so waiting particles take no part in them
+(tests/test_emitters.py). Limits: a nozzle tool with ``softness > 0`` acts on grid nodes outside it too, so it slows its own jet.
 """
 
 
@@ -316,7 +315,7 @@ class EmitterSpec:
 class EmitterPart(Part):
     """The scene's emitters (see the module docstring). Stepped right after the tools (it reads
     their slot ``l + 1`` pose), before the parts that read MPM particles (it sets
-    ``mpm.n_particles``, the rows the coupler and the smoke drag should read too)."""
+    ``mpm.n_particles``, the rows the coupler and the smoke drag read)."""
 
     name = "emitter"
 
