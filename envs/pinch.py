@@ -66,7 +66,8 @@ class PinchEnv(ShapingEnv):
         start = np.array([0.5, 0.5])
         a[:t1, [0, 2]] = (target_xz - start) / (t1 * self.scene.substeps_per_step * self.scene.dt * self.speed)
         a[t1:t2, 1] = -depth / ((t2 - t1) * self.scene.substeps_per_step * self.scene.dt * self.speed)
-        a[t2:, 1] = 0.5 * depth / ((T - t2) * self.scene.substeps_per_step * self.scene.dt * self.speed)
+        if T > t2:  # lift back (a horizon of 2 only moves and presses)
+            a[t2:, 1] = 0.5 * depth / ((T - t2) * self.scene.substeps_per_step * self.scene.dt * self.speed)
         return np.clip(a, -1, 1)
 
     def _make_goal(self, rng):

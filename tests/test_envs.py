@@ -215,3 +215,14 @@ def test_pinch_gradients_match_finite_differences_and_adam_lowers_the_loss():
     process already holds many 3D engines of other layouts (the other envs' tests)."""
     r = run_python(["-c", _GRAD_SCRIPT], timeout=1200)
     assert r.returncode == 0 and "GRAD-OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_pinch_goal_at_the_shortest_horizons():
+    """Pinch's scripted goal press is split into move / press / lift phases; horizons too short for
+    all three (1, 2) must still make a goal (horizon 2 divided by zero before), not crash."""
+    for horizon in (1, 2):
+        env = gym.make("physim/Pinch-v0", horizon=horizon)
+        _, info = env.reset(seed=0)
+        assert np.isfinite(info["loss"])
+        assert np.all(np.abs(env.unwrapped._goal_actions) <= 1)
+        env.close()
