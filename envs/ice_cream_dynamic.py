@@ -127,6 +127,10 @@ class IceCreamDynamicEnv(PhysimEnv):
         self._target = torch.as_tensor(losses.grid_mass_numpy(x, self._mass.numpy(), self.loss_res)[:, :self._rows])
         self._target_norm = float((self._target**2).sum())
         self.scene.reset()
+        if not self._target_norm > 0:  # the loss is normalized by it: 0 / 0 would be a silent NaN
+            raise ValueError(f"IceCreamDynamic-v0: horizon={self.horizon} is too short: no soft-serve reaches "
+                             "the cone's region within it, so there is no target; use a longer horizon "
+                             f"(default {self.default_horizon})")
 
     # ------------------------------------------------------------------ loss & metrics
     def _loss(self, state):
