@@ -226,8 +226,6 @@ def test_ice_cream_bad_arguments(kwargs, match):
 
 def test_ice_cream_too_short_a_horizon_is_named_not_a_nan():
     """At 4 steps no cream reaches the cone's region: the target is empty and the loss, normalized
-    by it, would be 0 / 0 (a NaN reward, seen before this check); reset says so instead."""
-    env = gym.make("physim/IceCreamDynamic-v0", horizon=2)
+    by it, would be 0 / 0 (a NaN reward, seen before this check); making or resetting it says so."""
     with pytest.raises(ValueError, match="horizon=2 is too short"):
-        env.reset(seed=0)
-    env.close()
+        gym.make("physim/IceCreamDynamic-v0", horizon=2).reset(seed=0)
