@@ -68,6 +68,9 @@ NOT_READ = {
     # only the Newtonian fluid and the Bingham relaxation read a viscosity
     **{("viscosity", m): "not viscous in this model" for m in ("Elastic", "NeoHookean", "Plasticine", "Sand",
                                                                "Snow", "Muscle")},
+    # only the Herschel-Bulkley flow rule (Viscoplastic) reads a flow index
+    **{("flow_index", m): "not a Herschel-Bulkley material"
+       for m in ("Elastic", "NeoHookean", "Plasticine", "Sand", "Snow", "Fluid", "Muscle", "Rigid")},
     # the fluid's E column is its bulk modulus (checked); it has no shear modulus, so nu is unused
     ("nu", "Fluid"): "fluid: pressure from the bulk modulus only",
 }
