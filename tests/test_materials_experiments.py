@@ -18,7 +18,8 @@ G = 9.8
 
 
 def _incline_layer(ratio, n=0.5, K=0.2, theta_deg=30.0, h_stop=0.05):
-    """A 60 cm long layer of thickness ``ratio`` * h_stop on a sticky floor, gravity tilted by
+    """A 60 cm long layer of thickness ``ratio`` * h_stop on a rough floor (``boundary="rough"``,
+    Coulomb 1 > tan theta: it does not slide as a block), gravity tilted by
     theta (the floor is the incline), the Herschel-Bulkley yield stress chosen so that the
     analytic stopping thickness tau_y / (rho g sin theta) is ``h_stop``. It starts in its static
     elastic state (shear strain tau / mu, vertical strain from the overburden), so the load is
@@ -28,7 +29,7 @@ def _incline_layer(ratio, n=0.5, K=0.2, theta_deg=30.0, h_stop=0.05):
     rho = 1.0
     tau_y = rho * G * np.sin(theta) * h_stop
     mat = ps.Viscoplastic.from_rheology(tau_y, K, n, E=300.0, nu=0.45, density=rho)
-    scene = ps.Scene(dim=2, grid_res=64, substeps_per_step=10, boundary="sticky",
+    scene = ps.Scene(dim=2, grid_res=64, substeps_per_step=10, boundary="rough", wall_friction=1.0,
                      gravity=[G * np.sin(theta), -G * np.cos(theta)])
     lo, h, length = scene.floor, ratio * h_stop, 0.6
     scene.add_body(ps.Box(center=(0.45, lo + h / 2), size=(length, h)), mat)
@@ -118,10 +119,11 @@ def test_herschel_bulkley_bad_inputs():
 def _column_runout(a, width):
     """Normalized runout (L_inf - L0) / L0 of a 2D granular column of half-width L0 = ``width``
     and height a L0 against the left wall (the symmetry plane of a column of width 2 L0, as in
-    the experiments' half-channel releases) on a rough floor (Coulomb 0.7), friction angle 32
+    the experiments' half-channel releases) on a rough floor (``boundary="rough"``: Coulomb 0.7,
+    and the floor's surface nodes hold the sand, as a bed of glued grains would), friction angle 32
     degrees, after 1 s (at rest: mean speed < 1 mm/s). The front is the third-furthest particle
     plus half a spacing (one or two grains rolling ahead do not count, as in the experiments)."""
-    scene = ps.Scene(dim=2, grid_res=64, substeps_per_step=10, boundary="friction", wall_friction=0.7)
+    scene = ps.Scene(dim=2, grid_res=64, substeps_per_step=10, boundary="rough", wall_friction=0.7)
     lo = scene.floor
     scene.add_body(ps.Box(center=(lo + width / 2, lo + a * width / 2), size=(width, a * width)),
                    ps.Sand(E=2e3, nu=0.3, friction_angle=32.0, density=1.5))
@@ -142,8 +144,8 @@ def test_granular_column_collapse_runout_matches_experiments(a, width, expected)
     columns (a above ~3). Tolerance 25 %: the experiments' prefactors vary by 15-30 % with the
     grains and the channel (Balmforth & Kerswell 2005), and the column is 5-6 cells wide.
     Measured (grid 64): a = 2: 1.96 (expected 2.4); a = 5: 4.61 (expected 5.56): 17-18 % short.
-    Before the floor's surface nodes held the sand (friction and sticky walls, see
-    physim.solvers.mpm): 2.38 and 6.08 for a = 2, 6 on a 96 grid."""
+    On plain ``"friction"`` walls (the floor's surface nodes free, see physim.solvers.mpm):
+    2.38 and 6.08 for a = 2, 6 on a 96 grid (the sand slid on the floor)."""
     runout = _column_runout(a, width)
     print(f"a = {a}: runout {runout:.3f}, experiments {expected:.3f}")
     assert abs(runout - expected) < 0.25 * expected

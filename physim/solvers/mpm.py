@@ -88,7 +88,10 @@ from ._linalg import (
 )
 
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
-BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
+#: grid walls: "sticky" (a node moving into a wall stops), "slip" (its normal velocity is
+#: removed), "friction" (slip with Coulomb friction ``wall_friction``), "rough" (friction walls
+#: that also hold the nodes on the wall's surface, row BOUND: see MPMEngine._grid_node)
+BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2, "rough": 3}
 BOUND = 3  # cells of wall on each side of the grid
 
 # reasons the health check flags a slot (BAD_CFL: a particle moved more than VELOCITY_CFL_LIMIT cells)
@@ -229,6 +232,8 @@ class MPMEngine(Part):
         # the converged Herschel-Bulkley root log g of each particle's trial state, for the
         # plasticity adjoint (constant there: see _hb_flow); written by hb_root in the replay
         self.hb_u = ti.field(real, shape=N)
+        # and r'(u) / e^u there (the Newton step's denominator, also without gradient)
+        self.hb_d = ti.field(real, shape=N)
         if self.f_ext is not None:
             self.particle_scratch.append(self.f_ext)
         self.grid_scratch = [self.grid_mv, self.grid_m, self.grid_v]
@@ -534,7 +539,14 @@ class MPMEngine(Part):
                 excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
                 flow = excess
                 if ti.static(self.has("bingham")):
-                    flow = ti.select(model == MODEL_IDS["bingham"], self._hb_flow(m, excess, mu, p, root_field), excess)
+                    # an arithmetic mask, not ti.select: with the select, f32 reverse mode (fast
+                    # compile, every model compiled in) let the discarded Herschel-Bulkley solve of
+                    # a yielding von Mises particle into d/dE (tests/test_precision.py's block:
+                    # -2.24e-7 against f64's -1.19e-7, with the Newton step's denominator still
+                    # differentiated); with the mask it was main's f32 value to the bit. Forward
+                    # values are exact (0 * g + 1 * excess)
+                    w = ti.cast(model == MODEL_IDS["bingham"], self.real)
+                    flow = w * self._hb_flow(m, excess, mu, p, root_field) + (1.0 - w) * excess
                 sig_vm = ti.exp(eps - flow * direction)
                 is_vm = model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]
                 sig_p = ti.select(is_vm, sig_vm, sig_p)
@@ -588,25 +600,38 @@ class MPMEngine(Part):
 
         The root u = log g comes from :meth:`_hb_root` (solved here, or with ``root_field`` read
         from :attr:`hb_u`, which :meth:`hb_root` filled for this state), then one more Newton
-        step whose inputs carry the gradients: with the root held constant (a field without
-        gradient, or :meth:`_no_grad`), that step's derivative is the implicit-function one,
-        du = -(dr / dtheta) / r'(u) for every input theta (K, n, mu, excess, dt). Taichi's
+        step whose residual's inputs carry the gradients: with the root and the step's
+        denominator r'(u) held constant (fields without gradient, or :meth:`_no_grad`), that
+        step's derivative is the implicit-function one, du = -(dr / dtheta) / r'(u) for every
+        input theta (K, n, mu, excess, dt); r = 0 at the root, so the denominator's own
+        derivative would only multiply 0 (and in f32, differentiating it gave NaN d/dE). Taichi's
         parallel adjoints (threaded CPU with PHYSIM_SERIAL_SCATTER=0, GPU) of a kernel holding
         the whole Newton solve gave wrong gradients (the 3D FD matrix's plasticine d/dE off by
         6.5 %, the viscoplastic one of the wrong sign; the serial CPU adjoint was right), so the
         differentiated ``plasticity`` kernel reads the root instead of solving for it."""
-        K = self.mat_params[m, COL["viscosity"]]
-        # a non-HB row's column is 0; its result is discarded
-        n = ti.select(self.mat_params[m, COL["flow_index"]] > 0, self.mat_params[m, COL["flow_index"]], 1.0)
-        ex = ti.max(excess, 1e-30)
-        log_dt = ti.log(self.dt[None])
+        K, n, ex, log_dt = self._hb_inputs(m, excess)
         u_root = ti.cast(0.0, self.real)
+        den = ti.cast(1.0, self.real)
         if ti.static(root_field):
             u_root = self.hb_u[p]
+            den = self.hb_d[p]
         else:
             u_root = self._no_grad(self._hb_root(m, excess, mu))
-        u = self._hb_newton_step(u_root, K, n, mu, ex, log_dt)
+            den = self._hb_slope(u_root, K, n, mu, log_dt)
+        u = u_root - self._hb_residual(u_root, K, n, mu, ex, log_dt) / den
         return ti.select(excess > 0, ti.exp(u), 0.0)
+
+    @ti.func
+    def _hb_inputs(self, m, excess):
+        """(K, n, excess, log dt) of the Herschel-Bulkley solve, with placeholders where its
+        result is discarded: n = 1 for a row without a flow index (another model's), and an
+        excess of 1 where there is none (the result there is 0). The placeholders keep every
+        partial derivative of the discarded solve finite: with a tiny excess (1e-30) the f32
+        adjoint of its Newton step overflowed, and 0 * inf made d/dE NaN for every material."""
+        K = self.mat_params[m, COL["viscosity"]]
+        n = ti.select(self.mat_params[m, COL["flow_index"]] > 0, self.mat_params[m, COL["flow_index"]], 1.0)
+        ex = ti.select(excess > 0, excess, 1.0)
+        return K, n, ex, ti.log(self.dt[None])
 
     @ti.func
     def _no_grad(self, x):
@@ -621,11 +646,9 @@ class MPMEngine(Part):
         """u = log g of :meth:`_hb_flow`'s root: Newton's method (HB_NEWTON = 8 steps) on the
         convex residual r(u) = K e^(n (u - log dt)) + 2 mu e^u - 2 mu excess, from the smaller of
         the two one-term roots (above the root, so the iterates decrease monotonically)."""
-        K = self.mat_params[m, COL["viscosity"]]
-        n = ti.select(self.mat_params[m, COL["flow_index"]] > 0, self.mat_params[m, COL["flow_index"]], 1.0)
-        ex = ti.max(excess, 1e-30)
-        log_dt = ti.log(self.dt[None])
-        u0 = ti.min(ti.log(ex), log_dt + ti.log(2 * mu * ex / ti.max(K, 1e-30)) / n)
+        K, n, ex, log_dt = self._hb_inputs(m, excess)
+        # as a difference of logs: 2 mu ex / 1e-30 (K = 0) overflows f32
+        u0 = ti.min(ti.log(ex), log_dt + (ti.log(2 * mu * ex) - ti.log(ti.max(K, 1e-30))) / n)
         # every iterate a new value: Taichi's reverse mode crashed (segfault) on a local
         # reassigned in an unrolled loop
         u2 = self._hb_newton_step(self._hb_newton_step(u0, K, n, mu, ex, log_dt), K, n, mu, ex, log_dt)
@@ -645,14 +668,28 @@ class MPMEngine(Part):
             eps = ti.log(ti.max(self.sig[p], 1e-6))
             norm = safe_norm(eps - eps.sum() / self.dim)
             excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
-            self.hb_u[p] = self._hb_root(m, excess, mu)
+            K, n, _ex, log_dt = self._hb_inputs(m, excess)
+            u = self._hb_root(m, excess, mu)
+            self.hb_u[p] = u
+            self.hb_d[p] = self._hb_slope(u, K, n, mu, log_dt)
 
     @ti.func
     def _hb_newton_step(self, u, K, n, mu, ex, log_dt):
-        """One Newton step of :meth:`_hb_flow` in u = log g."""
-        g = ti.exp(u)
-        viscous = K * ti.exp(n * (u - log_dt))
-        return u - (viscous + 2 * mu * (g - ex)) / (n * viscous + 2 * mu * g)
+        """One Newton step of :meth:`_hb_flow` in u = log g: u - r(u) / r'(u), with r and r'
+        divided by g = e^u (the same step; :meth:`_hb_residual`, :meth:`_hb_slope`): the
+        denominator is then >= 2 mu > 0 at every scale of g, where the unscaled one (~2 mu g)
+        squared underflowed in f32 for g < 1e-23."""
+        return u - self._hb_residual(u, K, n, mu, ex, log_dt) / self._hb_slope(u, K, n, mu, log_dt)
+
+    @ti.func
+    def _hb_residual(self, u, K, n, mu, ex, log_dt):
+        """r(u) / e^u of :meth:`_hb_root`'s residual: a + 2 mu (1 - excess e^-u), a = K e^((n - 1) u) / dt^n."""
+        return K * ti.exp((n - 1.0) * u - n * log_dt) + 2 * mu * (1.0 - ex * ti.exp(-u))
+
+    @ti.func
+    def _hb_slope(self, u, K, n, mu, log_dt):
+        """r'(u) / e^u of :meth:`_hb_root`'s residual: n a + 2 mu (>= 2 mu > 0)."""
+        return n * K * ti.exp((n - 1.0) * u - n * log_dt) + 2 * mu
 
     @ti.func
     def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
@@ -817,11 +854,12 @@ class MPMEngine(Part):
             if ti.static(self.layout.tool_contact):
                 v = self.tools.contact(l, t, xg, v)
             kind = self.boundary[None]
-            # sticky and friction walls also hold the nodes on the wall's surface (row BOUND):
-            # with only the band behind it, material resting on the wall felt 3 % of its grip
-            # (its lowest particles' weight on the band's last row) and slid as a block. Not a
+            # "rough" walls also hold the nodes on the wall's surface (row BOUND): with only the
+            # band behind it, material resting on a friction wall felt 3 % of its grip (its lowest
+            # particles' weight on the band's last row) and slid as a block. An opt-in kind: the
+            # other walls (and every gait, grasp and task tuned on them) are unchanged. Not a
             # rigid body's nodes: its walls act on it as a whole (_rigid_impulse)
-            edge = ti.select(kind == BOUNDARY_IDS["slip"], 0, 1)
+            edge = ti.select(kind == BOUNDARY_IDS["rough"], 1, 0)
             if ti.static(self.has("rigid")):
                 edge = ti.select(self.grid_body[I] > 0, 0, edge)
             for d in ti.static(range(self.dim)):
@@ -833,7 +871,7 @@ class MPMEngine(Part):
                         normal = ti.Vector.unit(self.dim, d, self.real)
                         vn = v.dot(normal)
                         v = v - vn * normal
-                        if kind == BOUNDARY_IDS["friction"]:
+                        if kind == BOUNDARY_IDS["friction"] or kind == BOUNDARY_IDS["rough"]:
                             vt = safe_norm(v)
                             scale = ti.max(1.0 - self.wall_friction[None] * ti.abs(vn) / vt, 0.0)
                             v = v * scale
@@ -1114,7 +1152,8 @@ class MPMEngine(Part):
         V = self.body_lv[k, b]
         w = self.body_av[k, b]
         kind = self.boundary[None]
-        mu = ti.select(kind == BOUNDARY_IDS["friction"], self.wall_friction[None], 0.0)
+        mu = ti.select(kind == BOUNDARY_IDS["friction"] or kind == BOUNDARY_IDS["rough"], self.wall_friction[None],
+                       0.0)
         sticky = kind == BOUNDARY_IDS["sticky"]
         for d, side in ti.static(ti.ndrange(self.dim, 2)):
             cnt = self.contact_n[k, b, 2 * d + side]
