@@ -156,15 +156,17 @@ class Sand(Material):
     used in 2D was that of a 29.7 degree sand at 32 degrees). Validated against the runout of
     collapsing columns (tests/test_materials_experiments.py).
 
-    A heap's flank does not settle at ``friction_angle``: the flow rule is non-dilatant and
-    coaxial (the plastic strain rate along the deviatoric stress), so a layer shearing parallel
-    to its slope has its maximum shear on that plane and stops where tan(slope) = sin(phi), not
-    tan(phi) (Davis 1968's simple-shear angle): 27.9 degrees at phi = 32 in 2D (in 3D, Klar's
-    cone gives atan(3 alpha / sqrt 2) = 36.6 degrees). Measured in 2D (grid 128, a wedge on a
-    rough floor, 1.5 s): from 36 degrees it relaxes to 27.9 (phi = 32); from 30 to 23.3 (phi =
-    25, Davis 22.9); a violent collapse overshoots below it (from 50 degrees: 21.0 on grid 128,
-    25.3 on grid 64). A 2D flank that should stop at a repose angle theta_r needs friction_angle =
-    asin(tan(theta_r)) (38.7 degrees for 32; from the relation above, not measured)."""
+    A heap's flank does not settle at ``friction_angle``: the flow rule is non-dilatant and coaxial
+    (the plastic strain rate along the deviatoric stress), so a layer shearing parallel to its slope
+    has its maximum shear on that plane and stops where tan(slope) = sin(phi), not tan(phi) (Davis
+    1968's simple-shear angle): 27.9 degrees at phi = 32 in 2D (in 3D, Klar's cone gives atan(3
+    alpha / sqrt 2) = 36.6 degrees). A heap also needs a floor that holds its base:
+    ``Scene(boundary="rough")`` (on plain ``"friction"`` walls the grid's floor row does not hold:
+    see physim.solvers.mpm.BOUNDARY_IDS). Measured in 2D (grid 128, a wedge on a rough floor, 1.5
+    s): from 36 degrees it relaxes to 27.9 (phi = 32); from 30 to 23.3 (phi = 25, Davis 22.9); a
+    violent collapse overshoots below it (from 50 degrees: 21.0 on grid 128, 25.3 on grid 64). A 2D
+    flank that should stop at a repose angle theta_r needs friction_angle = asin(tan(theta_r)) (38.7
+    degrees for 32; from the relation above, not measured)."""
 
     E: float = 3.5e3
     nu: float = 0.3

@@ -614,7 +614,9 @@ class MPMEngine(Part):
         den = ti.cast(1.0, self.real)
         if ti.static(root_field):
             u_root = self.hb_u[p]
-            den = self.hb_d[p]
+            # 0 where hb_root never ran (a scene without the SVD, whose rows are none of them
+            # Herschel-Bulkley: the solve is discarded, but must stay finite)
+            den = ti.select(self.hb_d[p] > 0, self.hb_d[p], 1.0)
         else:
             u_root = self._no_grad(self._hb_root(m, excess, mu))
             den = self._hb_slope(u_root, K, n, mu, log_dt)
