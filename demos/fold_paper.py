@@ -27,7 +27,6 @@ residual test).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
@@ -37,7 +36,7 @@ import numpy as np
 import physim as ps
 from physim.parts.shell import MARGIN, dihedral_angles
 from physim.render import Renderer
-from physim.render.interactive import DemoLoop, KeyControl
+from physim.render.interactive import DemoLoop, KeyControl, demo_parser
 from physim.scene import floor_height
 
 HELP = ("Fold paper\n"
@@ -210,16 +209,8 @@ def start_runtime(arch: str | None):
 
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
-    parser.add_argument("--frames", type=int, default=410, help="frames to simulate with --offscreen")
-    parser.add_argument("--out", default="out/fold_paper.mp4", help="video written with --offscreen")
-    parser.add_argument("--fps", type=float, default=30)
-    parser.add_argument("--arch", default=None, help="cpu, cuda or auto, when this starts physim's runtime "
-                                                     "(default: $PHYSIM_ARCH or auto)")
+    parser = demo_parser(__doc__, "fold_paper", frames=410, fps=30)
     args = parser.parse_args(argv)
-    if args.frames < 0:
-        raise ValueError(f"--frames must be >= 0, got {args.frames}")
     start_runtime(args.arch)
     scene, body = build_scene()
     camera = [(0.62, 0.42, 0.86), (0.47, 0.2, 0.5), (0.0, 1.0, 0.0)]

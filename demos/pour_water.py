@@ -15,7 +15,6 @@ half of a wall to stop the water, and thinner walls let it seep through.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
@@ -23,7 +22,7 @@ import numpy as np
 
 import physim as ps
 from physim.render import Renderer
-from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
+from physim.render.interactive import DemoLoop, KeyControl, demo_parser, ensure_runtime
 
 HELP = ("Pour water\n"
         "A/D or Left/Right: move along x    W/S or Up/Down: up/down\n"
@@ -104,13 +103,7 @@ class Cup:
 
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
-    parser.add_argument("--frames", type=int, default=60, help="frames to simulate with --offscreen")
-    parser.add_argument("--out", default="out/pour_water.mp4", help="video written with --offscreen")
-    parser.add_argument("--fps", type=float, default=20)
-    parser.add_argument("--arch", default=None, help="cpu, cuda or auto, when this starts physim's runtime "
-                                                     "(default: $PHYSIM_ARCH or auto)")
+    parser = demo_parser(__doc__, "pour_water", frames=60, fps=20)
     args = parser.parse_args(argv)
     ensure_runtime(args.arch)
     scene = build_scene()

@@ -11,14 +11,13 @@ by height so the grooves show.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 import physim as ps
 from physim.render import Renderer, material_color
-from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
+from physim.render.interactive import DemoLoop, KeyControl, demo_parser, ensure_runtime
 from physim.scene import floor_height
 
 HELP = ("Sculpt plasticine\n"
@@ -93,13 +92,7 @@ def height_colors(x: np.ndarray) -> np.ndarray:
 
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
-    parser.add_argument("--frames", type=int, default=60, help="frames to simulate with --offscreen")
-    parser.add_argument("--out", default="out/sculpt_plasticine.mp4", help="video written with --offscreen")
-    parser.add_argument("--fps", type=float, default=20)
-    parser.add_argument("--arch", default=None, help="cpu, cuda or auto, when this starts physim's runtime "
-                                                     "(default: $PHYSIM_ARCH or auto)")
+    parser = demo_parser(__doc__, "sculpt_plasticine", frames=60, fps=20)
     args = parser.parse_args(argv)
     ensure_runtime(args.arch)
     scene = build_scene()

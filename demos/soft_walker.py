@@ -16,7 +16,6 @@ back left. Muscles are drawn darker while they contract and paler while they ext
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
@@ -24,7 +23,7 @@ import numpy as np
 
 import physim as ps
 from physim.render import Renderer, material_color
-from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
+from physim.render.interactive import DemoLoop, KeyControl, demo_parser, ensure_runtime
 
 HELP = ("Soft walker\n"
         "Right/D, Left/A: walk (release: stand)\n"
@@ -139,13 +138,7 @@ def muscle_colors(scene: ps.Scene, signal: np.ndarray, base: np.ndarray | None =
 
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted gait, write a video")
-    parser.add_argument("--frames", type=int, default=60, help="frames to simulate with --offscreen")
-    parser.add_argument("--out", default="out/soft_walker.mp4", help="video written with --offscreen")
-    parser.add_argument("--fps", type=float, default=20)
-    parser.add_argument("--arch", default=None, help="cpu, cuda or auto, when this starts physim's runtime "
-                                                     "(default: $PHYSIM_ARCH or auto)")
+    parser = demo_parser(__doc__, "soft_walker", frames=60, fps=20, scripted="the scripted gait")
     args = parser.parse_args(argv)
     ensure_runtime(args.arch)
     scene = build_scene()

@@ -24,7 +24,6 @@ lowest mode (~26 Hz), so the pictures are those of the quasi-static contact.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
@@ -36,7 +35,7 @@ import physim as ps
 from physim import smoke
 from physim.parts.fem import Subcycling
 from physim.render import Renderer
-from physim.render.interactive import DemoLoop, KeyControl, ensure_runtime
+from physim.render.interactive import DemoLoop, KeyControl, demo_parser, ensure_runtime
 from physim.scene import floor_height
 from physim.tactile import TactileSensor
 
@@ -272,15 +271,9 @@ class TactileView:
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive and
     ``--picture``: ``None``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--offscreen", action="store_true", help="no window: play the scripted sequence, write a video")
-    parser.add_argument("--frames", type=int, default=260, help="frames to simulate with --offscreen")
-    parser.add_argument("--out", default="out/tactile_probe.mp4", help="video written with --offscreen")
-    parser.add_argument("--fps", type=float, default=25)
+    parser = demo_parser(__doc__, "tactile_probe", frames=260, fps=25)
     parser.add_argument("--picture", default=None, metavar="PATH",
                         help="no window: press the sphere 1.5 mm in, write its tactile reading to PATH (PNG)")
-    parser.add_argument("--arch", default=None, help="cpu, cuda or auto, when this starts physim's runtime "
-                                                     "(default: $PHYSIM_ARCH or auto)")
     args = parser.parse_args(argv)
     ensure_runtime(args.arch)
     warnings.filterwarnings("ignore", category=Subcycling)

@@ -53,6 +53,18 @@ ENVS: dict[str, tuple[str, str]] = {
     "physim/CardBending-v0": ("physim.envs.card_bending:CardBendingEnv",
                               "3D thin shell, inverse: identify a card's bending stiffness and damping from its "
                               "observed fall"),
+    "physim/Circulation-v0": ("physim.envs.circulation:CirculationEnv",
+                              "3D air: steer a wall vent's jet (direction, speed, temperature) so the room's "
+                              "temperature field matches a target (FluidLab)"),
+    "physim/Mixing-v0": ("physim.envs.mixing:MixingEnv",
+                         "3D two liquids: stir them with a moving rod until their concentration fields mix "
+                         "(FluidLab)"),
+    "physim/Transporting-v0": ("physim.envs.transporting:TransportingEnv",
+                               "2D water + floating rigid box: push it to a target with the water jet of a moving "
+                               "nozzle (FluidLab)"),
+    "physim/IceCreamDynamic-v0": ("physim.envs.ice_cream_dynamic:IceCreamDynamicEnv",
+                                  "2D soft-serve from a dispenser: move the cone under it so the cream piles into "
+                                  "a target shape (FluidLab)"),
 }
 
 

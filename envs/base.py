@@ -74,6 +74,9 @@ class PhysimEnv(gym.Env):
     #: keyword arguments of :func:`physim.optim.train_policy` that suit this task, used by
     #: ``physim optimize ... --method policy`` unless the command line says otherwise
     policy_defaults: dict = {}
+    #: keyword arguments of :func:`physim.optim.adam` that suit this task, used by
+    #: ``physim optimize ... --method adam`` unless the command line says otherwise
+    adam_defaults: dict = {}
     #: the task's keyword arguments besides render_mode, horizon, seed and scale (merged along the
     #: class hierarchy; see the class docstring)
     args: dict[str, Arg] = {}

@@ -9,6 +9,7 @@ from .backend import init
 from .geometry import Box, Cylinder, Mesh, Shape, Sphere
 from .materials import Elastic, Fluid, Material, Muscle, NeoHookean, Plasticine, Rigid, Sand, Snow, Viscoplastic
 from .meshes import TetMesh, dome_gel, flat_pad, read_tet_mesh
+from .parts.emitter import Emitter
 from .parts.fem import FEMBody
 from .parts.smoke import SmokeField, Vent
 from .parts.springs import MassSpring
@@ -48,6 +49,7 @@ __all__ = [
     "FEMBody",
     "SmokeField",
     "Vent",
+    "Emitter",
     "ShellMesh",
     "ShellMaterial",
     "ShellBody",

@@ -63,6 +63,31 @@ def _cuda_available() -> bool:
         return False
 
 
+#: default size limit of Taichi's offline kernel cache, MiB (``$PHYSIM_OFFLINE_CACHE_MB``)
+CACHE_MB = 1024
+
+
+def _cache_limit() -> dict:
+    """Taichi's offline-cache size limit for ``ti.init``.
+
+    Taichi's own default, 100 MB with least-recently-used eviction, is smaller than the
+    kernels of physim's solvers together (its test suite writes ~120 MB): kernels were evicted
+    and compiled again in every new process. Measured: the fold_paper demo's first step took
+    76.6 s with an empty cache and 5.5 s from the cache (it spent 73 s compiling with the
+    100 MB limit, evicted). ``$PHYSIM_OFFLINE_CACHE_MB`` sets the limit in MiB; Taichi's own
+    ``$TI_OFFLINE_CACHE_MAX_SIZE_OF_FILES`` (bytes), when set, is left to Taichi."""
+    if "TI_OFFLINE_CACHE_MAX_SIZE_OF_FILES" in os.environ:
+        return {}
+    raw = os.environ.get("PHYSIM_OFFLINE_CACHE_MB", str(CACHE_MB))
+    try:
+        mb = int(raw)
+    except ValueError:
+        mb = -1
+    if not 0 < mb < 2048:  # Taichi stores the limit in bytes in a 32-bit int
+        raise ValueError(f"PHYSIM_OFFLINE_CACHE_MB must be a whole number of MiB from 1 to 2047, got {raw!r}")
+    return {"offline_cache_max_size_of_files": mb * 2**20}
+
+
 def init(
     arch: str | None = None,
     precision: str | None = None,
@@ -138,6 +163,7 @@ def init(
         debug=bool(debug),
         advanced_optimization=not fast_compile or precision == "f32",  # see fast_compile above
         offline_cache=os.environ.get("PHYSIM_OFFLINE_CACHE", "1") == "1",
+        **_cache_limit(),
         fast_math=os.environ.get("PHYSIM_FAST_MATH", _fast_math_default(arch, precision)) == "1",
         log_level=ti.WARN if debug else ti.ERROR,
         **threads,

@@ -192,7 +192,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         opts["lr"] = lr
     try:
         if method == "adam":
-            res = optim.adam(task, iters=iters, **opts)
+            res = optim.adam(task, iters=iters, **{**getattr(task, "adam_defaults", {}), **opts})
         elif method == "cma":
             res = optim.cmaes(task, iters=iters, pool=pool, **opts)
         elif method == "hybrid":
@@ -223,6 +223,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         "sim_steps": int(res.sim_steps),
         "backend": _backend_name(),
         "settings": _jsonable(getattr(task, "settings", {})),
+        "lr": _jsonable(res_lr) if (res_lr := _adam_lr(task, method, opts)) is not None else None,
         "workers": 1 if pool is None else pool.workers,
         "pool": None if pool is None else {"backend": pool.backend, "ray_address": ray_address,
                                            "start_seconds": round(pool.start_seconds or 0.0, 2)},
@@ -239,6 +240,17 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         env.close()
     (out_dir / "result.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _adam_lr(task, method: str, opts: dict):
+    """The Adam step the method used: the command line's ``--lr``, else the task's
+    ``adam_defaults`` / ``policy_defaults``, else the optimizer's default (``None``: not Adam)."""
+    if method not in ("adam", "policy"):
+        return None
+    if "lr" in opts:
+        return opts["lr"]
+    defaults = getattr(task, "policy_defaults" if method == "policy" else "adam_defaults", {})
+    return defaults.get("lr", "default")
 
 
 def check_workers(method: str, workers: int | None, ray_address: str | None = None) -> None:

@@ -316,7 +316,7 @@ class Rollout:
         return out
 
     def _add_seed(self, slot: int, values: dict[str, np.ndarray]) -> None:
-        by_name = self.partset.by_name()
+        by_name = self._parts_by_name()
         for part_name, vals in self._split(values).items():
             if not vals:
                 continue

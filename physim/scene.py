@@ -189,6 +189,8 @@ class Scene(Rollout):
         self.n_actuators = 0
         self.coupling = None
         self.smoke = None  # a physim.SmokeField (add_smoke)
+        self.emitters: list = []  # physim.Emitter (add_emitter)
+        self._reserve_added = False
         self.partset = None
         self.parts: list[Part] = []
         self.tape = Tape()
@@ -396,6 +398,66 @@ class Scene(Rollout):
         field.initial_state(self.dim)  # checks the initial fields now, not at build
         self.smoke = field
 
+    def add_emitter(self, emitter) -> int:
+        """Add a :class:`physim.Emitter`: a particle source at one of the scene's tools (add the
+        tool first); returns its index. Its particles are MPM rows reserved after the bodies',
+        inactive until emitted (:meth:`particle_active`; :mod:`physim.parts.emitter`). Its jet speed
+        is the parameter ``emitter.speed`` (row = this index)."""
+        from .parts.emitter import Emitter
+
+        self._check_not_built()
+        if not isinstance(emitter, Emitter):
+            raise TypeError(f"expected a physim.Emitter, got {type(emitter).__name__}")
+        if any(e is emitter for e in self.emitters):
+            raise ValueError(f"{emitter!r} is already in the scene")
+        emitter.resolve(self.tools, self.dim, self.spacing, self.dx, BOUND * self.dx, 1.0 - BOUND * self.dx,
+                        len(self.emitters))
+        if not any(m is emitter.material for m in self.materials):
+            self.materials.append(emitter.material)
+        self.emitters.append(emitter)
+        return len(self.emitters) - 1
+
+    @property
+    def _has_mpm(self) -> bool:
+        """Whether the scene has MPM particles (bodies or emitters)."""
+        return bool(self.bodies) or bool(self.emitters)
+
+    def _parts_by_name(self) -> dict[str, Part]:
+        """The scene's parts by name (the part set's and the scene's own: the emitters')."""
+        return {p.name: p for p in self.parts}
+
+    def _reserve_emitted(self, max_steps: int) -> None:
+        """Append the emitters' reserved particles (emission order) after the bodies' particles,
+        parked at their nozzle's exit; ``capacity=None`` reserves the schedule of the longest
+        rollout (``max_steps`` steps at the largest dt the scene may choose)."""
+        from .parts.emitter import schedule
+
+        if self._reserve_added:  # a build that failed after adding them
+            for rows in (self._x, self._v, self._mat, self._act, self._fiber):
+                rows.pop()
+            self._reserve_added = False
+        c = self.max_wave_speed()
+        dt_max = self.requested_dt or min(WAVE_CFL_DEFAULT * self.dx / c if c > 0 else MAX_DEFAULT_DT,
+                                          MAX_DEFAULT_DT)
+        self._emit_table = table = schedule(self.emitters, max_steps * self.substeps_per_step * dt_max)
+        n, d = len(table["time"]), self.dim
+        x = np.zeros((n, d))
+        mat = np.zeros(n, np.int32)
+        for e, em in enumerate(self.emitters):
+            sel = table["owner"] == e
+            tool = self.tools[em.tool_index]
+            x[sel] = em.exit_points(tool.position, tool.initial_rotation())[table["index"][sel] % em.n_cross]
+            mat[sel] = next(i for i, m in enumerate(self.materials) if m is em.material)
+        fiber = np.zeros((n, d))
+        fiber[:, 1] = 1.0
+        self._emit_first = self.n_particles
+        self._x.append(x)
+        self._v.append(np.zeros((n, d)))
+        self._mat.append(mat)
+        self._act.append(np.full(n, -1, np.int32))
+        self._fiber.append(fiber)
+        self._reserve_added = True
+
     @property
     def smoke_slice(self) -> slice:
         """Action columns of the smoke field's vents (each: ``dim`` velocity components, then a
@@ -474,9 +536,9 @@ class Scene(Rollout):
     # ------------------------------------------------------------------ build
     def _layout(self, max_steps: int) -> SceneLayout:
         has_tools = bool(self.tools)
-        coupled = bool(self.bodies) and (bool(self.spring_bodies) or bool(self.fem_bodies))
+        coupled = self._has_mpm and (bool(self.spring_bodies) or bool(self.fem_bodies))
         mpm = None
-        if self.bodies:
+        if self._has_mpm:
             mpm = MPMLayout(
                 dim=self.dim, res=self.grid_res, capacity=_next_pow2(self.n_particles, 256),
                 n_mat=_next_pow2(len(self.materials), 4),
@@ -515,7 +577,7 @@ class Scene(Rollout):
                 tets=_next_pow2(sum(b.n_tets for b in self.fem_bodies), 16),
                 bodies=_next_pow2(len(self.fem_bodies), 1),
                 models=tuple(sorted({b.model for b in self.fem_bodies})), tool_contact=has_tools,
-                subcycles=_next_pow2(2 * need, 1) if need > 1 else 1, mpm_contact=bool(self.bodies),
+                subcycles=_next_pow2(2 * need, 1) if need > 1 else 1, mpm_contact=self._has_mpm,
                 faces=_next_pow2(sum(len(b.mesh.surface_faces()) for b in self.fem_bodies), 16))
         shell = None
         if self.shell_bodies:
@@ -534,7 +596,7 @@ class Scene(Rollout):
             shell=shell,
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),
             action_capacity=_next_pow2(self.action_dim, 8),
-            tools=_next_pow2(len(self.tools), 1) if has_tools or (self.bodies and not self.specialize) else 0,
+            tools=_next_pow2(len(self.tools), 1) if has_tools or (self._has_mpm and not self.specialize) else 0,
             mpm=mpm, springs=springs, coupler=coupler, fem=fem)
 
     def build(self, max_steps: int = 100) -> Scene:
@@ -544,13 +606,15 @@ class Scene(Rollout):
             max_steps: longest action sequence :meth:`forward` will be given.
         """
         self._check_not_built()
-        if not (self.bodies or self.spring_bodies or self.fem_bodies or self.shell_bodies or self.smoke):
+        if not (self._has_mpm or self.spring_bodies or self.fem_bodies or self.shell_bodies or self.smoke):
             raise ValueError("the scene has no particle bodies; add one with add_body() (or add_mass_spring(), "
-                             "add_fem(), add_shell(), add_smoke())")
+                             "add_fem(), add_shell(), add_smoke(), add_emitter())")
         if not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         cfg = backend.ensure_init()
         self.max_steps = max_steps
+        if self.emitters:
+            self._reserve_emitted(max_steps)
         if self.smoke is None:
             self.partset = ps = get_partset(self._layout(max_steps), self, cfg.real)
         else:
@@ -559,9 +623,9 @@ class Scene(Rollout):
             layout = self._layout(max_steps)
             self.partset = ps = get_smoke_partset(layout, SmokeLayout(
                 dim=self.dim, res=self.smoke.res, vents=len(self.smoke.vents), tools=layout.tools,
-                mpm=0 if not self.bodies else 2 if layout.coupler is not None else 1), self, cfg.real)
+                mpm=0 if not self._has_mpm else 2 if layout.coupler is not None else 1), self, cfg.real)
             ps.smoke.load((self.smoke, self.gravity, cfg.precision))
-        self.parts = ps.parts
+        self.parts = list(ps.parts)  # a copy: the scene's own parts (emitters) join it, not the pooled set
         self._np_real = cfg.np_real
         self._precision = cfg.precision
         ps.tools.load(self.tools)
@@ -599,7 +663,17 @@ class Scene(Rollout):
             from .parts.coupler import CouplingSpec
 
             ps.coupler.load(self.coupling or CouplingSpec(radius=self.dx))
+        if self.emitters:
+            from .parts.emitter import EmitterLayout, EmitterSpec, get_emitter_part
+
+            em = get_emitter_part(ps, EmitterLayout(self.dim, _next_pow2(len(self.emitters), 1),
+                                                    _next_pow2(len(self._emit_table["time"]), 16)), cfg.real)
+            em.load(EmitterSpec(self.emitters, self._emit_first, self._emit_table))
+            # right after the tools (it reads their new pose), before every part that reads MPM particles
+            self.parts.insert(self.parts.index(ps.tools) + 1, em)
         self.dt = self._choose_dt()
+        if self.emitters:
+            em.set_dt(self.dt, self.dx, 1.0 - self.dx)
         offset = 0
         for part in sorted(self.parts, key=lambda p: p.name == "smoke"):  # the vents' columns last
             part.dt[None] = self.dt
@@ -631,7 +705,7 @@ class Scene(Rollout):
                            f"{WAVE_CFL_LIMIT} * dx / c = {lim:.3g} s on a {self.grid_res}-cell grid "
                            f"(lower dt, raise substeps_per_step, or soften the material)")
                 else:
-                    reason = self.partset.by_name()[name].dt_reason()
+                    reason = self._parts_by_name()[name].dt_reason()
                     why = f"the {name} part's stability limit is {lim:.3g} s ({reason})"
                 raise ValueError(f"dt={self.requested_dt:g} is unstable: {why}")
         return dt
@@ -643,9 +717,9 @@ class Scene(Rollout):
         radius: the first substep's penalty force would be enormous) and MPM particles that
         start inside a FEM gel's tets. Runs on slot 0."""
         ps = self.partset
-        if self.tools and self.bodies:
+        if self.tools and self._has_mpm:
             self._check_tool_start()
-        if self.spring_bodies and self.bodies:
+        if self.spring_bodies and self._has_mpm:
             from scipy.spatial import cKDTree
 
             verts = np.concatenate([b.vertices for b in self.spring_bodies])
@@ -656,7 +730,7 @@ class Scene(Rollout):
                 raise ValueError(
                     f"mass-spring vertex {i} at {verts[i].round(4).tolist()} starts inside MPM material "
                     f"(nearest particle {dist[i]:.3g} away, contact radius {r:.3g}): move the bodies apart")
-        if self.fem_bodies and self.bodies:
+        if self.fem_bodies and self._has_mpm:
             x = np.concatenate(self._x)
             for bi, body in enumerate(self.fem_bodies):
                 inside = _inside_tets(body.mesh, x)
@@ -689,7 +763,7 @@ class Scene(Rollout):
     def _initial_state(self) -> dict[str, np.ndarray]:
         init: dict[str, np.ndarray] = {}
         n, d = self.n_particles, self.dim
-        if self.bodies:
+        if self._has_mpm:
             init.update({
                 "mpm.x": np.concatenate(self._x), "mpm.v": np.concatenate(self._v),
                 "mpm.C": np.zeros((n, d, d)), "mpm.F": np.broadcast_to(np.eye(d), (n, d, d)).copy(),
@@ -707,6 +781,8 @@ class Scene(Rollout):
             init.update({f"shell.{k}": v for k, v in self.partset.shell.initial_state().items()})
         if self.smoke is not None:
             init.update({f"smoke.{k}": v for k, v in self.smoke.initial_state(self.dim).items()})
+        if self.emitters:
+            init["emitter.clock"] = np.zeros(1)
         return init
 
     # ------------------------------------------------------------------ state I/O
@@ -732,7 +808,7 @@ class Scene(Rollout):
         return per
 
     def _import(self, slot: int, state: dict[str, np.ndarray], grad: bool = False) -> None:
-        by_name = self.partset.by_name()
+        by_name = self._parts_by_name()
         for part, values in self._split(state).items():
             by_name[part].import_(slot, values, grad)
 
@@ -777,7 +853,7 @@ class Scene(Rollout):
                 raise ValueError(f"initial {name} must be a finite array of shape {want}, got {arr.shape}")
             self._initial[name] = arr
         self.reset()
-        if self.tools and self.bodies and {"tools.pos", "tools.rot", "mpm.x"} & set(values):
+        if self.tools and self._has_mpm and {"tools.pos", "tools.rot", "mpm.x"} & set(values):
             try:  # a tool moved into (or material moved under) a tool: the build's check again
                 self._check_tool_start()
             except ValueError:
@@ -815,6 +891,17 @@ class Scene(Rollout):
         s = self.get_state()
         return s["tools.pos"], s["tools.rot"]
 
+    def particle_active(self) -> np.ndarray:
+        """(n,) whether each MPM particle is in the simulation now: True for the bodies' particles and
+        the emitted ones, False for an emitter's reserved particles not emitted yet (their rows hold
+        a parked state that nothing reads)."""
+        self._check_built()
+        active = np.ones(self.n_particles, bool)
+        part = self._parts_by_name().get("emitter")
+        if part is not None:
+            active[self._emit_first:] = part.active(self._slot)
+        return active
+
     def particle_materials(self) -> np.ndarray:
         """(n,) material index of each particle."""
         return np.concatenate(self._mat)
@@ -831,7 +918,7 @@ class Scene(Rollout):
     def _param(self, name: str):
         self._check_built()
         part, _, short = name.partition(".")
-        by_name = self.partset.by_name()
+        by_name = self._parts_by_name()
         if part not in by_name or short not in by_name[part].params:
             known = sorted(f"{p.name}.{k}" for p in self.parts for k in p.params)
             raise KeyError(f"unknown parameter {name!r}; this scene has {known}")
@@ -926,7 +1013,8 @@ class Scene(Rollout):
 
     # ------------------------------------------------------------------ physics
     def total_mass(self) -> float:
-        return float(self.particle_mass().sum())
+        """Mass of the MPM material in the scene (an emitter's particles count once emitted)."""
+        return float(self.particle_mass()[self.particle_active()].sum())
 
     def momentum(self) -> np.ndarray:
         s = self.get_state()

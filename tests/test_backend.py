@@ -35,3 +35,18 @@ def test_auto_says_which_arch_and_env_var_selects():
 def test_bad_backend_arguments(kw, match):
     r = _run(f"import physim; physim.init({kw})")
     assert r.returncode != 0 and match in r.stderr
+
+
+def test_offline_cache_limit_is_set_and_checked():
+    """Taichi's 100 MB default limit evicted physim's kernels (recompiled in every process);
+    physim raises it, ``$PHYSIM_OFFLINE_CACHE_MB`` sets it, and a bad value is named."""
+    code = ("import physim, taichi as ti; physim.init(arch='cpu', verbose=False); "
+            "print(ti.lang.impl.current_cfg().offline_cache_max_size_of_files)")
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[-1]) >= 1 << 30  # far above the suite's ~120 MB of kernels
+    r = _run(code, {"PHYSIM_OFFLINE_CACHE_MB": "300"})
+    assert int(r.stdout.split()[-1]) == 300 * 2**20
+    for bad in ("lots", "4096"):  # not a number; past Taichi's 32-bit byte count
+        r = _run(code, {"PHYSIM_OFFLINE_CACHE_MB": bad})
+        assert r.returncode != 0 and "PHYSIM_OFFLINE_CACHE_MB" in r.stderr and repr(bad) in r.stderr

@@ -61,3 +61,27 @@ def test_demo_main_must_return_an_exit_status(monkeypatch):
     monkeypatch.setattr(demo, "main", lambda argv: [])
     with pytest.raises(TypeError, match=r"pour_water.main returned list, not an exit status"):
         cli.main(["demo", "pour_water", "--offscreen"])
+
+
+def test_optimize_adam_takes_the_tasks_step_unless_told(monkeypatch, tmp_path):
+    """A task's ``adam_defaults`` (Circulation: lr 0.3, where the generic 0.05 stalls) reach
+    ``physim.optim.adam``; ``--lr`` on the command line wins; a task without them passes no lr."""
+    from physim import optim
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_adam(task, **kw):
+        seen.append(kw.get("lr"))
+        raise Stop
+
+    monkeypatch.setattr(optim, "adam", fake_adam)
+    common = ["--iters", "1", "--horizon", "2", "--no-video", "--out", str(tmp_path)]
+    for argv in (["optimize", "Circulation", "--env-arg", "dim=2", *common],
+                 ["optimize", "Circulation", "--env-arg", "dim=2", "--lr", "0.1", *common],
+                 ["optimize", "Pinch", *common, "--horizon", "4"]):
+        with pytest.raises(Stop):
+            cli.main(argv)
+    assert seen == [0.3, 0.1, None]

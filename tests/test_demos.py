@@ -159,3 +159,15 @@ def test_fold_paper_runs_headless_and_its_jaws_lift_the_edge_without_being_attac
     offset = (x - grip.center) @ normal
     print(f"lift {lift:.4f} m, edge offset from the jaws' mid-plane {offset.min():.2e}..{offset.max():.2e} m")
     assert np.abs(offset).max() < fold.MIN_GAP / 2
+
+
+@pytest.mark.parametrize("name", ["sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe", "fold_paper"])
+@pytest.mark.parametrize("bad", [["--frames", "-3"], ["--frames", "many"], ["--fps", "0"], ["--fps", "nan"]])
+def test_demo_command_line_refuses_bad_frames_and_fps(name, bad, capsys):
+    """Every window demo shares one parser (physim.render.interactive.demo_parser): a negative or
+    non-numeric --frames and a non-positive --fps are refused before anything is built, naming the value."""
+    with pytest.raises(SystemExit) as exit_info:
+        _load(name).run(["--offscreen", *bad])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert bad[0] in err and repr(bad[1]) in err

@@ -310,8 +310,9 @@ class Coupler(Part):
     @ti.kernel
     def build_pairs(self, l: ti.i32):
         """The contact pairs of slot ``l`` (integers only): counting sort of the nodes into the
-        cell list, then every particle visits the 3^dim cells around it and lists the nodes
-        closer than ``radius``."""
+        cell list, then every active particle (rows ``0 .. mpm.n_particles - 1``: an emitter's
+        particles not emitted yet touch nothing) visits the 3^dim cells around it and lists the
+        nodes closer than ``radius``."""
         total = self._n_cells()
         for c in range(total):
             self.cell_count[c] = 0
@@ -327,7 +328,7 @@ class Coupler(Part):
             self.n_pairs[None] = 0
         for i in range(self.springs.rows[None]):
             self.sorted[self.cell_start[self.node_cell[i]] + self.node_rank[i]] = i
-        for p in range(self.mpm.rows[None]):
+        for p in range(self.mpm.n_particles[None]):
             xp = self.mpm.x[l, p]
             # the clamp keeps the 3^dim block inside the grid; it still holds xp's own cell
             c0 = self._cell(xp, 1)
@@ -372,9 +373,9 @@ class Coupler(Part):
         """Slot ``l``'s particle -> closest FEM surface triangle pairs (integers only): the
         gels' bounding box (grown by the radius) gets a cell list of at most FACE_GRID^3
         cells, each no smaller than a grown triangle; every triangle is listed in the cells its
-        grown bounding box overlaps (count, prefix sum, fill); every particle inside the box
-        scans its own cell's triangles. Cost: linear in triangles and particles, and in
-        FACE_GRID^3, not in the MPM grid."""
+        grown bounding box overlaps (count, prefix sum, fill); every active particle (rows
+        ``0 .. mpm.n_particles - 1``) inside the box scans its own cell's triangles. Cost:
+        linear in triangles and particles, and in FACE_GRID^3, not in the MPM grid."""
         big = 1e30
         for _ in range(1):
             self.box_lo[None] = ti.Vector([big, big, big])
@@ -413,7 +414,7 @@ class Coupler(Part):
                 slot = self.face_start[c] + ti.atomic_add(self.face_fill[c], 1)
                 if slot < self.entry_capacity:  # overflow: reported by health()
                     self.face_entries[slot] = f
-        for p in range(self.mpm.rows[None]):
+        for p in range(self.mpm.n_particles[None]):
             xp = self.mpm.x[l, p]
             inside = True
             for d in ti.static(range(3)):

@@ -71,8 +71,10 @@ Time integration (implicit Euler as incremental potential):
     compression -- the vertices are coloured at load time so that no vertex has two stencil
     neighbours (sharing a triangle or a hinge) of one colour, and one Hessian-vector product per
     colour and axis (~20-30 colours on grids) gives every 3 x 3 block -- and factored by scipy's
-    ``splu`` with diagonal pivots (a pivot <= 0 means H is not positive definite: then, or where
-    the step's curvature is not positive, CG is used for that step); otherwise preconditioned CG
+    ``splu`` with diagonal pivots (a pivot <= 0 means H is not positive definite: then the
+    modified Newton step of ``H + tau M / dt^2``, ``tau`` grown until the pivots are positive -- a
+    descent direction continuous in the iterate; a switch to truncated CG there made the minimum
+    reached, where a compressed sheet can buckle either way, depend on round-off); otherwise preconditioned CG
     (Jacobi, from the mass and a per-vertex stiffness estimate), truncated at the first negative curvature;
     backtracking line search with the Armijo test on E (where E's change is at its round-off,
     within ``ENERGY_ROUNDOFF`` epsilons, a step that lowers ``|r|`` instead); each iteration moves no vertex by more
@@ -124,6 +126,11 @@ ROUNDOFF = 10.0
 #: a solve whose round-off floor exceeds this fraction of |M g| is refused (reported as not converged)
 FLOOR_MAX = 1e-2
 FORCING = 1e-2
+#: modified Newton (direct solver): where H is not positive definite, H + tau M / dt^2 is factored, tau from
+#: SHIFT_START times SHIFT_GROWTH per try, SHIFT_TRIES tries (:meth:`ShellPart._direct_newton_step`)
+SHIFT_START = 1e-3
+SHIFT_GROWTH = 4.0
+SHIFT_TRIES = 40
 #: a change of E below this many epsilons of |E| is round-off: the line search then asks |r| to decrease
 ENERGY_ROUNDOFF = 1e3
 #: linear_solver="auto" factors H directly up to this many free degrees of freedom (3 per free vertex)
@@ -325,8 +332,10 @@ class ShellPart(Part):
         self.adjoint_rtol = 1e-10 if real == ti.f64 else 1e-5
         #: linear solver of the Newton steps and the adjoint: "auto", "direct" or "cg" (:meth:`set_newton`)
         self.linear_solver = "auto"
-        #: sparse factorizations done (direct solver) and fallbacks to CG (H not positive definite)
+        #: sparse factorizations done (direct solver), modified Newton steps (H not positive definite: H + tau M /
+        #: dt^2 factored instead) and fallbacks to CG (no shift worked, or the adjoint's H not positive definite)
         self.n_factor = 0
+        self.n_shift = 0
         self.n_fallback = 0
         self._pattern = None
         self._status: dict[int, tuple] = {}
@@ -594,8 +603,9 @@ class ShellPart(Part):
         ``max_cg`` CG iterations per Newton iteration (and per adjoint solve: 4x).
 
         ``linear_solver``: ``"direct"`` assembles H exactly (one Hessian-vector product per colour
-        and axis) and factors it (scipy ``splu``), falling back to CG where H is not positive
-        definite; ``"cg"`` is Jacobi-preconditioned CG; ``"auto"`` (default) is direct up to
+        and axis) and factors it (scipy ``splu``), shifted by a multiple of the mass matrix where H
+        is not positive definite (:meth:`_direct_newton_step`; the adjoint falls back to CG there);
+        ``"cg"`` is Jacobi-preconditioned CG; ``"auto"`` (default) is direct up to
         :data:`DIRECT_MAX_DOFS` free degrees of freedom."""
         if linear_solver is not None:
             if linear_solver not in ("auto", "direct", "cg"):
@@ -1165,20 +1175,25 @@ class ShellPart(Part):
         return H
 
     def _factor(self, project: bool = False):
-        """Assemble H at ``xk`` and factor it; None where it is not positive definite (a pivot <= 0
-        without row pivoting: by Sylvester's law of inertia, the pivots' signs are the eigenvalues')."""
+        """Assemble H at ``xk`` and factor it; None where it is not positive definite."""
+        H = self.assemble_hessian(project).tocsc()
+        lu = self._factor_pd(H)
+        return None if lu is None else (H, lu)
+
+    def _factor_pd(self, A):
+        """LU of the CSC matrix ``A`` with diagonal pivots, or None where ``A`` is not positive definite (a
+        pivot <= 0 without row pivoting: by Sylvester's law of inertia, the pivots' signs are the eigenvalues')."""
         from scipy.sparse.linalg import splu
 
-        H = self.assemble_hessian(project).tocsc()
         self.n_factor += 1
         try:
-            lu = splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+            lu = splu(A, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                       options=dict(SymmetricMode=True))
         except RuntimeError:  # exactly singular
             return None
         if not (np.array_equal(lu.perm_r, lu.perm_c) and np.all(lu.U.diagonal() > 0)):
             return None
-        return H, lu
+        return lu
 
     def _scatter_free(self, field, y: np.ndarray) -> None:
         out = np.zeros(field.shape + (3,), self.np_real)
@@ -1186,16 +1201,34 @@ class ShellPart(Part):
         field.from_numpy(out)
 
     def _direct_newton_step(self) -> bool:
-        """The Newton step dx = -H^-1 r into ``cx`` by the sparse direct solver; False (nothing
-        written) where H is not positive definite or the step is not finite."""
-        fac = self._factor(project=True)
-        if fac is None:
-            return False
-        H, lu = fac
+        """The Newton step dx = -H^-1 r into ``cx`` by the sparse direct solver. Where H is not
+        positive definite (a compressed sheet buckling), the modified Newton step of
+        ``H + tau M / dt^2`` (the lumped mass; ``tau`` from :data:`SHIFT_START`, times
+        :data:`SHIFT_GROWTH` until the factorization's pivots are positive: Nocedal & Wright,
+        "Numerical Optimization", 3.4): a descent direction that changes continuously with the
+        iterate. False (nothing written) where no shift gives a positive definite matrix or the step
+        is not finite (then the caller falls back to truncated CG)."""
+        import scipy.sparse as sp
+
+        H = self.assemble_hessian(project=True).tocsc()
+        A, lu = H, self._factor_pd(H)
+        if lu is None:
+            h = float(self.dt[None])
+            D = sp.diags(np.repeat(self.vertex_mass()[self._pattern["free"]], 3) / (h * h), format="csc")
+            tau = SHIFT_START
+            for _ in range(SHIFT_TRIES):
+                A = (H + tau * D).tocsc()
+                lu = self._factor_pd(A)
+                if lu is not None:
+                    self.n_shift += 1
+                    break
+                tau *= SHIFT_GROWTH
+            else:
+                return False
         free = self._pattern["free"]
         rhs = -self.r.to_numpy()[free].astype(np.float64).ravel()
         dx = lu.solve(rhs)
-        if not (np.all(np.isfinite(dx)) and dx @ (H @ dx) > 0):
+        if not (np.all(np.isfinite(dx)) and dx @ (A @ dx) > 0):
             return False
         self._scatter_free(self.cx, dx)
         return True

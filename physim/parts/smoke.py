@@ -497,10 +497,11 @@ class SmokePart(Part):
 
     @ti.kernel
     def drag_force(self, l: ti.i32):
-        """Drag between the air (slot ``l``) and every MPM particle: the particle's force goes to
-        ``mpm.f_ext``, the reaction to the air faces (``f_air``)."""
+        """Drag between the air (slot ``l``) and every active MPM particle (rows ``0 ..
+        mpm.n_particles - 1``: an emitter's particles not emitted yet feel and exert none): the
+        particle's force goes to ``mpm.f_ext``, the reaction to the air faces (``f_air``)."""
         mpm = self.mpm
-        for p in range(mpm.rows[None]):
+        for p in range(mpm.n_particles[None]):
             x = mpm.x[l, p]
             f = self.coefs["drag"][0] * mpm.p_vol[None] * (self.velocity_at(l, x) - mpm.v[l, p])
             if ti.static(self.layout.mpm == 1):

@@ -11,6 +11,7 @@ a few frames, presses a key through the window's interactor and quits with Escap
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import smoke
 
-__all__ = ["KeyControl", "DemoLoop", "normalize_key", "scripted_keys", "ensure_runtime"]
+__all__ = ["KeyControl", "DemoLoop", "normalize_key", "scripted_keys", "ensure_runtime", "demo_parser"]
 
 #: keys VTK / PyVista bind by default that the demos use (or that would exit or zoom)
 _DEFAULT_BINDINGS = ("Up", "Down", "q", "v", "b", "plus", "minus", "C")
@@ -321,3 +322,47 @@ def ensure_runtime(arch: str | None = None):
     if arch is not None and arch != "auto" and arch != cfg.arch:
         warnings.warn(f"physim is already running on {cfg.arch!r}; ignoring arch={arch!r}", stacklevel=2)
     return cfg
+
+
+def _frames(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return n
+
+
+def _fps(text: str) -> float:
+    try:
+        fps = float(text)
+    except ValueError:
+        fps = 0.0
+    if not (fps > 0 and np.isfinite(fps)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of frames per second, got {text!r}")
+    return fps
+
+
+def demo_parser(doc: str, name: str, frames: int, fps: float, scripted: str = "the scripted sequence"
+                ) -> argparse.ArgumentParser:
+    """The command line every window demo shares: ``--offscreen``, ``--frames``, ``--out``,
+    ``--fps`` and ``--arch`` (a demo adds its own options to the parser it gets).
+
+    Args:
+        doc: the demo module's docstring (its first line describes the command).
+        name: the demo's name; the default video is ``out/<name>.mp4``.
+        frames: default number of headless frames.
+        fps: default frame rate of the video.
+        scripted: what ``--offscreen`` plays, for the help text.
+
+    A negative ``--frames`` or a non-positive ``--fps`` is refused by the parser, naming the value.
+    """
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--offscreen", action="store_true", help=f"no window: play {scripted}, write a video")
+    parser.add_argument("--frames", type=_frames, default=frames, help="frames to simulate with --offscreen")
+    parser.add_argument("--out", default=f"out/{name}.mp4", help="video written with --offscreen")
+    parser.add_argument("--fps", type=_fps, default=fps, help="frame rate of the video")
+    parser.add_argument("--arch", default=None, help="cpu, cuda or auto, when this starts physim's runtime "
+                                                     "(default: $PHYSIM_ARCH or auto)")
+    return parser

@@ -229,6 +229,7 @@ class Renderer:
         if "mpm.x" in state:
             self.particles = pv.PolyData(embed(state["mpm.x"], self.dim))
             self.particles.point_data["rgb"] = palette[mats]
+            self._hide_inactive()
             self.particle_actor = self.plotter.add_mesh(
                 self.particles, scalars="rgb", rgb=True, style="points", render_points_as_spheres=True,
                 point_size=4, ambient=0.25, diffuse=0.8, specular=0.25, specular_power=20,
@@ -419,6 +420,16 @@ class Renderer:
         kwargs.setdefault("reset_camera", False)
         return self.plotter.add_mesh(mesh, **kwargs)
 
+    def _hide_inactive(self) -> None:
+        """Hide the particles an emitter has not emitted yet (:meth:`physim.Scene.particle_active`):
+        their colors get alpha 0 (the colors become RGBA while any particle is inactive)."""
+        active = np.asarray(self.scene.particle_active())
+        rgb = np.asarray(self.particles.point_data["rgb"])
+        if active.all() and rgb.shape[1] == 3:
+            return
+        alpha = np.where(active, 255, 0).astype(np.uint8)
+        self.particles.point_data["rgb"] = np.concatenate([rgb[:, :3], alpha[:, None]], axis=1)
+
     def set_particle_colors(self, rgb) -> None:
         """Per-particle colors for the next frames: (n, 3), floats in 0-1 or integers in
         0-255; ``None`` goes back to the material colors."""
@@ -426,6 +437,7 @@ class Renderer:
             raise ValueError("the scene has no MPM particles to color")
         if rgb is None:
             self.particles.point_data["rgb"] = self.palette[np.asarray(self.scene.particle_materials())]
+            self._hide_inactive()
             return
         c = np.asarray(rgb)
         if c.shape != (self.particles.n_points, 3):
@@ -433,6 +445,7 @@ class Renderer:
         if np.issubdtype(c.dtype, np.floating):
             c = c * 255.0
         self.particles.point_data["rgb"] = np.clip(np.round(c), 0, 255).astype(np.uint8)
+        self._hide_inactive()
 
     # ------------------------------------------------------------------ per frame
     def pixels_per_unit(self) -> float:
@@ -462,6 +475,7 @@ class Renderer:
             self.particles.points = embed(x, self.dim)
             if self.color_fn is not None:
                 self.set_particle_colors(self.color_fn(x))
+            self._hide_inactive()
         if self.nodes is not None:
             pts = embed(state["springs.x"], self.dim)
             self.nodes.points = pts

@@ -213,7 +213,9 @@ class MPMEngine(Part):
         self.C = self.slot_field("C", (dim, dim), N)
         self.F = self.slot_field("F", (dim, dim), N)
         self.Jp = self.slot_field("Jp", (), N)
-        self.n_particles = self.rows
+        # the particles the substep kernels step: rows 0 .. n_particles - 1 (an emitter's reserve
+        # rows after them wait inactive, see physim.parts.emitter; without emitters, every row)
+        self.n_particles = ti.field(ti.i32, shape=())
 
         # scratch, overwritten every substep
         self.F_trial = self.scratch_field((dim, dim), N)
@@ -351,6 +353,7 @@ class MPMEngine(Part):
     def load(self, spec: MPMSpec) -> None:
         n, cap, dim = spec.n, self.capacity, self.dim
         self.rows[None] = n
+        self.n_particles[None] = n
         self.n_materials = len(spec.materials)
         self.p_vol[None] = spec.spacing**dim
         self.gravity[None] = np.asarray(spec.gravity).tolist()
