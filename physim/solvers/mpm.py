@@ -354,6 +354,11 @@ class MPMEngine(Part):
         n, cap, dim = spec.n, self.capacity, self.dim
         self.rows[None] = n
         self.n_particles[None] = n
+        # where hb_root never runs (a scene without the SVD: none of its rows is Herschel-Bulkley)
+        # the plasticity adjoint's discarded HB step still divides by hb_d: 1, not 0 (NaN d/dE in
+        # the 3D rigid + fluid FD check). Filled, not guarded by a select in the kernel: the
+        # select made f32's d/dE wrong (tests/test_precision.py)
+        self.hb_d.fill(1.0)
         self.n_materials = len(spec.materials)
         self.p_vol[None] = spec.spacing**dim
         self.gravity[None] = np.asarray(spec.gravity).tolist()
@@ -617,9 +622,7 @@ class MPMEngine(Part):
         den = ti.cast(1.0, self.real)
         if ti.static(root_field):
             u_root = self.hb_u[p]
-            # 0 where hb_root never ran (a scene without the SVD, whose rows are none of them
-            # Herschel-Bulkley: the solve is discarded, but must stay finite)
-            den = ti.select(self.hb_d[p] > 0, self.hb_d[p], 1.0)
+            den = self.hb_d[p]
         else:
             u_root = self._no_grad(self._hb_root(m, excess, mu))
             den = self._hb_slope(u_root, K, n, mu, log_dt)
