@@ -45,7 +45,7 @@ MODEL_IDS = {
 }
 
 #: parameters with gradients, in the order of the solver's ``material_params`` columns
-DIFF_PARAMS = ("E", "nu", "yield_stress", "friction_angle", "viscosity")
+DIFF_PARAMS = ("E", "nu", "yield_stress", "friction_angle", "viscosity", "flow_index")
 #: every per-material column the solver stores
 PARAM_COLUMNS = DIFF_PARAMS + ("density", "hardening", "theta_c", "theta_s", "actuation_strength")
 
@@ -82,6 +82,8 @@ class Material:
                     )
             elif f.name in ("yield_stress", "viscosity", "hardening", "actuation_strength"):
                 _positive(f"{type(self).__name__}.{f.name}", getattr(self, f.name), allow_zero=True)
+            elif f.name == "flow_index":
+                _positive(f"{type(self).__name__}.flow_index (Herschel-Bulkley exponent n)", self.flow_index)
             elif f.name == "friction_angle":
                 a = float(self.friction_angle)
                 if not (0.0 < a < 90.0):
@@ -149,7 +151,22 @@ class Plasticine(Material):
 @dataclass
 class Sand(Material):
     """Drucker-Prager sand (Klar et al. 2016), St. Venant-Kirchhoff in Hencky strain.
-    ``friction_angle`` in degrees."""
+    ``friction_angle`` in degrees: the cone matches Mohr-Coulomb at this angle in triaxial
+    compression (3D, Klar's) and in the plane (2D: max shear <= pressure sin(phi); Klar's 3D cone
+    used in 2D was that of a 29.7 degree sand at 32 degrees). Validated against the runout of
+    collapsing columns (tests/test_materials_experiments.py).
+
+    A heap's flank does not settle at ``friction_angle``: the flow rule is non-dilatant and coaxial
+    (the plastic strain rate along the deviatoric stress), so a layer shearing parallel to its slope
+    has its maximum shear on that plane and stops where tan(slope) = sin(phi), not tan(phi) (Davis
+    1968's simple-shear angle): 27.9 degrees at phi = 32 in 2D (in 3D, Klar's cone gives atan(3
+    alpha / sqrt 2) = 36.6 degrees). A heap also needs a floor that holds its base:
+    ``Scene(boundary="rough")`` (on plain ``"friction"`` walls the grid's floor row does not hold:
+    see physim.solvers.mpm.BOUNDARY_IDS). Measured in 2D (grid 128, a wedge on a rough floor, 1.5
+    s): from 36 degrees it relaxes to 27.9 (phi = 32); from 30 to 23.3 (phi = 25, Davis 22.9); a
+    violent collapse overshoots below it (from 50 degrees: 21.0 on grid 128, 25.3 on grid 64). A 2D
+    flank that should stop at a repose angle theta_r needs friction_angle = asin(tan(theta_r)) (38.7
+    degrees for 32; from the relation above, not measured)."""
 
     E: float = 3.5e3
     nu: float = 0.3
@@ -198,15 +215,39 @@ class Fluid(Material):
 
 @dataclass
 class Viscoplastic(Material):
-    """Bingham viscoplastic (ice cream, toothpaste): von Mises yield in log strain;
-    the over-stress beyond ``yield_stress`` relaxes with time constant viscosity / (2 mu)."""
+    """Herschel-Bulkley viscoplastic material (ice cream, toothpaste, mud); Bingham at
+    ``flow_index`` n = 1 (the default).
+
+    Elastic below the yield surface (fixed-corotated, ``E``, ``nu``); beyond it the deviatoric
+    Kirchhoff stress s (its Frobenius norm |s|, over the principal log strains) flows plastically at
+    the rate D_p that satisfies, each substep (implicitly, by Newton's method in log D_p),
+
+        |s| = yield_stress + viscosity * |D_p| ** flow_index,
+
+    with |D_p| the Frobenius norm of the plastic strain rate (1/s). ``viscosity`` is the
+    consistency K (Pa s^n), ``flow_index`` n > 0 (shear thinning below 1, thickening above). In
+    simple shear (|s| = sqrt(2) tau, |D_p| = gamma_dot / sqrt(2)) this is the rheometer's
+    tau = tau_y + K_rheo gamma_dot^n with tau_y = yield_stress / sqrt(2) and K_rheo = viscosity *
+    2 ** (-(1 + n) / 2): :meth:`from_rheology` converts. Differentiable in ``yield_stress``,
+    ``viscosity``, ``flow_index`` (and E, nu, density)."""
 
     E: float = 2e3
     nu: float = 0.3
     yield_stress: float = 30.0
     viscosity: float = 5.0
+    flow_index: float = 1.0
 
     model: ClassVar[str] = "bingham"
+
+    @classmethod
+    def from_rheology(cls, tau_y: float, K: float, n: float = 1.0, **kw) -> Viscoplastic:
+        """A Herschel-Bulkley material from rheometer values: shear yield stress ``tau_y`` (Pa),
+        consistency ``K`` (Pa s^n) and flow index ``n`` of tau = tau_y + K gamma_dot^n in simple
+        shear; other keywords (E, nu, density) as for the class."""
+        _positive("tau_y (shear yield stress)", tau_y, allow_zero=True)
+        _positive("K (consistency)", K, allow_zero=True)
+        _positive("n (flow index)", n)
+        return cls(yield_stress=math.sqrt(2.0) * tau_y, viscosity=K * 2.0 ** ((1.0 + n) / 2.0), flow_index=n, **kw)
 
 
 @dataclass

@@ -88,7 +88,10 @@ from ._linalg import (
 )
 
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
-BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2}
+#: grid walls: "sticky" (a node moving into a wall stops), "slip" (its normal velocity is
+#: removed), "friction" (slip with Coulomb friction ``wall_friction``), "rough" (friction walls
+#: that also hold the nodes on the wall's surface, row BOUND: see MPMEngine._grid_node)
+BOUNDARY_IDS = {"sticky": 0, "slip": 1, "friction": 2, "rough": 3}
 BOUND = 3  # cells of wall on each side of the grid
 
 # reasons the health check flags a slot (BAD_CFL: a particle moved more than VELOCITY_CFL_LIMIT cells)
@@ -118,6 +121,13 @@ KEEP_SCRATCH_MAX_BYTES = 2**30
 #: passes of the rigid bodies' wall contact (each: find the body's particles in a wall band
 #: moving into the wall, one impulse per wall at their centroid; see MPMEngine._rigid_impulse)
 RIGID_CONTACT_PASSES = 2
+#: Newton iterations of the Herschel-Bulkley flow rule (in log of the plastic strain increment,
+#: from a start above the root, where the convex residual makes them monotone): measured over
+#: n in [0.2, 3], consistency 0-100, excess strain 1e-8-0.1, 6 reach round-off
+HB_NEWTON = 8
+#: :meth:`MPMEngine._no_grad` truncates to this many fractional bits (its value error, <= 2^-40
+#: ~ 1e-12 in log g, is removed to second order by the Newton step that follows it)
+NO_GRAD_BITS = 40
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,11 @@ class MPMEngine(Part):
         self.grid_m = self.scratch_field((), gshape)
         self.grid_v = self.scratch_field((dim,), gshape)
         self.particle_scratch = [self.F_trial, self.U, self.V, self.sig, self.sig_elastic, self.affine]
+        # the converged Herschel-Bulkley root log g of each particle's trial state, for the
+        # plasticity adjoint (constant there: see _hb_flow); written by hb_root in the replay
+        self.hb_u = ti.field(real, shape=N)
+        # and r'(u) / e^u there (the Newton step's denominator, also without gradient)
+        self.hb_d = ti.field(real, shape=N)
         if self.f_ext is not None:
             self.particle_scratch.append(self.f_ext)
         self.grid_scratch = [self.grid_mv, self.grid_m, self.grid_v]
@@ -239,10 +254,11 @@ class MPMEngine(Part):
         # materials: one row per material, columns PARAM_COLUMNS
         self.mat_model = ti.field(ti.i32, shape=self.n_mat)
         self.mat_params = ti.field(real, shape=(self.n_mat, len(PARAM_COLUMNS)), needs_grad=True)
-        units = {"E": "Pa", "nu": "1", "yield_stress": "Pa", "friction_angle": "deg", "viscosity": "Pa s"}
+        units = {"E": "Pa", "nu": "1", "yield_stress": "Pa", "friction_angle": "deg", "viscosity": "Pa s",
+                 "flow_index": "1"}
         for col, name in enumerate(PARAM_COLUMNS):
             kw = {}
-            if name in ("E", "density"):
+            if name in ("E", "density", "flow_index"):
                 kw = dict(lower=0.0, lower_open=True)
             elif name == "nu":
                 kw = dict(lower=-1.0, upper=0.5, lower_open=True, upper_open=True)
@@ -338,6 +354,11 @@ class MPMEngine(Part):
         n, cap, dim = spec.n, self.capacity, self.dim
         self.rows[None] = n
         self.n_particles[None] = n
+        # where hb_root never runs (a scene without the SVD: none of its rows is Herschel-Bulkley)
+        # the plasticity adjoint's discarded HB step still divides by hb_d: 1, not 0 (NaN d/dE in
+        # the 3D rigid + fluid FD check). Filled, not guarded by a select in the kernel: the
+        # select made f32's d/dE wrong (tests/test_precision.py)
+        self.hb_d.fill(1.0)
         self.n_materials = len(spec.materials)
         self.p_vol[None] = spec.spacing**dim
         self.gravity[None] = np.asarray(spec.gravity).tolist()
@@ -494,12 +515,14 @@ class MPMEngine(Part):
         return self.models is None or any(m in self.models for m in models)
 
     @ti.func
-    def _return_mapping(self, model, m, U, sig, V, F_trial, jp, mu, la):
+    def _return_mapping(self, model, m, U, sig, V, F_trial, jp, mu, la, p, root_field: ti.template()):
         """Plastic projection: returns (elastic F, its singular values, new J_plastic).
 
         Written branch-free (every model present in the layout is computed, ``ti.select``
         picks one) so Taichi's reverse mode sees no mutation inside data-dependent branches.
-        Models absent from the layout are removed at compile time (``ti.static``).
+        Models absent from the layout are removed at compile time (``ti.static``). With
+        ``root_field`` the Herschel-Bulkley root of particle ``p`` is read from :attr:`hb_u`
+        (the differentiated ``plasticity`` kernel) instead of solved in place.
         """
         dim = ti.static(self.dim)
         sig_c = ti.max(sig, 1e-6)
@@ -519,20 +542,33 @@ class MPMEngine(Part):
             sig_p = sig_c
             projected = 0
             if ti.static(self.has("von_mises", "bingham")):
-                # von Mises / Bingham: shrink the deviatoric log strain onto the yield surface;
-                # Bingham keeps the fraction eta / (eta + 2 mu dt) of the excess (viscous relaxation)
-                dt = self.dt[None]
+                # von Mises / Herschel-Bulkley: shrink the deviatoric log strain onto the yield
+                # surface; Herschel-Bulkley flows only by the increment its rate law allows
                 excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
-                eta = self.mat_params[m, COL["viscosity"]]
-                relax = ti.select(model == MODEL_IDS["bingham"], 2 * mu * dt / (eta + 2 * mu * dt), 1.0)
-                sig_vm = ti.exp(eps - excess * relax * direction)
+                flow = excess
+                if ti.static(self.has("bingham")):
+                    # an arithmetic mask, not ti.select: with the select, f32 reverse mode (fast
+                    # compile, every model compiled in) let the discarded Herschel-Bulkley solve of
+                    # a yielding von Mises particle into d/dE (tests/test_precision.py's block:
+                    # -2.24e-7 against f64's -1.19e-7, with the Newton step's denominator still
+                    # differentiated); with the mask it was main's f32 value to the bit. Forward
+                    # values are exact (0 * g + 1 * excess)
+                    w = ti.cast(model == MODEL_IDS["bingham"], self.real)
+                    flow = w * self._hb_flow(m, excess, mu, p, root_field) + (1.0 - w) * excess
+                sig_vm = ti.exp(eps - flow * direction)
                 is_vm = model == MODEL_IDS["von_mises"] or model == MODEL_IDS["bingham"]
                 sig_p = ti.select(is_vm, sig_vm, sig_p)
                 projected = ti.select(is_vm and excess > 0, 1, projected)
             if ti.static(self.has("drucker_prager")):
                 # Drucker-Prager (Klar et al. 2016): cone projection, apex when expanding
                 sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
+                # the cone |s| <= alpha d p (s the deviatoric Kirchhoff stress, p the pressure)
+                # matched to Mohr-Coulomb: in 3D at triaxial compression (Klar et al.); in 2D the
+                # plane one, max shear |s| / sqrt(2) <= p sin(phi). (Klar's 3D alpha in 2D was the
+                # cone of a 29.7 degree sand for phi = 32.)
                 alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
+                if ti.static(dim == 2):
+                    alpha = sin_phi / ti.sqrt(2.0)
                 dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
                 sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
                 is_dp = model == MODEL_IDS["drucker_prager"]
@@ -562,6 +598,106 @@ class MPMEngine(Part):
             F_new = ti.select(is_rigid, ti.Matrix.identity(self.real, dim), F_new)
             sig_new = ti.select(is_rigid, sig_c * 0.0 + 1.0, sig_new)
         return F_new, sig_new, jp_new
+
+    @ti.func
+    def _hb_flow(self, m, excess, mu, p, root_field: ti.template()):
+        """Herschel-Bulkley plastic increment g (of the deviatoric log strain's norm) in one
+        substep for a trial ``excess`` beyond the yield surface: the root of
+        2 mu (excess - g) = K (g / dt)^n, stress above yield = viscous stress of the rate g / dt
+        (n = 1: the Bingham relaxation g = excess 2 mu dt / (K + 2 mu dt)); 0 where excess = 0.
+
+        The root u = log g comes from :meth:`_hb_root` (solved here, or with ``root_field`` read
+        from :attr:`hb_u`, which :meth:`hb_root` filled for this state), then one more Newton
+        step whose residual's inputs carry the gradients: with the root and the step's
+        denominator r'(u) held constant (fields without gradient, or :meth:`_no_grad`), that
+        step's derivative is the implicit-function one, du = -(dr / dtheta) / r'(u) for every
+        input theta (K, n, mu, excess, dt); r = 0 at the root, so the denominator's own
+        derivative would only multiply 0 (and in f32, differentiating it gave NaN d/dE). Taichi's
+        parallel adjoints (threaded CPU with PHYSIM_SERIAL_SCATTER=0, GPU) of a kernel holding
+        the whole Newton solve gave wrong gradients (the 3D FD matrix's plasticine d/dE off by
+        6.5 %, the viscoplastic one of the wrong sign; the serial CPU adjoint was right), so the
+        differentiated ``plasticity`` kernel reads the root instead of solving for it."""
+        K, n, ex, log_dt = self._hb_inputs(m, excess)
+        u_root = ti.cast(0.0, self.real)
+        den = ti.cast(1.0, self.real)
+        if ti.static(root_field):
+            u_root = self.hb_u[p]
+            den = self.hb_d[p]
+        else:
+            u_root = self._no_grad(self._hb_root(m, excess, mu))
+            den = self._hb_slope(u_root, K, n, mu, log_dt)
+        u = u_root - self._hb_residual(u_root, K, n, mu, ex, log_dt) / den
+        return ti.select(excess > 0, ti.exp(u), 0.0)
+
+    @ti.func
+    def _hb_inputs(self, m, excess):
+        """(K, n, excess, log dt) of the Herschel-Bulkley solve, with placeholders where its
+        result is discarded: n = 1 for a row without a flow index (another model's), and an
+        excess of 1 where there is none (the result there is 0). The placeholders keep every
+        partial derivative of the discarded solve finite: with a tiny excess (1e-30) the f32
+        adjoint of its Newton step overflowed, and 0 * inf made d/dE NaN for every material."""
+        K = self.mat_params[m, COL["viscosity"]]
+        n = ti.select(self.mat_params[m, COL["flow_index"]] > 0, self.mat_params[m, COL["flow_index"]], 1.0)
+        ex = ti.select(excess > 0, excess, 1.0)
+        return K, n, ex, ti.log(self.dt[None])
+
+    @ti.func
+    def _no_grad(self, x):
+        """``x`` without a gradient (Taichi has no stop-gradient for a local, and its reverse mode
+        propagates nothing through a cast to an integer): truncated to NO_GRAD_BITS fractional
+        bits, for |x| < 2^23 (the log of a strain increment is within +-70)."""
+        scale = ti.static(2.0**NO_GRAD_BITS)
+        return ti.cast(ti.cast(x * scale, ti.i64), self.real) / scale
+
+    @ti.func
+    def _hb_root(self, m, excess, mu):
+        """u = log g of :meth:`_hb_flow`'s root: Newton's method (HB_NEWTON = 8 steps) on the
+        convex residual r(u) = K e^(n (u - log dt)) + 2 mu e^u - 2 mu excess, from the smaller of
+        the two one-term roots (above the root, so the iterates decrease monotonically)."""
+        K, n, ex, log_dt = self._hb_inputs(m, excess)
+        # as a difference of logs: 2 mu ex / 1e-30 (K = 0) overflows f32
+        u0 = ti.min(ti.log(ex), log_dt + (ti.log(2 * mu * ex) - ti.log(ti.max(K, 1e-30))) / n)
+        # every iterate a new value: Taichi's reverse mode crashed (segfault) on a local
+        # reassigned in an unrolled loop
+        u2 = self._hb_newton_step(self._hb_newton_step(u0, K, n, mu, ex, log_dt), K, n, mu, ex, log_dt)
+        u4 = self._hb_newton_step(self._hb_newton_step(u2, K, n, mu, ex, log_dt), K, n, mu, ex, log_dt)
+        u6 = self._hb_newton_step(self._hb_newton_step(u4, K, n, mu, ex, log_dt), K, n, mu, ex, log_dt)
+        return self._hb_newton_step(self._hb_newton_step(u6, K, n, mu, ex, log_dt), K, n, mu, ex, log_dt)
+
+    @ti.kernel
+    def hb_root(self):
+        """Reverse mode's replay, after the scratch restore (and the tie split): the
+        Herschel-Bulkley root of every particle's trial state (scratch ``sig``) into
+        :attr:`hb_u`, for the ``plasticity`` adjoint (see :meth:`_hb_flow`). Forward only."""
+        for p in range(self.n_particles[None]):
+            m = self.material[p]
+            mu, _la = self._lame(m)
+            mu = ti.select(mu > 0, mu, 1.0)
+            eps = ti.log(ti.max(self.sig[p], 1e-6))
+            norm = safe_norm(eps - eps.sum() / self.dim)
+            excess = ti.max(norm - self.mat_params[m, COL["yield_stress"]] / (2 * mu), 0.0)
+            K, n, _ex, log_dt = self._hb_inputs(m, excess)
+            u = self._hb_root(m, excess, mu)
+            self.hb_u[p] = u
+            self.hb_d[p] = self._hb_slope(u, K, n, mu, log_dt)
+
+    @ti.func
+    def _hb_newton_step(self, u, K, n, mu, ex, log_dt):
+        """One Newton step of :meth:`_hb_flow` in u = log g: u - r(u) / r'(u), with r and r'
+        divided by g = e^u (the same step; :meth:`_hb_residual`, :meth:`_hb_slope`): the
+        denominator is then >= 2 mu > 0 at every scale of g, where the unscaled one (~2 mu g)
+        squared underflowed in f32 for g < 1e-23."""
+        return u - self._hb_residual(u, K, n, mu, ex, log_dt) / self._hb_slope(u, K, n, mu, log_dt)
+
+    @ti.func
+    def _hb_residual(self, u, K, n, mu, ex, log_dt):
+        """r(u) / e^u of :meth:`_hb_root`'s residual: a + 2 mu (1 - excess e^-u), a = K e^((n - 1) u) / dt^n."""
+        return K * ti.exp((n - 1.0) * u - n * log_dt) + 2 * mu * (1.0 - ex * ti.exp(-u))
+
+    @ti.func
+    def _hb_slope(self, u, K, n, mu, log_dt):
+        """r'(u) / e^u of :meth:`_hb_root`'s residual: n a + 2 mu (>= 2 mu > 0)."""
+        return n * K * ti.exp((n - 1.0) * u - n * log_dt) + 2 * mu
 
     @ti.func
     def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
@@ -616,7 +752,8 @@ class MPMEngine(Part):
             m = self.material[p]
             mu, la = self._lame(m)
             F_new, sig_new, jp_new = self._return_mapping(
-                self.mat_model[m], m, self.U[p], self.sig[p], self.V[p], self.F_trial[p], self.Jp[l, p], mu, la)
+                self.mat_model[m], m, self.U[p], self.sig[p], self.V[p], self.F_trial[p], self.Jp[l, p], mu, la, p,
+                True)
             self.F[l + 1, p] = F_new
             self.sig_elastic[p] = sig_new
             self.Jp[l + 1, p] = jp_new
@@ -725,8 +862,16 @@ class MPMEngine(Part):
             if ti.static(self.layout.tool_contact):
                 v = self.tools.contact(l, t, xg, v)
             kind = self.boundary[None]
+            # "rough" walls also hold the nodes on the wall's surface (row BOUND): with only the
+            # band behind it, material resting on a friction wall felt 3 % of its grip (its lowest
+            # particles' weight on the band's last row) and slid as a block. An opt-in kind: the
+            # other walls (and every gait, grasp and task tuned on them) are unchanged. Not a
+            # rigid body's nodes: its walls act on it as a whole (_rigid_impulse)
+            edge = ti.select(kind == BOUNDARY_IDS["rough"], 1, 0)
+            if ti.static(self.has("rigid")):
+                edge = ti.select(self.grid_body[I] > 0, 0, edge)
             for d in ti.static(range(self.dim)):
-                into_wall = (I[d] < BOUND and v[d] < 0) or (I[d] > self.res - BOUND and v[d] > 0)
+                into_wall = (I[d] < BOUND + edge and v[d] < 0) or (I[d] > self.res - BOUND - edge and v[d] > 0)
                 if into_wall:
                     if kind == BOUNDARY_IDS["sticky"]:
                         v = v * 0.0
@@ -734,7 +879,7 @@ class MPMEngine(Part):
                         normal = ti.Vector.unit(self.dim, d, self.real)
                         vn = v.dot(normal)
                         v = v - vn * normal
-                        if kind == BOUNDARY_IDS["friction"]:
+                        if kind == BOUNDARY_IDS["friction"] or kind == BOUNDARY_IDS["rough"]:
                             vt = safe_norm(v)
                             scale = ti.max(1.0 - self.wall_friction[None] * ti.abs(vn) / vt, 0.0)
                             v = v * scale
@@ -1015,7 +1160,8 @@ class MPMEngine(Part):
         V = self.body_lv[k, b]
         w = self.body_av[k, b]
         kind = self.boundary[None]
-        mu = ti.select(kind == BOUNDARY_IDS["friction"], self.wall_friction[None], 0.0)
+        mu = ti.select(kind == BOUNDARY_IDS["friction"] or kind == BOUNDARY_IDS["rough"], self.wall_friction[None],
+                       0.0)
         sticky = kind == BOUNDARY_IDS["sticky"]
         for d, side in ti.static(ti.ndrange(self.dim, 2)):
             cnt = self.contact_n[k, b, 2 * d + side]
@@ -1151,7 +1297,7 @@ class MPMEngine(Part):
         if ti.static(svd):
             U, sig, V = self._svd(F_trial)
         F_new, sig_new, jp_new = self._return_mapping(self.mat_model[m], m, U, sig, V, F_trial, self.Jp[l, p],
-                                                      mu, la)
+                                                      mu, la, p, False)
         self.F[l + 1, p] = F_new
         self.Jp[l + 1, p] = jp_new
         C = self.C[l, p]
@@ -1340,7 +1486,7 @@ class MPMEngine(Part):
             m = self.material[p]
             mu, la = self._lame(m)
             _F, sig_new, _jp = self._return_mapping(self.mat_model[m], m, self.U[p], split, self.V[p],
-                                                    self.F_trial[p], self.Jp[l, p], mu, la)
+                                                    self.F_trial[p], self.Jp[l, p], mu, la, p, False)
             self.sig[p] = split
             self.sig_elastic[p] = sig_new
 
@@ -1442,6 +1588,8 @@ class MPMEngine(Part):
             tape.record(self.substep_scratch, l, t, self.needs_svd, self.has_rigid, grad=None, replay=True)
             if self.needs_svd:
                 tape.record(self.split_tied_scratch, l, grad=None, replay=True)
+        if self.needs_svd and self.has("bingham"):
+            tape.record(self.hb_root, grad=None, replay=True)
         tape.record(self.trial_deformation, l)
         if self.needs_svd:  # fluid / neo-Hookean only scenes never read U, sig, V
             tape.record(self.svd, grad=self.svd_grad)
