@@ -109,8 +109,10 @@ class Scene(Rollout):
             0.9 dx / c) raises ``ValueError``.
         substeps_per_step: substeps per action step (actions are held constant over them).
         gravity: gravity vector (default (0, -9.8[, 0])).
-        boundary: MPM grid walls, ``"sticky"``, ``"slip"`` or ``"friction"`` (frictional slip).
-        wall_friction: Coulomb coefficient of ``"friction"`` walls.
+        boundary: MPM grid walls, ``"sticky"``, ``"slip"``, ``"friction"`` (frictional slip) or
+            ``"rough"`` (friction walls whose surface row of grid nodes also holds material: for
+            granular heaps and collapses, which slide out on plain ``"friction"`` walls).
+        wall_friction: Coulomb coefficient of ``"friction"`` and ``"rough"`` walls.
         checkpoint_every: K, substeps per checkpoint chunk. Reverse mode stores K + 1
             states on the device plus one host checkpoint per chunk, and recomputes
             each chunk once in backward. ``None``: 50.

@@ -43,7 +43,8 @@ outside the domain, raises :class:`physim.SimulationError` saying when and how m
 
 The coupler (mass-spring / FEM contact) and the smoke field's drag loop to ``mpm.n_particles``,
 which this part sets before they run, so waiting particles take no part in them
-(tests/test_emitters.py). Limits: a nozzle tool with ``softness > 0`` acts on grid nodes outside it too, so it slows its own jet.
+(tests/test_emitters.py). Limits: a nozzle tool with ``softness > 0`` acts on grid nodes outside
+it too, so it slows its own jet.
 """
 
 
