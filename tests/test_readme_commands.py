@@ -153,6 +153,16 @@ _XVFB: subprocess.Popen | None = None
 _XVFB_DISPLAY: str | None = None
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the virtual X server and reap it (no "still running" warning at exit)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def virtual_display(argv: list[str]) -> str:
     """The ``DISPLAY`` of one virtual X server (``Xvfb``) shared by this test process.
 
@@ -181,7 +191,7 @@ def virtual_display(argv: list[str]) -> str:
     if not number.isdigit():
         proc.kill()
         raise RuntimeError(f"Xvfb did not report a display within 60 s (exit status {proc.poll()})")
-    atexit.register(proc.terminate)
+    atexit.register(_stop, proc)
     _XVFB, _XVFB_DISPLAY = proc, f":{number.decode()}"
     return _XVFB_DISPLAY
 
