@@ -155,7 +155,7 @@ class CirculationEnv(PhysimEnv):
     def camera_kwargs(self):
         if self.dim == 2:
             return {}
-        return {"camera": [(0.5, 0.55, 2.3), (0.5, 0.5, 0.5), (0.0, 1.0, 0.0)]}
+        return {"camera": [(0.5, 0.55, 3.1), (0.5, 0.5, 0.5), (0.0, 1.0, 0.0)]}
 
     def _section(self, values: np.ndarray) -> np.ndarray:
         """The (res, res) x-y section of cell values: the field in 2D, the mid plane z = 0.5 in 3D."""
