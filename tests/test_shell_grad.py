@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from gradcheck import assert_close, central_difference
+from gradcheck import actions_fd, assert_close, central_difference
 
 import physim as ps
 from physim.parts.shell import MARGIN, NewtonNotConverged
@@ -99,15 +99,9 @@ def test_gripper_action_gradient(elastic):
     scene, a = elastic, _actions()
     w = _weights(scene, 1)
     g = _grad(scene, a, w)
-    fd, ad = [], []
-    for t, col, h in ((0, 0, 1e-4), (0, 1, 1e-4), (1, 1, 1e-4), (2, 5, 1e-4), (1, 6, 1e-4)):
-        def f(e, t=t, col=col):
-            b = a.copy()
-            b[t, col] += e
-            return _loss(scene, b, w)
-        fd.append(central_difference(f, h))
-        ad.append(g.actions[t, col])
-    assert_close(fd, ad, "d loss / d gripper and table actions")
+    entries = [(0, 0), (0, 1), (1, 1), (2, 5), (1, 6)]
+    fd = actions_fd(lambda b: _loss(scene, b, w), a, entries, 1e-4)
+    assert_close(fd, [g.actions[t, col] for t, col in entries], "d loss / d gripper and table actions")
 
 
 # relative steps of 1e-3: the loss changes by ~1e-3 of its sensitivity, far above the solve's round-off
@@ -145,15 +139,10 @@ def test_gradient_through_modified_newton_steps(elastic):
     g = _grad(scene, a, w)
     assert shell.n_shift > shifts and shell.n_fallback == fallbacks
     assert all(s[1] == 0 for s in shell.stats[-STEPS * SUBSTEPS:])  # no CG iteration in the forward
-    fd, ad = [], []
-    for t, col, h in ((0, 0, 1e-4), (1, 1, 1e-4), (2, 0, 1e-4), (0, 5, 1e-4)):
-        def f(e, t=t, col=col):
-            b = a.copy()
-            b[t, col] += e
-            return _loss(scene, b, w)
-        fd.append(central_difference(f, h))
-        ad.append(g.actions[t, col])
-    assert_close(fd, ad, "d loss / d gripper actions through modified Newton steps")
+    entries = [(0, 0), (1, 1), (2, 0), (0, 5)]
+    fd = actions_fd(lambda b: _loss(scene, b, w), a, entries, 1e-4)
+    assert_close(fd, [g.actions[t, col] for t, col in entries],
+                 "d loss / d gripper actions through modified Newton steps")
 
 
 def test_yield_angle_gradient_on_a_yielding_crease():
