@@ -190,9 +190,12 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     opts = {"seed": seed, "progress": progress}
     if lr is not None and method in ("adam", "policy"):
         opts["lr"] = lr
+    # a task's own optimizer settings (adam_defaults / policy_defaults), the command line's winning
+    defaults = {"adam": "adam_defaults", "policy": "policy_defaults"}.get(method)
+    method_opts = {**getattr(task, defaults, {}), **opts} if defaults else opts
     try:
         if method == "adam":
-            res = optim.adam(task, iters=iters, **{**getattr(task, "adam_defaults", {}), **opts})
+            res = optim.adam(task, iters=iters, **method_opts)
         elif method == "cma":
             res = optim.cmaes(task, iters=iters, pool=pool, **opts)
         elif method == "hybrid":
@@ -203,7 +206,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
 
             res = random_search(task, iters=iters, pool=pool, **opts)
         else:
-            res = optim.train_policy(env, iters=iters, **{**getattr(task, "policy_defaults", {}), **opts})
+            res = optim.train_policy(env, iters=iters, **method_opts)
     finally:
         if pool is not None:
             pool.close()
@@ -223,7 +226,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         "sim_steps": int(res.sim_steps),
         "backend": _backend_name(),
         "settings": _jsonable(getattr(task, "settings", {})),
-        "lr": _jsonable(res_lr) if (res_lr := _adam_lr(task, method, opts)) is not None else None,
+        "lr": _jsonable(method_opts.get("lr", "default")) if defaults else None,  # the step Adam took
         "workers": 1 if pool is None else pool.workers,
         "pool": None if pool is None else {"backend": pool.backend, "ray_address": ray_address,
                                            "start_seconds": round(pool.start_seconds or 0.0, 2)},
@@ -240,17 +243,6 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         env.close()
     (out_dir / "result.json").write_text(json.dumps(record, indent=2))
     return record
-
-
-def _adam_lr(task, method: str, opts: dict):
-    """The Adam step the method used: the command line's ``--lr``, else the task's
-    ``adam_defaults`` / ``policy_defaults``, else the optimizer's default (``None``: not Adam)."""
-    if method not in ("adam", "policy"):
-        return None
-    if "lr" in opts:
-        return opts["lr"]
-    defaults = getattr(task, "policy_defaults" if method == "policy" else "adam_defaults", {})
-    return defaults.get("lr", "default")
 
 
 def check_workers(method: str, workers: int | None, ray_address: str | None = None) -> None:
