@@ -150,23 +150,28 @@ class Plasticine(Material):
 
 @dataclass
 class Sand(Material):
-    """Drucker-Prager sand (Klar et al. 2016), St. Venant-Kirchhoff in Hencky strain.
-    ``friction_angle`` in degrees: the cone matches Mohr-Coulomb at this angle in triaxial
-    compression (3D, Klar's) and in the plane (2D: max shear <= pressure sin(phi); Klar's 3D cone
-    used in 2D was that of a 29.7 degree sand at 32 degrees). Validated against the runout of
-    collapsing columns (tests/test_materials_experiments.py).
+    """Drucker-Prager sand (Klar et al. 2016), St. Venant-Kirchhoff in Hencky strain, cohesionless
+    (the cone's apex at zero pressure; no hardening state). ``friction_angle`` phi in degrees.
 
-    A heap's flank does not settle at ``friction_angle``: the flow rule is non-dilatant and coaxial
-    (the plastic strain rate along the deviatoric stress), so a layer shearing parallel to its slope
-    has its maximum shear on that plane and stops where tan(slope) = sin(phi), not tan(phi) (Davis
-    1968's simple-shear angle): 27.9 degrees at phi = 32 in 2D (in 3D, Klar's cone gives atan(3
-    alpha / sqrt 2) = 36.6 degrees). A heap also needs a floor that holds its base:
-    ``Scene(boundary="rough")`` (on plain ``"friction"`` walls the grid's floor row does not hold:
-    see physim.solvers.mpm.BOUNDARY_IDS). Measured in 2D (grid 128, a wedge on a rough floor, 1.5
-    s): from 36 degrees it relaxes to 27.9 (phi = 32); from 30 to 23.3 (phi = 25, Davis 22.9); a
-    violent collapse overshoots below it (from 50 degrees: 21.0 on grid 128, 25.3 on grid 64). A 2D
-    flank that should stop at a repose angle theta_r needs friction_angle = asin(tan(theta_r)) (38.7
-    degrees for 32; from the relation above, not measured)."""
+    2D: phi is the angle of repose, the friction of the plane the sand flows on: the cone is
+    |s| / sqrt(2) <= p tan(phi) (s the deviatoric Kirchhoff stress, p the pressure; the static
+    friction mu_s = tan phi of the mu(I) rheology, Jop et al. 2006). The flow rule is non-dilatant
+    and coaxial (plastic strain rate along s), so a layer shearing down a slope has its maximum
+    shear on the slope plane and stops where tan(slope) = tan(phi): a heap's flanks avalanche down
+    to phi (tests/test_materials_experiments.py; benchmarks/sand_repose.py). A static flank can
+    stand steeper, up to asin(tan phi) (the cone's plane Mohr-Coulomb angle: 21.3 degrees at 20,
+    38.7 at 32, 57 at 40), as real sand keeps slopes a few degrees above its repose angle until
+    they avalanche. (Until this change the 2D cone was plane Mohr-Coulomb, max shear <= p
+    sin(phi), and flanks stopped at atan(sin phi): 27.9 degrees at phi = 32.)
+
+    3D: the cone matches Mohr-Coulomb at phi in triaxial compression (Klar et al.), whose flowing
+    layers stop at atan(3 alpha / sqrt 2) = 36.6 degrees for phi = 32 (from the same relation; not
+    measured here).
+
+    A heap also needs a floor that holds its base: ``Scene(boundary="rough")`` (on plain
+    ``"friction"`` walls the grid's floor row does not hold and heaps spread: see
+    physim.solvers.mpm.BOUNDARY_IDS). A collapsing column overshoots below phi (inertia), as in the
+    experiments its runout is validated against."""
 
     E: float = 3.5e3
     nu: float = 0.3

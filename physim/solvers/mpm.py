@@ -561,14 +561,17 @@ class MPMEngine(Part):
                 projected = ti.select(is_vm and excess > 0, 1, projected)
             if ti.static(self.has("drucker_prager")):
                 # Drucker-Prager (Klar et al. 2016): cone projection, apex when expanding
-                sin_phi = ti.sin(self.mat_params[m, COL["friction_angle"]])
-                # the cone |s| <= alpha d p (s the deviatoric Kirchhoff stress, p the pressure)
-                # matched to Mohr-Coulomb: in 3D at triaxial compression (Klar et al.); in 2D the
-                # plane one, max shear |s| / sqrt(2) <= p sin(phi). (Klar's 3D alpha in 2D was the
-                # cone of a 29.7 degree sand for phi = 32.)
-                alpha = ti.sqrt(2.0 / 3.0) * 2.0 * sin_phi / (3.0 - sin_phi)
+                phi = self.mat_params[m, COL["friction_angle"]]
+                # the cone |s| <= alpha d p (s the deviatoric Kirchhoff stress, p the pressure).
+                # 3D: matched to Mohr-Coulomb at triaxial compression (Klar et al.). 2D: the shear
+                # on the plane of flow |s| / sqrt(2) <= p tan(phi) (the static friction of the
+                # mu(I) rheology, mu_s = tan phi): the flow rule is non-dilatant and coaxial, so a
+                # sheared layer's maximum shear lies on its slope, and a flank stops at phi (the
+                # plane Mohr-Coulomb cone, sin(phi) here, stopped it at atan(sin phi): 27.9 deg
+                # at phi = 32; benchmarks/sand_repose.py, tests/test_materials_experiments.py)
+                alpha = ti.sqrt(2.0 / 3.0) * 2.0 * ti.sin(phi) / (3.0 - ti.sin(phi))
                 if ti.static(dim == 2):
-                    alpha = sin_phi / ti.sqrt(2.0)
+                    alpha = ti.tan(phi) / ti.sqrt(2.0)
                 dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
                 sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
                 is_dp = model == MODEL_IDS["drucker_prager"]
