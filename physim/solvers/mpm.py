@@ -571,7 +571,7 @@ class MPMEngine(Part):
                 # at phi = 32; benchmarks/sand_repose.py, tests/test_materials_experiments.py)
                 alpha = ti.sqrt(2.0 / 3.0) * 2.0 * ti.sin(phi) / (3.0 - ti.sin(phi))
                 if ti.static(dim == 2):
-                    alpha = ti.tan(phi) / ti.sqrt(2.0)
+                    alpha = ti.sin(phi) / (ti.cos(phi) * ti.sqrt(2.0))  # Taichi's reverse mode has no tan
                 dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
                 sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
                 is_dp = model == MODEL_IDS["drucker_prager"]
