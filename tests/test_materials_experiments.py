@@ -149,8 +149,9 @@ def test_granular_column_collapse_runout_matches_experiments(a, width, expected)
     runout falls short on coarser grids (numerical dissipation of the flow; a = 2, 2D cone with
     tan(phi): 1.62 at 6.4 cells wide, grid 64; 1.85 at 9.6, grid 64; 2.06 at 12.8, grid 128;
     2.19 at 14.4, grid 96). Measured (grid 96): a = 2: 2.19 (expected 2.4, -9 %); a = 5: 5.13
-    (expected 5.56, -8 %). With the earlier 2D cone (sin(phi), a weaker sand) the grid-64 test
-    (6.4 and 5 cells wide) measured 1.96 and 4.61. On plain ``"friction"`` walls (the floor's
+    (expected 5.56, -8 %). The earlier 2D cone (sin(phi): the cone of friction_angle 27.9 now)
+    spread these columns too far: 2.63 (+9 %) and 6.57 (+18 %) on grid 96 (on the old grid-64
+    test, 6.4 and 5 cells wide, 1.96 and 4.61). On plain ``"friction"`` walls (the floor's
     surface nodes free, see physim.solvers.mpm) that sand slid on the floor: 2.38 and 6.08 for
     a = 2, 6 on a 96 grid."""
     runout = _column_runout(a, width)
