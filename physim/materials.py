@@ -158,11 +158,14 @@ class Sand(Material):
     friction mu_s = tan phi of the mu(I) rheology, Jop et al. 2006). The flow rule is non-dilatant
     and coaxial (plastic strain rate along s), so a layer shearing down a slope has its maximum
     shear on the slope plane and stops where tan(slope) = tan(phi): a heap's flanks avalanche down
-    to phi (tests/test_materials_experiments.py; benchmarks/sand_repose.py). A static flank can
-    stand steeper, up to asin(tan phi) (the cone's plane Mohr-Coulomb angle: 21.3 degrees at 20,
-    38.7 at 32, 57 at 40), as real sand keeps slopes a few degrees above its repose angle until
-    they avalanche. (Until this change the 2D cone was plane Mohr-Coulomb, max shear <= p
-    sin(phi), and flanks stopped at atan(sin phi): 27.9 degrees at phi = 32.)
+    to phi. Measured (benchmarks/sand_repose.py, rough floor, phi = 32): poured from a nozzle,
+    grid 128: 32.1 / 32.2 degrees; a 50 degree heap released: 33.5 / 32.7 (grid 64), 27.2 / 26.5
+    (grid 128: a collapse overshoots on finer grids); tests/test_materials_experiments.py. A
+    static flank can stand steeper, up to asin(tan phi) (the cone's plane Mohr-Coulomb angle:
+    21.3 degrees at 20, 38.7 at 32, 57 at 40; grid 64 holds a few degrees more), as real sand
+    keeps slopes a few degrees above its repose angle until they avalanche. (Until this change
+    the 2D cone was plane Mohr-Coulomb, max shear <= p sin(phi), and flanks stopped at
+    atan(sin phi): 27.9 degrees at phi = 32, measured 28.8 / 27.3.)
 
     3D: the cone matches Mohr-Coulomb at phi in triaxial compression (Klar et al.), whose flowing
     layers stop at atan(3 alpha / sqrt 2) = 36.6 degrees for phi = 32 (from the same relation; not
