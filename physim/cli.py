@@ -35,7 +35,7 @@ __all__ = ["main", "optimize", "parse_env_args", "check_env_kwargs", "check_work
 METHODS = ("adam", "cma", "hybrid", "policy", "random")
 #: the methods that evaluate populations of candidates (what ``--workers`` parallelizes)
 POPULATION_METHODS = ("cma", "hybrid", "random")
-DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe", "fold_paper")
+DEMOS = ("sculpt_plasticine", "pour_water", "soft_walker", "tactile_probe", "fold_paper", "push_duck")
 
 #: iterations per method when --iters is not given: a few minutes on 2 CPU cores
 DEFAULT_ITERS = {"adam": 20, "cma": 8, "hybrid": 16, "policy": 15, "random": 8}
