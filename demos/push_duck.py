@@ -36,7 +36,7 @@ HELP = ("Push the duck to the green marker\n"
 GRID = 32
 SUBSTEPS = 30  # per frame: 30 x 0.72 ms (the water's automatic dt) = 21.7 ms of simulated time
 POND_CENTER = np.array([0.5, 0.5])  # (x, z) of the pond's axis
-POND = dict(radius=0.29, thickness=0.08, height=0.18)  # inner radius, wall / bottom thickness, inner height (m)
+POND = dict(radius=0.29, thickness=0.08, height=0.2)  # inner radius, wall / bottom thickness, inner height (m)
 WATER_LAYERS = 6  # water depth at the start, in particle layers (6 x 1/64 m = 9.4 cm)
 WATER = dict(bulk_modulus=300.0, viscosity=0.02, density=1.0)
 DUCK_DENSITY = 0.5  # x the water's: floats half submerged
@@ -146,8 +146,9 @@ def nozzle_rotation(yaw: float) -> np.ndarray:
 
 class Pond:
     """The scene and its named pieces: ``scene``, ``water``, ``duck`` (materials), ``emitter``,
-    ``surface`` (the still water's height), ``duck_rows`` (the duck's particle rows) and
-    ``duck_rest`` (their start positions)."""
+    ``bottom`` and ``surface`` (the pond's inner bottom, the still water's height), ``duck_rows``
+    and ``water_rows`` (the duck's and the water's particle rows, the jet's included) and
+    ``duck_rest`` (the duck's start positions)."""
 
     def __init__(self, grid: int = GRID):
         scene = ps.Scene(dim=3, grid_res=grid, substeps_per_step=SUBSTEPS, boundary="slip")
@@ -155,6 +156,7 @@ class Pond:
         lo = scene.floor + th  # the pond's inner bottom: the cup stands on the floor
         # a whole number of lattice layers: the water's particles fill it to the brim (each stands
         # for a spacing-sized cube about it)
+        self.bottom = lo
         self.surface = surface = lo + WATER_LAYERS * scene.spacing
         self.water = ps.Fluid(**WATER)
         self.duck = ps.Rigid(density=DUCK_DENSITY * WATER["density"])
@@ -270,7 +272,7 @@ class DuckView:
         for name, (mesh, color) in duck_meshes(pond.duck_shape, grow).items():
             self.actors.append(renderer.add_mesh(mesh, color=color, smooth_shading=True, specular=0.4,
                                                  specular_power=25, ambient=0.25, name=name))
-        lo = pond.scene.floor
+        lo = pond.bottom
         top = pond.surface + 0.12
         pole = pv.Cylinder(center=(TARGET[0], (lo + top) / 2, TARGET[1]), direction=(0, 1, 0), radius=0.012,
                            height=top - lo)

@@ -186,7 +186,7 @@ def test_push_duck_jet_pushes_the_duck_towards_the_target_and_it_stays_afloat():
     nozzle = push.Nozzle(scene, keys)
     d0 = pond.target_distance()
     assert d0 == pytest.approx(0.156, abs=0.002)
-    floor = scene.floor + push.POND["thickness"]  # the pond's inner bottom
+    floor = pond.bottom
     is_duck = np.zeros(scene.n_particles, bool)
     is_duck[pond.duck_rows] = True
     deviations, residuals = [], []
