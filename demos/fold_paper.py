@@ -1,7 +1,7 @@
 """Fold a sheet of paper in half with a keyboard-driven two-jaw gripper; the crease stays.
 
     python demos/fold_paper.py                         # interactive window
-    python demos/fold_paper.py --offscreen --frames 420 --out out/fold_paper.mp4
+    python demos/fold_paper.py --offscreen --frames 540 --out out/fold_paper.mp4
 
 A sheet of 80 g/m^2 office paper (16 x 10 cm, :meth:`physim.ShellMaterial.paper`: E = 4 GPa,
 t = 0.1 mm, plastic creases past a 20-degree yield angle; 17 x 11 = 187 vertices) lies on a table
@@ -66,6 +66,10 @@ MIN_GAP = 0.6e-3  # closed on the paper: each face 0.25 mm into the sheet's 0.55
 SPEED, TURN, CLOSE = 0.12, 2.5, 0.06
 SMOOTH = 0.35  # per-frame blend of the velocity towards the keys' command
 LO = np.array([0.2, TABLE_TOP + EPS, 0.35])  # the gripper centre stays in this box
+#: over the table the jaws stop this far above its top (m): room for the two layers of a pressed
+#: fold (each rests EPS off what is under it) with ~1 mm between them, so the sheet is never
+#: squeezed between a jaw and the table and a fold pressed flat does not pass through itself
+PRESS_CLEARANCE = 4 * EPS
 HI = np.array([0.8, 0.6, 0.65])
 START = np.array([GRIP_X, SHEET_Y, 0.5])
 #: headless control: (start frame, keys held from then on)
@@ -74,17 +78,21 @@ SCRIPT = [
     (22, {"q"}),          # lift the edge
     (52, {"q", "a", "z"}),  # carry it over the sheet, turning the wrist over
     (100, {"a", "z"}),
-    (150, {"a", "e"}),    # lay the flap down on the taped half
-    (185, {"e"}),
-    (200, set()),
-    (206, {"v"}),         # let go
-    (222, {"q"}),         # back off upwards
-    (236, {"d", "x"}),    # over the fold, the wrist flat again
-    (282, {"d"}),
-    (296, {"e"}),         # press the fold flat with the jaws
-    (338, set()),
-    (350, {"q"}),         # lift away: the crease stays
-    (390, set()),
+    (150, {"a", "e", "z"}),  # lay the flap down on the taped half, the wrist all the way over
+    (172, {"e", "z"}),
+    (185, {"e"}),         # down until the jaws stop above the table (PRESS_CLEARANCE)
+    (226, {"v"}),         # let go: the flap springs up to about upright (a loose fold keeps ~90 deg)
+    (246, {"q"}),         # back off upwards
+    (280, {"q", "d", "c"}),  # over the flap, closing the jaws
+    (315, {"d"}),
+    (375, {"d", "e"}),    # down beyond the fold
+    (385, {"e"}),
+    (420, {"a"}),         # sweep back low: push the flap over and
+    (445, {"a", "e"}),    # run the jaws over the fold line, pressing it flat
+    (470, {"e"}),
+    (485, set()),         # hold
+    (495, {"q"}),         # lift away: the crease stays
+    (525, set()),
 ]
 
 
@@ -113,6 +121,22 @@ def _jaw_center(center: np.ndarray, angle: float, gap: float, side: int) -> np.n
     return np.asarray(center, dtype=np.float64) + off * np.array([-math.sin(angle), math.cos(angle), 0.0])
 
 
+def _lowest_center(x: float, angle: float, gap: float) -> float:
+    """The lowest gripper centre height (m) at ``x``, wrist ``angle`` and jaw ``gap`` that keeps both
+    jaws :data:`PRESS_CLEARANCE` above the table top where a jaw is over the table (elsewhere: no
+    limit, -inf). A jaw turned by ``angle`` about z reaches ``hx |sin| + hy |cos|`` below its centre
+    and ``hx |cos| + hy |sin|`` to either side of it."""
+    s, c = abs(math.sin(angle)), abs(math.cos(angle))
+    half_x = JAW_HALF[0] * c + JAW_HALF[1] * s
+    below = JAW_HALF[0] * s + JAW_HALF[1] * c
+    lowest = -math.inf
+    for side in (-1, 1):
+        jaw = _jaw_center(np.array([x, 0.0, 0.0]), angle, gap, side)
+        if jaw[0] - half_x < TABLE_EDGE:  # over the table (it reaches far to the left)
+            lowest = max(lowest, TABLE_TOP + PRESS_CLEARANCE + below - jaw[1])
+    return lowest
+
+
 class Gripper:
     """Keyboard-driven two-jaw gripper.
 
@@ -137,11 +161,12 @@ class Gripper:
         v = self.velocity + SMOOTH * (cmd - self.velocity)
         v[np.abs(v) < 1e-6] = 0.0
         v[4] = cmd[4]  # the jaws start and stop at once
-        center = np.clip(self.center + v[:3] * FRAME_DT, LO, HI)
-        v[:3] = (center - self.center) / FRAME_DT
-        self.center = center
         self.angle = float(np.clip(self.angle + v[3] * FRAME_DT, 0.0, math.pi))
         self.gap = float(np.clip(self.gap + v[4] * FRAME_DT, MIN_GAP, OPEN_GAP))
+        center = np.clip(self.center + v[:3] * FRAME_DT, LO, HI)
+        center[1] = max(center[1], _lowest_center(center[0], self.angle, self.gap))
+        v[:3] = (center - self.center) / FRAME_DT
+        self.center = center
         self.velocity = v
         pos, rot = self.scene.tool_poses()
         a = np.zeros(self.scene.action_dim)
@@ -209,7 +234,7 @@ def start_runtime(arch: str | None):
 
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
-    parser = demo_parser(__doc__, "fold_paper", frames=410, fps=30)
+    parser = demo_parser(__doc__, "fold_paper", frames=540, fps=30)
     args = parser.parse_args(argv)
     start_runtime(args.arch)
     scene, body = build_scene()
