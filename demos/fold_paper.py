@@ -94,6 +94,7 @@ SCRIPT = [
     (495, {"q"}),         # lift away: the crease stays
     (525, set()),
 ]
+FRAMES = 540  # the headless run's default length: the script, then 15 frames of the kept fold
 
 
 def build_scene() -> tuple[ps.Scene, ps.ShellBody]:
@@ -234,7 +235,7 @@ def start_runtime(arch: str | None):
 
 def run(argv=None) -> list[np.ndarray] | None:
     """Run the demo; headless it returns the frames it wrote to ``--out`` (interactive: ``None``)."""
-    parser = demo_parser(__doc__, "fold_paper", frames=540, fps=30)
+    parser = demo_parser(__doc__, "fold_paper", frames=FRAMES, fps=30)
     args = parser.parse_args(argv)
     start_runtime(args.arch)
     scene, body = build_scene()

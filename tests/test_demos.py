@@ -162,6 +162,66 @@ def test_fold_paper_runs_headless_and_its_jaws_lift_the_edge_without_being_attac
     assert np.abs(offset).max() < fold.MIN_GAP / 2
 
 
+class _PoseOnlyScene:
+    """What :class:`fold_paper.Gripper` reads of a scene: the jaws' poses (as commanded last
+    frame) and the action size; lets the gripper's pose logic run without building the sheet."""
+
+    def __init__(self, fold):
+        self.fold = fold
+        self.action_dim = 18
+        self.pos, self.rot = np.zeros((3, 3)), np.tile([1.0, 0.0, 0.0, 0.0], (3, 1))
+
+    def tool_poses(self):
+        return self.pos, self.rot
+
+    def follow(self, grip):
+        for tool, side in ((1, -1), (2, 1)):
+            self.pos[tool] = self.fold._jaw_center(grip.center, grip.angle, grip.gap, side)
+            self.rot[tool] = [math.cos(grip.angle / 2), 0.0, 0.0, math.sin(grip.angle / 2)]
+
+
+def _jaw_bottom(fold, center, angle, gap):
+    """Lowest point (m) of the two jaws, from their 8 box corners each turned by ``angle`` about z."""
+    c, s = math.cos(angle), math.sin(angle)
+    low = math.inf
+    for side in (-1, 1):
+        mid = fold._jaw_center(center, angle, gap, side)
+        for sx in (-1, 1):
+            for sy in (-1, 1):
+                dx, dy = sx * fold.JAW_HALF[0], sy * fold.JAW_HALF[1]
+                low = min(low, mid[1] + s * dx + c * dy)
+    return low
+
+
+def test_fold_paper_jaws_stop_above_the_table_and_the_script_ends_at_rest():
+    """Holding 'lower' over the table, at any wrist angle and jaw gap, the jaws stop with their
+    lowest corner exactly PRESS_CLEARANCE above the table top (room for a pressed two-layer fold;
+    the old clip let them sink 6 mm into the table and push the flap open); beyond the table's
+    edge the lower jaw may go below its top (to get under the overhanging edge). The headless
+    script is in frame order, fits the default run and ends with no key held (the kept fold)."""
+    fold = _load("fold_paper")
+    keys = KeyControl()
+    scene = _PoseOnlyScene(fold)
+    grip = fold.Gripper(scene, keys)
+    floor = fold.TABLE_TOP + fold.PRESS_CLEARANCE
+    for angle in np.linspace(0.0, math.pi, 9):
+        for gap in (fold.MIN_GAP, fold.OPEN_GAP):
+            grip.reset()
+            grip.center = np.array([0.45, 0.3, 0.5])
+            grip.angle, grip.gap = float(angle), gap
+            scene.follow(grip)
+            keys.hold_only({"e"})
+            for _ in range(150):  # 10 cm down at full speed would take ~85 frames
+                grip.action()
+                scene.follow(grip)
+            assert _jaw_bottom(fold, grip.center, grip.angle, grip.gap) == pytest.approx(floor, abs=1e-12)
+    assert fold._lowest_center(fold.START[0], 0.0, fold.OPEN_GAP) == -math.inf  # past the table's edge
+    assert _jaw_bottom(fold, fold.START, 0.0, fold.OPEN_GAP) < fold.TABLE_TOP
+    frames = [f for f, _ in fold.SCRIPT]
+    assert frames == sorted(frames) and frames[0] == 0 and frames[-1] < fold.FRAMES
+    assert fold.SCRIPT[-1][1] == set()
+
+
 def test_push_duck_jet_pushes_the_duck_towards_the_target_and_it_stays_afloat():
     """The first 60 scripted frames (1.3 s): the nozzle moves behind the duck and its jet pushes the
     duck towards the target; measured (the suite's f64): the distance fell from 15.6 to 10.2 cm
