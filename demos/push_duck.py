@@ -148,7 +148,7 @@ class Pond:
     """The scene and its named pieces: ``scene``, ``water``, ``duck`` (materials), ``emitter``,
     ``bottom`` and ``surface`` (the pond's inner bottom, the still water's height), ``duck_rows``
     and ``water_rows`` (the duck's and the water's particle rows, the jet's included) and
-    ``duck_rest`` (the duck's start positions)."""
+    ``duck_rest`` (the duck's start positions), ``jet_rows`` (the jet's reserved rows)."""
 
     def __init__(self, grid: int = GRID):
         scene = ps.Scene(dim=3, grid_res=grid, substeps_per_step=SUBSTEPS, boundary="slip")
@@ -184,6 +184,7 @@ class Pond:
         self.duck_rows = np.flatnonzero(mats == scene.materials.index(self.duck))
         self.water_rows = np.flatnonzero(mats == scene.materials.index(self.water))
         self.duck_rest = scene.initial_state()["mpm.x"][self.duck_rows]
+        self.jet_rows = np.flatnonzero(~scene.particle_active())  # the jet's supply, not emitted yet
 
     def duck_pose(self, x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The duck's rotation R (3, 3) and centre of mass c (3,) now: its particles are at
@@ -240,6 +241,7 @@ class Nozzle:
 
 
 DUCK_YELLOW = (0.99, 0.82, 0.12)
+JET_BLUE = (0.62, 0.84, 1.0)  # the jet's water, lighter than the pond's so the jet shows
 BEAK_ORANGE = (0.98, 0.45, 0.08)
 
 
@@ -260,7 +262,8 @@ def duck_meshes(shape: DuckShape, grow: float) -> dict:
 
 
 class DuckView:
-    """The duck drawn as a mesh posed by its rigid motion, and the target marker."""
+    """The duck drawn as a mesh posed by its rigid motion, the jet's water in a lighter blue
+    and the target marker."""
 
     def __init__(self, pond: Pond, renderer: Renderer):
         import pyvista as pv
@@ -268,6 +271,9 @@ class DuckView:
         self.pond = pond
         self.c0 = pond.duck_rest.mean(axis=0)
         self.actors = []
+        colors = renderer.palette[pond.scene.particle_materials()].astype(np.float64) / 255.0
+        colors[pond.jet_rows] = JET_BLUE
+        renderer.set_particle_colors(colors)
         grow = 0.6 * pond.scene.spacing  # the particles' sphere radius (Renderer default)
         for name, (mesh, color) in duck_meshes(pond.duck_shape, grow).items():
             self.actors.append(renderer.add_mesh(mesh, color=color, smooth_shading=True, specular=0.4,
