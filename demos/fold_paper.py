@@ -15,9 +15,16 @@ yield angle (the hinge's rest angle follows the bend), and a light blue line mar
 that yielded.
 
 Keys: A/D or Left/Right move along x, W/S or Up/Down along z, Q/E lift / lower, Z/X turn the
-wrist, C close the jaws, V open them; R resets, Escape quits. Headless (``--offscreen``) a
-scripted sequence grips the edge, folds the sheet over, releases it, presses the fold and
-lifts away.
+wrist, C close the jaws, V open them; R resets, Escape quits. Over the table the jaws stop
+:data:`PRESS_CLEARANCE` above it (room for a pressed two-layer fold). Headless (``--offscreen``)
+a scripted sequence grips the edge, turns the wrist over and lays the flap down, lets go (a fold
+left as a loop keeps only ~90 degrees: the flap springs up to about upright), passes over the
+flap, comes down beyond the fold and sweeps back low -- the way a finger or a bone folder runs
+over a fold: it pushes the flap over and presses the fold line flat -- then lifts away. The
+pressed hinge keeps ``(theta - yield_angle) / (1 + hardening)`` (the plastic law with the
+preset's hardening; ~139 degrees from the ~173 the press reached) and its neighbours ~30 each,
+so the flap stays down on the sheet. The sheet has no self-contact (the flap is held above the
+lower half only by the jaws' clearance while pressed; resting, it lies in the lower half's plane).
 
 The sheet is stepped by implicit Euler (Newton on the incremental potential, 5 ms substeps,
 two per frame); the demo starts physim in f64 unless a runtime is already running (paper's
