@@ -569,9 +569,12 @@ class MPMEngine(Part):
                 # sheared layer's maximum shear lies on its slope, and a flank stops at phi (the
                 # plane Mohr-Coulomb cone, sin(phi) here, stopped it at atan(sin phi): 27.9 deg
                 # at phi = 32; benchmarks/sand_repose.py, tests/test_materials_experiments.py)
-                alpha = ti.sqrt(2.0 / 3.0) * 2.0 * ti.sin(phi) / (3.0 - ti.sin(phi))
-                if ti.static(dim == 2):
-                    alpha = ti.sin(phi) / (ti.cos(phi) * ti.sqrt(2.0))  # Taichi's reverse mode has no tan
+                # tan(phi) as sin / sqrt(1 - sin^2): Taichi's reverse mode has no tan, and with
+                # ti.cos here Taichi 1.7.4's f32 adjoint of the generic kernel lost the
+                # Herschel-Bulkley gradients (d/d viscosity 7.5e-9 vs 3.5e-6 in f64;
+                # tests/test_precision.py)
+                alpha = (ti.sin(phi) / ti.sqrt(2.0 * (1.0 - ti.sin(phi) ** 2)) if ti.static(dim == 2)
+                         else ti.sqrt(2.0 / 3.0) * 2.0 * ti.sin(phi) / (3.0 - ti.sin(phi)))
                 dgamma = ti.max(norm + (dim * la + 2 * mu) / (2 * mu) * tr * alpha, 0.0)
                 sig_dp = ti.select(tr >= 0, sig_c * 0.0 + 1.0, ti.exp(eps - dgamma * direction))
                 is_dp = model == MODEL_IDS["drucker_prager"]
