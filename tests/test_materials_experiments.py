@@ -8,13 +8,19 @@ repose a too-steep heap avalanches to (Terzaghi 1943, Taylor 1948: the friction 
 bodies against Archimedes: tests/test_rigid.py.)
 """
 
+import os
+import sys
+
 import numpy as np
 import pytest
 from conftest import small_scene
 from gradcheck import assert_close, central_difference, loss_and_grad, loss_only
 
 import physim as ps
-from physim.geometry import Shape
+
+# the heap shape and the flank fit of the repose benchmark (one measurement for both)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from sand_repose import Triangle, flank_angles  # noqa: E402
 
 G = 9.8
 
@@ -159,38 +165,6 @@ def test_granular_column_collapse_runout_matches_experiments(a, width, expected)
     assert abs(runout - expected) < 0.25 * expected
 
 
-class _Heap(Shape):
-    """Isosceles 2D heap: base on the floor ``y0`` centred at ``xc``, flanks ``angle`` degrees."""
-
-    def __init__(self, xc, y0, height, angle):
-        self.xc, self.y0, self.height = xc, y0, height
-        self.half = height / np.tan(np.radians(angle))
-        self.center = np.array([xc, y0 + height / 3])
-
-    def bounds(self):
-        return np.array([self.xc - self.half, self.y0]), np.array([self.xc + self.half, self.y0 + self.height])
-
-    def contains(self, points):
-        x, y = np.abs(points[:, 0] - self.xc), points[:, 1] - self.y0
-        return (y >= 0) & (y <= self.height * (1 - x / self.half))
-
-
-def _flank_angles(x, floor, dx, spacing):
-    """Slopes (degrees) of a heap's two flanks: the free surface (highest particle of each
-    one-cell column plus half a spacing), a least-squares line through each flank's points
-    between 25 % and 75 % of the heap's height (the rounded toe and crest left out)."""
-    cols = np.floor(x[:, 0] / dx).astype(int)
-    xs = np.array([(c + 0.5) * dx for c in np.unique(cols)])
-    hs = np.array([x[cols == c, 1].max() + spacing / 2 - floor for c in np.unique(cols)])
-    crest, top = xs[np.argmax(hs)], hs.max()
-    angles = []
-    for side in (xs < crest, xs > crest):
-        sel = side & (hs > 0.25 * top) & (hs < 0.75 * top)
-        assert sel.sum() >= 4, "too few surface points on a flank"
-        angles.append(float(np.degrees(np.arctan(abs(np.polyfit(xs[sel], hs[sel], 1)[0])))))
-    return angles
-
-
 @pytest.mark.parametrize(("phi", "start"), [(20.0, 30.0), (32.0, 50.0)])
 def test_sand_heap_avalanches_to_its_angle_of_repose(phi, start):
     """Angle of repose: a cohesionless heap steeper than it fails by avalanches down its flanks
@@ -212,12 +186,13 @@ def test_sand_heap_avalanches_to_its_angle_of_repose(phi, start):
     side only (phi = 32 from 44: 36.9 / 46.4)."""
     scene = ps.Scene(dim=2, grid_res=64, substeps_per_step=10, boundary="rough", wall_friction=0.7)
     lo = scene.floor
-    scene.add_body(_Heap(0.5, lo, 0.25, start), ps.Sand(E=3.5e3, nu=0.3, friction_angle=phi, density=1.5))
+    scene.add_body(Triangle(0.5, lo, 0.25, start), ps.Sand(E=3.5e3, nu=0.3, friction_angle=phi, density=1.5))
     scene.build(max_steps=2000)
     scene.forward(np.zeros((int(round(1.5 / (scene.dt * scene.substeps_per_step))), 0)), requires_grad=False)
     x = scene.particle_positions()
     assert np.linalg.norm(scene.particle_velocities(), axis=1).mean() < 5e-3, "the heap is still moving"
-    angles = _flank_angles(x, lo, scene.dx, scene.spacing)
+    angles, _ = flank_angles(x, lo, scene.dx, scene.spacing)
+    assert None not in angles, "too few surface points on a flank"
     print(f"phi = {phi}: flanks at {np.round(angles, 1)} degrees")
     assert all(abs(a - phi) < 3.0 for a in angles), f"flanks at {angles} degrees, friction angle {phi}"
 
