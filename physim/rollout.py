@@ -42,7 +42,8 @@ class Gradients:
     """Gradients of the loss returned by :meth:`Scene.backward` (numpy, float64).
 
     Attributes:
-        actions: (steps, action_dim) d loss / d actions.
+        actions: (steps, action_dim) d loss / d actions (a batched scene's forward given
+            (steps, W, world_action_dim): that shape).
         initial: d loss / d initial state, by name (``"mpm.x"``, ``"tools.pos"``, ...).
         params: d loss / d every differentiable parameter, by name (``"mpm.E"`` with one
             entry per material, ``"tools.friction"`` per tool, ``"springs.stiffness"`` per
@@ -66,8 +67,8 @@ class Gradients:
 
         hit = first_bad(self.actions)
         if hit is not None:
-            (step, col), v = hit
-            raise GradientError(f"action gradient is NaN/inf: d loss / d action[{step}, {col}] is {v}")
+            idx, v = hit  # [step, column] (or [step, world, column])
+            raise GradientError(f"action gradient is NaN/inf: d loss / d action[{', '.join(map(str, idx))}] is {v}")
         for name, g in self.initial.items():
             hit = first_bad(g)
             if hit is not None:
@@ -126,6 +127,20 @@ class Rollout:
     # ------------------------------------------------------------------ actions
     def _check_actions(self, actions) -> np.ndarray:
         a = np.asarray(actions, dtype=np.float64)
+        W = getattr(self, "n_worlds", 1)
+        if W > 1 and a.ndim in (2, 3) and a.shape[-2:] == (W, self.world_action_dim):
+            # a row per world (steps, W, world_action_dim) -> the scene's columns (steps, action_dim)
+            a = a[None] if a.ndim == 2 else a
+            if not np.isfinite(a).all():
+                bad = np.argwhere(~np.isfinite(a))[0]
+                raise ValueError(f"actions contain NaN or inf (first at step {bad[0]}, world {bad[1]}, "
+                                 f"column {bad[2]})")
+            flat = np.zeros((a.shape[0], self.action_dim))
+            flat[:, self._world_columns.ravel()] = a.reshape(a.shape[0], -1)
+            a = flat
+        elif W > 1 and a.ndim == 3:
+            raise ValueError(f"actions of a scene of {W} worlds must have shape (steps, {W}, "
+                             f"{self.world_action_dim}), got {a.shape}")
         if a.ndim == 1 and a.shape[0] == self.action_dim:
             a = a[None]
         if a.ndim != 2 or a.shape[1] != self.action_dim:
@@ -247,7 +262,9 @@ class Rollout:
         """Simulate ``len(actions)`` steps from the current state.
 
         Args:
-            actions: (steps, action_dim) array; row t drives every substep of step t.
+            actions: (steps, action_dim) array; row t drives every substep of step t. A scene
+                of W worlds (``n_worlds``) also takes (steps, W, world_action_dim): world w's
+                row as a one-world scene's.
             requires_grad: keep what :meth:`backward` needs (checkpoints every K substeps).
             observe: state names (``"mpm.x"``, ...) to return at every step.
 
@@ -257,6 +274,7 @@ class Rollout:
         """
         self._check_built()
         a = self._check_actions(actions)
+        per_world = getattr(self, "n_worlds", 1) > 1 and np.ndim(actions) == 3
         series = None
         if observe is not None:
             names = list(observe)
@@ -281,7 +299,7 @@ class Rollout:
             final = self._export(self._slot) if checkpoints is not None else None
             self._generation = self.rollout_id + 1
             self._rollout = {"actions": a, "checkpoints": checkpoints, "final": final, "total": total,
-                             "id": self._generation}
+                             "id": self._generation, "per_world": per_world}
         if series is not None:
             return {n: np.stack(v) for n, v in series.items()}
         return None
@@ -421,6 +439,8 @@ class Rollout:
         for name, value in by_step.get(0, {}).items():
             initial[name] = initial[name] + value
         action_grad = self.partset.controls.action.grad.to_numpy()[:steps, : self.action_dim].astype(np.float64)
+        if r.get("per_world"):  # in the shape forward was given: (steps, W, world_action_dim)
+            action_grad = action_grad[:, self._world_columns]
         params = {f"{part.name}.{k}": p.grad() for part in self.parts for k, p in part.params.items()
                   if p.differentiable}
         grads = Gradients(actions=action_grad, initial=initial, params=params)

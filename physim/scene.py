@@ -127,6 +127,19 @@ class Scene(Rollout):
         floor: height of the floor (the lowest y any body may reach): MPM's bottom wall is
             ``BOUND`` cells up, the mass-spring part collides with the same height. ``None``:
             ``BOUND * dx``.
+        n_worlds: W copies of the scene ("worlds") simulated by the same kernel launches, each
+            with its own state, actions, material parameters and tool friction, and its own
+            gradients (see "Batched worlds" below). MPM bodies and tools only.
+
+    Batched worlds (``n_worlds=W > 1``): describe one world (``add_body``, ``add_tool``); the
+    build makes W copies. Every state array is world-major: ``"mpm.x"`` has ``W * n`` rows,
+    world ``w``'s are rows ``w * n ... (w + 1) * n - 1`` (``scene.per_world(state)`` reshapes
+    a state to ``(W, n, ...)``; ``set_initial_state`` and ``reset`` take either shape), tools
+    likewise. :meth:`forward` takes actions of shape ``(steps, W, world_action_dim)`` (a row per
+    world, as a one-world scene's), and :meth:`backward` returns the action gradient in that
+    shape; a loss summed over the worlds gives each world its own gradients. Material and tool
+    rows are world-major too (``world * n_materials_per_world + m``): ``set_material_param(m,
+    name, value, world=w)`` sets one world's, ``world=None`` every world's.
     """
 
     def __init__(
@@ -142,7 +155,10 @@ class Scene(Rollout):
         particle_spacing: float | None = None,
         checkpoint_ram_mb: float | None = DEFAULT_RAM_MB,
         specialize: bool = True,
+        n_worlds: int = 1,
     ):
+        if not (isinstance(n_worlds, (int, np.integer)) and not isinstance(n_worlds, bool) and n_worlds >= 1):
+            raise ValueError(f"n_worlds must be a positive integer, got {n_worlds!r}")
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim!r}")
         if not (isinstance(grid_res, int) and grid_res >= 8):
@@ -197,6 +213,8 @@ class Scene(Rollout):
         self.parts: list[Part] = []
         self.tape = Tape()
         self._rollout = None
+        self.n_worlds = int(n_worlds)
+        self._one_world = None  # a batched scene's one-world description (see _expand_worlds)
 
     @property
     def floor(self) -> float:
@@ -549,6 +567,7 @@ class Scene(Rollout):
                 # no tools: specialized kernels leave the contact code out (it costs even when skipped)
                 tool_contact=has_tools or not self.specialize,
                 external_force=coupled or self.smoke is not None,  # the smoke field's drag
+                worlds=self.n_worlds,
             )
         springs = coupler = None
         if self.spring_bodies:
@@ -598,8 +617,10 @@ class Scene(Rollout):
             shell=shell,
             dim=self.dim, K=_next_pow2(self.checkpoint_every, 16), max_steps=_next_pow2(max_steps, 8),
             action_capacity=_next_pow2(self.action_dim, 8),
-            tools=_next_pow2(len(self.tools), 1) if has_tools or (self._has_mpm and not self.specialize) else 0,
-            mpm=mpm, springs=springs, coupler=coupler, fem=fem)
+            # tools per world (the contact loops unroll over them)
+            tools=_next_pow2(len(self.tools) // self.n_worlds, 1)
+            if has_tools or (self._has_mpm and not self.specialize) else 0,
+            mpm=mpm, springs=springs, coupler=coupler, fem=fem, worlds=self.n_worlds)
 
     def build(self, max_steps: int = 100) -> Scene:
         """Compile (or reuse) the parts for this scene's layout and load the initial state.
@@ -613,6 +634,8 @@ class Scene(Rollout):
                              "add_fem(), add_shell(), add_smoke(), add_emitter())")
         if not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        if self.n_worlds > 1:
+            self._expand_worlds()
         cfg = backend.ensure_init()
         self.max_steps = max_steps
         if self.emitters:
@@ -630,13 +653,13 @@ class Scene(Rollout):
         self.parts = list(ps.parts)  # a copy: the scene's own parts (emitters) join it, not the pooled set
         self._np_real = cfg.np_real
         self._precision = cfg.precision
-        ps.tools.load(self.tools)
+        ps.tools.load(self.tools, self.n_worlds)
         if ps.mpm is not None:
             ps.mpm.load(MPMSpec(
                 n=self.n_particles, materials=self.materials, material=np.concatenate(self._mat),
                 act_group=np.concatenate(self._act), fiber=np.concatenate(self._fiber), spacing=self.spacing,
                 gravity=self.gravity, boundary=self.boundary, wall_friction=self.wall_friction,
-                precision=cfg.precision))
+                precision=cfg.precision, world=self._particle_world if self.n_worlds > 1 else None))
         if ps.springs is not None:
             from .parts.springs import SpringsSpec
 
@@ -690,6 +713,95 @@ class Scene(Rollout):
         self.reset()
         self._check_overlaps()
         return self
+
+    # ------------------------------------------------------------ batched worlds
+    def _expand_worlds(self) -> None:
+        """Make the W worlds of a batched scene from the one-world description: particles,
+        materials, actuator groups and tools repeated world-major (world w's material rows
+        ``w * M ...``, actuator groups ``w * A ...``, tools ``w * T ...``)."""
+        W = self.n_worlds
+        other = [what for what, has in (("mass-spring bodies", self.spring_bodies), ("FEM bodies", self.fem_bodies),
+                                        ("thin shells", self.shell_bodies), ("a smoke field", self.smoke is not None),
+                                        ("emitters", self.emitters)) if has]
+        if other:
+            raise ValueError(f"n_worlds={W}: batched worlds are built for MPM bodies and tools so far; this scene "
+                             f"also has {', '.join(other)} (build it with n_worlds=1)")
+        if not self.bodies:
+            raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body)")
+        if self._one_world is None:
+            self._one_world = dict(x=np.concatenate(self._x), v=np.concatenate(self._v), mat=np.concatenate(self._mat),
+                                   act=np.concatenate(self._act), fiber=np.concatenate(self._fiber),
+                                   materials=list(self.materials), tools=list(self.tools), n_act=self.n_actuators)
+        o = self._one_world
+        M, A, n = len(o["materials"]), o["n_act"], len(o["x"])
+        self._x = [o["x"]] * W
+        self._v = [o["v"]] * W
+        self._fiber = [o["fiber"]] * W
+        self._mat = [o["mat"] + w * M for w in range(W)]
+        self._act = [np.where(o["act"] >= 0, o["act"] + w * A, -1).astype(np.int32) for w in range(W)]
+        self._particle_world = np.repeat(np.arange(W, dtype=np.int32), n)
+        self.materials = o["materials"] * W
+        self.tools = o["tools"] * W
+        self.n_actuators = A * W
+
+    def _world_description(self, key: str):
+        return self._one_world[key] if self._one_world is not None else None
+
+    @property
+    def particles_per_world(self) -> int:
+        """MPM particles in one world (all of them in a one-world scene)."""
+        one = self._world_description("x")
+        return self.n_particles if one is None else len(one)
+
+    @property
+    def tools_per_world(self) -> int:
+        one = self._world_description("tools")
+        return len(self.tools) if one is None else len(one)
+
+    @property
+    def materials_per_world(self) -> int:
+        one = self._world_description("materials")
+        return len(self.materials) if one is None else len(one)
+
+    @property
+    def world_action_dim(self) -> int:
+        """Action columns of one world: its tools' (linear, angular) velocities, then its actuators
+        (``action_dim`` in a one-world scene)."""
+        if self._one_world is None:
+            return self.action_dim
+        return self.tools_per_world * self.tool_action_dim + self._one_world["n_act"]
+
+    @property
+    def _world_columns(self) -> np.ndarray:
+        """(W, world_action_dim): the scene's action column of each world's each column."""
+        W, T, c, A = self.n_worlds, self.tools_per_world, self.tool_action_dim, self._one_world["n_act"]
+        cols = np.zeros((W, T * c + A), np.int64)
+        for w in range(W):
+            cols[w, : T * c] = w * T * c + np.arange(T * c)
+            cols[w, T * c:] = W * T * c + w * A + np.arange(A)
+        return cols
+
+    def per_world(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A state (or gradient) by name, each entry reshaped to ``(W, rows per world, ...)``."""
+        W = self.n_worlds
+        out = {}
+        for name, value in state.items():
+            a = np.asarray(value)
+            if a.shape[0] % W:
+                raise ValueError(f"{name} has {a.shape[0]} rows, not a multiple of the {W} worlds")
+            out[name] = a.reshape(W, a.shape[0] // W, *a.shape[1:])
+        return out
+
+    def _world_rows(self, row: int, world: int | None, per_world: int, what: str) -> list[int]:
+        """Rows of one world's ``row`` (a material or tool of the one-world description) in world
+        ``world`` (``None``: every world's)."""
+        if not (isinstance(row, (int, np.integer)) and 0 <= row < per_world):
+            raise IndexError(f"{what} {row!r} is not one of the {per_world} {what}s of a world")
+        if world is None:
+            return [w * per_world + int(row) for w in range(self.n_worlds)]
+        if not (isinstance(world, (int, np.integer)) and 0 <= world < self.n_worlds):
+            raise IndexError(f"world must be in [0, {self.n_worlds}), got {world!r}")
+        return [int(world) * per_world + int(row)]
 
     def _choose_dt(self) -> float:
         limits = {part.name: part.stable_dt() for part in self.parts}
@@ -754,7 +866,7 @@ class Scene(Rollout):
             raise ValueError(f"tool {i} at {pos[i].tolist()} is outside the simulation domain [0, 1]^{self.dim} "
                              f"(its position is its centre)")
         x = self._initial["mpm.x"]
-        d = self.partset.tools.min_distance(x)
+        d = self.partset.tools.min_distance(x, self._particle_world if self.n_worlds > 1 else None)
         if d.min() < -self.dx:
             i = int(np.argmin(d))
             raise ValueError(
@@ -851,6 +963,8 @@ class Scene(Rollout):
                 raise KeyError(f"unknown state entry {name!r}; this scene has {sorted(self._initial)}")
             arr = np.asarray(value, dtype=np.float64)
             want = self._initial[name].shape
+            if self.n_worlds > 1 and arr.shape == (self.n_worlds, want[0] // self.n_worlds, *want[1:]):
+                arr = arr.reshape(want)  # (W, rows per world, ...): world-major rows
             if arr.shape != want or not np.isfinite(arr).all():
                 raise ValueError(f"initial {name} must be a finite array of shape {want}, got {arr.shape}")
             self._initial[name] = arr
@@ -877,7 +991,11 @@ class Scene(Rollout):
             if name not in init:
                 raise KeyError(f"unknown state entry {name!r}; this scene has {sorted(init)}")
             if value is not None:
-                init[name] = np.asarray(value, dtype=np.float64)
+                arr = np.asarray(value, dtype=np.float64)
+                want = init[name].shape
+                if self.n_worlds > 1 and arr.shape == (self.n_worlds, want[0] // self.n_worlds, *want[1:]):
+                    arr = arr.reshape(want)
+                init[name] = arr
         self.set_state(init)
         self.time = 0.0
 
@@ -979,11 +1097,19 @@ class Scene(Rollout):
         raise ValueError(f"{material!r} is not a material of this scene (materials are matched by identity: pass "
                          f"the object given to add_body, or its index)")
 
-    def set_material_param(self, material: int | Material, name: str, value: float) -> None:
+    def set_material_param(self, material: int | Material, name: str, value: float,
+                           world: int | None = None) -> None:
         """Shorthand for ``set_param("mpm." + name, value, row=material)`` (``material``: its
-        index or the object given to :meth:`add_body`)."""
+        index or the object given to :meth:`add_body`). In a batched scene ``material`` is one
+        world's material and ``world`` picks the world (``None``: every world)."""
         m = self._material_row(material)
         self._check_built()
+        if self.n_worlds > 1:
+            rows = self._world_rows(m, world, self.materials_per_world, "material")
+        elif world not in (None, 0):
+            raise IndexError(f"world must be 0 or None in a one-world scene, got {world!r}")
+        else:
+            rows = [m]
         if name not in self.partset.mpm.params:
             raise KeyError(f"unknown material parameter {name!r}; known: {list(self.partset.mpm.params)}")
         try:
@@ -994,13 +1120,23 @@ class Scene(Rollout):
             if name in ("E", "density"):
                 raise ValueError(f"material parameter {name} must be positive and finite: {e}") from e
             raise
-        self.set_param("mpm." + name, value, row=m)
+        for row in rows:
+            self.set_param("mpm." + name, value, row=row)
 
-    def get_material_param(self, material: int | Material, name: str) -> float:
-        return self.get_param("mpm." + name, row=self._material_row(material))
+    def get_material_param(self, material: int | Material, name: str, world: int = 0) -> float:
+        m = self._material_row(material)
+        if self.n_worlds > 1:
+            m = self._world_rows(m, world, self.materials_per_world, "material")[0]
+        return self.get_param("mpm." + name, row=m)
 
-    def set_tool_friction(self, index: int, value: float) -> None:
-        """Shorthand for ``set_param("tools.friction", value, row=index)``."""
+    def set_tool_friction(self, index: int, value: float, world: int | None = None) -> None:
+        """Shorthand for ``set_param("tools.friction", value, row=index)``; in a batched scene
+        ``index`` is one world's tool and ``world`` picks the world (``None``: every world)."""
+        if self.n_worlds > 1:
+            self._check_built()
+            for row in self._world_rows(index, world, self.tools_per_world, "tool"):
+                self.set_param("tools.friction", value, row=row)
+            return
         self.set_param("tools.friction", value, row=index)
 
     def set_checkpoint_every(self, k: int) -> None:

@@ -31,6 +31,7 @@ class SceneLayout:
         coupler: the coupler's layout, or None.
         fem: the FEM part's layout, or None.
         shell: the thin-shell part's layout, or None.
+        worlds: copies of the scene the parts simulate together (``Scene(n_worlds=...)``).
     """
 
     dim: int
@@ -43,6 +44,7 @@ class SceneLayout:
     coupler: object = None
     fem: object = None
     shell: object = None
+    worlds: int = 1
 
 
 class PartSet:
@@ -53,7 +55,7 @@ class PartSet:
 
         self.layout = layout
         self.controls = Controls(layout.max_steps, layout.action_capacity, real)
-        self.tools = ToolsPart(layout.dim, layout.tools, layout.K, real, self.controls)
+        self.tools = ToolsPart(layout.dim, layout.tools, layout.K, real, self.controls, layout.worlds)
         self.mpm = self.springs = self.coupler = self.fem = self.shell = None
         if layout.mpm is not None:
             from ..solvers.mpm import MPMEngine

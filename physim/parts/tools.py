@@ -29,14 +29,18 @@ class ToolsPart(Part):
 
     name = "tools"
 
-    def __init__(self, dim: int, capacity: int, K: int, real, controls):
+    def __init__(self, dim: int, capacity: int, K: int, real, controls, worlds: int = 1):
         super().__init__(K, real)
         self.dim = dim
-        self.capacity = capacity
+        self.capacity = capacity  # tools per world (compiled: the contact loops unroll over it)
+        self.worlds = worlds
         self.controls = controls
         self.rot_dim = 1 if dim == 2 else 3
         self.columns = dim + self.rot_dim  # action columns per tool
-        E = max(capacity, 1)
+        # batched layouts (Scene(n_worlds=W)): world w's tools are rows w * per_world ...; each
+        # tool's action columns follow its row, so they are world-major too
+        E = max(capacity, 1) * worlds
+        self.per_world = ti.field(ti.i32, shape=())
         self.pos = self.slot_field("pos", (dim,), E)
         self.rot = self.slot_field("rot", (4,), E)
         self.shape = ti.field(ti.i32, shape=E)
@@ -49,9 +53,14 @@ class ToolsPart(Part):
     def n(self) -> int:
         return int(self.rows[None])
 
-    def load(self, spec) -> None:
-        """``spec``: the scene's list of :class:`physim.Tool`."""
+    def load(self, spec, worlds: int = 1) -> None:
+        """``spec``: the scene's list of :class:`physim.Tool` (all worlds', world-major: ``worlds``
+        copies of one world's list)."""
         tools = spec
+        if len(tools) % worlds or (worlds > 1 and worlds != self.worlds):
+            raise ValueError(f"{len(tools)} tools do not split into {worlds} worlds of this layout "
+                             f"({self.worlds} worlds)")
+        self.per_world[None] = len(tools) // worlds
         E = self.shape.shape[0]
         shapes, sizes = np.zeros(E, np.int32), np.zeros((E, 3))
         fric, soft = np.zeros(E), np.zeros(E)
@@ -90,9 +99,23 @@ class ToolsPart(Part):
     @ti.func
     def contact_except(self, l, t, x, v, skip):
         """:meth:`contact` with every tool but tool ``skip`` (-1: none; FEM skips a body's mount)."""
+        return self._contact(l, t, x, v, skip, 0)
+
+    @ti.func
+    def contact_world(self, l, t, x, v, world):
+        """:meth:`contact` with the tools of world ``world`` only (batched layouts; 0 otherwise)."""
+        return self._contact(l, t, x, v, -1, world)
+
+    @ti.func
+    def _contact(self, l, t, x, v, skip, world):
         out = v
-        for e in ti.static(range(self.capacity)):
-            if e < self.rows[None] and e != skip:
+        for j in ti.static(range(self.capacity)):
+            e = j
+            inside = j < self.rows[None]
+            if ti.static(self.worlds > 1):
+                e = world * self.per_world[None] + j
+                inside = j < self.per_world[None]
+            if inside and e != skip:
                 c = self.pos[l, e]
                 R = rotation_matrix(self.rot[l, e], self.dim)
                 r = x - c
@@ -109,27 +132,39 @@ class ToolsPart(Part):
     @ti.func
     def signed_distance(self, l, x):
         """Smallest signed distance from ``x`` to any tool (slot ``l``); 1 when there are none."""
+        return self.signed_distance_world(l, x, 0)
+
+    @ti.func
+    def signed_distance_world(self, l, x, world):
+        """:meth:`signed_distance` to the tools of world ``world`` (batched layouts; 0 otherwise)."""
         best = x[0] * 0.0 + 1.0
-        for e in ti.static(range(self.capacity)):
-            if e < self.rows[None]:
+        for j in ti.static(range(self.capacity)):
+            e = j
+            inside = j < self.rows[None]
+            if ti.static(self.worlds > 1):
+                e = world * self.per_world[None] + j
+                inside = j < self.per_world[None]
+            if inside:
                 R = rotation_matrix(self.rot[l, e], self.dim)
                 phi, _n = tool_sdf(self.shape[e], self.size[e], R.transpose() @ (x - self.pos[l, e]), self.dim)
                 best = ti.min(best, phi)
         return best
 
     @ti.kernel
-    def _min_distance(self, pts: ti.types.ndarray(), out: ti.types.ndarray()):
+    def _min_distance(self, pts: ti.types.ndarray(), world: ti.types.ndarray(), out: ti.types.ndarray()):
         for i in range(pts.shape[0]):
             x = ti.Vector.zero(self.real, self.dim)
             for d in ti.static(range(self.dim)):
                 x[d] = pts[i, d]
-            out[i] = self.signed_distance(0, x)
+            out[i] = self.signed_distance_world(0, x, world[i])
 
-    def min_distance(self, points: np.ndarray) -> np.ndarray:
-        """Signed distance from each point to the nearest tool at slot 0 (the current poses)."""
+    def min_distance(self, points: np.ndarray, world: np.ndarray | None = None) -> np.ndarray:
+        """Signed distance from each point to the nearest tool at slot 0 (the current poses); in a
+        batched layout, to the nearest tool of the point's world (``world``: one per point)."""
         pts = np.ascontiguousarray(points, dtype=self.np_real)
+        w = np.zeros(len(pts), np.int32) if world is None else np.ascontiguousarray(world, dtype=np.int32)
         out = np.zeros(len(pts), self.np_real)
-        self._min_distance(pts, out)
+        self._min_distance(pts, w, out)
         return out.astype(np.float64)
 
     @ti.kernel

@@ -157,6 +157,10 @@ class MPMLayout:
         has_actuators: compile the active (muscle) stress.
         tool_contact: compile contact with the tools part.
         external_force: compile the ``f_ext`` input written by the coupler.
+        worlds: copies of the scene simulated by the same launches (``Scene(n_worlds=...)``):
+            the grid holds one ``res``-cell tile per world along axis 0, each particle scatters
+            into its world's tile (``p_world``) and each node meets only its world's tools and
+            walls. 1 compiles none of it.
     """
 
     dim: int
@@ -167,6 +171,7 @@ class MPMLayout:
     has_actuators: bool
     tool_contact: bool
     external_force: bool
+    worlds: int = 1
 
 
 @dataclass
@@ -183,6 +188,7 @@ class MPMSpec:
     boundary: str
     wall_friction: float
     precision: str
+    world: np.ndarray | None = None  # (n,) world of each particle (batched layouts)
 
 
 @ti.data_oriented
@@ -195,6 +201,7 @@ class MPMEngine(Part):
         super().__init__(K, real)
         self.layout = layout
         self.dim, self.res, self.capacity = layout.dim, layout.res, layout.capacity
+        self.worlds = layout.worlds
         self.n_mat, self.models, self.has_actuators = layout.n_mat, layout.models, layout.has_actuators
         self.tools, self.controls = tools, controls
         self.svd_gap_eps = SVD_GAP_EPS["f64" if real == ti.f64 else "f32"]
@@ -226,7 +233,8 @@ class MPMEngine(Part):
         self.affine = self.scratch_field((dim, dim), N)
         # external force on each particle (N), written by the coupler before this substep
         self.f_ext = self.scratch_field((dim,), N) if layout.external_force else None
-        gshape = (self.res,) * dim
+        # one res^dim tile per world, side by side along axis 0 (see MPMLayout.worlds)
+        gshape = (self.worlds * self.res,) + (self.res,) * (dim - 1)
         self.grid_mv = self.scratch_field((dim,), gshape)
         self.grid_m = self.scratch_field((), gshape)
         self.grid_v = self.scratch_field((dim,), gshape)
@@ -250,6 +258,8 @@ class MPMEngine(Part):
         self.p_mass = ti.field(real, shape=N)
         self.act_group = ti.field(ti.i32, shape=N)
         self.fiber = ti.Vector.field(dim, real, shape=N)
+        # the world of each particle (batched layouts only)
+        self.p_world = ti.field(ti.i32, shape=N) if self.worlds > 1 else None
 
         # materials: one row per material, columns PARAM_COLUMNS
         self.mat_model = ti.field(ti.i32, shape=self.n_mat)
@@ -330,7 +340,7 @@ class MPMEngine(Part):
         # none), per body the sums over its nodes (all their mass, other materials' included) of
         # m, m x, m v, m x x^T, m x cross v of the updated velocities, and the rigid motion (c, V,
         # w) those give, which the grid update then sets on the body's nodes (see _rigid_grid_motion)
-        self.grid_body = ti.field(ti.i32, shape=(self.res,) * dim)
+        self.grid_body = ti.field(ti.i32, shape=(self.worlds * self.res,) + (self.res,) * (dim - 1))
         self.body_gm = self.scratch_field((), B)
         self.body_gmx = self.scratch_field((dim,), B)
         self.body_gmv = self.scratch_field((dim,), B)
@@ -374,6 +384,12 @@ class MPMEngine(Part):
         fib = np.zeros((cap, dim), self.np_real)
         fib[:n] = spec.fiber
         self.fiber.from_numpy(fib)
+        if self.worlds > 1:
+            if spec.world is None or len(spec.world) != n:
+                raise ValueError("a batched MPM layout needs the world of every particle")
+            wid = np.zeros(cap, np.int32)
+            wid[:n] = spec.world
+            self.p_world.from_numpy(wid)
         models = np.zeros(self.n_mat, np.int32)
         params = np.zeros((self.n_mat, len(PARAM_COLUMNS)), self.np_real)
         for i, m in enumerate(spec.materials):
@@ -805,6 +821,8 @@ class MPMEngine(Part):
         # health check reports it) -- integer min/max trips Taichi's CUDA adjoints
         base = ti.cast(ti.min(ti.max(xp, 0.5), self.res - 2.0) - 0.5, ti.i32)
         fx = xp - ti.cast(base, self.real)
+        if ti.static(self.worlds > 1):  # the particle's world's tile of the grid (axis 0)
+            base[0] += self.p_world[p] * self.res
         # products, not ** 2: the adjoint of pow() has a log(base) term that is NaN for negative bases
         w = [0.5 * (1.5 - fx) * (1.5 - fx), 0.75 - (fx - 1.0) * (fx - 1.0), 0.5 * (fx - 0.5) * (fx - 0.5)]
         return base, fx, w
@@ -864,9 +882,11 @@ class MPMEngine(Part):
         # empty keeps the adjoint of v = mv / m (which has 1 / m^2) from overflowing in f32
         if m > self.min_node_mass[None]:
             v = self.grid_mv[I] / m + self.dt[None] * self.gravity[None]
-            xg = ti.cast(I, self.real) * self.dx
+            # J: the node's index in its world's tile (I itself in an unbatched layout)
+            J, world = self._local_node(I)
+            xg = ti.cast(J, self.real) * self.dx
             if ti.static(self.layout.tool_contact):
-                v = self.tools.contact(l, t, xg, v)
+                v = self.tools.contact_world(l, t, xg, v, world)
             kind = self.boundary[None]
             # "rough" walls also hold the nodes on the wall's surface (row BOUND): with only the
             # band behind it, material resting on a friction wall felt 3 % of its grip (its lowest
@@ -877,7 +897,7 @@ class MPMEngine(Part):
             if ti.static(self.has("rigid")):
                 edge = ti.select(self.grid_body[I] > 0, 0, edge)
             for d in ti.static(range(self.dim)):
-                into_wall = (I[d] < BOUND + edge and v[d] < 0) or (I[d] > self.res - BOUND - edge and v[d] > 0)
+                into_wall = (J[d] < BOUND + edge and v[d] < 0) or (J[d] > self.res - BOUND - edge and v[d] > 0)
                 if into_wall:
                     if kind == BOUNDARY_IDS["sticky"]:
                         v = v * 0.0
@@ -895,6 +915,17 @@ class MPMEngine(Part):
                 if ti.static(self.has("rigid")):
                     v = self._rigid_node_velocity(I, xg, v)
                 self.grid_v[I] = v
+
+    @ti.func
+    def _local_node(self, I):
+        """Grid node ``I``'s index within its world's tile and that world (batched layouts tile
+        the worlds along axis 0; unbatched: ``I`` and 0)."""
+        J = I
+        world = 0
+        if ti.static(self.worlds > 1):
+            world = I[0] // self.res
+            J[0] = I[0] - world * self.res
+        return J, world
 
     @ti.kernel
     def g2p(self, l: ti.i32):
