@@ -13,6 +13,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from .base import PhysimEnv
+from .vector import vector_entry_point
 
 __all__ = ["PhysimEnv", "ENVS", "describe"]
 
@@ -77,4 +78,4 @@ def describe() -> list[tuple[str, str]]:
 # so replays agree to round-off (~1e-15 relative in f64), not bit for bit
 for _id, (_entry, _doc) in ENVS.items():
     if _id not in gym.registry:
-        gym.register(id=_id, entry_point=_entry, nondeterministic=True)
+        gym.register(id=_id, entry_point=_entry, vector_entry_point=vector_entry_point(_entry), nondeterministic=True)

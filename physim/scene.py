@@ -22,6 +22,8 @@ parameters are named the same way (``"mpm.E"``, ``"tools.friction"``,
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import weakref
 from dataclasses import dataclass
@@ -39,12 +41,31 @@ from .solvers.mpm import BOUND, BOUNDARY_IDS, WAVE_CFL_LIMIT, MPMLayout, MPMSpec
 from .tape import Tape
 from .tools import Tool
 
-__all__ = ["Scene", "Gradients", "SimulationError", "GradientError"]
+__all__ = ["Scene", "Gradients", "SimulationError", "GradientError", "UnbatchableScene", "batched_worlds"]
 
 #: default dt uses this fraction of the MPM wave-speed limit (0.4 dx / c)
 WAVE_CFL_DEFAULT = 0.4
 #: the default dt never exceeds this (s)
 MAX_DEFAULT_DT = 1e-3
+
+
+#: n_worlds of a Scene constructed without one (see :func:`batched_worlds`)
+_DEFAULT_WORLDS: contextvars.ContextVar[int] = contextvars.ContextVar("physim_n_worlds", default=1)
+
+
+class UnbatchableScene(ValueError):
+    """A scene with ``n_worlds > 1`` holds a part that batched worlds do not support yet."""
+
+
+@contextlib.contextmanager
+def batched_worlds(n_worlds: int):
+    """Scenes constructed inside ``with batched_worlds(W):`` without an explicit ``n_worlds``
+    get ``n_worlds=W`` (how a task's own scene builder is reused for a batched vector env)."""
+    token = _DEFAULT_WORLDS.set(n_worlds)
+    try:
+        yield
+    finally:
+        _DEFAULT_WORLDS.reset(token)
 
 
 def floor_height(grid_res: int) -> float:
@@ -129,7 +150,8 @@ class Scene(Rollout):
             ``BOUND * dx``.
         n_worlds: W copies of the scene ("worlds") simulated by the same kernel launches, each
             with its own state, actions, material parameters and tool friction, and its own
-            gradients (see "Batched worlds" below). MPM bodies and tools only.
+            gradients (see "Batched worlds" below). MPM bodies and tools only. ``None``: 1, or
+            the ``W`` of an enclosing ``with physim.scene.batched_worlds(W):``.
 
     Batched worlds (``n_worlds=W > 1``): describe one world (``add_body``, ``add_tool``); the
     build makes W copies. Every state array is world-major: ``"mpm.x"`` has ``W * n`` rows,
@@ -155,8 +177,10 @@ class Scene(Rollout):
         particle_spacing: float | None = None,
         checkpoint_ram_mb: float | None = DEFAULT_RAM_MB,
         specialize: bool = True,
-        n_worlds: int = 1,
+        n_worlds: int | None = None,
     ):
+        if n_worlds is None:
+            n_worlds = _DEFAULT_WORLDS.get()
         if not (isinstance(n_worlds, (int, np.integer)) and not isinstance(n_worlds, bool) and n_worlds >= 1):
             raise ValueError(f"n_worlds must be a positive integer, got {n_worlds!r}")
         if dim not in (2, 3):
@@ -724,8 +748,8 @@ class Scene(Rollout):
                                         ("thin shells", self.shell_bodies), ("a smoke field", self.smoke is not None),
                                         ("emitters", self.emitters)) if has]
         if other:
-            raise ValueError(f"n_worlds={W}: batched worlds are built for MPM bodies and tools so far; this scene "
-                             f"also has {', '.join(other)} (build it with n_worlds=1)")
+            raise UnbatchableScene(f"n_worlds={W}: batched worlds are built for MPM bodies and tools so far; this "
+                                   f"scene also has {', '.join(other)} (build it with n_worlds=1)")
         if not self.bodies:
             raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body)")
         if self._one_world is None:
