@@ -132,7 +132,8 @@ def _cmd_list(args) -> int:
 def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: int = 0, out: str | None = None,
              horizon: int | None = None, lr: float | None = None, video: bool = True, progress: bool = True,
              env=None, scale: str | None = None, env_kwargs: dict | None = None, workers: int | None = None,
-             ray_address: str | None = None, backend: str = "auto", ray_init_kwargs: dict | None = None) -> dict:
+             ray_address: str | None = None, backend: str = "auto", ray_init_kwargs: dict | None = None,
+             worlds: int | None = None) -> dict:
     """Optimize an environment's action sequence (or a policy) and write the results.
 
     Writes to ``out`` (default ``out/<Task>-v0``): ``result.json`` (env, method, iters, losses,
@@ -152,6 +153,10 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     Ray on this machine), else worker processes (``backend="processes"`` forces them). The same
     seed gives the same result as ``workers=None`` (one process), to round-off.
 
+    ``worlds`` (>= 2; population methods, not with ``workers``): evaluate up to that many
+    candidates at once in the worlds of one batched scene (:class:`physim.optim.batched.BatchedPool`;
+    tasks whose scenes batch: MPM bodies and tools). Same result as one process, to round-off.
+
     ``env``: an env already made for ``env_id`` (``gym.make(env_id, render_mode="rgb_array",
     horizon=horizon)``) to reuse instead of making one; it is reset with ``seed`` and left open
     (:mod:`physim.sweep` keeps one per task in every worker so compiled kernels stay warm).
@@ -168,6 +173,14 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     check_workers(method, workers, ray_address)
+    if worlds is not None:
+        if isinstance(worlds, bool) or not isinstance(worlds, (int, np.integer)) or worlds < 1:
+            raise ValueError(f"worlds must be an integer >= 1, got {worlds!r}")
+        if method not in POPULATION_METHODS and worlds > 1:
+            raise ValueError(f"worlds={worlds} applies to the population methods {', '.join(POPULATION_METHODS)}, "
+                             f"not {method!r}")
+        if workers is not None and workers > 1:
+            raise ValueError("worlds and workers are two ways to evaluate a generation; pass one of them")
     kwargs = check_env_kwargs(env_id, scale, env_kwargs, horizon)
     out_dir = Path(out or Path("out") / env_id.split("/")[-1])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +199,10 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
 
         pool = Pool(EnvFactory.from_env(env, seed), workers=int(workers), backend=backend, ray_address=ray_address,
                     ray_init_kwargs=ray_init_kwargs)
+    elif worlds is not None and worlds > 1:
+        from physim.optim.batched import BatchedPool
+
+        pool = BatchedPool(task, worlds=int(worlds))
     t0 = time.perf_counter()
     opts = {"seed": seed, "progress": progress}
     if lr is not None and method in ("adam", "policy"):
@@ -228,7 +245,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
         "settings": _jsonable(getattr(task, "settings", {})),
         "lr": _jsonable(method_opts.get("lr", "default")) if defaults else None,  # the step Adam took
         "workers": 1 if pool is None else pool.workers,
-        "pool": None if pool is None else {"backend": pool.backend, "ray_address": ray_address,
+        "pool": None if pool is None else {"backend": pool.backend, "ray_address": ray_address, "worlds": worlds,
                                            "start_seconds": round(pool.start_seconds or 0.0, 2)},
     }
     np.save(out_dir / "actions.npy", actions)
@@ -301,9 +318,10 @@ def _cmd_optimize(args) -> int:
         physim.init(arch=args.arch, fast_compile=not args.full_compile)
     rec = optimize(env_id, method=args.method, iters=smoke.shrink(args.iters, smoke.ITERS), seed=args.seed,
                    out=args.out, horizon=horizon, lr=args.lr, video=not args.no_video, scale=args.scale,
-                   env_kwargs=env_kwargs, workers=args.workers, ray_address=args.ray_address, backend=backend)
+                   env_kwargs=env_kwargs, workers=args.workers, ray_address=args.ray_address, backend=backend,
+                   worlds=args.worlds)
     out = args.out or str(Path("out") / rec["env"].split("/")[-1])
-    kind = {"ray": "Ray actors", "processes": "worker processes"}
+    kind = {"ray": "Ray actors", "processes": "worker processes", "batched": "worlds of one batched scene"}
     where = "" if rec["pool"] is None else f" on {rec['workers']} {kind[rec['pool']['backend']]}"
     print(f"{rec['env']} [{rec['method']}]: loss {rec['initial_loss']:.5g} -> {rec['final_loss']:.5g} "
           f"in {rec['iters']} iterations, {rec['wall_seconds']:.1f} s{where}; results in {out}/")
@@ -457,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-address", default=None,
                    help="with --workers: join this Ray cluster (e.g. auto, ray://head:10001); default a local Ray")
     p.add_argument("--no-ray", action="store_true", help="with --workers: processes even when Ray is installed")
+    p.add_argument("--worlds", type=_positive_int, default=None,
+                   help="cma, hybrid, random: evaluate up to N candidates at once in the worlds of one batched scene "
+                        "(tasks of MPM bodies and tools)")
     t = sub.add_parser("train", help='RL baseline: Stable-Baselines3 PPO or SAC (pip install "physim[rl]")')
     t.add_argument("env", help="environment id, e.g. physim/Walker2D-v0 (or just Walker2D)")
     t.add_argument("--algo", choices=("ppo", "sac"), default="ppo")

@@ -113,3 +113,45 @@ def test_vector_entry_point_refusals_and_fallback():
         assert obs.shape == (2,) + envs.single_observation_space.shape and np.isfinite(obs).all()
     finally:
         envs.close()
+
+
+def test_batched_pool_gives_cmaes_the_one_process_losses():
+    """CMA-ES with each generation in one batched rollout (BatchedPool): the same losses, the same
+    search and result as CMA-ES evaluating candidate after candidate in this process."""
+    from physim.optim import cmaes
+    from physim.optim.batched import BatchedPool
+
+    env = gym.make("physim/Walker2D-v0", horizon=H).unwrapped
+    env.reset(seed=4)
+    rng = np.random.default_rng(1)
+    cands = [rng.uniform(-1, 1, (H, env.action_dim)) for _ in range(B + 2)]  # two batches, the second padded
+    cands.append(cands[0][:2])  # a shorter candidate: a batch of its own length
+    one = [env.loss(a) for a in cands]
+    with BatchedPool(env, worlds=B) as pool:
+        np.testing.assert_allclose(pool.losses(cands), one, rtol=1e-9)
+        assert pool.sim_steps == H * (B + 2) + 2
+        a = cmaes(env, iters=2, popsize=B, seed=3, progress=False)
+        b = cmaes(env, iters=2, popsize=B, seed=3, progress=False, pool=pool)
+    assert b.loss == pytest.approx(a.loss, rel=1e-9)
+    np.testing.assert_allclose(b.actions, a.actions, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="worlds must be an integer >= 1"):
+        BatchedPool(env, worlds=0)
+    with pytest.raises(TypeError, match="needs a physim task"):
+        BatchedPool(object())
+    with pytest.raises(ValueError, match=r"outside the bounds"):
+        BatchedPool(env, worlds=B).losses([np.full((H, env.action_dim), 2.0)])
+
+
+def test_optimize_with_worlds_matches_one_process(tmp_path):
+    """``physim optimize ... --worlds N``: the generations in batched rollouts, the same result."""
+    from physim.cli import optimize
+
+    kw = dict(method="random", iters=1, horizon=H, video=False, progress=False)
+    one = optimize("physim/Walker2D-v0", out=str(tmp_path / "one"), **kw)
+    batched = optimize("physim/Walker2D-v0", out=str(tmp_path / "batched"), worlds=B, **kw)
+    assert batched["pool"]["backend"] == "batched" and batched["pool"]["worlds"] == B
+    assert batched["final_loss"] == pytest.approx(one["final_loss"], rel=1e-9)
+    with pytest.raises(ValueError, match="population methods"):
+        optimize("physim/Walker2D-v0", method="adam", iters=1, horizon=H, worlds=B, out=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="pass one of them"):
+        optimize("physim/Walker2D-v0", method="cma", iters=1, horizon=H, worlds=B, workers=2, out=str(tmp_path / "y"))
