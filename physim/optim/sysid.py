@@ -110,7 +110,8 @@ class _ParamProblem:
         vals = self.values(u)
         scene = self.scene
         for (name, row), value in zip(self.keys, vals, strict=True):
-            scene.set_param(name, value, row=row)
+            for r in _rows(scene, name, row):
+                scene.set_param(name, value, row=r)
         scene.reset()
         value, g, _ = rollout_loss(scene, self.actions, self.loss_fn, self.observe, grad,
                                    f"the identification loss at {self._labels} = {vals}")
@@ -119,7 +120,9 @@ class _ParamProblem:
         if not grad:
             return value, None
         # d loss / d log(value) = d loss / d value * value
-        du = np.array([g.params[name][row] * value for (name, row), value in zip(self.keys, vals, strict=True)])
+        # (a batched scene's trials share the parameter: the sum over its worlds' rows)
+        du = np.array([sum(g.params[name][r] for r in _rows(scene, name, row)) * value
+                       for (name, row), value in zip(self.keys, vals, strict=True)])
         return value, du[None, :]
 
     @property
@@ -133,6 +136,16 @@ class _ParamProblem:
         return self.evaluate(actions, grad=True)
 
 
+def _rows(scene, name: str, row: int) -> list[int]:
+    """The rows of parameter ``name`` that one world's ``row`` stands for: itself, or in a batched
+    scene (``n_worlds`` trials of one physical system) that row in every world."""
+    W = getattr(scene, "n_worlds", 1)
+    if W == 1:
+        return [row]
+    per = scene.materials_per_world if name.startswith("mpm.") else scene.tools_per_world
+    return [w * per + row for w in range(W)]
+
+
 def _parse(scene, key: str) -> tuple[str, int]:
     m = _NAME.match(key)
     if m is None or m["name"] not in scene.param_names:
@@ -143,8 +156,9 @@ def _parse(scene, key: str) -> tuple[str, int]:
     info = next(d for d in scene.describe_params() if d["name"] == name)
     if not info["differentiable"]:
         raise ValueError(f"parameter {name!r} is not differentiable; it cannot be identified by gradients")
-    if not 0 <= row < info["rows"]:
-        raise ValueError(f"{key!r}: {name} has {info['rows']} rows")
+    rows = info["rows"] // getattr(scene, "n_worlds", 1)  # a batched scene: the rows of one world
+    if not 0 <= row < rows:
+        raise ValueError(f"{key!r}: {name} has {rows} rows" + (" per world" if rows != info["rows"] else ""))
     if name.startswith("mpm."):
         short = name[4:]
         mat = scene.materials[row]
@@ -182,8 +196,12 @@ def identify(
     the identified values set and reset to its initial state.
 
     Args:
-        scene: the built scene of the observed rollout (same bodies, same initial state).
-        actions: (steps, scene.action_dim) actions of the rollout.
+        scene: the built scene of the observed rollout (same bodies, same initial state). A
+            batched scene (``n_worlds=W``) holds W trials of the same system (each world its
+            own initial state and actions): the parameters are shared by the worlds (set in
+            every world, their gradients summed), the loss reads the state of all of them.
+        actions: (steps, scene.action_dim) actions of the rollout (a batched scene: also
+            (steps, W, scene.world_action_dim)).
         guess: starting values by parameter name (``{"mpm.E": 4e3}``, ``{"springs.stiffness[2]": 50}``),
             positive, in user units.
         loss: ``loss(state) -> scalar tensor`` of the final state by name (torch float64), or
@@ -244,7 +262,8 @@ def identify(
              progress=progress, callback=callback)
     best = dict(zip(prob._labels, prob.values(r.actions[0]), strict=True))
     for (name, row), value in zip(keys, best.values(), strict=True):
-        scene.set_param(name, value, row=row)
+        for world_row in _rows(scene, name, row):
+            scene.set_param(name, value, row=world_row)
     scene.reset()
     return SysIdResult(
         params=best, loss=r.loss, losses=r.losses, history=prob.history[: len(r.losses)],
