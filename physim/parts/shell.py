@@ -8,8 +8,9 @@ vertex positions in m and velocities in m/s), ``shell.rest_angle`` (h,) the rest
 every hinge (rad; it moves when a crease yields) and ``shell.plastic`` (h,) the accumulated plastic
 angle of every hinge (rad, for hardening); with FEM pads in the scene also ``shell.f_pad`` ((fem nodes, 3),
 N) the sheets' relaxed contact force on the pads' nodes, applied by the FEM part in the next substep
-(:mod:`physim.parts.shell_contact`). Parameters, one row per body: ``shell.E`` (Pa),
-``shell.nu``, ``shell.thickness`` (m, not differentiable), ``shell.density`` (kg/m^3),
+(:mod:`physim.parts.shell_contact`; two-way coupling, the default: :meth:`ShellPart.set_pad_reaction`
+switches it off, leaving the gel a one-way obstacle that never feels the sheets). Parameters, one row
+per body: ``shell.E`` (Pa), ``shell.nu``, ``shell.thickness`` (m, not differentiable), ``shell.density`` (kg/m^3),
 ``shell.bending`` (the bending stiffness D, N m), ``shell.yield_angle`` (deg), ``shell.hardening``,
 ``shell.damping`` (1/s), ``shell.contact_stiffness`` (Pa/m) and ``shell.wall_friction``; the tools'
 Coulomb coefficients are ``tools.friction``.
@@ -247,6 +248,8 @@ class ShellPart(Part):
         if layout.fem_nodes:
             self.f_pad = self.slot_field("f_pad", (3,), layout.fem_nodes, group="pad_nodes")
             self.n_pad_nodes = self.group_rows("pad_nodes")
+        #: whether the sheets' reaction acts on the FEM pads (:meth:`set_pad_reaction`)
+        self.pad_reaction = True
         # constants
         self.tri = ti.Vector.field(3, ti.i32, shape=T)
         self.Dminv = ti.Matrix.field(2, 2, real, shape=T)
@@ -495,6 +498,23 @@ class ShellPart(Part):
         if self.contact is None or self.f_pad is None:
             raise ValueError("this shell layout was compiled without FEM pads (fem_nodes=0): no reaction to relax")
         self.contact.relaxation = w
+
+    def set_pad_reaction(self, enabled: bool) -> None:
+        """Two-way (``True``, the default) or one-way (``False``) shell <-> FEM pad coupling. One-way: the gel's
+        surface stays the sheets' obstacle (with its gradients to ``fem.x`` and the mount), but ``shell.f_pad``
+        is held at 0 from the next substep on, so the gel never feels the sheets (no reaction, no indentation
+        by them, nothing of it in ``fem.f_contact``) and no gradient flows through a reaction. Nothing is
+        compiled anew; the switch acts from the next forward pass (roll out again before differentiating)."""
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise TypeError(f"pad reaction must be True (two-way) or False (one-way), got {enabled!r}")
+        if self.contact is None or self.f_pad is None:
+            raise ValueError("this shell layout was compiled without FEM pads (fem_nodes=0): no reaction to switch")
+        self.pad_reaction = bool(enabled)
+
+    @property
+    def _reacting(self) -> bool:
+        """Whether the sheets' reaction on the pads is computed (pads attached, contact on, two-way)."""
+        return self.pad_reaction and self.contact_on and self.contact.fem is not None
 
     @property
     def contact_on(self) -> bool:
@@ -1080,8 +1100,8 @@ class ShellPart(Part):
 
     def _write_pad_reaction(self, l: int) -> None:
         """shell.f_pad[l + 1] = the sheets' contact force on the pad nodes at the converged x_{n+1} (0 without
-        contact)."""
-        if self.contact_on and self.contact.fem is not None:
+        contact, or one-way: :meth:`set_pad_reaction`)."""
+        if self._reacting:
             self.contact.write_reaction(l)
         else:
             self._zero_pad_reaction(l)
@@ -1413,7 +1433,7 @@ class ShellPart(Part):
             self.contact.begin_step(l, l + 1)
             self.contact.update()
         self._adjoint_rhs(l)
-        if self.contact_on and self.contact.fem is not None:
+        if self._reacting:
             # the reaction on the pads (shell.f_pad[l + 1]) depends on x_{n+1} too: its gradient joins the rhs
             self._zero_work_grads()
             self.contact.zero_obstacle_grads()
@@ -1436,8 +1456,9 @@ class ShellPart(Part):
         self._adjoint_seed()
         self.residual_vjp()
         if pad:
-            self.contact.reaction_vjp(l)  # the reaction's own dependence on x_n, the gel and the parameters
-            self.contact.carry_grad(l, self.contact.relaxation)
+            if self.pad_reaction:
+                self.contact.reaction_vjp(l)  # the reaction's own dependence on x_n, the gel and the parameters
+                self.contact.carry_grad(l, self.contact.relaxation)
             self.contact.scatter_obstacle_grads(l)
         self._kinematic_grads()
         self.place_kinematic.grad()

@@ -90,7 +90,9 @@ The sheets' reaction on the pads (two-way coupling). At the converged ``x_{n+1}`
     shear stiffness; the normal force stays within 2 %); ``w = 0.25`` roughly halves it, ``w = 0.1``
     leaves ~0.01 m/s but the normal force then takes ~60 ms to settle. Use a smaller ``w``
     (:meth:`physim.parts.shell.ShellPart.set_pad_relaxation`) or ``pad_friction = 0`` where the shear
-    reading matters. Reverse mode: ``f_pad[l + 1]``'s gradient joins the implicit step's adjoint (the
+    reading matters. One-way coupling (the gel an obstacle that never feels the sheets, ``shell.f_pad`` held
+    at 0; the coupling before the reaction existed) is :meth:`physim.parts.shell.ShellPart.set_pad_reaction`
+    (``False``). Reverse mode: ``f_pad[l + 1]``'s gradient joins the implicit step's adjoint (the
     reaction depends on ``x_{n+1}``: ``(dR/dx_{n+1})^T (w dL/df_pad)`` is added to the right-hand side
     before ``H lam = g`` is solved; its other inputs -- ``x_n``, the gel at both ends of the substep,
     ``shell.contact_stiffness``, ``shell.pad_friction`` -- get theirs from one more vector-Jacobian
