@@ -128,7 +128,9 @@ class Rollout:
     def _check_actions(self, actions) -> np.ndarray:
         a = np.asarray(actions, dtype=np.float64)
         W = getattr(self, "n_worlds", 1)
-        if W > 1 and a.ndim in (2, 3) and a.shape[-2:] == (W, self.world_action_dim):
+        if W == 1 and a.ndim == 3 and a.shape[1] == 1:
+            a = a[:, 0]  # (steps, 1 world, action_dim), as a batched scene of one world takes them
+        elif W > 1 and a.ndim in (2, 3) and a.shape[-2:] == (W, self.world_action_dim):
             # a row per world (steps, W, world_action_dim) -> the scene's columns (steps, action_dim)
             a = a[None] if a.ndim == 2 else a
             if not np.isfinite(a).all():
@@ -274,7 +276,7 @@ class Rollout:
         """
         self._check_built()
         a = self._check_actions(actions)
-        per_world = getattr(self, "n_worlds", 1) > 1 and np.ndim(actions) == 3
+        per_world = np.ndim(actions) == 3
         series = None
         if observe is not None:
             names = list(observe)
@@ -440,7 +442,7 @@ class Rollout:
             initial[name] = initial[name] + value
         action_grad = self.partset.controls.action.grad.to_numpy()[:steps, : self.action_dim].astype(np.float64)
         if r.get("per_world"):  # in the shape forward was given: (steps, W, world_action_dim)
-            action_grad = action_grad[:, self._world_columns]
+            action_grad = action_grad[:, self._world_columns] if self.n_worlds > 1 else action_grad[:, None]
         params = {f"{part.name}.{k}": p.grad() for part in self.parts for k, p in part.params.items()
                   if p.differentiable}
         grads = Gradients(actions=action_grad, initial=initial, params=params)
