@@ -228,19 +228,34 @@ def test_bad_pad_reaction_switch_is_a_clear_error(table_scene):
     assert shell.pad_reaction is True
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="known limit of the lagged, relaxed reaction (measured 2026-12-03): a pad "
-                   "held on a sheet lying on a table does not come to rest; a light corner node of the gel locks into "
-                   "a period-two cycle with the sheet vertex under it (f_pad 0.041 / 0.083 N, |v| ~0.1 m/s at "
-                   "relaxation 0.5, beta 5e-4 s, pad_friction 0)")
-def test_two_way_pad_on_a_table_comes_to_rest(table_scene):
-    """Held still with pad friction off, the pad and the sheet between it and the table should settle (|v| < 1e-3
-    m/s after a 60 ms hold), as the one-way run does. Strict: passing means the limit is gone (drop the mark)."""
+LIMIT_CYCLE = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="known limit of the lagged, relaxed reaction at the default relaxation 0.5 (measured 2026-12-03): a light "
+           "corner node of the gel, pressed on a sheet lying on a table, locks into a period-two cycle with the sheet "
+           "vertex under it (the press's force alternating 0.44 / 0.61 N, gel |v| 0.12 m/s, sheet 0.06 m/s)")
+
+
+@pytest.mark.parametrize("relaxation", [pytest.param(0.5, marks=LIMIT_CYCLE), 0.25])
+def test_held_pad_on_a_table_comes_to_rest(table_scene, relaxation):
+    """Held still with pad friction off, the pad and the sheet between it and the table settle within a 60 ms
+    hold (|v| < 1e-3 m/s; measured 2e-4 m/s at relaxation 0.25), and at rest the gel feels what the sheet
+    receives: the relaxed force applied to it equals the last reaction (1e-3 of it) and the third law holds.
+    Relaxation 0.5 (the default) does not settle here: the lagged penalty's loop gain at a corner node (contact
+    stiffness over the gel's local stiffness there) needs w (1 + gain) < 2; strict xfail, so a fix shows."""
     scene = table_scene
+    shell = scene.partset.shell
     mu = scene.get_param("shell.pad_friction", 0)
     scene.set_param("shell.pad_friction", 0.0, row=0)
+    shell.set_pad_relaxation(relaxation)
     try:
-        _rows, s = _settle_with(scene, True, n_hold=30)
+        rows, s = _settle_with(scene, True, n_hold=30)
     finally:
         scene.set_param("shell.pad_friction", mu, row=0)
-    assert np.abs(s["fem.v"]).max() < 1e-3 and np.abs(s["shell.v"]).max() < 1e-3
+        shell.set_pad_relaxation(0.5)
+    assert np.abs(s["fem.v"]).max() < 1e-3 and np.abs(s["shell.v"]).max() < 1e-3, (
+        f"not at rest: gel {np.abs(s['fem.v']).max():.3g} m/s, sheet {np.abs(s['shell.v']).max():.3g} m/s")
+    last = rows[-1]
+    scale = abs(last["on_gel"][1])
+    assert scale > 0.1
+    assert np.abs(last["felt"] - last["on_gel"]).max() <= 1e-3 * scale
+    assert np.abs(last["on_gel"] + last["on_sheet"]).max() <= 1e-8 * scale

@@ -90,10 +90,17 @@ The sheets' reaction on the pads (two-way coupling). At the converged ``x_{n+1}`
     shear stiffness; the normal force stays within 2 %); ``w = 0.25`` roughly halves it, ``w = 0.1``
     leaves ~0.01 m/s but the normal force then takes ~60 ms to settle. Use a smaller ``w``
     (:meth:`physim.parts.shell.ShellPart.set_pad_relaxation`) or ``pad_friction = 0`` where the shear
-    reading matters. One-way coupling (the gel an obstacle that never feels the sheets, ``shell.f_pad`` held
-    at 0; the coupling before the reaction existed) is :meth:`physim.parts.shell.ShellPart.set_pad_reaction`
-    (``False``). Reverse mode: ``f_pad[l + 1]``'s gradient joins the implicit step's adjoint (the
-    reaction depends on ``x_{n+1}``: ``(dR/dx_{n+1})^T (w dL/df_pad)`` is added to the right-hand side
+    reading matters. A sheet backed by something stiff (lying on a table) leaves the gel's lightest surface
+    nodes as the only compliance: with quasi-static gel nodes the loop's factor per substep is ``1 - w (1 + g)``,
+    ``g`` the contact stiffness over the gel's local stiffness at the node, so it converges only for ``w (1 + g)
+    < 2``; measured on the 2 x 2 x 2 pad (beta 5e-4 s) pressing a free 5 x 5 sheet 0.6 mm into the contact zone
+    on a table, ``pad_friction = 0``: ``w = 0.5`` locks a corner node into a period-two cycle (the press's force
+    alternating 0.44 / 0.61 N, |v| 0.12 m/s), ``w = 0.25`` settles (|v| 2e-4 m/s after a 60 ms hold;
+    tests/test_shell_pad_twoway.py). One-way coupling (the gel an obstacle that never feels the sheets,
+    ``shell.f_pad`` held at 0; the coupling before the reaction existed) is
+    :meth:`physim.parts.shell.ShellPart.set_pad_reaction` (``False``). Reverse mode: ``f_pad[l + 1]``'s gradient
+    joins the implicit step's adjoint (the reaction depends on ``x_{n+1}``: ``(dR/dx_{n+1})^T (w dL/df_pad)``
+    is added to the right-hand side
     before ``H lam = g`` is solved; its other inputs -- ``x_n``, the gel at both ends of the substep,
     ``shell.contact_stiffness``, ``shell.pad_friction`` -- get theirs from one more vector-Jacobian
     product of the same pair kernel), ``(1 - w)`` of it is carried to ``f_pad[l]``, and the FEM part's
