@@ -601,7 +601,7 @@ class Scene(Rollout):
                 dim=self.dim,
                 nodes=_next_pow2(sum(b.n_vertices for b in self.spring_bodies), 16),
                 springs=_next_pow2(sum(b.n_springs for b in self.spring_bodies), 16),
-                tool_contact=has_tools, external_force=coupled)
+                tool_contact=has_tools, external_force=coupled, worlds=self.n_worlds)
         if coupled:
             from .parts.coupler import CouplerLayout
 
@@ -744,20 +744,28 @@ class Scene(Rollout):
         materials, actuator groups and tools repeated world-major (world w's material rows
         ``w * M ...``, actuator groups ``w * A ...``, tools ``w * T ...``)."""
         W = self.n_worlds
-        other = [what for what, has in (("mass-spring bodies", self.spring_bodies), ("FEM bodies", self.fem_bodies),
+        other = [what for what, has in (("MPM bodies coupled to mass-spring bodies (the coupler)",
+                                         self.bodies and self.spring_bodies), ("FEM bodies", self.fem_bodies),
                                         ("thin shells", self.shell_bodies), ("a smoke field", self.smoke is not None),
                                         ("emitters", self.emitters)) if has]
         if other:
             raise UnbatchableScene(f"n_worlds={W}: batched worlds are built for MPM bodies and tools so far; this "
                                    f"scene also has {', '.join(other)} (build it with n_worlds=1)")
-        if not self.bodies:
-            raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body)")
+        if not (self.bodies or self.spring_bodies):
+            raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body) or mass-spring bodies")
         if self._one_world is None:
-            self._one_world = dict(x=np.concatenate(self._x), v=np.concatenate(self._v), mat=np.concatenate(self._mat),
-                                   act=np.concatenate(self._act), fiber=np.concatenate(self._fiber),
-                                   materials=list(self.materials), tools=list(self.tools), n_act=self.n_actuators)
+            d = self.dim
+            cat = lambda rows, shape, dtype=np.float64: np.concatenate(rows) if rows else np.zeros(shape, dtype)  # noqa: E731
+            self._one_world = dict(x=cat(self._x, (0, d)), v=cat(self._v, (0, d)), mat=cat(self._mat, 0, np.int32),
+                                   act=cat(self._act, 0, np.int32), fiber=cat(self._fiber, (0, d)),
+                                   materials=list(self.materials), tools=list(self.tools), n_act=self.n_actuators,
+                                   springs=list(self.spring_bodies))
         o = self._one_world
         M, A, n = len(o["materials"]), o["n_act"], len(o["x"])
+        self.spring_bodies = o["springs"] * W
+        if not n:
+            self.tools = o["tools"] * W
+            return
         self._x = [o["x"]] * W
         self._v = [o["v"]] * W
         self._fiber = [o["fiber"]] * W
@@ -793,16 +801,19 @@ class Scene(Rollout):
         (``action_dim`` in a one-world scene)."""
         if self._one_world is None:
             return self.action_dim
-        return self.tools_per_world * self.tool_action_dim + self._one_world["n_act"]
+        o = self._one_world
+        return self.tools_per_world * self.tool_action_dim + o["n_act"] + sum(b.n_actuators for b in o["springs"])
 
     @property
     def _world_columns(self) -> np.ndarray:
         """(W, world_action_dim): the scene's action column of each world's each column."""
         W, T, c, A = self.n_worlds, self.tools_per_world, self.tool_action_dim, self._one_world["n_act"]
-        cols = np.zeros((W, T * c + A), np.int64)
-        for w in range(W):
+        S = sum(b.n_actuators for b in self._one_world["springs"])
+        cols = np.zeros((W, T * c + A + S), np.int64)
+        for w in range(W):  # the scene's columns: every world's tools, MPM actuators, spring actuators
             cols[w, : T * c] = w * T * c + np.arange(T * c)
-            cols[w, T * c:] = W * T * c + w * A + np.arange(A)
+            cols[w, T * c: T * c + A] = W * T * c + w * A + np.arange(A)
+            cols[w, T * c + A:] = W * (T * c + A) + w * S + np.arange(S)
         return cols
 
     def per_world(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -14,7 +14,8 @@ import physim.envs  # noqa: F401  (registers the tasks)
 B = 3
 H = 3
 #: a 2D task with muscle actuators (action columns per world after the tools') and a 3D tool task
-BATCHED = ["physim/Walker2D-v0", "physim/Pinch-v0"]
+#: and DiffTaichi's mass-spring walker (spring actuators: the mass-spring part batched)
+BATCHED = ["physim/Walker2D-v0", "physim/Pinch-v0", "physim/MassSpringWalker2D-v0"]
 
 
 def _make_vec(env_id, **kw):
@@ -102,9 +103,9 @@ def test_vector_entry_point_refusals_and_fallback():
         gym.make_vec("physim/Walker2D-v0", num_envs=0, horizon=H)
     with pytest.raises(ValueError, match="does not render"):
         gym.make_vec("physim/Walker2D-v0", num_envs=2, horizon=H, render_mode="rgb_array")
-    # a task whose scene does not batch yet (mass-spring bodies): Gymnasium's SyncVectorEnv of
-    # single envs, next-step autoreset, said in its metadata
-    envs = gym.make_vec("physim/MassSpringWalker2D-v0", num_envs=2, horizon=H)
+    # a task whose scene does not batch yet (an emitter): Gymnasium's SyncVectorEnv of single
+    # envs, next-step autoreset, said in its metadata
+    envs = gym.make_vec("physim/Transporting-v0", num_envs=2, horizon=H)
     try:
         assert isinstance(envs, gym.vector.SyncVectorEnv) and envs.metadata["batched"] is False
         assert envs.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP

@@ -142,7 +142,7 @@ def _rows(scene, name: str, row: int) -> list[int]:
     W = getattr(scene, "n_worlds", 1)
     if W == 1:
         return [row]
-    per = scene.materials_per_world if name.startswith("mpm.") else scene.tools_per_world
+    per = scene._param(name)[1].rows() // W
     return [w * per + row for w in range(W)]
 
 

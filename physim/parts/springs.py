@@ -233,6 +233,7 @@ class SpringsLayout:
     springs: int
     tool_contact: bool
     external_force: bool
+    worlds: int = 1  # batched worlds (Scene(n_worlds)): each node meets only its world's tools
 
 
 @dataclass
@@ -266,6 +267,8 @@ class SpringsPart(Part):
         self.f_ext = self.scratch_field((dim,), N) if layout.external_force else None
         # constants
         self.mass = ti.field(real, shape=N)  # kg
+        # the world of each node (batched layouts): bodies come world-major, the same count per world
+        self.node_world = ti.field(ti.i32, shape=N) if layout.worlds > 1 else None
         self.friction = ti.field(real, shape=N)  # Coulomb coefficient against floor and walls
         self.ends = ti.Vector.field(2, ti.i32, shape=M)
         # incidence lists (CSR) for the fused forward's per-node gather: node i's springs are
@@ -344,6 +347,14 @@ class SpringsPart(Part):
         self.hi[None] = [spec.wall_hi] * dim
         self.max_move[None] = MAX_MOVE_FRACTION * float(rest[:m].min()) if m else 1.0
         self.vertices = np.concatenate([b.vertices for b in bodies]) if bodies else np.zeros((0, dim))
+        W = self.layout.worlds
+        if W > 1:
+            if len(bodies) % W:
+                raise ValueError(f"{len(bodies)} mass-spring bodies do not split into {W} worlds")
+            per = len(bodies) // W
+            world = np.zeros(N, np.int32)
+            world[:n] = np.repeat([k // per for k in range(len(bodies))], [b.n_vertices for b in bodies])
+            self.node_world.from_numpy(world)
 
     def _matrices(self):
         """(masses (n,), spring ends (m, 2), stiffness (m,), damping (m,)) in use, as numpy."""
@@ -456,7 +467,10 @@ class SpringsPart(Part):
         x = self.x[l, i]
         v = self.v[l, i] + dt * f / m
         if ti.static(self.layout.tool_contact):
-            v = self.tools.contact(l, t, x, v)
+            if ti.static(self.layout.worlds > 1):
+                v = self.tools.contact_world(l, t, x, v, self.node_world[i])
+            else:
+                v = self.tools.contact(l, t, x, v)
         # floor and walls, MPM's "friction" response: a node whose step would cross a wall
         # loses its approaching normal velocity, Coulomb friction scales the tangential part
         x_pred = x + dt * v
