@@ -23,6 +23,10 @@ Usage::
     nice -n 10 python benchmarks/precision.py            # full sweep -> results/precision.json
     python benchmarks/precision.py --dims 2 --horizons 200 --materials Plasticine   # a subset
     python benchmarks/precision.py --dims 3 --runs f64 f32 pert --no-determinism    # 3D, merged into the JSON
+    python benchmarks/precision.py --dims 3 --materials Sand Rigid --horizons 1000 --long-materials Sand \
+        --long-horizons 4000 --keep /tmp/p3d       # worker files kept; compare a partial run later with
+    python benchmarks/precision.py --dims 3 --materials Sand Rigid --horizons 1000 --long-materials Sand \
+        --long-horizons 4000 --from-dir /tmp/p3d                   # (cases not reached: "not run")
 
 The JSON keeps the records this run did not measure again (``--replace`` overwrites it); each
 record's ``run`` names its entry in ``runs`` (that run's ``meta``). ``norm_f64`` (the f64 action gradient's norm)
@@ -60,8 +64,12 @@ SPEED_CASE = ("Plasticine", 200)
 def make_scene(ps, dim: int, material: str, max_steps: int):
     """The benchmark scene: a block on the floor pressed from above by a sphere tool.
     2D: grid 32, ~500 particles; 3D: grid 32, a 0.16 m cube of 10^3 = 1,000 particles (spacing
-    1/64). One layout per dimension (generic kernels, ``specialize=False``) so every material
-    reuses the same compiled kernels."""
+    1/64). One layout per dimension (generic kernels, ``specialize=False``): every material has
+    the same kernels, yet each new scene compiles them again within one process (7435a6a, 3D, load
+    ~10: 5-8 min per material in f64, ~15 in f32); a later process finds them in the offline cache,
+    which Taichi writes when a process exits. A cold 3D sweep of several materials is faster as
+    one run per material side by side, each with ``--keep DIR_i``, compared by ``--from-dir DIR_1
+    DIR_2 ...``."""
     mat = getattr(ps, material)()
     if dim == 2:
         scene = ps.Scene(dim=2, grid_res=32, dt=DT, substeps_per_step=SUBSTEPS_PER_STEP, boundary="slip",
@@ -238,9 +246,12 @@ def main(argv=None) -> None:
     p.add_argument("--no-determinism", action="store_true", help="skip the threaded-run comparison")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
                    help="configurations to run (f64 and pert are needed for every comparison)")
-    p.add_argument("--from-dir", default=None, metavar="DIR",
+    p.add_argument("--from-dir", nargs="+", default=None, metavar="DIR",
                    help="start no workers: compare the NAME_DIM.npz files workers wrote to DIR (cases they did not "
-                        "reach are recorded as not run)")
+                        "reach are recorded as not run); several DIRs (e.g. one run per material) are merged")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="workers write their NAME_DIM.npz files to DIR (kept) instead of a temporary folder, so a "
+                        "run stopped early can be compared later with --from-dir DIR")
     p.add_argument("--replace", action="store_true",
                    help="overwrite --json; default: merge, keeping its records of the other dimensions")
     p.add_argument("--json", default=str(HERE / "results" / "precision.json"))
@@ -259,18 +270,22 @@ def main(argv=None) -> None:
     records, speed, det = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="physim-precision-") as tmp:
         tmp = Path(tmp)
+        if args.keep:
+            tmp = Path(args.keep)
+            tmp.mkdir(parents=True, exist_ok=True)
         for dim in args.dims:
             res = {}
             if args.from_dir:  # compare the (possibly partial) results of workers that ran before
                 for name in args.runs:
-                    f = Path(args.from_dir) / f"{name}_{dim}.npz"
-                    if f.exists():
-                        with np.load(f) as z:
-                            res[name] = {k: z[k] for k in z.files}
+                    for d in args.from_dir:  # several runs (e.g. one per material): their cases merged
+                        f = Path(d) / f"{name}_{dim}.npz"
+                        if f.exists():
+                            with np.load(f) as z:
+                                res.setdefault(name, {}).update({k: z[k] for k in z.files})
                 missing = {"f64", "pert"} - set(res)
                 res.update({name: {} for name in args.runs if name not in res})  # every case: not run
                 if missing:
-                    raise FileNotFoundError(f"{args.from_dir} has no {sorted(missing)} results for {dim}D")
+                    raise FileNotFoundError(f"{' '.join(args.from_dir)} have no {sorted(missing)} results for {dim}D")
             procs = {} if args.from_dir else {name: start_worker(name, dim, args, tmp) for name in args.runs}
             for name, (proc, out) in procs.items():
                 if proc.wait() != 0:
