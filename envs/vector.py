@@ -195,6 +195,47 @@ class PhysimVectorEnv(VectorEnv):
         self._autoreset = terminated | truncated
         return obs, reward, terminated, truncated, self._infos(infos)
 
+    # ------------------------------------------------------------------ differentiable API
+    def loss_and_grad(self, actions) -> tuple[np.ndarray, np.ndarray]:
+        """Each world's task loss after running its row of ``actions`` ((B, t, action_dim), t <=
+        horizon, in [-1, 1]) from its latest reset's start state, at its own goal, and its gradient
+        w.r.t. those actions ((B, t, action_dim)): one batched forward and one reverse pass. The
+        running episodes are left untouched (as ``env.unwrapped.loss_and_grad`` does)."""
+        import torch
+
+        from physim.rollout import series_seeds
+
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim != 3 or a.shape[0] != self.num_envs:
+            raise ValueError(f"actions must have shape ({self.num_envs}, t, {self.task.action_dim}), got {a.shape}")
+        rows = [self.task.problem.check_actions(a[w]) for w in range(self.num_envs)]
+        scene, observe = self.scene, self.task.problem.observe
+        saved = scene.get_state()
+        full = self.scene.initial_state()
+        for w in range(self.num_envs):
+            self._set_world_state(full, w, self._worlds[w]["start"])
+        try:
+            scene.set_state(full)
+            series = scene.forward(np.einsum("wta,ab->twb", np.stack(rows), self.map), observe=observe)
+            arrays = scene.get_state() if series is None else series
+            tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in arrays.items()}
+            losses = []
+            for w in range(self.num_envs):
+                self._use(w)
+                if series is None:
+                    part = {k: v.reshape(self.num_envs, -1, *v.shape[1:])[w] for k, v in tensors.items()}
+                else:
+                    part = {k: v.reshape(v.shape[0], self.num_envs, -1, *v.shape[2:])[:, w] for k, v in tensors.items()}
+                losses.append(self.task._loss(part))
+            total = torch.stack(losses).sum()
+            total.backward()
+            used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
+            g = scene.backward(used if series is None else series_seeds(used))
+        finally:
+            scene.set_state(saved)
+        grad = np.einsum("twb,ab->wta", g.actions, self.map)
+        return np.array([float(v.detach()) for v in losses]), grad
+
     def close_extras(self, **kwargs):
         self.task.close()
 

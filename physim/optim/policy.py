@@ -157,9 +157,17 @@ def train_policy(
     observations (the simulator gives d loss / d actions, not d observation / d actions). This is
     the usual simplification of differentiable-physics controller training (DiffTaichi).
 
+    Over a batch of seeded goals: pass a batched vector env (``gym.make_vec(id, num_envs=B)`` of
+    a task whose scene batches, :class:`physim.envs.vector.PhysimVectorEnv`): every iteration
+    resets world i with goal ``seed + i``, runs the one policy in all B worlds at once (each
+    world's action from its own observation), and minimizes the mean task loss over the worlds
+    with one batched forward and reverse pass (the Complex Locomotion paper's batching). The
+    result's ``actions`` are then (B, T, A) and its losses the means.
+
     Args:
         env: a Gymnasium env (``reset``, ``step``) whose ``unwrapped`` has the problem protocol
-            (``horizon``, ``action_dim``, finite ``action_low``/``action_high``, ``loss_and_grad``).
+            (``horizon``, ``action_dim``, finite ``action_low``/``action_high``, ``loss_and_grad``),
+            or a batched physim vector env (above).
         iters: training iterations (one rollout + one gradient evaluation each).
         hidden, layers: MLP width and depth. sine, omega0: SIREN-like sin activations.
         lr: Adam learning rate of the weights.
@@ -182,7 +190,8 @@ def train_policy(
     """
     if not (hasattr(env, "reset") and hasattr(env, "step")):
         raise ValueError(f"env must be a Gymnasium env with reset() and step(), got {type(env).__name__}")
-    prob, T, A, low, high = check_problem(env)
+    batched = hasattr(env, "num_envs") and hasattr(env, "task") and hasattr(env, "loss_and_grad")
+    prob, T, A, low, high = check_problem(env.task if batched else env)
     iters = check_positive_int("iters", iters)
     lr = check_positive_float("lr", lr)
     if clip_norm is not None:
@@ -200,8 +209,10 @@ def train_policy(
     t0 = time.perf_counter()
     steps0 = prob.sim_steps
     obs, _ = env.reset(seed=seed)
+    B = int(env.num_envs) if batched else 1
     if policy is None:
-        f0 = np.asarray(obs_fn(obs) if obs_fn is not None else obs, dtype=np.float64).reshape(-1)
+        first = obs[0] if batched else obs
+        f0 = np.asarray(obs_fn(first) if obs_fn is not None else first, dtype=np.float64).reshape(-1)
         gen = torch.Generator().manual_seed(seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31))
         policy = MLPPolicy(f0.size, low, high, T, hidden=hidden, layers=layers, sine=sine, omega0=omega0,
                            n_harmonics=n_harmonics, period=period, obs_fn=obs_fn, obs_offset=f0,
@@ -220,18 +231,26 @@ def train_policy(
                 obs, _ = env.reset(seed=seed)
             acts = []
             for t in range(T):
-                a = policy(policy.features(obs, t))
+                if batched:  # one action per world, from that world's observation (its own goal)
+                    a = torch.stack([policy(policy.features(obs[w], t)) for w in range(B)])
+                else:
+                    a = policy(policy.features(obs, t))
                 acts.append(a)
                 obs, _, terminated, truncated, _ = env.step(a.detach().numpy().astype(act_dtype))
-                if terminated or truncated:
+                if np.any(terminated) or np.any(truncated):
                     break
-            actions = torch.stack(acts)
+            actions = torch.stack(acts, dim=1 if batched else 0)
             a_np = np.clip(actions.detach().numpy(), low, high)
-            loss, g = prob.loss_and_grad(a_np)
-            loss = float(loss)
+            if batched:  # the mean task loss over the worlds' goals, in one batched rollout
+                world_losses, g = env.loss_and_grad(a_np)
+                loss, g = float(world_losses.mean()), g / B
+                prob.problem.sim_steps += 2 * B * a_np.shape[1]  # the task's counter (its sim_steps)
+            else:
+                loss, g = prob.loss_and_grad(a_np)
+                loss = float(loss)
             losses.append(loss)
             lengths.append(len(acts))
-            if loss < best["loss"]:
+            if loss < best["loss"]:  # (batched: a_np holds every world's actions, (B, t, A))
                 best.update(loss=loss, actions=a_np.copy(), state=copy.deepcopy(policy.state_dict()))
             opt.zero_grad()
             torch.autograd.backward(actions, torch.as_tensor(np.asarray(g, dtype=np.float64).reshape(a_np.shape)))
