@@ -487,17 +487,21 @@ class ShellPart(Part):
         self.n_pad_nodes[None] = n
         fem.set_external_force(self.f_pad)
 
-    def set_pad_relaxation(self, relaxation: float) -> None:
+    def set_pad_relaxation(self, relaxation: float, adaptive: bool = False) -> None:
         """The relaxation ``w`` of the sheets' reaction on the FEM pads, in (0, 1] (default
         :data:`physim.parts.shell_contact.PAD_RELAXATION`): the force applied to the gel moves this fraction
         of the way to the newest reaction per substep (:mod:`physim.parts.shell_contact`; smaller is more
-        stable and slower). Not differentiable; each new value compiles the reaction's kernels once."""
+        stable and slower). ``adaptive``: each pad node's is ``min(w, 1 / (1 + g_j))``, ``g_j`` the contact
+        stiffness over the gel's static stiffness at the node, from the parameters when set (and at load).
+        Not differentiable."""
         w = float(relaxation)
         if not (math.isfinite(w) and 0.0 < w <= 1.0):
             raise ValueError(f"pad relaxation must be in (0, 1], got {relaxation!r}")
+        if not isinstance(adaptive, (bool, np.bool_)):
+            raise TypeError(f"pad relaxation's adaptive must be True or False, got {adaptive!r}")
         if self.contact is None or self.f_pad is None:
             raise ValueError("this shell layout was compiled without FEM pads (fem_nodes=0): no reaction to relax")
-        self.contact.relaxation = w
+        self.contact.set_relaxation(w, bool(adaptive))
 
     def set_pad_reaction(self, enabled: bool) -> None:
         """Two-way (``True``, the default) or one-way (``False``) shell <-> FEM pad coupling. One-way: the gel's
@@ -1458,7 +1462,7 @@ class ShellPart(Part):
         if pad:
             if self.pad_reaction:
                 self.contact.reaction_vjp(l)  # the reaction's own dependence on x_n, the gel and the parameters
-                self.contact.carry_grad(l, self.contact.relaxation)
+                self.contact.carry_grad(l)
             self.contact.scatter_obstacle_grads(l)
         self._kinematic_grads()
         self.place_kinematic.grad()

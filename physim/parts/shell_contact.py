@@ -70,7 +70,8 @@ The sheets' reaction on the pads (two-way coupling). At the converged ``x_{n+1}`
 
         f_pad[l + 1] = (1 - w) f_pad[l] + w R_l,     w = :attr:`ShellContact.relaxation` (default 0.5)
 
-    and the FEM part adds ``f_pad[l]`` to its free nodes' forces during substep ``l``
+    (``w`` per node with the adaptive relaxation, below), and the FEM part adds ``f_pad[l]`` to its free
+    nodes' forces during substep ``l``
     (:meth:`physim.parts.fem.FEMPart.set_external_force`), held over its sub-steps and counted in the
     tactile reading ``fem.f_contact``. Why lagged: the FEM part steps first in a substep (explicitly; the
     shells need its surface at the end of the substep as their obstacle), so the reaction of substep
@@ -96,11 +97,17 @@ The sheets' reaction on the pads (two-way coupling). At the converged ``x_{n+1}`
     < 2``; measured on the 2 x 2 x 2 pad (beta 5e-4 s) pressing a free 5 x 5 sheet 0.6 mm into the contact zone
     on a table, ``pad_friction = 0``: ``w = 0.5`` locks a corner node into a period-two cycle (the press's force
     alternating 0.44 / 0.61 N, |v| 0.12 m/s), ``w = 0.25`` settles (|v| 2e-4 m/s after a 60 ms hold;
-    tests/test_shell_pad_twoway.py). One-way coupling (the gel an obstacle that never feels the sheets,
-    ``shell.f_pad`` held at 0; the coupling before the reaction existed) is
-    :meth:`physim.parts.shell.ShellPart.set_pad_reaction` (``False``). Reverse mode: ``f_pad[l + 1]``'s gradient
-    joins the implicit step's adjoint (the reaction depends on ``x_{n+1}``: ``(dR/dx_{n+1})^T (w dL/df_pad)``
-    is added to the right-hand side
+    tests/test_shell_pad_twoway.py). The adaptive relaxation (``set_pad_relaxation(w, adaptive=True)``) gives
+    each pad node ``j`` its own ``w_j = min(w, 1 / (1 + g_j))``, the factor's zero for a quasi-static node, with
+    ``g_j = kc A_j c_j``: ``kc`` the sheets' largest ``shell.contact_stiffness``, ``A_j`` the node's lumped
+    surface area, ``c_j`` its largest static compliance at rest (:func:`pad_compliance`: the node's 3 x 3 block
+    of the inverse linear-elastic stiffness, kinematic nodes held; from the parameters when set and at load,
+    constants of the step, so gradients stay exact). In that scene it gives 0.15 at the face's corners and
+    settles (|v| 1.3e-4 m/s); with pad friction 0.5 the sideways jitter is 0.02 m/s. One-way coupling (the
+    gel an obstacle that never feels the sheets, ``shell.f_pad`` held at 0; the coupling before the reaction
+    existed) is :meth:`physim.parts.shell.ShellPart.set_pad_reaction` (``False``). Reverse mode:
+    ``f_pad[l + 1]``'s gradient joins the implicit step's adjoint (the reaction depends on ``x_{n+1}``:
+    ``(dR/dx_{n+1})^T (w dL/df_pad)`` is added to the right-hand side
     before ``H lam = g`` is solved; its other inputs -- ``x_n``, the gel at both ends of the substep,
     ``shell.contact_stiffness``, ``shell.pad_friction`` -- get theirs from one more vector-Jacobian
     product of the same pair kernel), ``(1 - w)`` of it is carried to ``f_pad[l]``, and the FEM part's
@@ -129,7 +136,8 @@ import taichi as ti
 from .shell import MARGIN as PAD_MARGIN
 from .shell import V_SMOOTH
 
-__all__ = ["ShellContact", "CONTACT_STEP", "MIN_GAP_KEEP", "PAIRS_PER_VERTEX", "PAD_RELAXATION", "VT", "EE"]
+__all__ = ["ShellContact", "pad_compliance", "rest_stiffness",
+           "CONTACT_STEP", "MIN_GAP_KEEP", "PAIRS_PER_VERTEX", "PAD_RELAXATION", "VT", "EE"]
 
 #: the most a vertex moves in one Newton iteration when shell contact is on (fraction of the shortest rest edge)
 CONTACT_STEP = 0.25
@@ -205,6 +213,58 @@ def segment_weights(p0, p1, q0, q1):
     return s, t
 
 
+def rest_stiffness(body, E: float, nu: float):
+    """The (3n, 3n) sparse linear-elastic stiffness matrix (N/m) of FEM body ``body`` at its rest shape with
+    Young's modulus ``E`` and Poisson ratio ``nu``: per tet ``K_ab = V (lam g_a g_b^T + mu (g_b g_a^T +
+    (g_a . g_b) I))``, ``g_a`` the gradient of node a's shape function (the nodal force is ``-K u``)."""
+    import scipy.sparse as sp
+
+    from .fem import lame
+
+    nv = body.n_vertices
+    Dminv, vol, _s, _v = body.geometry()
+    mu, lam = lame(E, nu)
+    G = np.zeros((len(vol), 4, 3))
+    G[:, 1:] = Dminv  # grad N_a, a = 1..3: the rows of Dm^-1
+    G[:, 0] = -G[:, 1:].sum(1)
+    blk = vol[:, None, None, None, None] * (
+        lam * np.einsum("eai,ebj->eabij", G, G) + mu * np.einsum("ebi,eaj->eabij", G, G)
+        + mu * np.einsum("eak,ebk->eab", G, G)[..., None, None] * np.eye(3))
+    t = body.mesh.tets
+    rows = np.broadcast_to(3 * t[:, :, None, None, None] + np.arange(3)[:, None], blk.shape)
+    cols = np.broadcast_to(3 * t[:, None, :, None, None] + np.arange(3), blk.shape)
+    return sp.csc_matrix((blk.ravel(), (rows.ravel(), cols.ravel())), shape=(3 * nv, 3 * nv))
+
+
+def pad_compliance(fem) -> np.ndarray:
+    """(n,) every FEM node's largest static compliance (m/N) in its rest state: the largest eigenvalue of the
+    node's 3 x 3 block of K^-1, K = :func:`rest_stiffness` of its body (``fem.E``, ``fem.nu`` now) with the
+    kinematic nodes held (0 for those and for interior nodes). Sparse LU, three solves per surface node."""
+    from scipy.sparse.linalg import splu
+
+    n = int(fem.rows[None])
+    out = np.zeros(n)
+    E = fem.E.to_numpy().astype(np.float64)
+    nu = fem.nu.to_numpy().astype(np.float64)
+    anode = fem.anode.to_numpy()[:n]
+    v0 = 0
+    for b, body in enumerate(fem.bodies):
+        nv = body.n_vertices
+        K = rest_stiffness(body, E[b], nu[b])
+        free = np.setdiff1d(np.arange(nv), body.fixed)
+        dofs = (3 * free[:, None] + np.arange(3)).ravel()
+        lu = splu(K[dofs][:, dofs].tocsc())
+        where = np.full(nv, -1)
+        where[free] = np.arange(len(free))
+        for j in free[anode[v0 + free] > 0]:
+            rhs = np.zeros((3 * len(free), 3))
+            rhs[3 * where[j]: 3 * where[j] + 3] = np.eye(3)
+            C = lu.solve(rhs)[3 * where[j]: 3 * where[j] + 3]
+            out[v0 + j] = np.linalg.eigvalsh(0.5 * (C + C.T)).max()
+        v0 += nv
+    return out
+
+
 @ti.data_oriented
 class ShellContact:
     """The shell part's shell <-> shell contact (module docstring). Owned by a
@@ -237,8 +297,12 @@ class ShellContact:
         self.ob_x = ti.Vector.field(3, real, shape=max(part.layout.fem_nodes, 1), needs_grad=True)
         self.ob_xn = ti.Vector.field(3, real, shape=max(part.layout.fem_nodes, 1), needs_grad=True)
         self.fem = None  # the FEM part (set by the scene: attach_fem)
-        #: relaxation of the reaction on the pads (module docstring; a compile-time constant of its kernels)
+        #: relaxation of the reaction on the pads (module docstring): the largest, and every node's unless adaptive
         self.relaxation = PAD_RELAXATION
+        #: adaptive relaxation: node j's is min(relaxation, 1 / (1 + kc A_j c_j)) (:meth:`set_relaxation`)
+        self.adaptive = False
+        #: every pad node's relaxation (filled at load and by :meth:`set_relaxation`)
+        self.wnode = ti.field(real, shape=max(part.layout.fem_nodes, 1))
         self.red = ti.field(real, shape=4)  # [energy, min z (barrier pairs), step bound]
         self.enabled = np.zeros(0, bool)
         self._fric = None  # friction pairs of the current step (numpy)
@@ -337,6 +401,9 @@ class ShellContact:
                     f"shell bodies {int(bod[j, 0])} and {int(bod[j, 1])} start touching or overlapping: pair "
                     f"{ids[j].tolist()} is {z[j] * 0.5 * (margins[bod[j, 0]] + margins[bod[j, 1]]):.3g} m from "
                     f"contact (their half thicknesses summed); move them apart")
+
+        if self.fem is not None:
+            self._fill_relaxation()
 
     # ------------------------------------------------------------------ broad phase
     def _candidates(self, X: np.ndarray, radius: float) -> np.ndarray:
@@ -552,20 +619,22 @@ class ShellContact:
 
     # ------------------------------------------------------------------ the reaction on the pads
     @ti.kernel
-    def reaction_out(self, l: ti.i32, omega: ti.template()):
-        """shell.f_pad[l + 1] = (1 - omega) f_pad[l] + omega R, R the pairs' forces on the pad nodes,
-        ``-dE_p/dx_a`` summed over the pairs' pad rows (from ``fp``: :meth:`forces` at the converged iterate)."""
+    def reaction_out(self, l: ti.i32):
+        """shell.f_pad[l + 1] = (1 - w) f_pad[l] + w R on every pad node (``w`` its relaxation), R the pairs'
+        forces on the pad nodes, ``-dE_p/dx_a`` summed over the pairs' pad rows (from ``fp``: :meth:`forces` at
+        the converged iterate)."""
         for j in range(self.fem.rows[None]):
-            self.part.f_pad[l + 1, j] = (1.0 - omega) * self.part.f_pad[l, j]
+            self.part.f_pad[l + 1, j] = (1.0 - self.wnode[j]) * self.part.f_pad[l, j]
         for p in range(self.n_pairs[None]):
             ids = self.pid[p]
             for a in ti.static(range(1, 4)):
                 if ids[a] >= self.OB:
-                    self.part.f_pad[l + 1, ids[a] - self.OB] -= omega * self.fp[p, a]
+                    j = ids[a] - self.OB
+                    self.part.f_pad[l + 1, j] -= self.wnode[j] * self.fp[p, a]
 
     @ti.kernel
-    def _seed_reaction(self, l: ti.i32, omega: ti.template()):
-        """The seed of the reaction's vector-Jacobian product: fp.grad = -omega dL/d f_pad[l + 1] on every pair's
+    def _seed_reaction(self, l: ti.i32):
+        """The seed of the reaction's vector-Jacobian product: fp.grad = -w dL/d f_pad[l + 1] on every pair's
         pad rows, 0 elsewhere (the reverse of :meth:`reaction_out`); the pair-local inputs' gradients zeroed."""
         for p in range(self.n_pairs[None]):
             ids = self.pid[p]
@@ -574,21 +643,40 @@ class ShellContact:
                 self.xnp.grad[p, a] = ti.zero(self.xnp.grad[p, a])
                 g = ti.Vector.zero(self.real, 3)
                 if ids[a] >= self.OB:
-                    g = -omega * self.part.f_pad.grad[l + 1, ids[a] - self.OB]
+                    g = -self.wnode[ids[a] - self.OB] * self.part.f_pad.grad[l + 1, ids[a] - self.OB]
                 self.fp.grad[p, a] = g
 
     @ti.kernel
-    def carry_grad(self, l: ti.i32, omega: ti.template()):
-        """f_pad.grad[l] += (1 - omega) f_pad.grad[l + 1] (the relaxation's carried part)."""
+    def carry_grad(self, l: ti.i32):
+        """f_pad.grad[l] += (1 - w) f_pad.grad[l + 1] (the relaxation's carried part)."""
         for j in range(self.fem.rows[None]):
-            self.part.f_pad.grad[l, j] += (1.0 - omega) * self.part.f_pad.grad[l + 1, j]
+            self.part.f_pad.grad[l, j] += (1.0 - self.wnode[j]) * self.part.f_pad.grad[l + 1, j]
+
+    def set_relaxation(self, relaxation: float, adaptive: bool) -> None:
+        """The reaction's relaxation (checked by :meth:`physim.parts.shell.ShellPart.set_pad_relaxation`)."""
+        self.relaxation = relaxation
+        self.adaptive = adaptive
+        if self.fem is not None and self.topology is not None:
+            self._fill_relaxation()
+
+    def _fill_relaxation(self) -> None:
+        """Every pad node's relaxation: ``relaxation``, or adaptive ``min(relaxation, 1 / (1 + kc A_j c_j))``
+        (module docstring), from the parameters now."""
+        n = int(self.fem.rows[None])
+        w = np.full(self.wnode.shape[0], self.relaxation)
+        if self.adaptive:
+            nb = int(self.part.n_bodies[None])
+            kc = float(self.part.kc.to_numpy()[:nb].max())
+            g = kc * self.fem.anode.to_numpy()[:n].astype(np.float64) * pad_compliance(self.fem)
+            w[:n] = np.minimum(self.relaxation, 1.0 / (1.0 + g))
+        self.wnode.from_numpy(w.astype(self.part.np_real))
 
     def write_reaction(self, l: int) -> None:
         """shell.f_pad[l + 1] at the converged iterate (after the Newton solve of substep ``l``: the pairs are
         those of that iterate)."""
         self.gather()
         self.forces()
-        self.reaction_out(l, self.relaxation)
+        self.reaction_out(l)
 
     def reaction_vjp(self, l: int) -> None:
         """The work copies' (iterate, x_n, parameters) and the obstacle's gradients += (d f_pad[l + 1] /
@@ -596,7 +684,7 @@ class ShellContact:
         if self.n_pairs[None] == 0:
             return
         self.gather()
-        self._seed_reaction(l, self.relaxation)
+        self._seed_reaction(l)
         self.forces.grad()
         self.gather.grad()
 
