@@ -158,6 +158,8 @@ def test_optimize_with_worlds_matches_one_process(tmp_path):
         optimize("physim/Walker2D-v0", method="cma", iters=1, horizon=H, worlds=B, workers=2, out=str(tmp_path / "y"))
 
 
+#: reverse mode of a batched 3D task (Pinch) compiles for ~70 s: the 2D tasks cover the API
+@pytest.mark.parametrize("vec", ["physim/Walker2D-v0", "physim/MassSpringWalker2D-v0"], indirect=True)
 def test_vector_env_loss_and_grad_per_world_goal(vec):
     """The batched env's loss_and_grad: world w's loss and gradient are the single env's at world
     w's goal (seed + w), from one batched forward and reverse pass."""
