@@ -239,7 +239,7 @@ def rest_stiffness(body, E: float, nu: float):
 def pad_compliance(fem) -> np.ndarray:
     """(n,) every FEM node's largest static compliance (m/N) in its rest state: the largest eigenvalue of the
     node's 3 x 3 block of K^-1, K = :func:`rest_stiffness` of its body (``fem.E``, ``fem.nu`` now) with the
-    kinematic nodes held (0 for those and for interior nodes). Sparse LU, three solves per surface node."""
+    kinematic nodes held (0 for those and for interior nodes). Sparse LU, three unit loads per surface node."""
     from scipy.sparse.linalg import splu
 
     n = int(fem.rows[None])
@@ -256,11 +256,16 @@ def pad_compliance(fem) -> np.ndarray:
         lu = splu(K[dofs][:, dofs].tocsc())
         where = np.full(nv, -1)
         where[free] = np.arange(len(free))
-        for j in free[anode[v0 + free] > 0]:
-            rhs = np.zeros((3 * len(free), 3))
-            rhs[3 * where[j]: 3 * where[j] + 3] = np.eye(3)
-            C = lu.solve(rhs)[3 * where[j]: 3 * where[j] + 3]
-            out[v0 + j] = np.linalg.eigvalsh(0.5 * (C + C.T)).max()
+        surf = free[anode[v0 + free] > 0]
+        for start in range(0, len(surf), 64):  # 64 nodes' unit loads per solve
+            js = surf[start: start + 64]
+            rhs = np.zeros((3 * len(free), 3 * len(js)))
+            for c, j in enumerate(js):
+                rhs[3 * where[j]: 3 * where[j] + 3, 3 * c: 3 * c + 3] = np.eye(3)
+            sol = lu.solve(rhs)
+            for c, j in enumerate(js):
+                C = sol[3 * where[j]: 3 * where[j] + 3, 3 * c: 3 * c + 3]
+                out[v0 + j] = np.linalg.eigvalsh(0.5 * (C + C.T)).max()
         v0 += nv
     return out
 
