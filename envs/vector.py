@@ -23,6 +23,7 @@ losses up to the order of threaded sums): the tests check it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -33,7 +34,7 @@ from gymnasium.vector.utils import batch_space
 
 from physim.scene import UnbatchableScene, batched_worlds
 
-__all__ = ["PhysimVectorEnv", "vector_entry_point"]
+__all__ = ["PhysimVectorEnv", "make_vector_env", "vector_entry_point"]
 
 #: the PhysimEnv attributes that are the same object for every world (everything else of the
 #: task's instance -- its goal, start-state bookkeeping -- is kept per world)
@@ -240,21 +241,23 @@ class PhysimVectorEnv(VectorEnv):
         self.task.close()
 
 
+def make_vector_env(entry: str, num_envs: int = 1, **kwargs):
+    """A :class:`PhysimVectorEnv` of the task at ``entry`` (``"physim.envs.pinch:PinchEnv"``) where
+    its scene batches, else a :class:`~gymnasium.vector.SyncVectorEnv` of single envs (next-step
+    autoreset)."""
+    module, _, name = entry.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    kwargs.pop("max_episode_steps", None)  # the tasks truncate at their horizon themselves
+    try:
+        return PhysimVectorEnv(cls, num_envs, **kwargs)
+    except UnbatchableScene:
+        env = gym.vector.SyncVectorEnv([functools.partial(cls, **kwargs) for _ in range(num_envs)],
+                                       autoreset_mode=AutoresetMode.NEXT_STEP)
+        env.metadata = {**env.metadata, "batched": False}
+        return env
+
+
 def vector_entry_point(entry: str):
-    """The ``vector_entry_point`` of a task whose single-env entry point is ``entry``
-    (``"physim.envs.pinch:PinchEnv"``): a :class:`PhysimVectorEnv` where the scene batches,
-    else a :class:`~gymnasium.vector.SyncVectorEnv` of single envs (next-step autoreset)."""
-
-    def make(num_envs: int = 1, **kwargs):
-        module, _, name = entry.partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        kwargs.pop("max_episode_steps", None)  # the tasks truncate at their horizon themselves
-        try:
-            return PhysimVectorEnv(cls, num_envs, **kwargs)
-        except UnbatchableScene:
-            env = gym.vector.SyncVectorEnv([lambda: cls(**kwargs) for _ in range(num_envs)],
-                                           autoreset_mode=AutoresetMode.NEXT_STEP)
-            env.metadata = {**env.metadata, "batched": False}
-            return env
-
-    return make
+    """The ``vector_entry_point`` of a task whose single-env entry point is ``entry``: a picklable
+    callable (a registered spec travels to spawned workers of an AsyncVectorEnv)."""
+    return functools.partial(make_vector_env, entry)
