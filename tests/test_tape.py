@@ -111,3 +111,24 @@ def test_a_rollout_of_zero_steps_differentiates_to_the_identity():
     assert g.actions.shape == (0, scene.action_dim)
     assert np.array_equal(g.initial["mpm.x"], seed)
     assert np.abs(g.initial["mpm.v"]).max() == 0.0
+
+
+def test_a_scene_dropped_in_a_reference_cycle_hands_over_its_compiled_parts():
+    """get_partset collects garbage once before compiling a layout anew: a dropped scene that only a
+    reference cycle keeps alive (a demo's, an env's) gives its compiled parts to the next scene of
+    its layout instead of a second compile (automatic collection is off here, so only that can)."""
+    import gc
+
+    from conftest import small_scene
+
+    gc.disable()
+    try:
+        first = small_scene(2, ps.Elastic(E=3e3))
+        parts = first.partset
+        cycle = {"scene": first}
+        cycle["self"] = cycle
+        del first, cycle
+        second = small_scene(2, ps.Elastic(E=3e3))
+        assert second.partset is parts
+    finally:
+        gc.enable()

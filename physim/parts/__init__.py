@@ -94,11 +94,19 @@ _POOL: dict[SceneLayout, list] = {}
 def get_partset(layout: SceneLayout, owner, real) -> PartSet:
     """A :class:`PartSet` for ``layout`` not used by another live owner (compiles only when new)."""
     pool = _POOL.setdefault((layout, str(real)), [])
-    for entry in pool:
-        ps, ref = entry
-        if ref is None or ref() is None:
-            entry[1] = weakref.ref(owner)
-            return ps
+    for attempt in range(2):
+        for entry in pool:
+            ps, ref = entry
+            if ref is None or ref() is None:
+                entry[1] = weakref.ref(owner)
+                return ps
+        if attempt == 0 and pool:
+            # every compiled set of this layout is held: a dropped scene in a reference cycle (a
+            # demo's, an env's) may only await the cycle collector; collecting costs ~0.1 s, a
+            # compile of the layout tens of seconds
+            import gc
+
+            gc.collect()
     ps = PartSet(layout, real)
     pool.append([ps, weakref.ref(owner)])
     return ps
