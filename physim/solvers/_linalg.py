@@ -11,7 +11,7 @@ SVD_GAP_EPS = {"f32": 1e-6, "f64": 1e-10}
 #: reverse mode differentiates the consumers of an SVD with singular values closer than this
 #: moved this far apart (:func:`split_ties`; per precision: the truncation error is of this
 #: relative size, the cancellation in the adjoint's numerator of round-off / this)
-SVD_TIE_SPLIT = {"f32": 3e-4, "f64": 1e-6}
+SVD_TIE_SPLIT = {"f32": 1e-5, "f64": 1e-6}
 
 
 @ti.func
