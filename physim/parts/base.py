@@ -25,9 +25,14 @@ Slot storage: a slot field of a part with ``capacity`` rows has shape ``(K + 1, 
 plus the element shape; ``rows[None]`` rows are in use (fields of another *row group*, e.g. a
 shell's hinges next to its vertices, have their own capacity and counter: ``slot_field(...,
 group=name)``, :meth:`Part.group_rows`). All indexing of the slot axis in
-this module goes through :meth:`Part.slot_field`'s shape, so a leading world axis (many
-worlds simulated by the same launches) changes this allocator and the kernels' index
-expressions, not the bookkeeping contract.
+this module goes through :meth:`Part.slot_field`'s shape.
+
+Batched worlds (``Scene(n_worlds=W)``) need nothing from this module: the scene repeats one
+world's bodies, materials and tools world-major, so world ``w``'s rows of every field follow
+world ``w - 1``'s, and a part that supports batching only knows each row's world (the MPM
+part's ``p_world`` and its grid of one tile per world along axis 0, the mass-spring part's
+``node_world``) and asks the tools part for that world's tools
+(:meth:`physim.parts.tools.ToolsPart.contact_world`). Unbatched layouts compile none of it.
 """
 
 import math
