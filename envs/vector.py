@@ -32,7 +32,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from physim.scene import UnbatchableScene, batched_worlds
+from physim.optim.batched import build_batched_scene, world_rows
+from physim.scene import UnbatchableScene
 
 __all__ = ["PhysimVectorEnv", "make_vector_env", "vector_entry_point"]
 
@@ -63,13 +64,7 @@ class PhysimVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         # one world: goals, losses, observations (its own one-world scene samples the goals)
         self.task = env_cls(**kwargs)
-        saved = dict(vars(self.task))  # the builder may set attributes from its (batched) scene
-        try:
-            with batched_worlds(self.num_envs):
-                self.scene = self.task._build_scene()
-        finally:
-            vars(self.task).clear()
-            vars(self.task).update(saved)
+        self.scene = build_batched_scene(self.task, self.num_envs)
         if self.scene.n_worlds != self.num_envs:
             raise UnbatchableScene(f"{env_cls.__name__}'s scene was built with n_worlds={self.scene.n_worlds}")
         self.map = self.task.problem.action_map  # (action_dim, world_action_dim)
@@ -223,11 +218,7 @@ class PhysimVectorEnv(VectorEnv):
             losses = []
             for w in range(self.num_envs):
                 self._use(w)
-                if series is None:
-                    part = {k: v.reshape(self.num_envs, -1, *v.shape[1:])[w] for k, v in tensors.items()}
-                else:
-                    part = {k: v.reshape(v.shape[0], self.num_envs, -1, *v.shape[2:])[:, w] for k, v in tensors.items()}
-                losses.append(self.task._loss(part))
+                losses.append(self.task._loss(world_rows(tensors, self.num_envs, w, series is not None)))
             total = torch.stack(losses).sum()
             total.backward()
             used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}

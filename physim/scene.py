@@ -827,6 +827,15 @@ class Scene(Rollout):
             out[name] = a.reshape(W, a.shape[0] // W, *a.shape[1:])
         return out
 
+    def _world_major(self, value, want: tuple) -> np.ndarray:
+        """``value`` as float64; in a batched scene a per-world array ``(W, rows per world, ...)`` of
+        an entry of shape ``want`` becomes its world-major ``want`` (other shapes pass unchanged)."""
+        arr = np.asarray(value, dtype=np.float64)
+        W = self.n_worlds
+        if W > 1 and arr.shape == (W, want[0] // W, *want[1:]):
+            arr = arr.reshape(want)
+        return arr
+
     def _world_rows(self, row: int, world: int | None, per_world: int, what: str) -> list[int]:
         """Rows of one world's ``row`` (a material or tool of the one-world description) in world
         ``world`` (``None``: every world's)."""
@@ -996,10 +1005,8 @@ class Scene(Rollout):
         for name, value in values.items():
             if name not in self._initial:
                 raise KeyError(f"unknown state entry {name!r}; this scene has {sorted(self._initial)}")
-            arr = np.asarray(value, dtype=np.float64)
+            arr = self._world_major(value, self._initial[name].shape)
             want = self._initial[name].shape
-            if self.n_worlds > 1 and arr.shape == (self.n_worlds, want[0] // self.n_worlds, *want[1:]):
-                arr = arr.reshape(want)  # (W, rows per world, ...): world-major rows
             if arr.shape != want or not np.isfinite(arr).all():
                 raise ValueError(f"initial {name} must be a finite array of shape {want}, got {arr.shape}")
             self._initial[name] = arr
@@ -1026,11 +1033,7 @@ class Scene(Rollout):
             if name not in init:
                 raise KeyError(f"unknown state entry {name!r}; this scene has {sorted(init)}")
             if value is not None:
-                arr = np.asarray(value, dtype=np.float64)
-                want = init[name].shape
-                if self.n_worlds > 1 and arr.shape == (self.n_worlds, want[0] // self.n_worlds, *want[1:]):
-                    arr = arr.reshape(want)
-                init[name] = arr
+                init[name] = self._world_major(value, init[name].shape)
         self.set_state(init)
         self.time = 0.0
 

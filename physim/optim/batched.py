@@ -24,7 +24,28 @@ import torch
 
 from ..scene import batched_worlds
 
-__all__ = ["BatchedPool"]
+__all__ = ["BatchedPool", "build_batched_scene", "world_rows"]
+
+
+def build_batched_scene(task, worlds: int):
+    """A scene of ``worlds`` worlds from ``task``'s own scene builder (a physim task's
+    ``_build_scene``), leaving the task's attributes as they were (its builder may set some from
+    the scene it builds)."""
+    saved = dict(vars(task))
+    try:
+        with batched_worlds(worlds):
+            return task._build_scene()
+    finally:
+        vars(task).clear()
+        vars(task).update(saved)
+
+
+def world_rows(arrays: dict, worlds: int, w: int, series: bool = False) -> dict:
+    """World ``w``'s rows of every world-major entry of ``arrays`` (numpy arrays or torch tensors):
+    a state ``(W n, ...)``, or with ``series`` a time series ``(steps + 1, W n, ...)``."""
+    if series:
+        return {k: v.reshape(v.shape[0], worlds, -1, *v.shape[2:])[:, w] for k, v in arrays.items()}
+    return {k: v.reshape(worlds, -1, *v.shape[1:])[w] for k, v in arrays.items()}
 
 
 class BatchedPool:
@@ -65,14 +86,7 @@ class BatchedPool:
         from physim import backend
 
         t0 = time.perf_counter()
-        env = self.env
-        saved = dict(vars(env))  # the task's builder may set attributes from its (batched) scene
-        try:
-            with batched_worlds(self.worlds):
-                self.scene = env._build_scene()
-        finally:
-            vars(env).clear()
-            vars(env).update(saved)
+        self.scene = build_batched_scene(self.env, self.worlds)
         self._started = True
         if reference is not None:
             actions, loss = reference
@@ -137,10 +151,7 @@ class BatchedPool:
         losses = np.empty(len(group))
         with torch.no_grad():
             for w in range(len(group)):
-                if series is None:
-                    rows = {k: v.reshape(W, -1, *v.shape[1:])[w] for k, v in final.items()}
-                else:
-                    rows = {k: v.reshape(v.shape[0], W, -1, *v.shape[2:])[:, w] for k, v in series.items()}
+                rows = world_rows(final if series is None else series, W, w, series is not None)
                 value = prob.loss_fn({k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in rows.items()})
                 losses[w] = float(value)
         return losses

@@ -107,14 +107,20 @@ class ToolsPart(Part):
         return self._contact(l, t, x, v, -1, world)
 
     @ti.func
+    def _world_tool(self, j, world):
+        """Row of world ``world``'s ``j``-th tool and whether that tool exists (unbatched: row ``j``)."""
+        e = j
+        inside = j < self.rows[None]
+        if ti.static(self.worlds > 1):
+            e = world * self.per_world[None] + j
+            inside = j < self.per_world[None]
+        return e, inside
+
+    @ti.func
     def _contact(self, l, t, x, v, skip, world):
         out = v
         for j in ti.static(range(self.capacity)):
-            e = j
-            inside = j < self.rows[None]
-            if ti.static(self.worlds > 1):
-                e = world * self.per_world[None] + j
-                inside = j < self.per_world[None]
+            e, inside = self._world_tool(j, world)
             if inside and e != skip:
                 c = self.pos[l, e]
                 R = rotation_matrix(self.rot[l, e], self.dim)
@@ -139,11 +145,7 @@ class ToolsPart(Part):
         """:meth:`signed_distance` to the tools of world ``world`` (batched layouts; 0 otherwise)."""
         best = x[0] * 0.0 + 1.0
         for j in ti.static(range(self.capacity)):
-            e = j
-            inside = j < self.rows[None]
-            if ti.static(self.worlds > 1):
-                e = world * self.per_world[None] + j
-                inside = j < self.per_world[None]
+            e, inside = self._world_tool(j, world)
             if inside:
                 R = rotation_matrix(self.rot[l, e], self.dim)
                 phi, _n = tool_sdf(self.shape[e], self.size[e], R.transpose() @ (x - self.pos[l, e]), self.dim)
