@@ -608,7 +608,7 @@ class Scene(Rollout):
             coupler = CouplerLayout(
                 dim=self.dim, res=self.grid_res, springs=bool(self.spring_bodies),
                 fem_faces=_next_pow2(sum(len(b.mesh.surface_faces()) for b in self.fem_bodies), 16)
-                if self.fem_bodies else 0)
+                if self.fem_bodies else 0, worlds=self.n_worlds)
         fem = None
         if self.fem_bodies:
             from .parts.fem import FEMLayout
@@ -744,13 +744,13 @@ class Scene(Rollout):
         materials, actuator groups and tools repeated world-major (world w's material rows
         ``w * M ...``, actuator groups ``w * A ...``, tools ``w * T ...``)."""
         W = self.n_worlds
-        other = [what for what, has in (("MPM bodies coupled to mass-spring bodies (the coupler)",
-                                         self.bodies and self.spring_bodies), ("FEM bodies", self.fem_bodies),
+        other = [what for what, has in (("FEM bodies", self.fem_bodies),
                                         ("thin shells", self.shell_bodies), ("a smoke field", self.smoke is not None),
                                         ("emitters", self.emitters)) if has]
         if other:
-            raise UnbatchableScene(f"n_worlds={W}: batched worlds are built for MPM bodies and tools so far; this "
-                                   f"scene also has {', '.join(other)} (build it with n_worlds=1)")
+            raise UnbatchableScene(f"n_worlds={W}: batched worlds are built for MPM bodies, mass-spring bodies, "
+                                   f"their coupling and tools so far; this scene also has {', '.join(other)} "
+                                   f"(build it with n_worlds=1)")
         if not (self.bodies or self.spring_bodies):
             raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body) or mass-spring bodies")
         if self._one_world is None:

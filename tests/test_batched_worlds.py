@@ -174,10 +174,10 @@ def test_batched_bad_input_is_refused(batched):
         scene.set_tool_friction(1, 0.3)
     with pytest.raises(ValueError, match="not a multiple of the 3 worlds"):
         scene.per_world({"mpm.x": np.zeros((W * scene.particles_per_world + 1, 2))})
-    springs = _scene(2, build=False)
-    springs.add_mass_spring(ps.MassSpring.grid((0.3, 0.6), (0.5, 0.7), (2, 1), mass=2e-3, stiffness=50.0))
-    with pytest.raises(ValueError, match="mass-spring bodies"):
-        springs.build(max_steps=4)
+    smoke = _scene(2, build=False)
+    smoke.add_smoke(ps.SmokeField(res=16))
+    with pytest.raises(ps.scene.UnbatchableScene, match="a smoke field"):
+        smoke.build(max_steps=4)
 
 
 def test_batched_worlds_3d_forward_matches_separate_scenes():

@@ -103,6 +103,7 @@ class CouplerLayout:
     res: int
     springs: bool = True  #: couple mass-spring nodes
     fem_faces: int = 0  #: capacity of FEM surface triangles (0: no FEM coupling)
+    worlds: int = 1  #: batched worlds (Scene(n_worlds)): a particle pairs only with its own world's nodes
 
 
 @dataclass
@@ -164,7 +165,9 @@ class Coupler(Part):
         self.stick = ti.field(real, shape=())  # STICK / n_ball (the stick viscosity is this * m_red / dt)
         self.inv_cell = ti.field(real, shape=())
         self.ncell = ti.field(ti.i32, shape=())  # cells per axis in use
-        cells = layout.res**dim
+        # batched layouts: one cell list per world, world-major (world w's cells follow world w - 1's)
+        self.worlds = layout.worlds
+        cells = layout.res**dim * layout.worlds
         self.cell_count = ti.field(ti.i32, shape=cells)
         self.cell_start = ti.field(ti.i32, shape=cells)
         self.pair_peak = ti.field(ti.i32, shape=())  # most pairs of one substep since the last health check
@@ -251,6 +254,7 @@ class Coupler(Part):
             k, c = self.params["stiffness"].get(0), self.params["damping"].get(0)
             m_node = float(self.springs.mass.to_numpy()[: int(self.springs.rows[None])].min())
             verts = self.springs.vertices
+            verts = verts[: len(verts) // self.worlds]  # one world's (the worlds start as copies)
             from scipy.spatial import cKDTree
 
             near = 1
@@ -307,17 +311,40 @@ class Coupler(Part):
             total *= n
         return total
 
+    @ti.func
+    def _world_offset(self, world):
+        """First cell of world ``world``'s cell list (0 in an unbatched layout)."""
+        out = 0
+        if ti.static(self.worlds > 1):
+            out = world * self._n_cells()
+        return out
+
+    @ti.func
+    def _node_world(self, i):
+        out = 0
+        if ti.static(self.worlds > 1):
+            out = self.springs.node_world[i]
+        return out
+
+    @ti.func
+    def _particle_world(self, p):
+        out = 0
+        if ti.static(self.worlds > 1):
+            out = self.mpm.p_world[p]
+        return out
+
     @ti.kernel
     def build_pairs(self, l: ti.i32):
         """The contact pairs of slot ``l`` (integers only): counting sort of the nodes into the
         cell list, then every active particle (rows ``0 .. mpm.n_particles - 1``: an emitter's
         particles not emitted yet touch nothing) visits the 3^dim cells around it and lists the
-        nodes closer than ``radius``."""
-        total = self._n_cells()
+        nodes closer than ``radius``. Batched layouts keep one cell list per world: a particle
+        visits only its own world's cells, so it pairs only with its own world's nodes."""
+        total = self._n_cells() * self.worlds
         for c in range(total):
             self.cell_count[c] = 0
         for i in range(self.springs.rows[None]):
-            c = self._flat(self._cell(self.springs.x[l, i], 0))
+            c = self._flat(self._cell(self.springs.x[l, i], 0)) + self._world_offset(self._node_world(i))
             self.node_cell[i] = c
             self.node_rank[i] = ti.atomic_add(self.cell_count[c], 1)
         for _ in range(1):  # serial exclusive prefix sum
@@ -332,8 +359,9 @@ class Coupler(Part):
             xp = self.mpm.x[l, p]
             # the clamp keeps the 3^dim block inside the grid; it still holds xp's own cell
             c0 = self._cell(xp, 1)
+            base = self._world_offset(self._particle_world(p))
             for off in ti.static(ti.grouped(ti.ndrange(*((3,) * self.dim)))):
-                c = self._flat(c0 + off - 1)
+                c = self._flat(c0 + off - 1) + base
                 for k in range(self.cell_start[c], self.cell_start[c] + self.cell_count[c]):
                     i = self.sorted[k]
                     d = xp - self.springs.x[l, i]
