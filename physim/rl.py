@@ -99,12 +99,15 @@ def make_env(env_id: str, horizon: int | None = None, **kwargs) -> gym.Env:
 
 
 class _Curve:
-    """Collects (env steps, episode return, final loss) of every finished training episode."""
+    """Collects (env steps, episode return, final loss, seconds since :attr:`t0`) of every
+    finished training episode."""
 
     def __init__(self):
         self.steps: list[int] = []
         self.returns: list[float] = []
         self.losses: list[float] = []
+        self.seconds: list[float] = []
+        self.t0 = time.perf_counter()
 
 
 def _curve_callback(curve: _Curve):
@@ -118,6 +121,7 @@ def _curve_callback(curve: _Curve):
                     curve.steps.append(int(self.num_timesteps))
                     curve.returns.append(float(ep["r"]))
                     curve.losses.append(float(info["loss"]))
+                    curve.seconds.append(time.perf_counter() - curve.t0)
             return True
 
     return CurveCallback()
@@ -192,7 +196,8 @@ def train(env_id: str, algo: str = "ppo", steps: int = 10_000, seed: int = 0, ou
     ``model.zip`` (the SB3 model). Returns the record: env, algo, seed, horizon, steps,
     env_steps, sim_steps, wall_seconds, train_seconds, initial_loss, final_loss,
     final_mean_return, eval_returns, episodes, best_episode_loss (lowest final loss of a training
-    episode), curve (steps, returns, final losses of the training episodes), algo_kwargs, backend.
+    episode), curve (env steps, returns, final losses and seconds since the start of training of
+    the training episodes), algo_kwargs, backend.
     """
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
@@ -229,9 +234,8 @@ def train(env_id: str, algo: str = "ppo", steps: int = 10_000, seed: int = 0, ou
     cls = sb3.PPO if algo == "ppo" else sb3.SAC
     model = cls("MlpPolicy", venv, **kw)
     curve = _Curve()
-    t0 = time.perf_counter()
     model.learn(total_timesteps=steps, callback=_curve_callback(curve), progress_bar=progress)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - curve.t0
     env_steps = int(model.num_timesteps)
 
     # evaluation: the deterministic policy on the same goal, observations normalized with the
@@ -279,7 +283,8 @@ def train(env_id: str, algo: str = "ppo", steps: int = 10_000, seed: int = 0, ou
         # the lowest final loss of a training episode (exploration noise included): comparable with
         # the best candidate a CMA-ES run evaluated, not what the trained policy does
         "best_episode_loss": min(curve.losses) if curve.losses else None,
-        "curve": {"steps": curve.steps, "returns": curve.returns, "losses": curve.losses},
+        "curve": {"steps": curve.steps, "returns": curve.returns, "losses": curve.losses,
+                  "seconds": [round(t, 3) for t in curve.seconds]},
         "normalize": bool(normalize),
         "algo_kwargs": {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool))},
         "backend": _backend_name(),

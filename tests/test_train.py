@@ -42,6 +42,10 @@ def test_ppo_writes_curve_and_record(ppo):
     assert rec["env_steps"] == STEPS and rec["sim_steps"] == STEPS + T
     assert rec["episodes"] == STEPS // T == len(rec["curve"]["returns"])
     assert rec["curve"]["steps"] == [T * (k + 1) for k in range(STEPS // T)]
+    # each episode's end time (for loss-versus-seconds curves): increasing, within the training time
+    secs = rec["curve"]["seconds"]
+    assert len(secs) == rec["episodes"] and np.all(np.diff(secs) > 0)
+    assert 0 < secs[0] and secs[-1] <= rec["train_seconds"] + 1e-3
     img = iio.imread(out / "curve.png")
     assert img.ndim == 3 and img.shape[0] > 200 and img.std() > 5  # a drawn plot, not a blank canvas
     assert (out / "model.zip").stat().st_size > 1000
