@@ -380,7 +380,8 @@ def _cmd_train(args) -> int:
         physim.init(arch=args.arch, fast_compile=not args.full_compile)
     rec = rl.train(env_id, algo=args.algo, steps=smoke.shrink(args.steps, SMOKE_TRAIN_STEPS), seed=args.seed,
                    out=args.out, horizon=horizon, normalize=not args.no_normalize,
-                   eval_episodes=args.eval_episodes, progress=not args.no_progress, env_kwargs=env_kwargs)
+                   eval_episodes=args.eval_episodes, progress=not args.no_progress, env_kwargs=env_kwargs,
+                   torch_threads=args.torch_threads or None)
     out = args.out or str(Path("out") / "train" / f"{env_id.split('/')[-1]}-{args.algo}")
     print(f"{rec['env']} [{rec['algo']}]: {rec['env_steps']} env steps ({rec['episodes']} episodes) in "
           f"{rec['wall_seconds']:.1f} s; trained policy: return {rec['final_mean_return']:.5g}, "
@@ -426,6 +427,16 @@ def _cmd_demo(args, rest) -> int:
     if not isinstance(status, int):
         raise TypeError(f"physim.demos.{args.name}.main returned {type(status).__name__}, not an exit status (int)")
     return status
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -488,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--eval-episodes", type=_positive_int, default=1, help="episodes of the trained policy")
     t.add_argument("--no-normalize", action="store_true", help="no running observation normalization")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--torch-threads", type=_nonnegative_int, default=1,
+                   help="torch threads while training (default 1: leaves the cores to the simulation; 0: torch's own)")
     t.add_argument("--arch", default=None, help="auto (default), cpu or cuda")
     t.add_argument("--full-compile", action="store_true", help="Taichi's full kernel optimization")
     _add_env_options(t)

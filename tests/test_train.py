@@ -28,16 +28,22 @@ needs_sb3 = pytest.mark.skipif(not HAVE_SB3, reason='Stable-Baselines3 not insta
 def ppo(tmp_path_factory):
     if not HAVE_SB3:
         pytest.skip('Stable-Baselines3 not installed (pip install "physim[rl]")')
+    import torch
+
     out = tmp_path_factory.mktemp("ppo")
+    torch.set_num_threads(2)
     rc = cli.main(["train", "MassSpringWalker2D", "--algo", "ppo", "--steps", str(STEPS), "--horizon", str(T),
                    "--seed", "3", "--out", str(out), "--no-progress"])
     assert rc == 0
+    # training ran with one torch thread (the record says so) and gave torch its setting back
+    assert torch.get_num_threads() == 2
     return out, json.loads((out / "result.json").read_text())
 
 
 def test_ppo_writes_curve_and_record(ppo):
     out, rec = ppo
     assert rec["env"] == ENV and rec["algo"] == "ppo" and rec["seed"] == 3 and rec["horizon"] == T
+    assert rec["torch_threads"] == 1
     # PPO's rollouts (n_steps = 200, a multiple of T) fit the budget exactly
     assert rec["env_steps"] == STEPS and rec["sim_steps"] == STEPS + T
     assert rec["episodes"] == STEPS // T == len(rec["curve"]["returns"])
@@ -138,6 +144,11 @@ def test_bad_arguments_are_named(tmp_path, capsys):
         rl.train(ENV, steps=-5, out=str(tmp_path))
     with pytest.raises(ValueError, match="horizon must be an integer >= 1, got 0"):
         rl.train(ENV, horizon=0, out=str(tmp_path))
+    with pytest.raises(ValueError, match="torch_threads must be an integer >= 1 or None, got 0"):
+        rl.train(ENV, torch_threads=0, out=str(tmp_path))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "MassSpringWalker2D", "--torch-threads", "-1"])
+    assert "expected an integer >= 0, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
