@@ -72,10 +72,16 @@ Time integration (implicit Euler as incremental potential):
     compression -- the vertices are coloured at load time so that no vertex has two stencil
     neighbours (sharing a triangle or a hinge) of one colour, and one Hessian-vector product per
     colour and axis (~20-30 colours on grids) gives every 3 x 3 block -- and factored by scipy's
-    ``splu`` with diagonal pivots (a pivot <= 0 means H is not positive definite: then the
-    modified Newton step of ``H + tau M / dt^2``, ``tau`` grown until the pivots are positive -- a
-    descent direction continuous in the iterate; a switch to truncated CG there made the minimum
-    reached, where a compressed sheet can buckle either way, depend on round-off); otherwise preconditioned CG
+    ``splu`` with diagonal pivots (a pivot <= 0 means H is not positive definite -- a compressed
+    membrane, St. Venant-Kirchhoff in compression, the more often the finer the mesh, as the mass
+    term ``M / dt^2`` per vertex falls with its area while the membrane's stiffness stays ``E t``:
+    then projected Newton, H plus the negative part of every compressed triangle's membrane Hessian
+    (:meth:`ShellPart.membrane_hessian`: the triangle's Hessian projected onto the positive
+    semi-definite cone), positive definite where bending and contact are positive semi-definite;
+    only if that still has a pivot <= 0, ``+ tau M / dt^2`` with ``tau`` grown until the pivots are
+    positive -- descent directions continuous in the iterate; a switch to truncated CG there made
+    the minimum reached, where a compressed sheet can buckle either way, depend on round-off; where
+    H is positive definite the step is Newton's, unchanged); otherwise preconditioned CG
     (Jacobi, from the mass and a per-vertex stiffness estimate), truncated at the first negative curvature;
     backtracking line search with the Armijo test on E (where E's change is at its round-off,
     within ``ENERGY_ROUNDOFF`` epsilons, a step that lowers ``|r|`` instead); each iteration moves no vertex by more
@@ -134,8 +140,11 @@ SHIFT_GROWTH = 4.0
 SHIFT_TRIES = 40
 #: a change of E below this many epsilons of |E| is round-off: the line search then asks |r| to decrease
 ENERGY_ROUNDOFF = 1e3
-#: linear_solver="auto" factors H directly up to this many free degrees of freedom (3 per free vertex)
-DIRECT_MAX_DOFS = 30000
+#: linear_solver="auto" factors H directly up to this many free degrees of freedom (3 per free vertex). Measured
+#: (benchmarks/README.md, "Thin shells"): a 224 x 224 cloth, 150,528 dofs, 4.9e6 nonzeros in H, factors with
+#: 2.7e7 nonzeros in L + U (splu, MMD_AT_PLUS_A ordering) in 19 s on two loaded cores; Jacobi-preconditioned CG
+#: stalls there (400 iterations per Newton iteration, stopped at 1e-5 |M g|)
+DIRECT_MAX_DOFS = 200000
 #: default contact stiffness (Pa/m: contact pressure per metre of penetration)
 DEFAULT_CONTACT_STIFFNESS = 1e7
 # vertex kinds
@@ -335,10 +344,13 @@ class ShellPart(Part):
         self.adjoint_rtol = 1e-10 if real == ti.f64 else 1e-5
         #: linear solver of the Newton steps and the adjoint: "auto", "direct" or "cg" (:meth:`set_newton`)
         self.linear_solver = "auto"
-        #: sparse factorizations done (direct solver), modified Newton steps (H not positive definite: H + tau M /
-        #: dt^2 factored instead) and fallbacks to CG (no shift worked, or the adjoint's H not positive definite)
+        #: sparse factorizations done (direct solver), modified Newton steps (H not positive definite: the projected
+        #: H + C, or H + C + tau M / dt^2, factored instead) and fallbacks to CG (no shift worked, or the adjoint's
+        #: H not positive definite)
         self.n_factor = 0
         self.n_shift = 0
+        #: modified Newton steps for which the projection of the membrane (:meth:`membrane_hessian`) was enough
+        self.n_project = 0
         self.n_fallback = 0
         self._pattern = None
         self._status: dict[int, tuple] = {}
@@ -463,6 +475,12 @@ class ShellPart(Part):
         self.bodies = list(bodies)
         self.initial_rest_angle = rest0
         self._build_pattern(tri[:m], hinge[:h], kind[:n], n)
+        # the membrane's element data for its positive semi-definite projection (:meth:`membrane_hessian`)
+        w = np.empty((m, 3, 2))
+        w[:, 1], w[:, 2] = dminv[:m, 0], dminv[:m, 1]
+        w[:, 0] = -w[:, 1] - w[:, 2]
+        self._pattern.update(tri=tri[:m].astype(np.int64), tri_w=w, tri_area=area[:m].astype(np.float64),
+                             tri_body=tbody[:m].astype(np.int64))
         self._check_tool_overlap(spec)
         if any(b.self_contact for b in bodies) or (self.contact is not None and self.contact.fem is not None):
             if self.contact is None:
@@ -577,8 +595,15 @@ class ShellPart(Part):
         c_ = (3 * dof[j])[:, None, None] + d[None]
         # the probe (colour of j, axis d) returns column 3 j + d of H in the rows of every i next to j
         src = ((color[j][:, None, None] * 3 + d[None]) * n + i[:, None, None]) * 3 + a[None]
-        self._pattern = dict(n=n, ncol=ncol, free=free, rows=r.ravel(), cols=c_.ravel(), src=src.ravel(),
-                             size=3 * len(free), dof=dof)
+        # CSR order once (the pairs (i, j) are distinct): each assembly is then one gather
+        r, c_, src = r.ravel(), c_.ravel(), src.ravel()
+        order = np.lexsort((c_, r))
+        m = 3 * len(free)
+        indptr = np.zeros(m + 1, np.int64)
+        np.cumsum(np.bincount(r, minlength=m), out=indptr[1:])
+        idx_type = np.int32 if len(r) < 2**31 - 1 else np.int64
+        self._pattern = dict(n=n, ncol=ncol, free=free, src=src[order], indices=c_[order].astype(idx_type),
+                             indptr=indptr.astype(idx_type), size=m, dof=dof)
         full = np.zeros(self.color.shape[0], np.int32)
         full[:n] = color
         self.color.from_numpy(full)
@@ -627,8 +652,9 @@ class ShellPart(Part):
         ``max_cg`` CG iterations per Newton iteration (and per adjoint solve: 4x).
 
         ``linear_solver``: ``"direct"`` assembles H exactly (one Hessian-vector product per colour
-        and axis) and factors it (scipy ``splu``), shifted by a multiple of the mass matrix where H
-        is not positive definite (:meth:`_direct_newton_step`; the adjoint falls back to CG there);
+        and axis) and factors it (scipy ``splu``), with the compressed triangles' membrane Hessians
+        projected (and if need be a multiple of the mass matrix added) where H is not positive
+        definite (:meth:`_direct_newton_step`; the adjoint falls back to CG there);
         ``"cg"`` is Jacobi-preconditioned CG; ``"auto"`` (default) is direct up to
         :data:`DIRECT_MAX_DOFS` free degrees of freedom."""
         if linear_solver is not None:
@@ -1191,12 +1217,64 @@ class ShellPart(Part):
                 self._residual_vjp_elements()
                 Q[c, d] = self.xk.grad.to_numpy()[:n]
         m = P["size"]
-        H = sp.csr_matrix((Q.ravel()[P["src"]], (P["rows"], P["cols"])), shape=(m, m))
+        H = sp.csr_matrix((Q.ravel()[P["src"]], P["indices"], P["indptr"]), shape=(m, m))
         if self.contact_on:
             Hc = self.contact.hessian_blocks(P["dof"], m, project)
             if Hc is not None:
                 H = (H + Hc).tocsr()
         return H
+
+    def membrane_hessian(self, negative_part: bool = True):
+        """The membrane's Hessian at the iterate ``xk`` on the free degrees of freedom (as
+        :meth:`assemble_hessian`), computed triangle by triangle in numpy from the energy's Hessian in
+        the deformation gradient: with ``P(F) = F S``, ``S = 2 mu G + lam tr(G) I``, the 6 x 6 form
+        ``K(dF1, dF2) = <dF1, dF2 S> + 2 mu <dG1, dG2> + lam tr(dG1) tr(dG2)`` (``dG = sym(F^T dF)``),
+        times ``t A``, mapped to the triangle's 9 coordinates by the constant ``dF / dx`` (``F = Ds Dm^-1``).
+
+        ``negative_part``: only minus each triangle's negative part, ``-sum_{k: l_k < 0} l_k v_k v_k^T``
+        of ``K``'s eigenpairs (positive semi-definite; zero for a triangle that is not compressed): added
+        to H it replaces every triangle's membrane Hessian by its projection onto the positive
+        semi-definite cone (Teran et al. 2005), so H + this is positive definite wherever bending and
+        contact are positive semi-definite (the mass term is positive definite)."""
+        import scipy.sparse as sp
+
+        P = self._pattern
+        tri, w, area, tb = P["tri"], P["tri_w"], P["tri_area"], P["tri_body"]
+        m = P["size"]
+        if not len(tri):
+            return sp.csr_matrix((m, m))
+        x = self.xk.to_numpy()[: P["n"]].astype(np.float64)
+        bp = self.bp.to_numpy().astype(np.float64)
+        E, nu = bp[tb, C_E], bp[tb, C_NU]
+        mu, lam = E / (2.0 * (1.0 + nu)), E * nu / (1.0 - nu * nu)
+        ta = bp[tb, C_T] * area
+        F = np.einsum("tvi,tvc->tic", x[tri], w)  # (T, 3, 2): sum_v x_v w_v^T
+        G = 0.5 * (np.einsum("tic,tid->tcd", F, F) - np.eye(2))
+        S = 2.0 * mu[:, None, None] * G + (lam * np.trace(G, axis1=1, axis2=2))[:, None, None] * np.eye(2)
+        # dG for the 6 unit directions E_(a,c) of F: sym(F^T E_(a,c))[c', d] = (F[a, c'] d_{d c} + F[a, d] d_{c' c}) / 2
+        eye2 = np.eye(2)
+        dG = 0.5 * (np.einsum("tae,cf->tacef", F, eye2) + np.einsum("taf,ce->tacef", F, eye2))
+        dG = dG.reshape(len(tri), 6, 2, 2)
+        K = (2.0 * mu[:, None, None] * np.einsum("tjef,tkef->tjk", dG, dG)
+             + lam[:, None, None] * np.einsum("tjee,tkff->tjk", dG, dG))
+        K += np.einsum("ab,tcd->tacbd", np.eye(3), S).reshape(len(tri), 6, 6)
+        K *= ta[:, None, None]
+        if negative_part:
+            lam_k, V = np.linalg.eigh(K)
+            neg = lam_k.min(axis=1) < 0
+            if not neg.any():
+                return sp.csr_matrix((m, m))
+            tri, w, lam_k, V = tri[neg], w[neg], lam_k[neg], V[neg]
+            K = np.einsum("tjk,tk,tlk->tjl", V, np.maximum(-lam_k, 0.0), V)
+        C = np.einsum("tvc,tacbd,tud->tvaub", w, K.reshape(-1, 3, 2, 3, 2), w)  # (T, 3, 3, 3, 3)
+        dof = P["dof"][tri]  # (T, 3)
+        ax = np.arange(3)
+        r = (3 * dof)[:, :, None, None, None] + ax[None, None, :, None, None]
+        c = (3 * dof)[:, None, None, :, None] + ax[None, None, None, None, :]
+        r, c = np.broadcast_to(r, C.shape), np.broadcast_to(c, C.shape)
+        keep = (np.broadcast_to(dof[:, :, None, None, None], C.shape) >= 0) & \
+               (np.broadcast_to(dof[:, None, None, :, None], C.shape) >= 0)
+        return sp.csr_matrix((C[keep], (r[keep], c[keep])), shape=(m, m))
 
     def _factor(self, project: bool = False):
         """Assemble H at ``xk`` and factor it; None where it is not positive definite."""
@@ -1226,10 +1304,13 @@ class ShellPart(Part):
 
     def _direct_newton_step(self) -> bool:
         """The Newton step dx = -H^-1 r into ``cx`` by the sparse direct solver. Where H is not
-        positive definite (a compressed sheet buckling), the modified Newton step of
-        ``H + tau M / dt^2`` (the lumped mass; ``tau`` from :data:`SHIFT_START`, times
-        :data:`SHIFT_GROWTH` until the factorization's pivots are positive: Nocedal & Wright,
-        "Numerical Optimization", 3.4): a descent direction that changes continuously with the
+        positive definite (a compressed sheet buckling), the projected Newton step of ``H + C``
+        (``C`` = :meth:`membrane_hessian`, the negative part of every compressed triangle's membrane
+        Hessian: one more factorization; counted in :attr:`n_shift` and :attr:`n_project`); where
+        that is not positive definite either (bending or contact Hessians indefinite), the modified
+        Newton step of ``H + C + tau M / dt^2`` (the lumped mass; ``tau`` from :data:`SHIFT_START`,
+        times :data:`SHIFT_GROWTH` until the factorization's pivots are positive: Nocedal & Wright,
+        "Numerical Optimization", 3.4): descent directions that change continuously with the
         iterate. False (nothing written) where no shift gives a positive definite matrix or the step
         is not finite (then the caller falls back to truncated CG)."""
         import scipy.sparse as sp
@@ -1237,14 +1318,22 @@ class ShellPart(Part):
         H = self.assemble_hessian(project=True).tocsc()
         A, lu = H, self._factor_pd(H)
         if lu is None:
+            # projected Newton: every compressed triangle's membrane Hessian projected onto the positive
+            # semi-definite cone (positive definite with the mass term where bending and contact are
+            # positive semi-definite)
+            self.n_shift += 1
+            A = (H + self.membrane_hessian(negative_part=True)).tocsc()
+            lu = self._factor_pd(A)
+            if lu is not None:
+                self.n_project += 1
+        if lu is None:
             h = float(self.dt[None])
             D = sp.diags(np.repeat(self.vertex_mass()[self._pattern["free"]], 3) / (h * h), format="csc")
-            tau = SHIFT_START
+            Ap, tau = A, SHIFT_START
             for _ in range(SHIFT_TRIES):
-                A = (H + tau * D).tocsc()
+                A = (Ap + tau * D).tocsc()
                 lu = self._factor_pd(A)
                 if lu is not None:
-                    self.n_shift += 1
                     break
                 tau *= SHIFT_GROWTH
             else:
