@@ -1,6 +1,6 @@
 """Random search, CMA-ES, Adam and the hybrid on the thin-shell tasks, at one budget of simulated steps.
 
-    python benchmarks/shell_tasks.py                       # all three tasks, seed 0
+    python benchmarks/shell_tasks.py                       # all four tasks, seed 0
     python benchmarks/shell_tasks.py --tasks Folding --out benchmarks/results/shell_tasks.json
 
 Every optimizer run is :func:`physim.cli.optimize`, the function behind ``physim optimize
@@ -33,6 +33,8 @@ PLANS = {
     "Folding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
     # T = 20, A = 4: CMA-ES popsize 17 (80 dims); hybrid popsize 11 (16 dims)
     "Sliding": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
+    # T = 20, A = 4: as Sliding (two sheets with shell <-> shell contact)
+    "Separating": {"adam": 16, "cma": 2, "hybrid": 6, "random": 33},
     # T = 1, A = 2: Adam 10 x 2 + 1 evaluations; CMA-ES popsize 6 x 3 + 1; hybrid 2 x 6 + 1 then 3 x 2 + 1
     # L-BFGS-B (not a physim optimize method): 10 gradient evaluations
     "CardBending": {"adam": 10, "cma": 3, "hybrid": (2, 3), "random": 21, "lbfgs": 10},

@@ -51,6 +51,9 @@ ENVS: dict[str, tuple[str, str]] = {
                           "(ThinShellLab)"),
     "physim/Sliding-v0": ("physim.envs.sliding:SlidingEnv",
                           "3D thin shell: drag a rubber mat across a table to a target pose with a pad, by friction"),
+    "physim/Separating-v0": ("physim.envs.separating:SeparatingEnv",
+                             "3D thin shells: slide the top sheet of a two-sheet stack to a target pose with a pad, "
+                             "by friction, leaving the bottom sheet in place (ThinShellLab)"),
     "physim/CardBending-v0": ("physim.envs.card_bending:CardBendingEnv",
                               "3D thin shell, inverse: identify a card's bending stiffness and damping from its "
                               "observed fall"),
