@@ -54,7 +54,8 @@ _DEFAULT_WORLDS: contextvars.ContextVar[int] = contextvars.ContextVar("physim_n_
 
 
 class UnbatchableScene(ValueError):
-    """A scene with ``n_worlds > 1`` holds a part that batched worlds do not support yet."""
+    """A scene with ``n_worlds > 1`` holds a part that batched worlds do not support yet (thin
+    shells, emitters, the smoke field)."""
 
 
 @contextlib.contextmanager
@@ -150,8 +151,10 @@ class Scene(Rollout):
             ``BOUND * dx``.
         n_worlds: W copies of the scene ("worlds") simulated by the same kernel launches, each
             with its own state, actions, material parameters and tool friction, and its own
-            gradients (see "Batched worlds" below). MPM bodies and tools only. ``None``: 1, or
-            the ``W`` of an enclosing ``with physim.scene.batched_worlds(W):``.
+            gradients (see "Batched worlds" below). MPM, mass-spring and FEM bodies, their
+            coupling and tools (thin shells, emitters and smoke raise
+            :class:`UnbatchableScene`). ``None``: 1, or the ``W`` of an enclosing
+            ``with physim.scene.batched_worlds(W):``.
 
     Batched worlds (``n_worlds=W > 1``): describe one world (``add_body``, ``add_tool``); the
     build makes W copies. Every state array is world-major: ``"mpm.x"`` has ``W * n`` rows,
@@ -161,7 +164,11 @@ class Scene(Rollout):
     world, as a one-world scene's), and :meth:`backward` returns the action gradient in that
     shape; a loss summed over the worlds gives each world its own gradients. Material and tool
     rows are world-major too (``world * n_materials_per_world + m``): ``set_material_param(m,
-    name, value, world=w)`` sets one world's, ``world=None`` every world's.
+    name, value, world=w)`` sets one world's, ``world=None`` every world's. So are mass-spring
+    springs and FEM bodies (``set_param("fem.E", value, row=w * bodies_per_world + b)``); the
+    coupling law (``coupler.*``) is one row shared by the worlds, and the FEM part sub-cycles
+    every world as often as its stiffest world needs (a world then matches a one-world scene
+    that sub-cycles as often).
     """
 
     def __init__(
@@ -623,6 +630,7 @@ class Scene(Rollout):
                 bodies=_next_pow2(len(self.fem_bodies), 1),
                 models=tuple(sorted({b.model for b in self.fem_bodies})), tool_contact=has_tools,
                 subcycles=_next_pow2(2 * need, 1) if need > 1 else 1, mpm_contact=self._has_mpm,
+                worlds=self.n_worlds,
                 faces=_next_pow2(sum(len(b.mesh.surface_faces()) for b in self.fem_bodies), 16))
         shell = None
         if self.shell_bodies:
@@ -744,25 +752,26 @@ class Scene(Rollout):
         materials, actuator groups and tools repeated world-major (world w's material rows
         ``w * M ...``, actuator groups ``w * A ...``, tools ``w * T ...``)."""
         W = self.n_worlds
-        other = [what for what, has in (("FEM bodies", self.fem_bodies),
-                                        ("thin shells", self.shell_bodies), ("a smoke field", self.smoke is not None),
+        other = [what for what, has in (("thin shells", self.shell_bodies), ("a smoke field", self.smoke is not None),
                                         ("emitters", self.emitters)) if has]
         if other:
             raise UnbatchableScene(f"n_worlds={W}: batched worlds are built for MPM bodies, mass-spring bodies, "
-                                   f"their coupling and tools so far; this scene also has {', '.join(other)} "
-                                   f"(build it with n_worlds=1)")
-        if not (self.bodies or self.spring_bodies):
-            raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body) or mass-spring bodies")
+                                   f"FEM bodies, their coupling and tools so far; this scene also has "
+                                   f"{', '.join(other)} (build it with n_worlds=1)")
+        if not (self.bodies or self.spring_bodies or self.fem_bodies):
+            raise ValueError(f"n_worlds={W}: a batched scene needs MPM bodies (add_body), mass-spring bodies or "
+                             f"FEM bodies")
         if self._one_world is None:
             d = self.dim
             cat = lambda rows, shape, dtype=np.float64: np.concatenate(rows) if rows else np.zeros(shape, dtype)  # noqa: E731
             self._one_world = dict(x=cat(self._x, (0, d)), v=cat(self._v, (0, d)), mat=cat(self._mat, 0, np.int32),
                                    act=cat(self._act, 0, np.int32), fiber=cat(self._fiber, (0, d)),
                                    materials=list(self.materials), tools=list(self.tools), n_act=self.n_actuators,
-                                   springs=list(self.spring_bodies))
+                                   springs=list(self.spring_bodies), fem=list(self.fem_bodies))
         o = self._one_world
         M, A, n = len(o["materials"]), o["n_act"], len(o["x"])
         self.spring_bodies = o["springs"] * W
+        self.fem_bodies = o["fem"] * W  # each world's mounts: its own tools (FEMPart.load)
         if not n:
             self.tools = o["tools"] * W
             return
@@ -875,22 +884,24 @@ class Scene(Rollout):
         radius: the first substep's penalty force would be enormous) and MPM particles that
         start inside a FEM gel's tets. Runs on slot 0."""
         ps = self.partset
+        W = self.n_worlds
         if self.tools and self._has_mpm:
             self._check_tool_start()
         if self.spring_bodies and self._has_mpm:
             from scipy.spatial import cKDTree
 
-            verts = np.concatenate([b.vertices for b in self.spring_bodies])
+            # a batched scene's worlds are copies of one at build: world 0 stands for all
+            verts = np.concatenate([b.vertices for b in self.spring_bodies[: len(self.spring_bodies) // W]])
             r = ps.coupler.radius
-            dist, _ = cKDTree(np.concatenate(self._x)).query(verts)
+            dist, _ = cKDTree(np.concatenate(self._x[: len(self._x) // W])).query(verts)
             if (dist < 0.5 * r).any():
                 i = int(np.argmin(dist))
                 raise ValueError(
                     f"mass-spring vertex {i} at {verts[i].round(4).tolist()} starts inside MPM material "
                     f"(nearest particle {dist[i]:.3g} away, contact radius {r:.3g}): move the bodies apart")
         if self.fem_bodies and self._has_mpm:
-            x = np.concatenate(self._x)
-            for bi, body in enumerate(self.fem_bodies):
+            x = np.concatenate(self._x[: len(self._x) // W])
+            for bi, body in enumerate(self.fem_bodies[: len(self.fem_bodies) // W]):
                 inside = _inside_tets(body.mesh, x)
                 if inside.any():
                     i = int(np.argmax(inside))

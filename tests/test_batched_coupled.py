@@ -164,3 +164,146 @@ def test_batched_coupler_loss_matches_finite_differences(coupled):
     ad = g.params["springs.stiffness"][row]
     assert abs(ad) > 0
     assert abs(fd - ad) < 1e-4 * abs(fd), f"d loss / d springs.stiffness of world 2: fd {fd} vs {ad}"
+
+
+# ---------------------------------------------------------------------------- FEM gels
+#: per world: Young's modulus of the gel (Pa), friction of the indenter
+FEM_E = [1e5, 1.3e5, 0.8e5]
+FEM_FRICTION = [0.3, 0.6, 0.1]
+PAD_TOP = 0.305
+
+
+def _fem(n_worlds: int) -> ps.Scene:
+    """A 2 x 2 x 1 cm pad (2 x 1 x 2 cells, 18 nodes) with its back mounted on a box tool, and a
+    sphere indenter touching its top; dt = 1e-4 s, 2 substeps per step, chunks of 4."""
+    gc.collect()
+    scene = ps.Scene(dim=3, grid_res=16, dt=1e-4, substeps_per_step=2, checkpoint_every=4, n_worlds=n_worlds)
+    scene.add_tool(ps.BoxTool(position=(0.5, 0.29, 0.5), half_extents=(0.015, 0.005, 0.015)))
+    scene.add_tool(ps.SphereTool(position=(0.501, PAD_TOP + 0.01, 0.4995), radius=0.01, friction=0.3))
+    mesh = ps.flat_pad(center=(0.5, 0.3, 0.5), size=(0.02, 0.02), thickness=0.01, resolution=(2, 1, 2))
+    scene.add_fem(ps.FEMBody(mesh, E=1e5, nu=0.4, density=1000.0, alpha=2.0, mount=0))
+    return scene.build(max_steps=STEPS)
+
+
+def _fem_inputs():
+    """Per world: the mount's and the indenter's velocities (the indenter pressed in) and the
+    indenter's start (a little lower in world 2)."""
+    rng = np.random.default_rng(5)
+    actions = rng.normal(0.0, 0.05, (STEPS, W, 12))
+    actions[:, :, 7] -= 0.8  # the sphere down at ~0.8 m/s
+    actions[:, :, 3:6] *= 4.0  # the mount turns a little
+    actions[:, :, 1] = 0.0  # and keeps its height
+    sphere = np.array([[0.501, PAD_TOP + 0.01, 0.4995], [0.5, PAD_TOP + 0.0099, 0.5015],
+                       [0.499, PAD_TOP + 0.01, 0.5]])
+    return actions, sphere
+
+
+def _fem_world(scene, w, k=None):
+    row = 0 if k is None else k
+    scene.set_param("fem.E", FEM_E[w], row=row)
+    scene.set_param("tools.friction", FEM_FRICTION[w], row=2 * row + 1)
+
+
+@pytest.mark.filterwarnings("ignore::physim.parts.fem.Subcycling")
+def test_batched_fem_with_tools_matches_separate_scenes():
+    scene = _fem(W)
+    actions, sphere = _fem_inputs()
+    for w in range(W):
+        _fem_world(scene, w, w)
+    pos = scene.initial_state()["tools.pos"].reshape(W, 2, 3)
+    pos[:, 1] = sphere
+    scene.set_initial_state({"tools.pos": pos})
+    n = scene.partset.fem.rows[None] // W
+    rng = np.random.default_rng(8)
+    weights = {"fem.x": rng.normal(size=(W, n, 3)), "fem.v": 1e-3 * rng.normal(size=(W, n, 3)),
+               "fem.f_contact": rng.normal(size=(W, n, 3))}
+    scene.forward(actions)
+    final = scene.per_world(scene.get_state())
+    n_sub = scene.partset.fem.subcycles
+    g = scene.backward(_flat(weights))
+    g0 = scene.per_world(g.initial)
+    del scene
+    one = _fem(1)
+    for w in range(W):
+        _fem_world(one, w)
+        assert one.partset.fem.subcycles == n_sub  # the batch sub-cycles as the stiffest world needs
+        p1 = one.initial_state()["tools.pos"]
+        p1[1] = sphere[w]
+        one.set_initial_state({"tools.pos": p1})
+        one.forward(actions[:, w])
+        s = one.get_state()
+        assert np.abs(s["fem.f_contact"]).max() > 0  # the indenter presses the gel
+        for name in ("fem.x", "fem.v", "fem.f_contact", "tools.pos", "tools.rot"):
+            scale = max(np.abs(s[name]).max(), 1.0) if name != "fem.f_contact" else np.abs(s[name]).max()
+            np.testing.assert_allclose(final[name][w], s[name], rtol=0, atol=1e-12 * scale,
+                                       err_msg=f"world {w}: {name}")
+        gw = one.backward({k: v[w] for k, v in weights.items()})
+        np.testing.assert_allclose(g.actions[:, w], gw.actions, rtol=0, atol=1e-9 * np.abs(gw.actions).max(),
+                                   err_msg=f"world {w}: d loss / d actions")
+        for name in ("fem.x", "fem.v", "tools.pos"):
+            ref = gw.initial[name]
+            np.testing.assert_allclose(g0[name][w], ref, rtol=0, atol=1e-9 * np.abs(ref).max(),
+                                       err_msg=f"world {w}: d loss / d initial {name}")
+        for name, rows in (("fem.E", slice(w, w + 1)), ("fem.alpha", slice(w, w + 1)),
+                           ("tools.friction", slice(2 * w, 2 * w + 2))):
+            ref = gw.params[name]
+            np.testing.assert_allclose(g.params[name][rows], ref, rtol=0, atol=1e-9 * np.abs(ref).max(),
+                                       err_msg=f"world {w}: d loss / d {name}")
+
+
+#: the gel-on-material scene: a 4 x 3 x 4-particle elastic block on the floor of a 32^3 grid
+#: (spacing 1/64 m), and a 4 x 4 x 1 cm pad facing down, its bottom 0.8 of the contact reach (half
+#: a spacing) above the block's top particles, its back mounted on a box tool
+SP = 1.0 / 64
+GEL_BLOCK = ps.Box(center=(0.5, 0.095 + 1.5 * SP, 0.5), size=(4 * SP, 3 * SP, 4 * SP))
+GEL_BOTTOM = 0.095 + 2.5 * SP + 0.49 * SP  # within the reach: in contact from the start
+MPM_E = [2e4, 3e4, 1.4e4]
+#: steps of the gel's rollout: the light surface nodes bounce off the block once, then press it
+GEL_STEPS = 6
+
+
+def _gel_on_material(n_worlds: int) -> ps.Scene:
+    gc.collect()
+    scene = ps.Scene(dim=3, grid_res=32, dt=1e-4, substeps_per_step=2, checkpoint_every=4, n_worlds=n_worlds)
+    scene.add_tool(ps.BoxTool(position=(0.5, GEL_BOTTOM + 0.015, 0.5), half_extents=(0.025, 0.005, 0.025)))
+    mesh = ps.flat_pad(center=(0.5, GEL_BOTTOM + 0.005, 0.5), size=(0.04, 0.04), thickness=0.01,
+                       resolution=(2, 1, 2), back="top")
+    scene.add_fem(ps.FEMBody(mesh, E=5e4, nu=0.4, density=1000.0, alpha=5.0, mount=0))
+    scene.add_body(GEL_BLOCK, ps.Elastic(E=2e4, nu=0.3, density=1000.0))
+    return scene.build(max_steps=GEL_STEPS)
+
+
+@pytest.mark.filterwarnings("ignore::physim.parts.fem.Subcycling")
+def test_batched_gel_on_mpm_material_matches_separate_scenes():
+    """The tactile tasks' layout: a mounted gel pressed onto MPM material through the coupler.
+    Per world: the mount's motion, the block's start (shifted sideways) and its E; the gel's
+    surface must meet only its own world's particles. States only: what batching changes in
+    this coupling is which (particle, triangle) pairs the integer launch ``build_face_pairs``
+    lists, and reverse mode replays that same list through the same differentiated launches
+    (whose batched reverse the tests above and tests/test_batched_worlds.py check); the
+    3D MPM + FEM reverse kernels of two more layouts would add minutes of compilation."""
+    scene = _gel_on_material(W)
+    n = scene.particles_per_world
+    rng = np.random.default_rng(9)
+    actions = rng.normal(0.0, 0.05, (GEL_STEPS, W, 6))
+    actions[:, :, 1] -= 1.0  # the mount (and the gel) down onto the block
+    shift = np.array([[0.0, 0.0, 0.0], [0.004, 0.0, -0.003], [-0.005, 0.0, 0.002]])
+    x0 = scene.initial_state()["mpm.x"].reshape(W, n, 3) + shift[:, None, :]
+    scene.set_initial_state(x=x0)
+    for w in range(W):
+        scene.set_material_param(0, "E", MPM_E[w], world=w)
+    scene.forward(actions, requires_grad=False)
+    assert int(scene.partset.coupler.n_fpairs[None]) > 0  # the gels touch their blocks
+    final = scene.per_world(scene.get_state())
+    del scene
+    one = _gel_on_material(1)
+    for w in range(W):
+        one.set_material_param(0, "E", MPM_E[w])
+        one.set_initial_state(x=x0[w])
+        one.forward(actions[:, w], requires_grad=False)
+        s = one.get_state()
+        assert np.abs(s["fem.f_contact"]).max() > 0
+        for name in ("mpm.x", "mpm.v", "fem.x", "fem.v", "fem.f_contact", "tools.pos"):
+            scale = max(np.abs(s[name]).max(), 1.0) if name != "fem.f_contact" else np.abs(s[name]).max()
+            np.testing.assert_allclose(final[name][w], s[name], rtol=0, atol=1e-12 * scale,
+                                       err_msg=f"world {w}: {name}")

@@ -31,8 +31,15 @@ Batched worlds (``Scene(n_worlds=W)``) need nothing from this module: the scene 
 world's bodies, materials and tools world-major, so world ``w``'s rows of every field follow
 world ``w - 1``'s, and a part that supports batching only knows each row's world (the MPM
 part's ``p_world`` and its grid of one tile per world along axis 0, the mass-spring part's
-``node_world``) and asks the tools part for that world's tools
-(:meth:`physim.parts.tools.ToolsPart.contact_world`). Unbatched layouts compile none of it.
+``node_world``, the FEM part's ``body_world`` / ``node_world``) and asks the tools part for
+that world's tools (:meth:`physim.parts.tools.ToolsPart.contact_world`,
+``ToolsPart._world_tool``; a FEM body's mount is its own world's copy of the tool). The
+coupler keeps one cell list per world for the mass-spring nodes (a particle visits only its
+world's cells) and skips the FEM triangles of other worlds in the shared triangle cell list.
+Shared by the worlds: the coupling law (``coupler.*``: one row, its gradient the worlds' sum)
+and the FEM part's sub-step count (the largest any world's gels need). Unbatched layouts
+compile none of it. Not batched yet (:class:`physim.scene.UnbatchableScene`): thin shells,
+emitters, the smoke field.
 """
 
 import math

@@ -72,6 +72,13 @@ cost linear in particles and triangles, no search over all triangles -- and keep
 pressure there is already ``2 kc fem_radius``). ``FACE_CELLS`` cell
 entries per triangle are allocated (a triangle at rest size overlaps at most 8); more is
 reported by :meth:`Coupler.health`.
+
+Batched worlds (``Scene(n_worlds=W)``, :class:`CouplerLayout` ``worlds``): the worlds share
+coordinates, so the coupler keeps them apart by their rows' worlds. The node cell list has one
+block of cells per world (world-major); a node is sorted into its world's block and a particle
+visits only its world's cells. The triangles' cell list is shared (one bounding box over every
+world's gels), and a particle skips the triangles of other worlds while it looks for its
+closest. The coupling coefficients are one row for every world.
 """
 
 
@@ -455,11 +462,15 @@ class Coupler(Part):
                                                           self.entry_capacity)):
                     f = self.face_entries[k]
                     ids = self.fem.faces[f]
-                    g, _n, _w, _d = self._closest(xp, self.fem.x[l, ids[0]], self.fem.x[l, ids[1]],
-                                                  self.fem.x[l, ids[2]])
-                    if g > -self.fr[None] and g < self.fr[None]:
-                        if best < 0 or ti.abs(g) < ti.abs(best_g):
-                            best, best_g = f, g
+                    mine = True
+                    if ti.static(self.worlds > 1):  # the worlds share the cell list: keep to the particle's
+                        mine = self.fem.node_world[ids[0]] == self.mpm.p_world[p]
+                    if mine:
+                        g, _n, _w, _d = self._closest(xp, self.fem.x[l, ids[0]], self.fem.x[l, ids[1]],
+                                                      self.fem.x[l, ids[2]])
+                        if g > -self.fr[None] and g < self.fr[None]:
+                            if best < 0 or ti.abs(g) < ti.abs(best_g):
+                                best, best_g = f, g
                 if best >= 0:
                     slot = ti.atomic_add(self.n_fpairs[None], 1)
                     self.fpairs[slot] = ti.Vector([p, best])

@@ -85,6 +85,13 @@ mode, restoring the sub-step ring ``xs``/``vs``/``force`` the adjoints read):
 ``elastic_forces`` k, ``damping_forces`` k, [``face_forces`` k,] [``contact_forces`` k,]
 [``external_forces`` k,] ``integrate`` k),
 ``copy_out`` (ring n -> slot l + 1).
+
+Batched worlds (``Scene(n_worlds=W)``, :class:`FEMLayout` ``worlds``): the bodies come
+world-major (world ``w``'s bodies are rows ``w * B ...`` of every per-body parameter), a body
+mounted on tool ``j`` follows its own world's tool ``j`` (row ``w * T + j``) and its surface
+meets only its world's tools (``body_world``) and, through the coupler, its world's particles
+(``node_world``). Every world takes the same number of sub-steps: the most any world's gels
+need at their parameters.
 """
 
 
@@ -291,6 +298,9 @@ class FEMLayout:
     subcycles: int = 1
     mpm_contact: bool = False
     faces: int = 16
+    #: batched worlds (Scene(n_worlds)): bodies world-major, each meets only its world's tools
+    #: (and, through the coupler, its world's MPM particles)
+    worlds: int = 1
 
 
 @dataclass
@@ -376,10 +386,15 @@ class FEMPart(Part):
         # boundary triangles (outward), every body's, for the coupler and the readings
         self.faces = ti.Vector.field(3, ti.i32, shape=layout.faces)
         self.n_faces = ti.field(ti.i32, shape=())
-        self.kind = ti.field(ti.i32, shape=N)  # FREE, PINNED or the mount tool's index
+        self.kind = ti.field(ti.i32, shape=N)  # FREE, PINNED or the mount tool's row
+        # the world of each body and node (batched layouts only): bodies come world-major, the same
+        # count per world
+        self.worlds = layout.worlds
+        self.body_world = ti.field(ti.i32, shape=B) if layout.worlds > 1 else None
+        self.node_world = ti.field(ti.i32, shape=N) if layout.worlds > 1 else None
         self.X_local = ti.Vector.field(3, real, shape=N)  # kinematic node in its mount's frame
         self.model = ti.field(ti.i32, shape=B)
-        self.mount = ti.field(ti.i32, shape=B)  # tool index or -1
+        self.mount = ti.field(ti.i32, shape=B)  # tool row or -1
         self.friction = ti.field(real, shape=B)
         self.n_tets = ti.field(ti.i32, shape=())
         self.n_bodies = ti.field(ti.i32, shape=())
@@ -436,6 +451,10 @@ class FEMPart(Part):
         prm = {k: np.ones(B) for k in ("E", "nu", "density", "alpha", "beta", "kc", "cc")}
         prm["nu"][:] = 0.0
         smax, hmin = [], []
+        W = L.worlds
+        if len(bodies) % W or len(spec.tool_poses) % W:
+            raise ValueError(f"{len(bodies)} FEM bodies and {len(spec.tool_poses)} tools do not split into {W} worlds")
+        per_body, per_tool = len(bodies) // W, len(spec.tool_poses) // W
         v0 = t0 = 0
         for bi, b in enumerate(bodies):
             nv, nt = b.n_vertices, b.n_tets
@@ -453,14 +472,15 @@ class FEMPart(Part):
                 kind[v0 + b.fixed] = PINNED
                 xloc[v0 + b.fixed] = X[b.fixed]
             else:
-                if b.mount >= len(spec.tool_poses):
-                    raise ValueError(f"FEM body {bi}: mount={b.mount} but the scene has {len(spec.tool_poses)} "
-                                     f"tool(s)")
-                p0, q0 = spec.tool_poses[b.mount]
+                if b.mount >= per_tool:
+                    raise ValueError(f"FEM body {bi}: mount={b.mount} but the scene has {per_tool} tool(s)"
+                                     + (" per world" if W > 1 else ""))
+                row = (bi // per_body) * per_tool + b.mount  # the mount of this body's world
+                p0, q0 = spec.tool_poses[row]
                 R0 = _quat_matrix(q0)
-                kind[v0 + b.fixed] = b.mount
+                kind[v0 + b.fixed] = row
                 xloc[v0 + b.fixed] = (X[b.fixed] - p0) @ R0  # R0^T (X - p0), row-wise
-                mount[bi] = b.mount
+                mount[bi] = row
             model[bi], fric[bi] = MODELS[b.model], b.friction
             for k in ("E", "nu", "density", "alpha", "beta"):
                 prm[k][bi] = getattr(b, k)
@@ -490,6 +510,13 @@ class FEMPart(Part):
         self.n_faces[None] = len(faces)
         self.kind.from_numpy(kind)
         self.X_local.from_numpy(xloc.astype(r))
+        if W > 1:
+            bworld = np.zeros(B, np.int32)
+            bworld[: len(bodies)] = np.arange(len(bodies)) // per_body
+            self.body_world.from_numpy(bworld)
+            nworld = np.zeros(N, np.int32)
+            nworld[:n] = bworld[nbody[:n]]
+            self.node_world.from_numpy(nworld)
         self.model.from_numpy(model)
         self.mount.from_numpy(mount)
         self.friction.from_numpy(fric.astype(r))
@@ -519,13 +546,18 @@ class FEMPart(Part):
             return
         shapes = self.tools.shape.to_numpy()[:nt]
         sizes = self.tools.size.to_numpy()[:nt].astype(np.float64)
+        mounts = self.mount.to_numpy()
+        W = self.layout.worlds
+        per_body, per_tool = len(self.bodies) // W, nt // W
         v0 = 0
         for bi, b in enumerate(self.bodies):
             free = np.setdiff1d(np.arange(b.n_vertices), b.fixed)
             X = b.mesh.vertices[free]
             tol = START_DEPTH * float(self._hmin[bi])
-            for e, (pos, quat) in enumerate(spec.tool_poses):
-                if e == b.mount:
+            first = (bi // per_body) * per_tool  # this body's world's tools only
+            for e in range(first, first + per_tool):
+                pos, quat = spec.tool_poses[e]
+                if e == mounts[bi]:
                     continue
                 p = (X - np.asarray(pos, np.float64).reshape(1, 3)) @ _quat_matrix(quat)  # R^T (x - c), row-wise
                 phi = tool_sdf_np(int(shapes[e]), sizes[e], p)
@@ -821,6 +853,13 @@ class FEMPart(Part):
                 self.fc[k, i] = f
 
     @ti.func
+    def _body_world(self, b):
+        out = 0
+        if ti.static(self.worlds > 1):
+            out = self.body_world[b]
+        return out
+
+    @ti.func
     def _tool_penalty(self, l, t, k, n, i):
         """Penalty + regularized Coulomb force on surface node ``i`` against the tools."""
         b = self.node_body[i]
@@ -830,8 +869,10 @@ class FEMPart(Part):
         eta = STICK * m * n / self.dt[None]  # removes at most STICK of v_t per sub-step
         f = ti.Vector.zero(self.real, 3)
         s = k / n
-        for e in ti.static(range(self.tools.capacity)):
-            if e < self.tools.rows[None] and e != self.mount[b]:
+        for j in ti.static(range(self.tools.capacity)):
+            # row of this body's world's j-th tool (unbatched: j, while j < the tools' rows)
+            e, inside = self.tools._world_tool(j, self._body_world(b))
+            if inside and e != self.mount[b]:
                 c = self.tools.pos[l, e] + s * (self.tools.pos[l + 1, e] - self.tools.pos[l, e])
                 R = rotation_matrix(self.tools.rot[l, e] + s * (self.tools.rot[l + 1, e] - self.tools.rot[l, e]), 3)
                 r = x - c
