@@ -2,10 +2,10 @@
 
 Every task registers a ``vector_entry_point`` (``vectorization_mode="vector_entry_point"``, the
 default of :func:`gymnasium.make_vec` for these ids). Where the task's scene can be batched
-(MPM bodies and tools: :class:`physim.Scene` with ``n_worlds``), it is a
-:class:`PhysimVectorEnv`: one scene of B worlds stepped by the same kernel launches, with one
-goal per world. Tasks with parts that batched worlds do not support yet (FEM gels, thin
-shells, mass-spring bodies, emitters, the smoke field) get Gymnasium's
+(MPM, mass-spring and FEM bodies, their coupling and tools: :class:`physim.Scene` with
+``n_worlds``), it is a :class:`PhysimVectorEnv`: one scene of B worlds stepped by the same
+kernel launches, with one goal per world. Tasks with parts that batched worlds do not support
+yet (thin shells, emitters, the smoke field) get Gymnasium's
 :class:`~gymnasium.vector.SyncVectorEnv` of B single envs in this process instead; both use
 next-step autoreset (Gymnasium 1.x's default) and ``env.metadata["batched"]`` says which one
 you got.
@@ -92,11 +92,28 @@ class PhysimVectorEnv(VectorEnv):
         """Make the one-world task hold world ``w``'s goal (for its loss, observation and metrics)."""
         vars(self.task).update(self._worlds[w]["goal"])
 
+    def _keep(self, w: int) -> None:
+        """Store the task's per-world attributes back as world ``w``'s (a task may keep state
+        per episode: SurfaceFollowing's loss reads the episode's history of readings)."""
+        self._worlds[w]["goal"] = {k: v for k, v in vars(self.task).items() if k not in _SHARED}
+
     def _world_eval(self, w: int, state: dict[str, np.ndarray], t: int):
+        """World ``w``'s observation, loss and metrics at ``state``, its step ``t`` of the episode
+        (0: ``state`` is the episode's start, as the single env's reset passes it)."""
         self._use(w)
         self.task._t = int(t)
+        if t == 0:
+            self.task._start_state = state  # the start by identity, as the single env's reset
         loss = self.task._state_loss(state)
-        return self.task._observation(state), loss, self.task._metrics(state)
+        out = self.task._observation(state), loss, self.task._metrics(state)
+        self._keep(w)
+        return out
+
+    def _world_observation(self, w: int, state: dict[str, np.ndarray]) -> np.ndarray:
+        """World ``w``'s observation at its current state, leaving its episode's record alone."""
+        self._use(w)
+        self.task._t = int(self._t[w])
+        return self.task._observation(state)
 
     def _set_world_state(self, full: dict[str, np.ndarray], w: int, state: dict[str, np.ndarray]) -> None:
         for name, value in state.items():
@@ -134,7 +151,7 @@ class PhysimVectorEnv(VectorEnv):
         current = self.scene.per_world(full)
         for w in range(self.num_envs):
             if not mask[w]:
-                obs[w] = self._world_eval(w, {k: v[w] for k, v in current.items()}, self._t[w])[0]
+                obs[w] = self._world_observation(w, {k: v[w] for k, v in current.items()})
                 continue
             self._use(w)
             if seeds[w] is not None:

@@ -14,8 +14,9 @@ import physim.envs  # noqa: F401  (registers the tasks)
 B = 3
 H = 3
 #: a 2D task with muscle actuators (action columns per world after the tools') and a 3D tool task
-#: and DiffTaichi's mass-spring walker (spring actuators: the mass-spring part batched)
-BATCHED = ["physim/Walker2D-v0", "physim/Pinch-v0", "physim/MassSpringWalker2D-v0"]
+#: and DiffTaichi's mass-spring walker (spring actuators: the mass-spring part batched), and a
+#: tactile task (a FEM gel on its mount; its loss reads each episode's history of readings)
+BATCHED = ["physim/Walker2D-v0", "physim/Pinch-v0", "physim/MassSpringWalker2D-v0", "physim/SurfaceFollowing-v0"]
 
 
 def _make_vec(env_id, **kw):
