@@ -222,7 +222,34 @@ def test_batched_fem_with_tools_matches_separate_scenes():
     n_sub = scene.partset.fem.subcycles
     g = scene.backward(_flat(weights))
     g0 = scene.per_world(g.initial)
-    del scene
+    # the loss summed over the worlds against central differences (f64): world 1's E, world 2's
+    # indenter velocity; h small (1e-6 relative, 1e-6 m/s): the penalty's onset is a kink
+    flat = _flat(weights)
+
+    def loss(a=actions):
+        scene.reset()
+        scene.forward(a, requires_grad=False)
+        st = scene.get_state()
+        return sum(float((v * st[k]).sum()) for k, v in flat.items())
+
+    def shifted_e(e):
+        scene.set_param("fem.E", FEM_E[1] * (1 + 1e-6 * e), row=1)
+        try:
+            return loss()
+        finally:
+            scene.set_param("fem.E", FEM_E[1], row=1)
+
+    fd = central_difference(shifted_e, 1.0) / (1e-6 * FEM_E[1])
+    ad = g.params["fem.E"][1]
+    assert abs(fd - ad) < 1e-4 * abs(fd), f"d loss / d fem.E of world 1: fd {fd} vs {ad}"
+
+    def shifted_a(e):
+        a = actions.copy()
+        a[2, 2, 7] += e
+        return loss(a)
+
+    fd = central_difference(shifted_a, 1e-6)
+    assert abs(fd - g.actions[2, 2, 7]) < 1e-4 * abs(fd), f"d loss / d action[2, 2, 7]: fd {fd} vs {g.actions[2, 2, 7]}"
     one = _fem(1)
     for w in range(W):
         _fem_world(one, w)
