@@ -2,12 +2,13 @@
 
 A compressed membrane makes the Hessian indefinite (St. Venant-Kirchhoff in compression), the more
 so the finer the mesh: its stiffness per vertex is E t at any spacing while the mass term
-M / dt^2 falls with the vertex area. The direct solver then factors H plus the negative part of
-every compressed triangle's membrane Hessian (projected Newton: each triangle's Hessian projected
-onto the positive semi-definite cone), which is positive definite by construction, instead of
-searching a multiple of the mass to add (one factorization per try). Checked here: the membrane
+M / dt^2 falls with the vertex area. The direct solver then factors H + tau M / dt^2, its search
+for tau starting near the last one that worked (default), or (``modified_step="project"``) H plus
+the negative part of every compressed triangle's membrane Hessian (projected Newton: each
+triangle's Hessian projected onto the positive semi-definite cone). Checked here: the membrane
 Hessian the projection is built from equals the one Taichi's reverse mode assembles, the
-projection is positive semi-definite, and a buckling sheet converges with it without the search.
+projection is positive semi-definite and makes H positive definite, a buckling sheet converges
+with either, and the shift search's cost.
 """
 
 import numpy as np
@@ -98,24 +99,57 @@ def test_projection_is_positive_semidefinite_and_makes_h_positive_definite(sheet
     assert shell._factor_pd(sp.csc_matrix(H + C)) is not None
 
 
-def test_buckling_sheet_converges_by_projected_newton(sheet):
-    """The squeezed sheet released (zero velocity): its first Newton iterates have an indefinite H.
-    Every modified step is the projected one (no search for a mass multiple: at most two
-    factorizations per Newton iteration), no CG, and Newton reaches rtol (1e-10 |M g| in f64) or
-    its round-off floor; the substep is marked converged."""
-    scene, X = sheet
+def _release(scene, X, seed):
+    """The squeezed sheet released (zero velocity) for two substeps: its first Newton iterates have an
+    indefinite H. Returns the counts of (factorizations, modified steps, projected steps, CG
+    fallbacks) and the Newton iterations."""
     shell = scene.partset.shell
-    x = _compressed(X, seed=2, amp=0.02)
+    x = _compressed(X, seed=seed, amp=0.02)
     s = scene.get_state()
     s["shell.x"] = x
     s["shell.v"] = np.zeros_like(x)
     scene.reset(s)
     counts = (shell.n_factor, shell.n_shift, shell.n_project, shell.n_fallback)
     scene.forward(np.zeros((2, scene.action_dim)), requires_grad=False)
-    factors, shifts, projected, fallbacks = (b - a for a, b in zip(
-        counts, (shell.n_factor, shell.n_shift, shell.n_project, shell.n_fallback), strict=True))
-    its = sum(st[0] for st in shell.stats[-2:])
+    out = [b - a for a, b in zip(counts, (shell.n_factor, shell.n_shift, shell.n_project, shell.n_fallback),
+                                 strict=True)]
+    assert all(st[1] == 0 for st in shell.stats[-2:])  # no CG iteration
+    assert all(shell._status[k][0] for k in (0, 1))  # converged: rtol (1e-10 |M g|) or the round-off floor
+    return out, sum(st[0] for st in shell.stats[-2:])
+
+
+def test_buckling_sheet_converges_by_projected_newton(sheet):
+    """``modified_step="project"``: every modified step is the projected one (no search for a mass
+    multiple: at most two factorizations per Newton iteration), and Newton converges."""
+    scene, X = sheet
+    shell = scene.partset.shell
+    try:
+        shell.set_newton(modified_step="project")
+        (factors, shifts, projected, fallbacks), its = _release(scene, X, seed=2)
+    finally:
+        shell.set_newton(modified_step="shift")
     assert projected > 0 and shifts == projected and fallbacks == 0
     assert factors <= 2 * its
-    assert all(st[1] == 0 for st in shell.stats[-2:])  # no CG iteration
-    assert all(shell._status[k][0] for k in (0, 1))
+
+
+def test_shift_search_starts_near_the_last_shift(sheet):
+    """The default ``modified_step="shift"``: each search for tau (H + tau M / dt^2 positive definite)
+    starts SHIFT_GROWTH below the last tau that worked, so a run of modified steps costs about two
+    factorizations each (one of H, one shifted) plus the climbs of tau, instead of
+    1 + log_4(tau / SHIFT_START) each from SHIFT_START: with tau <= SHIFT_START 4^8 (~65),
+    factorizations <= iterations + 2 modified steps + 8."""
+    from physim.parts.shell import SHIFT_START
+
+    scene, X = sheet
+    shell = scene.partset.shell
+    shell.set_newton(modified_step="shift")
+    shell._tau = 0.0
+    (factors, shifts, projected, fallbacks), its = _release(scene, X, seed=2)
+    assert shifts > 0 and projected == 0 and fallbacks == 0
+    assert SHIFT_START < shell._tau <= SHIFT_START * 4**8
+    assert factors <= its + 2 * shifts + 8
+
+
+def test_bad_modified_step_is_a_clear_error(sheet):
+    with pytest.raises(ValueError, match="modified_step must be 'shift' or 'project', got 'cholesky'"):
+        sheet[0].partset.shell.set_newton(modified_step="cholesky")
