@@ -12,7 +12,8 @@ the pad's normal force N goes through both sheets, so the top sheet transmits at
 pad carries the top sheet and the bottom one stays. The optimizer still has to press (no grip
 without normal force; the top sheet slides under a pad that only grazes it), move and turn the
 pad along the right path, and keep the pad on the top sheet: a pad that slides past the top
-sheet's edge onto the bottom one drags the bottom sheet (whose displacement the loss counts).
+sheet's edge onto the bottom one can drag the bottom sheet (pad 1.0 against table 0.6), whose
+displacement the loss counts.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class SeparatingEnv(ShellTaskEnv):
     Start state         both sheets flat at rest, pad resting on the top one; target:
                         translation (dx, dz) with |dx|, |dz| ~ U(0.8, 1.6) cm (random signs)
                         and yaw ~ +-U(0.1, 0.2) rad (seeded; the pad's full speed covers 3 cm,
-                        0.5 rad; the target stays on the bottom sheet)
+                        0.5 rad; the target overhangs the bottom sheet's edge by 6 mm at
+                        most)
     Episode end         truncated after ``horizon`` steps (default 20, 0.1 s); never terminates
     Info                ``loss``, ``offset`` (m: distance of the top sheet's centre to the
                         target's), ``yaw`` and ``target_yaw`` (rad, the top sheet's),
