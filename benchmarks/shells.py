@@ -8,9 +8,9 @@ Cases, each in a fresh subprocess (so each reports its own peak RSS and inherits
   step: at 32 x 32 (1,024 vertices) and 64 x 64 (4,096): forward substeps/s, forward + backward
   over forward, Newton / CG iterations per substep, peak RSS above the process's RSS after
   ``import physim`` and ``ps.init`` (memory per vertex at both sizes: linear memory keeps it flat);
-* the same at 224 x 224 (50,176 vertices, 150,528 dofs > ``shell.DIRECT_MAX_DOFS``: Newton with
-  preconditioned CG instead of the sparse direct solve), forward only, one substep (recorded as
-  timed out if it exceeds ``--timeout-50k``);
+* the same at 224 x 224 (50,176 vertices, 150,528 dofs, below ``shell.DIRECT_MAX_DOFS``: the sparse
+  direct solve too), forward only, ``--steps-50k`` substeps (recorded as timed out if it exceeds
+  ``--timeout-50k``);
 * Taichi's ``examples/ggui_examples/mass_spring_3d_ggui.py`` (run unmodified on disk, headless,
   by ``reference_worker.py``) at n = 32 and 64 (the same vertex counts) with its own
   dt = 4e-2 / n and its own constants (f32: the example's ``float``): forward node-steps/s.
@@ -99,8 +99,18 @@ def physim_case(res: int, steps: int, backward: bool) -> dict:
     actions = np.zeros((steps, scene.action_dim))
     rec = {"res": res, "vertices": n, "dofs": 3 * n, "dt": DT, "substeps": steps, "precision": "f64",
            "checkpoint_every": scene.checkpoint_every,
-           "linear_solver": "splu (exact sparse Hessian)" if 3 * n <= ps.parts.shell.DIRECT_MAX_DOFS
+           "linear_solver": "splu (exact sparse Hessian)" if shell.use_direct()
            else "preconditioned CG (dofs > DIRECT_MAX_DOFS)"}
+    # wall time of every forward substep (the Newton solve and its kernels)
+    substep_s = []
+    step_forward = shell.step_forward
+
+    def timed_step(l, t):
+        t0 = time.perf_counter()
+        step_forward(l, t)
+        substep_s.append(time.perf_counter() - t0)
+
+    shell.step_forward = timed_step
     # first forward: compiles every kernel (and the reverse kernels with the backward)
     t = time.perf_counter()
     scene.forward(actions, requires_grad=backward)
@@ -116,12 +126,25 @@ def physim_case(res: int, steps: int, backward: bool) -> dict:
         rec["first_backward_s"] = time.perf_counter() - t
         scene.reset()
         shell.stats.clear()
+        counts = (shell.n_factor, shell.n_shift, shell.n_fallback)
         t = time.perf_counter()
         scene.forward(actions, requires_grad=False)
         ti.sync()
         rec["forward_s"] = time.perf_counter() - t
+        counts = [b - a for a, b in zip(counts, (shell.n_factor, shell.n_shift, shell.n_fallback), strict=True)]
     else:
-        rec["forward_s"] = rec["first_forward_s"]  # the 50k case: compilation is small beside it
+        counts = [shell.n_factor, shell.n_shift, shell.n_fallback]
+    # per forward substep: sparse factorizations, modified (shifted) Newton steps, CG fallbacks
+    rec["factorizations_per_substep"], rec["shifted_steps_per_substep"], rec["cg_fallbacks_per_substep"] = (
+        c / steps for c in counts)
+    if not backward:
+        # the 50k case, one forward: its first substep compiles the kernels, so it times the later ones
+        later = substep_s[1:steps]
+        if not later:
+            raise ValueError(f"a forward-only case needs >= 2 substeps to time one without compilation, got {steps}")
+        rec["first_substep_s"] = substep_s[0]
+        rec["forward_s"] = steps * float(np.mean(later))
+        rec["substep_s"] = substep_s
     stats = list(shell.stats[-steps:])
     rec["newton_its_mean"] = float(np.mean([s[0] for s in stats]))
     rec["cg_its_mean"] = float(np.mean([s[1] for s in stats]))
@@ -192,7 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--skip-50k", action="store_true", help="leave out the 224 x 224 case (~5 min)")
-    ap.add_argument("--timeout-50k", type=float, default=300.0, help="limit of the 50k-vertex case (s)")
+    ap.add_argument("--timeout-50k", type=float, default=900.0, help="limit of the 50k-vertex case (s)")
+    ap.add_argument("--steps-50k", type=int, default=3, help="substeps of the 50k-vertex case")
     args = ap.parse_args(argv)
     if args.worker:
         rec = physim_case(args.res, args.steps, args.backward)
@@ -216,7 +240,7 @@ def main(argv=None) -> int:
     except OSError:
         pass
     # 40 substeps = 0.08 s: the cloth falls 2 cm (~0.064 s) and touches the sphere
-    cases = [(32, 40, True, args.timeout), (64, 40, True, args.timeout), (224, 1, False, args.timeout_50k)]
+    cases = [(32, 40, True, args.timeout), (64, 40, True, args.timeout), (224, args.steps_50k, False, args.timeout_50k)]
     for res, steps, bwd, limit in cases[:2] if args.skip_50k else cases:
         cmd = [me, "--worker", "physim", "--res", str(res), "--steps", str(steps)] + (["--backward"] if bwd else [])
         try:
@@ -224,7 +248,7 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             # recorded, not hidden: the 50k forward may not finish one substep within the budget
             rec = {"res": res, "vertices": res * res, "dofs": 3 * res * res, "substeps": steps,
-                   "linear_solver": "preconditioned CG (dofs > DIRECT_MAX_DOFS)", "timed_out_after_s": limit}
+                   "timed_out_after_s": limit}
         print(json.dumps({k: rec[k] for k in ("vertices", "substeps_per_s", "vertex_steps_per_s", "newton_its_mean",
                                               "cg_its_mean", "memory_per_vertex_bytes") if k in rec}), flush=True)
         result["physim"].append(rec)
