@@ -76,7 +76,7 @@ Time integration (implicit Euler as incremental potential):
     membrane, St. Venant-Kirchhoff in compression, the more often the finer the mesh, as the mass
     term ``M / dt^2`` per vertex falls with its area while the membrane's stiffness stays ``E t``:
     then the modified Newton step of ``H + tau M / dt^2``, ``tau`` grown by :data:`SHIFT_GROWTH`
-    from a factor :data:`SHIFT_GROWTH` below the last ``tau`` that worked until the pivots are
+    from a factor :data:`SHIFT_GROWTH` below the last ``tau`` that worked in the substep until the pivots are
     positive -- a descent direction continuous in the iterate; a switch to truncated CG there made
     the minimum reached, where a compressed sheet can buckle either way, depend on round-off; or,
     with ``set_newton(modified_step="project")``, projected Newton: H plus the negative part of every
@@ -358,7 +358,7 @@ class ShellPart(Part):
         #: where H is not positive definite: "shift" (H + tau M / dt^2) or "project" (the compressed triangles'
         #: membrane Hessians projected first; :meth:`set_newton`)
         self.modified_step = "shift"
-        self._tau = 0.0  # the last shift that made H + tau M / dt^2 positive definite
+        self._tau = 0.0  # the last shift that made H + tau M / dt^2 positive definite in this substep
         self.n_fallback = 0
         self._pattern = None
         self._status: dict[int, tuple] = {}
@@ -1509,6 +1509,7 @@ class ShellPart(Part):
         self.load_work(l, l + 1)
         self.place_kinematic()
         self._floor = 0.0
+        self._tau = 0.0  # the shift search's memory lasts one substep: a substep is a function of its inputs
         if self.contact_on:
             self.contact.begin_step(l, l + 1)
         its, cgs, res, ok = self._newton()
