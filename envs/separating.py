@@ -74,8 +74,9 @@ class SeparatingEnv(ShellTaskEnv):
     Time (:class:`ShellTaskEnv`): one substep of dt 5 ms per step (implicit Euler), 0.1 s per
     default episode; a shorter horizon takes ``ceil(0.1 s / (T dt))`` substeps per step (3 at
     T = 8), so an episode always lasts at least 0.1 s (``episode_seconds``). Each substep is a
-    Newton solve with shell <-> shell contact: ~1 step/s on a shared 2-core CPU (f64), 5-15
-    Newton iterations per step while the pad drags (2-4 at rest).
+    Newton solve with shell <-> shell contact: 1.2-2.4 steps/s with random actions on a shared
+    2-core CPU (f64; load 9 and 2), 5-15 Newton iterations per step while the pad drags (2-4 at
+    rest).
     """
 
     args = {
