@@ -11,8 +11,9 @@ one :class:`physim.Scene` (``n_worlds``), stepped by the same kernel launches.
 candidate's loss is the loss ``env.loss(actions)`` returns in this process (to round-off): the
 worlds start from the problem's start state and the loss is the task's own, per world. A
 population larger than ``worlds`` runs in several batches; a smaller one fills the spare
-worlds with copies of its first candidate. It needs a task whose scene batches (MPM bodies and
-tools: :class:`physim.scene.UnbatchableScene` otherwise).
+worlds with copies of its first candidate. It needs a task whose scene batches (MPM bodies,
+mass-spring bodies and their coupling, FEM gels, tools; not shells, emitters or smoke:
+:class:`physim.scene.UnbatchableScene` otherwise).
 """
 
 from __future__ import annotations
