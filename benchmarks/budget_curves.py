@@ -27,9 +27,9 @@ so CMA-ES gets one generation and Adam 2-6x the others' wall time. Here
 Every run is appended as one JSON line to ``--out`` (default
 ``benchmarks/results/budget_curves.jsonl``), so a long study can stop and resume (runs already
 in the file are skipped). ``--plot`` (default ``benchmarks/budget_curves.png``) draws one row
-per env: best loss so far against simulated steps and against seconds, the median over seeds
-with the min-max band. The summary table (median final loss per method, and the loss each
-method had reached at Adam's budget) is printed as Markdown.
+per env: best loss so far against simulated steps and against seconds, one line per seed. The
+summary table (median final loss per method, and the loss each method had reached at Adam's
+budget) is printed as Markdown.
 """
 
 from __future__ import annotations
@@ -227,17 +227,12 @@ def plot(records: list[dict], path: Path) -> None:
                 ms = [r for r in rs if r["method"] == m and len(r["curve"]["losses"])]
                 if not ms:
                     continue
-                top = max(max(r["curve"][axis]) for r in ms)
-                grid = np.linspace(0, top, 200)
-                ys = np.array([[_at(r["curve"], axis, g) for g in grid] for r in ms])
-                keep = np.isfinite(ys).any(axis=0)  # before a method's first evaluation: no point
-                grid, ys = grid[keep], ys[:, keep]
-                if not len(grid):
-                    continue
-                med = np.nanmedian(ys, axis=0)
-                ax.plot(grid, med, color=COLORS[m], label=f"{LABELS[m]} ({len(ms)} seeds)")
-                if len(ms) > 1:
-                    ax.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=COLORS[m], alpha=0.15)
+                # one line per seed (with 2-3 seeds run at different machine loads a median would
+                # jump wherever one seed's curve starts)
+                for i, r in enumerate(ms):
+                    x, y = _best_so_far(r["curve"], axis)
+                    ax.step(x, y, where="post", color=COLORS[m], alpha=0.85, lw=1.2,
+                            label=f"{LABELS[m]} ({len(ms)} seeds)" if i == 0 else None)
                 if m == "ppo":  # the trained deterministic policies
                     ax.plot([r["curve"]["total_" + axis] for r in ms], [r["final_loss"] for r in ms], "x",
                             color=COLORS[m], label="PPO trained policy")
