@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from gradcheck import REL_TOL
 from gymnasium.utils.env_checker import check_env
+from meshcheck import point_triangle_distance
 
 import physim.envs  # noqa: F401  (registers the tasks)
 
@@ -33,32 +34,13 @@ def sep():
     gc.collect()
 
 
-def _point_triangle_distances(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """(k,) distances of points p (k, 3) to triangles tri (k, 3, 3), by brute force: the distance
-    to the plane where the projection falls inside, else the least distance to the three edges."""
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    n = np.cross(b - a, c - a)
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    h = ((p - a) * n).sum(1)
-    q = p - h[:, None] * n
-    inside = np.ones(len(p), bool)
-    for u, v in ((a, b), (b, c), (c, a)):
-        inside &= (np.cross(v - u, q - u) * n).sum(1) >= 0
-    best = np.where(inside, np.abs(h), np.inf)
-    for u, v in ((a, b), (b, c), (c, a)):
-        e = v - u
-        s = np.clip(((p - u) * e).sum(1) / (e * e).sum(1), 0.0, 1.0)
-        best = np.minimum(best, np.linalg.norm(p - (u + s[:, None] * e), axis=1))
-    return best
-
-
 def sheet_distance(task, x: np.ndarray) -> float:
     """The least distance between the two sheets' mid-surfaces at vertex positions ``x``: every
     vertex of each sheet against every triangle of the other."""
     bottom, top = task.split(x)
     tb, tt = (b.mesh.triangles for b in task.scene.shell_bodies)
-    d1 = _point_triangle_distances(np.repeat(top, len(tb), 0), np.tile(bottom[tb], (len(top), 1, 1)))
-    d2 = _point_triangle_distances(np.repeat(bottom, len(tt), 0), np.tile(top[tt], (len(bottom), 1, 1)))
+    d1 = point_triangle_distance(np.repeat(top, len(tb), 0), np.tile(bottom[tb], (len(top), 1, 1)))
+    d2 = point_triangle_distance(np.repeat(bottom, len(tt), 0), np.tile(top[tt], (len(bottom), 1, 1)))
     return float(min(d1.min(), d2.min()))
 
 

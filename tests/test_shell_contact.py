@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from gradcheck import assert_close, central_difference
+from meshcheck import point_triangle_distance
 
 import physim as ps
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
@@ -18,25 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::physim.parts.fem.Subcycling")
 
 #: a soft sheet (E t = 5e3 N/m, D = 2e-5 N m), as in test_shell_grad
 SOFT = dict(E=1e7, nu=0.3, thickness=5e-4, density=500.0, bending=2e-5)
-
-
-def point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """(k,) distances of points p (k, 3) to triangles tri (k, 3, 3), by brute force: the least of
-    the distance to the plane (when the projection is inside) and to the three edges."""
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    n = np.cross(b - a, c - a)
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    h = ((p - a) * n).sum(1)
-    q = p - h[:, None] * n
-    inside = np.ones(len(p), bool)
-    for u, v in ((a, b), (b, c), (c, a)):
-        inside &= (np.cross(v - u, q - u) * n).sum(1) >= 0
-    best = np.where(inside, np.abs(h), np.inf)
-    for u, v in ((a, b), (b, c), (c, a)):
-        e = v - u
-        s = np.clip(((p - u) * e).sum(1) / (e * e).sum(1), 0.0, 1.0)
-        best = np.minimum(best, np.linalg.norm(p - (u + s[:, None] * e), axis=1))
-    return best
 
 
 def min_distance(xa: np.ndarray, xb: np.ndarray, tri_b: np.ndarray) -> float:
