@@ -96,3 +96,58 @@ class ShellTaskEnv(PhysimEnv):
 
     def _draw_goal(self) -> None:
         draw_target_sheet(self._renderer, self._goal_points(), self.scene.shell_bodies[0].mesh.triangles)
+
+
+class SheetPoseGoal:
+    """Mixin of the tasks that drag a sheet to a seeded pose with a pad (Sliding, Separating): the
+    pad's action map (velocity x, y, z and turn rate), a goal of a translation (dx, dz) and a yaw
+    drawn from ``goal_shift`` / ``goal_yaw`` with random signs, the target sheet, and the sheet's
+    pose (centre, best-fit yaw) for the metrics. The task says which sheet moves:
+    :meth:`_moved_sheet` returns its rest vertices and rest centre."""
+
+    def _moved_sheet(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _action_map(self):
+        M = np.zeros((4, self.scene.action_dim))
+        M[0, 0] = M[2, 2] = self.speed
+        M[1, 1] = self.vertical_speed
+        M[3, 4] = self.spin
+        return M
+
+    def target_positions(self, dx: float, dz: float, yaw: float) -> np.ndarray:
+        """(n, 3) the moved sheet at rest turned by ``yaw`` (rad, about +y) about its centre and moved
+        by (dx, 0, dz) (m)."""
+        rest, center = self._moved_sheet()
+        c, s = math.cos(yaw), math.sin(yaw)
+        R = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+        return (rest - center) @ R.T + center + np.array([dx, 0.0, dz])
+
+    def _sample_goal(self, rng):
+        shift = rng.uniform(*self.goal_shift, size=2) * rng.choice([-1.0, 1.0], size=2)
+        yaw = float(rng.uniform(*self.goal_yaw) * rng.choice([-1.0, 1.0]))
+        self.goal_params = np.array([shift[0], shift[1], yaw])
+        self._target_x = self.target_positions(shift[0], shift[1], yaw)
+        self._target_t = torch.as_tensor(self._target_x)
+
+    def _goal_features(self):
+        return self.goal_params
+
+    def _pose(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """(centre (3,), yaw about +y) of the moved sheet's vertices ``x``: the mean, and the
+        best-fit rotation angle of the in-plane offsets (2D Procrustes)."""
+        rest, center = self._moved_sheet()
+        c = x.mean(axis=0)
+        p = rest[:, [0, 2]] - center[[0, 2]]
+        q = x[:, [0, 2]] - c[[0, 2]]
+        # a rotation by yaw about +y maps (x, z) to (c x + s z, -s x + c z)
+        num = (p[:, 1] * q[:, 0] - p[:, 0] * q[:, 1]).sum()
+        den = (p * q).sum()
+        return c, float(math.atan2(num, den))
+
+    def _pose_metrics(self, x: np.ndarray) -> dict:
+        """``offset`` (m: the moved sheet's centre to the target's), ``yaw``, ``target_yaw`` (rad)."""
+        c, yaw = self._pose(x)
+        target = self._moved_sheet()[1] + np.array([self.goal_params[0], 0.0, self.goal_params[1]])
+        return {"offset": float(np.linalg.norm((c - target)[[0, 2]])), "yaw": yaw,
+                "target_yaw": float(self.goal_params[2])}

@@ -18,8 +18,6 @@ displacement the loss counts.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -27,13 +25,13 @@ import physim as ps
 from physim.parts.shell import MARGIN
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
 
-from ._shells import ShellTaskEnv, draw_target_sheet, sheet_camera
+from ._shells import SheetPoseGoal, ShellTaskEnv, draw_target_sheet, sheet_camera
 from .base import Arg
 
 __all__ = ["SeparatingEnv"]
 
 
-class SeparatingEnv(ShellTaskEnv):
+class SeparatingEnv(SheetPoseGoal, ShellTaskEnv):
     """Slide the top sheet of a stack of two rubber sheets to a seeded target pose with a pad
     pressing on it, leaving the bottom sheet in place.
 
@@ -148,31 +146,13 @@ class SeparatingEnv(ShellTaskEnv):
         self._top_triangles = top.triangles
         return scene
 
-    def _action_map(self):
-        M = np.zeros((4, self.scene.action_dim))
-        M[0, 0] = M[2, 2] = self.speed
-        M[1, 1] = self.vertical_speed
-        M[3, 4] = self.spin
-        return M
-
-    # ------------------------------------------------------------------ goal
-    def target_positions(self, dx: float, dz: float, yaw: float) -> np.ndarray:
-        """(n, 3) the rest top sheet turned by ``yaw`` (rad, about +y) about its centre and moved by (dx, 0, dz) (m)."""
-        c, s = math.cos(yaw), math.sin(yaw)
-        R = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-        return (self._top_rest - self.top_center) @ R.T + self.top_center + np.array([dx, 0.0, dz])
+    def _moved_sheet(self):
+        return self._top_rest, self.top_center
 
     def _sample_goal(self, rng):
-        shift = rng.uniform(*self.goal_shift, size=2) * rng.choice([-1.0, 1.0], size=2)
-        yaw = float(rng.uniform(*self.goal_yaw) * rng.choice([-1.0, 1.0]))
-        self.goal_params = np.array([shift[0], shift[1], yaw])
-        self._target_x = self.target_positions(shift[0], shift[1], yaw)
-        self._target_t = torch.as_tensor(self._target_x)
+        super()._sample_goal(rng)
         # the loss's scale: the top sheet's mean squared distance to the target at the start
         self._scale = float(((self._top_rest - self._target_x) ** 2).sum(-1).mean())
-
-    def _goal_features(self):
-        return self.goal_params
 
     def _draw_goal(self) -> None:
         draw_target_sheet(self._renderer, self._target_x, self._top_triangles)
@@ -191,21 +171,7 @@ class SeparatingEnv(ShellTaskEnv):
         bottom_err = ((bottom - self._bottom_rest_t) ** 2).sum(-1).mean()
         return (top_err + bottom_err) / self._scale
 
-    def _pose(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """(centre (3,), yaw about +y) of the top sheet's vertices ``x``: the mean, and the
-        best-fit rotation angle of the in-plane offsets (2D Procrustes)."""
-        c = x.mean(axis=0)
-        p = self._top_rest[:, [0, 2]] - self.top_center[[0, 2]]
-        q = x[:, [0, 2]] - c[[0, 2]]
-        # a rotation by yaw about +y maps (x, z) to (c x + s z, -s x + c z)
-        num = (p[:, 1] * q[:, 0] - p[:, 0] * q[:, 1]).sum()
-        den = (p * q).sum()
-        return c, float(math.atan2(num, den))
-
     def _metrics(self, state):
         bottom, top = self.split(np.asarray(state["shell.x"]))
-        c, yaw = self._pose(top)
-        target = self.top_center + np.array([self.goal_params[0], 0.0, self.goal_params[1]])
-        return {"offset": float(np.linalg.norm((c - target)[[0, 2]])), "yaw": yaw,
-                "target_yaw": float(self.goal_params[2]),
+        return {**self._pose_metrics(top),
                 "bottom_shift": float(np.linalg.norm(bottom - self._bottom_rest, axis=1).max())}

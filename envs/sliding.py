@@ -9,21 +9,18 @@ pins the mat to the floor -- the trade-off the optimizer has to find.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
 
 import physim as ps
 from physim.parts.shell import MARGIN
 from physim.shells import ShellBody, ShellMaterial, ShellMesh
 
-from ._shells import ShellTaskEnv, sheet_camera
+from ._shells import SheetPoseGoal, ShellTaskEnv, sheet_camera
 
 __all__ = ["SlidingEnv"]
 
 
-class SlidingEnv(ShellTaskEnv):
+class SlidingEnv(SheetPoseGoal, ShellTaskEnv):
     """Slide a rubber mat across a table to a seeded target pose with a pad that presses on it.
 
     Mat: 12 x 12 cm rubber sheet (7 x 7 vertices, 49; 72 triangles), 1 mm thick, 1100 kg/m^3,
@@ -90,29 +87,8 @@ class SlidingEnv(ShellTaskEnv):
         self._rest_x = mesh.vertices.copy()
         return scene
 
-    def _action_map(self):
-        M = np.zeros((4, self.scene.action_dim))
-        M[0, 0] = M[2, 2] = self.speed
-        M[1, 1] = self.vertical_speed
-        M[3, 4] = self.spin
-        return M
-
-    # ------------------------------------------------------------------ goal
-    def target_positions(self, dx: float, dz: float, yaw: float) -> np.ndarray:
-        """(n, 3) the rest mat turned by ``yaw`` (rad, about +y) about its centre and moved by (dx, 0, dz) (m)."""
-        c, s = math.cos(yaw), math.sin(yaw)
-        R = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-        return (self._rest_x - self.center) @ R.T + self.center + np.array([dx, 0.0, dz])
-
-    def _sample_goal(self, rng):
-        shift = rng.uniform(*self.goal_shift, size=2) * rng.choice([-1.0, 1.0], size=2)
-        yaw = float(rng.uniform(*self.goal_yaw) * rng.choice([-1.0, 1.0]))
-        self.goal_params = np.array([shift[0], shift[1], yaw])
-        self._target_x = self.target_positions(shift[0], shift[1], yaw)
-        self._target_t = torch.as_tensor(self._target_x)
-
-    def _goal_features(self):
-        return self.goal_params
+    def _moved_sheet(self):
+        return self._rest_x, self.center
 
     def camera_kwargs(self):
         return sheet_camera(self.center, distance=0.22, elevation=0.9)
@@ -121,20 +97,5 @@ class SlidingEnv(ShellTaskEnv):
     def _loss(self, state):
         return ((state["shell.x"] - self._target_t) ** 2).sum(-1).mean() / self.length_scale ** 2
 
-    def _pose(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """(centre (3,), yaw about +y) of the mat's vertices ``x``: the mean, and the best-fit
-        rotation angle of the in-plane offsets (2D Procrustes)."""
-        c = x.mean(axis=0)
-        p = self._rest_x[:, [0, 2]] - self.center[[0, 2]]
-        q = x[:, [0, 2]] - c[[0, 2]]
-        # a rotation by yaw about +y maps (x, z) to (c x + s z, -s x + c z)
-        num = (p[:, 1] * q[:, 0] - p[:, 0] * q[:, 1]).sum()
-        den = (p * q).sum()
-        return c, float(math.atan2(num, den))
-
     def _metrics(self, state):
-        x = np.asarray(state["shell.x"])
-        c, yaw = self._pose(x)
-        target = self.center + np.array([self.goal_params[0], 0.0, self.goal_params[1]])
-        return {"offset": float(np.linalg.norm((c - target)[[0, 2]])), "yaw": yaw,
-                "target_yaw": float(self.goal_params[2])}
+        return self._pose_metrics(np.asarray(state["shell.x"]))
