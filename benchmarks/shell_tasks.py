@@ -2,6 +2,7 @@
 
     python benchmarks/shell_tasks.py                       # all four tasks, seed 0
     python benchmarks/shell_tasks.py --tasks Folding --out benchmarks/results/shell_tasks.json
+    python benchmarks/shell_tasks.py --plan long --tasks Sliding --seed 1   # about 3x the budget (LONG_PLANS)
 
 Every optimizer run is :func:`physim.cli.optimize`, the function behind ``physim optimize
 physim/<Task>-v0 --method X --iters N`` (without the video), so the numbers are the command's.
@@ -10,14 +11,16 @@ steps (``sim_steps`` in the record: a gradient evaluation counts its steps twice
 is the best of as many uniform random action sequences as that budget pays for forward passes.
 CardBending has horizon 1, which the command's hybrid cannot keyframe (``--method hybrid``
 uses 4 keyframes); its hybrid row calls :func:`physim.optim.hybrid` with ``keyframes=None``.
-Writes one JSON record per task and seed (losses, wall seconds, sim steps, the commands),
-merged into ``--out`` (runs of other tasks, seeds or methods are kept).
+Writes one JSON record per task and seed (losses, wall seconds, sim steps, the commands, the
+commit and the load average), merged into ``--out`` after every method (runs of other tasks,
+seeds or methods are kept; a long plan's records go under the task "<Task> (long)").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import time
@@ -41,7 +44,11 @@ PLANS = {
 }
 #: about three times the budget (``--plan long``): Adam 48 x 2T + T = 97T; CMA-ES 6 x 16T + T; hybrid 6 x 11T + T,
 #: then 12 x 2T + T
-LONG_PLANS = {"Folding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97}}
+#: Sliding, Separating (T = 20, A = 4): Adam 48 x 2T + T = 97T; CMA-ES 6 x 17T + T = 103T (80 dims); hybrid (the
+#: command's split: iters // 3 generations) 6 x 12T + T (16 dims), then 12 x 2T + T: 98T; random 97T
+LONG_PLANS = {"Folding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97},
+              "Sliding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97},
+              "Separating": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97}}
 
 
 def _git_commit() -> str:
@@ -201,23 +208,28 @@ def main(argv=None) -> int:
     # central difference 0.308; 0.308 with them), so the gradient methods would get wrong gradients
     physim.init(arch="cpu", precision="f64", fast_compile=False, verbose=False)
     out = Path(args.out)
-    record = json.loads(out.read_text()) if out.exists() else {}
-    record.setdefault("tasks", {})
     for task in args.tasks:
         plans = PLANS if args.plan == "default" else LONG_PLANS
         if task not in plans:
             raise SystemExit(f"no {args.plan} plan for {task}")
-        rows = run_task(task, args.seed, Path(args.work) / args.plan, args.methods, plans[task])
         key = task if args.plan == "default" else f"{task} (long)"
-        entry = record["tasks"].setdefault(key, {"plan": plans[task], "seeds": {}})
-        entry["plan"] = plans[task]
-        entry["seeds"].setdefault(str(args.seed), {}).update(rows)
-        record.update({"commit": _git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
-                       "2 CPU cores shared with other jobs (load 9-14: wall times are pessimistic)",
-                       "backend": "cpu/f64",
-                       "command": "python benchmarks/shell_tasks.py --tasks T --seed S [--methods M ...]"})
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1))
+        for method in args.methods:  # saved after every method, so a long run keeps what it finished
+            load0 = os.getloadavg()[0]
+            rows = run_task(task, args.seed, Path(args.work) / args.plan / f"seed{args.seed}", [method], plans[task])
+            rows[method].update(commit=_git_commit(), load_average=[round(load0, 2), round(os.getloadavg()[0], 2)])
+            # read again: another run (another seed) may have written its records meanwhile
+            record = json.loads(out.read_text()) if out.exists() else {}
+            record.setdefault("tasks", {})
+            entry = record["tasks"].setdefault(key, {"plan": plans[task], "seeds": {}})
+            entry["plan"] = plans[task]
+            entry["seeds"].setdefault(str(args.seed), {}).update(rows)
+            if args.plan == "default":
+                record.update({"commit": _git_commit(), "machine": f"{platform.processor() or platform.machine()}, "
+                               "2 CPU cores shared with other jobs (load 9-14: wall times are pessimistic)",
+                               "backend": "cpu/f64",
+                               "command": "python benchmarks/shell_tasks.py --tasks T --seed S [--methods M ...]"})
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record, indent=1))
     return 0
 
 
