@@ -289,6 +289,27 @@ def test_hybrid_default_keyframes_fit_a_one_step_horizon():
         hybrid(q, keyframes=4, progress=False)  # an explicit count is still checked
 
 
+def test_hybrid_budget_splits_simulated_steps():
+    """``hybrid(budget=B)``: CMA-ES gets half of B in simulated steps and Adam the rest, and the
+    run spends at most B. Quadratic, T = 6, 4 keyframes x A = 2 (popsize 4 + floor(3 ln 8) = 10),
+    B = 360 = 60 T: CMA-ES floor((30 - 1) / 10) = 2 generations (21 T with the starting mean), Adam
+    floor((60 - 21 - 1) / 2) = 19 iterations (2 T each, T for the last iterate): 21 T + 39 T = B."""
+    q = Quadratic()
+    r = hybrid(q, budget=360, lr=0.2, seed=0, progress=False)
+    assert r.extras["budget"] == {"budget": 360, "cma_share": 0.5, "popsize": 10, "cma_iters": 2, "adam_iters": 19}
+    assert r.stage_boundary == 2 and len(r.losses) == 2 + 19
+    assert r.extras["cma"].sim_steps == 6 * 21 and r.sim_steps == 360
+    same = hybrid(Quadratic(), cma_iters=2, adam_iters=19, lr=0.2, seed=0, progress=False)
+    assert r.loss == same.loss and r.losses == same.losses
+    assert hybrid(Quadratic(), budget=360, cma_share=0.75, seed=0, progress=False).extras["budget"]["cma_iters"] == 4
+    with pytest.raises(ValueError, match="not both"):
+        hybrid(q, budget=360, cma_iters=2, progress=False)
+    with pytest.raises(ValueError, match="budget=60 .* 84"):
+        hybrid(q, budget=60, progress=False)  # below T (popsize + 4) = 6 x 14
+    with pytest.raises(ValueError, match="cma_share"):
+        hybrid(q, budget=360, cma_share=1.0, progress=False)
+
+
 # ---------------------------------------------------------------------------- bad inputs, plots
 def test_bad_inputs_name_the_value(elastic):
     q = Quadratic()
