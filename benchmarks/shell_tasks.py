@@ -46,9 +46,11 @@ PLANS = {
 #: then 12 x 2T + T
 #: Sliding, Separating (T = 20, A = 4): Adam 48 x 2T + T = 97T; CMA-ES 6 x 17T + T = 103T (80 dims); hybrid (the
 #: command's split: iters // 3 generations) 6 x 12T + T (16 dims), then 12 x 2T + T: 98T; random 97T
+#: "hybrid-budget": physim.optim.hybrid(budget=1960 steps = 98T), which splits the steps in half: 4 x 12T + T, then
+#: 24 x 2T + T
 LONG_PLANS = {"Folding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97},
-              "Sliding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97},
-              "Separating": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97}}
+              "Sliding": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97, "hybrid-budget": 1960},
+              "Separating": {"adam": 48, "cma": 6, "hybrid": 18, "random": 97, "hybrid-budget": 1960}}
 
 
 def _git_commit() -> str:
@@ -124,6 +126,31 @@ def card_hybrid(seed: int, cma_iters: int, adam_iters: int) -> dict:
                        f"keyframes=None, seed={seed})"}
 
 
+def budget_hybrid(env_id: str, seed: int, budget: int) -> dict:
+    """:func:`physim.optim.hybrid` with ``budget`` simulated steps, split in half between CMA-ES and
+    Adam (``physim optimize --method hybrid`` splits iterations instead; see the hybrid's docstring),
+    with the task's ``adam_defaults`` for Adam's step as ``--method adam`` uses them."""
+    import gymnasium as gym
+
+    import physim.envs  # noqa: F401  (registers the tasks)
+    from physim import optim
+
+    env = gym.make(env_id)
+    task = env.unwrapped
+    env.reset(seed=seed)
+    lr = getattr(task, "adam_defaults", {}).get("lr", 0.05)
+    t0 = time.perf_counter()
+    res = optim.hybrid(task, budget=budget, lr=lr, seed=seed, progress=False)
+    env.close()
+    split = res.extras["budget"]
+    return {"method": "hybrid-budget", "budget": split, "stage_boundary": res.stage_boundary,
+            "stages": res.stages, "sigma": res.extras["cma"].extras["sigma"], "lr": lr,
+            "actions": np.asarray(res.actions).tolist(), "initial_loss": float(res.initial_loss),
+            "final_loss": float(res.loss), "losses": [float(v) for v in res.losses],
+            "wall_seconds": round(time.perf_counter() - t0, 1), "sim_steps": int(res.sim_steps),
+            "command": f"physim.optim.hybrid(env.unwrapped, budget={budget}, lr={lr}, seed={seed})"}
+
+
 def lbfgs(env_id: str, evaluations: int, seed: int) -> dict:
     """scipy's L-BFGS-B on the env's ``loss_and_grad`` (the whole action sequence, in its box) from
     zero actions, at most ``evaluations`` gradient evaluations: a quasi-Newton method on the same
@@ -171,6 +198,8 @@ def run_task(task: str, seed: int, out_dir: Path, methods, plan: dict) -> dict:
                 rows[method] = random_search(env_id, plan["random"], seed)
             elif method == "lbfgs":
                 rows[method] = lbfgs(env_id, plan["lbfgs"], seed)
+            elif method == "hybrid-budget":
+                rows[method] = budget_hybrid(env_id, seed, plan[method])
             elif method == "hybrid" and task == "CardBending":
                 rows[method] = card_hybrid(seed, *plan["hybrid"])
             else:
