@@ -220,6 +220,76 @@ def run_task(task: str, seed: int, out_dir: Path, methods, plan: dict) -> dict:
     return rows
 
 
+def _curve(row: dict, horizon: int):
+    """(simulated steps, best loss so far) after each iteration of a record (None for random search):
+    a CMA-ES generation costs popsize rollouts (from the record's steps), an Adam iteration 2T."""
+    losses, iters, steps = row.get("losses"), row.get("iters"), row.get("sim_steps")
+    if not losses or steps is None:
+        return None
+    T = horizon
+    if row["method"] == "adam":
+        cost = [2 * T] * len(losses)
+    elif row["method"] == "cma":
+        cost = [(steps - T) // len(losses)] * len(losses)
+    elif row["method"] == "hybrid-budget":
+        g, b = row["stage_boundary"], row["budget"]
+        cost = [b["popsize"] * T] * g + [2 * T] * (len(losses) - g)
+    elif row["method"] == "hybrid":
+        g = iters // 3
+        pop = (steps // T - 1 - (2 * (len(losses) - g) + 1)) * T // g
+        cost = [pop] * g + [2 * T] * (len(losses) - g)
+    else:
+        return None
+    return T + np.cumsum(cost), np.minimum.accumulate(losses)
+
+
+def summarize(out: Path, key: str, plot: Path | None = None) -> str:
+    """A markdown table of ``key``'s records in ``out``: final loss per method and seed, mean and
+    spread (standard deviation over seeds), wall seconds and simulated steps (mean over seeds);
+    with ``plot``, the best-loss-so-far curves against simulated steps, one panel per seed."""
+    entry = json.loads(out.read_text())["tasks"][key]
+    seeds = sorted(entry["seeds"], key=int)
+    methods = [m for m in ("random", "cma", "adam", "hybrid", "hybrid-budget")
+               if any(m in entry["seeds"][s] and "final_loss" in entry["seeds"][s][m] for s in seeds)]
+    lines = [f"| method ({key}) | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- sd | wall s | sim steps |",
+             "|---" * (len(seeds) + 4) + "|"]
+    for m in methods:
+        rows = [entry["seeds"][s].get(m, {}) for s in seeds]
+        f = [r["final_loss"] for r in rows if "final_loss" in r]
+        cells = [f"{r['final_loss']:.3f}" if "final_loss" in r else "-" for r in rows]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(f):.3f} +- {np.std(f):.3f} | "
+                     f"{np.mean([r['wall_seconds'] for r in rows if 'final_loss' in r]):.0f} | "
+                     f"{np.mean([r['sim_steps'] for r in rows if 'final_loss' in r]):.0f} |")
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        horizon = next(r["horizon"] for s in seeds for r in entry["seeds"][s].values() if "horizon" in r)
+        fig, axes = plt.subplots(1, len(seeds), figsize=(4.2 * len(seeds), 3.4), sharey=True, squeeze=False)
+        for ax, s in zip(axes[0], seeds, strict=True):
+            for m in methods:
+                r = entry["seeds"][s].get(m, {})
+                if "final_loss" not in r:
+                    continue
+                c = _curve(r, horizon)
+                if c is None:
+                    ax.plot([r["sim_steps"]], [r["final_loss"]], "k*", label=m)
+                else:
+                    ax.plot(*c, label=m)
+                    if m.startswith("hybrid"):
+                        g = r.get("stage_boundary", (r.get("iters") or 0) // 3)
+                        ax.axvline(c[0][g - 1], color=ax.lines[-1].get_color(), lw=0.6, ls=":")
+            ax.set_title(f"{key}, seed {s}")
+            ax.set_xlabel("simulated steps")
+        axes[0][0].set_ylabel("best loss so far")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=110)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(PLANS), choices=list(PLANS))
@@ -229,7 +299,13 @@ def main(argv=None) -> int:
                    help="iterations per method: PLANS, or LONG_PLANS (about 3x the budget)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "shell_tasks.json"))
     p.add_argument("--work", default="out/shell_tasks", help="folder for the optimize outputs")
+    p.add_argument("--summary", metavar="KEY", help="print the table of a task key in --out (e.g. 'Sliding (long)') "
+                   "and exit; --plot PNG also draws the loss curves")
+    p.add_argument("--plot", default=None)
     args = p.parse_args(argv)
+    if args.summary:
+        print(summarize(Path(args.out), args.summary, Path(args.plot) if args.plot else None))
+        return 0
     import physim
 
     # not fast_compile: without Taichi's advanced optimizations the shells' reverse mode is wrong in
