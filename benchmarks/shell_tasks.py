@@ -256,8 +256,8 @@ def summarize(out: Path, key: str, plot: Path | None = None) -> str:
     for m in methods:
         rows = [entry["seeds"][s].get(m, {}) for s in seeds]
         f = [r["final_loss"] for r in rows if "final_loss" in r]
-        cells = [f"{r['final_loss']:.3f}" if "final_loss" in r else "-" for r in rows]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(f):.3f} +- {np.std(f):.3f} | "
+        cells = [f"{r['final_loss']:.3g}" if "final_loss" in r else "-" for r in rows]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(f):.3g} +- {np.std(f):.2g} | "
                      f"{np.mean([r['wall_seconds'] for r in rows if 'final_loss' in r]):.0f} | "
                      f"{np.mean([r['sim_steps'] for r in rows if 'final_loss' in r]):.0f} |")
     if plot is not None:
@@ -274,17 +274,20 @@ def summarize(out: Path, key: str, plot: Path | None = None) -> str:
                 if "final_loss" not in r:
                     continue
                 c = _curve(r, horizon)
+                color = {"cma": "C0", "adam": "C1", "hybrid": "C2", "hybrid-budget": "C3"}.get(m, "k")
                 if c is None:
-                    ax.plot([r["sim_steps"]], [r["final_loss"]], "k*", label=m)
+                    ax.plot([r["sim_steps"]], [r["final_loss"]], "*", color=color, label=m)
                 else:
-                    ax.plot(*c, label=m)
+                    ax.plot(*c, color=color, label=m)
                     if m.startswith("hybrid"):
                         g = r.get("stage_boundary", (r.get("iters") or 0) // 3)
-                        ax.axvline(c[0][g - 1], color=ax.lines[-1].get_color(), lw=0.6, ls=":")
+                        ax.axvline(c[0][g - 1], color=color, lw=0.6, ls=":")
             ax.set_title(f"{key}, seed {s}")
             ax.set_xlabel("simulated steps")
         axes[0][0].set_ylabel("best loss so far")
-        axes[0][0].legend(fontsize=7)
+        axes[0][0].set_yscale("log")
+        for ax in axes[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(plot, dpi=110)
     return "\n".join(lines)
