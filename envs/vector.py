@@ -216,7 +216,7 @@ class PhysimVectorEnv(VectorEnv):
         running episodes are left untouched (as ``env.unwrapped.loss_and_grad`` does)."""
         import torch
 
-        from physim.rollout import series_seeds
+        from physim.optim.problem import rollout_loss
 
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 3 or a.shape[0] != self.num_envs:
@@ -227,19 +227,18 @@ class PhysimVectorEnv(VectorEnv):
         full = self.scene.initial_state()
         for w in range(self.num_envs):
             self._set_world_state(full, w, self._worlds[w]["start"])
-        try:
-            scene.set_state(full)
-            series = scene.forward(np.einsum("wta,ab->twb", np.stack(rows), self.map), observe=observe)
-            arrays = scene.get_state() if series is None else series
-            tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in arrays.items()}
-            losses = []
+        losses = []
+
+        def summed(tensors):  # every world's own loss at its own goal; their sum seeds reverse mode
             for w in range(self.num_envs):
                 self._use(w)
-                losses.append(self.task._loss(world_rows(tensors, self.num_envs, w, series is not None)))
-            total = torch.stack(losses).sum()
-            total.backward()
-            used = {k: t.grad.numpy() for k, t in tensors.items() if t.grad is not None}
-            g = scene.backward(used if series is None else series_seeds(used))
+                losses.append(self.task._loss(world_rows(tensors, self.num_envs, w, observe is not None)))
+            return torch.stack(losses).sum()
+
+        try:
+            scene.set_state(full)
+            _, g, _ = rollout_loss(scene, np.einsum("wta,ab->twb", np.stack(rows), self.map), summed,
+                                   observe=observe, what="the worlds' summed loss")
         finally:
             scene.set_state(saved)
         grad = np.einsum("twb,ab->wta", g.actions, self.map)
