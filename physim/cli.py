@@ -133,7 +133,7 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
              horizon: int | None = None, lr: float | None = None, video: bool = True, progress: bool = True,
              env=None, scale: str | None = None, env_kwargs: dict | None = None, workers: int | None = None,
              ray_address: str | None = None, backend: str = "auto", ray_init_kwargs: dict | None = None,
-             worlds: int | None = None) -> dict:
+             worlds: int | None = None, budget: int | None = None) -> dict:
     """Optimize an environment's action sequence (or a policy) and write the results.
 
     Writes to ``out`` (default ``out/<Task>-v0``): ``result.json`` (env, method, iters, losses,
@@ -157,6 +157,12 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     candidates at once in the worlds of one batched scene (:class:`physim.optim.batched.BatchedPool`;
     tasks whose scenes batch: MPM bodies and tools). Same result as one process, to round-off.
 
+    ``budget`` (``hybrid`` only, instead of ``iters``): simulated env steps (a rollout costs the
+    horizon T, a gradient 2 T), split half and half between CMA-ES and Adam by
+    :func:`physim.optim.hybrid` (``budget=``); on Sliding at ~100 T this split beat both Adam and
+    CMA-ES alone on three seeds, where ``iters`` (a third of them CMA-ES generations) leaves Adam
+    too few iterations (``benchmarks/README.md``, "Thin shells").
+
     ``env``: an env already made for ``env_id`` (``gym.make(env_id, render_mode="rgb_array",
     horizon=horizon)``) to reuse instead of making one; it is reset with ``seed`` and left open
     (:mod:`physim.sweep` keeps one per task in every worker so compiled kernels stay warm).
@@ -173,6 +179,12 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     check_workers(method, workers, ray_address)
+    if budget is not None:
+        if method != "hybrid":
+            raise ValueError(f"budget={budget!r} applies to method 'hybrid' (a budget of simulated steps split "
+                             f"between CMA-ES and Adam), not {method!r}: pass iters")
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+            raise ValueError(f"budget must be an integer >= 1 (simulated env steps), got {budget!r}")
     if worlds is not None:
         if isinstance(worlds, bool) or not isinstance(worlds, (int, np.integer)) or worlds < 1:
             raise ValueError(f"worlds must be an integer >= 1, got {worlds!r}")
@@ -215,6 +227,8 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
             res = optim.adam(task, iters=iters, **method_opts)
         elif method == "cma":
             res = optim.cmaes(task, iters=iters, pool=pool, **opts)
+        elif method == "hybrid" and budget is not None:
+            res = optim.hybrid(task, budget=int(budget), pool=pool, **opts)
         elif method == "hybrid":
             cma_iters = max(1, iters // 3)
             res = optim.hybrid(task, cma_iters=cma_iters, adam_iters=max(1, iters - cma_iters), pool=pool, **opts)
@@ -233,7 +247,8 @@ def optimize(env_id: str, method: str = "adam", iters: int | None = None, seed: 
     record = {
         "env": env_id,
         "method": method,
-        "iters": iters,
+        "iters": iters if budget is None else len(res.losses),
+        "budget": budget,
         "seed": seed,
         "horizon": task.horizon,
         "losses": [float(v) for v in res.losses],
@@ -319,7 +334,7 @@ def _cmd_optimize(args) -> int:
     rec = optimize(env_id, method=args.method, iters=smoke.shrink(args.iters, smoke.ITERS), seed=args.seed,
                    out=args.out, horizon=horizon, lr=args.lr, video=not args.no_video, scale=args.scale,
                    env_kwargs=env_kwargs, workers=args.workers, ray_address=args.ray_address, backend=backend,
-                   worlds=args.worlds)
+                   worlds=args.worlds, budget=args.budget)
     out = args.out or str(Path("out") / rec["env"].split("/")[-1])
     kind = {"ray": "Ray actors", "processes": "worker processes", "batched": "worlds of one batched scene"}
     where = "" if rec["pool"] is None else f" on {rec['workers']} {kind[rec['pool']['backend']]}"
@@ -473,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output directory (default out/<Task>-v0)")
     p.add_argument("--horizon", type=int, default=None, help="episode length in steps (default: the env's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (adam, policy)")
+    p.add_argument("--budget", type=_positive_int, default=None,
+                   help="hybrid, instead of --iters: simulated env steps (a rollout costs T, a gradient 2T), "
+                        "split half/half between CMA-ES and Adam")
     p.add_argument("--arch", default=None, help="auto (default), cpu or cuda")
     p.add_argument("--no-video", action="store_true", help="skip the rollout video")
     p.add_argument("--full-compile", action="store_true",

@@ -85,3 +85,33 @@ def test_optimize_adam_takes_the_tasks_step_unless_told(monkeypatch, tmp_path):
         with pytest.raises(Stop):
             cli.main(argv)
     assert seen == [0.3, 0.1, None]
+
+
+def test_optimize_hybrid_budget_reaches_the_split(monkeypatch, tmp_path):
+    """``--budget`` (hybrid only) goes to ``physim.optim.hybrid(budget=...)`` instead of the
+    iteration split; with another method, or not a positive integer, it is refused by name."""
+    from physim import optim
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_hybrid(task, **kw):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(optim, "hybrid", fake_hybrid)
+    common = ["--horizon", "4", "--no-video", "--out", str(tmp_path)]
+    for argv in (["optimize", "Pinch", "--method", "hybrid", "--budget", "400", *common],
+                 ["optimize", "Pinch", "--method", "hybrid", "--iters", "6", *common]):
+        with pytest.raises(Stop):
+            cli.main(argv)
+    assert seen[0]["budget"] == 400 and "cma_iters" not in seen[0]
+    assert seen[1]["cma_iters"] == 2 and seen[1]["adam_iters"] == 4 and "budget" not in seen[1]
+    with pytest.raises(ValueError, match="budget=400 applies to method 'hybrid'.*not 'adam'"):
+        cli.optimize("Pinch", method="adam", budget=400, out=str(tmp_path))
+    with pytest.raises(ValueError, match="budget must be an integer >= 1 .*got 0"):
+        cli.optimize("Pinch", method="hybrid", budget=0, out=str(tmp_path))
+    with pytest.raises(SystemExit):
+        cli.main(["optimize", "Pinch", "--method", "hybrid", "--budget", "-3"])
