@@ -283,7 +283,10 @@ def hybrid(
     cma_iters = check_positive_int("cma_iters", 10 if cma_iters is None else cma_iters)
     adam_iters = check_positive_int("adam_iters", 30 if adam_iters is None else adam_iters)
     t0 = time.perf_counter()
-    r1 = cmaes(problem, iters=cma_iters, popsize=popsize, sigma0=sigma0, keyframes=keyframes, init=init, seed=seed,
+    # with a budget, CMA-ES runs the population the split was computed for (the same value as cma's
+    # default), so the steps it spends are the ones the split counted
+    pop = popsize if split is None else split["popsize"]
+    r1 = cmaes(problem, iters=cma_iters, popsize=pop, sigma0=sigma0, keyframes=keyframes, init=init, seed=seed,
                progress=progress, callback=callback, pool=pool)
     offset = len(r1.losses)
     cb2 = None if callback is None else (lambda i, loss, a: callback(offset + i, loss, a))
