@@ -112,7 +112,8 @@ RIGID_MIN_SPAN = 1e-6
 #: and a P2G adjoint's shared parameter gradients are contended by every thread. The loops
 #: of per-particle work without shared writes (SVD, stress, G2P) stay threaded. On a CPU with
 #: many idle cores the threaded atomics may win for large scenes: ``PHYSIM_SERIAL_SCATTER=0``
-#: (read when an engine is built) turns this off.
+#: (read when an engine is built) turns this off. In f32 the Taichi-generated adjoints stay
+#: threaded (``MPMEngine.serial_ad``: Taichi miscompiled a serialized one).
 SERIAL_SCATTER_CPU = True
 #: most bytes of per-substep particle scratch (F_trial, U, sig, V, sig_elastic, affine for each
 #: of a chunk's K substeps) an engine keeps so reverse mode can skip recomputing it (see
@@ -211,6 +212,14 @@ class MPMEngine(Part):
         # thread, where Taichi turns their atomic adds into plain ones (see SERIAL_SCATTER_CPU)
         self.serial = (SERIAL_SCATTER_CPU and os.environ.get("PHYSIM_SERIAL_SCATTER", "1") != "0"
                        and backend.config().arch == "cpu")
+        # ... except, in f32, the phase kernels whose adjoints Taichi generates (trial deformation,
+        # plasticity, stress, p2g): Taichi 1.7.4 miscompiled the serialized f32 adjoint of the
+        # plasticity kernel on an AMD EPYC (Zen 3) CPU -- d loss / d sig 245 % off f64 and central
+        # differences, nonzero for particles that do not yield -- while the threaded f32 adjoint and
+        # the serial f64 one match them to 2e-7 (an earlier CPU got the serial f32 one right, so the
+        # fault depends on the host's code generation). f32 is not the CPU default; its particle
+        # adjoints pay the threaded atomics (tests/test_precision.py)
+        self.serial_ad = self.serial and real == ti.f64
         dim, N = self.dim, self.capacity
         self.dx = 1.0 / self.res
         self.inv_dx = float(self.res)
@@ -496,7 +505,7 @@ class MPMEngine(Part):
 
     @ti.kernel
     def trial_deformation(self, l: ti.i32):
-        if ti.static(self.serial):
+        if ti.static(self.serial_ad):
             ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             self.F_trial[p] = self._trial_F(l, p)
@@ -768,7 +777,7 @@ class MPMEngine(Part):
     @ti.kernel
     def plasticity(self, l: ti.i32):
         """Return mapping: writes the elastic F[l+1], its singular values and Jp[l+1]."""
-        if ti.static(self.serial):
+        if ti.static(self.serial_ad):
             ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             m = self.material[p]
@@ -783,7 +792,7 @@ class MPMEngine(Part):
     @ti.kernel
     def stress(self, l: ti.i32, t: ti.i32):
         """Kirchhoff stress of F[l+1]; stores each particle's MLS affine matrix."""
-        if ti.static(self.serial):
+        if ti.static(self.serial_ad):
             ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             m = self.material[p]
@@ -807,7 +816,7 @@ class MPMEngine(Part):
     @ti.kernel
     def p2g(self, l: ti.i32):
         """Scatter mass and momentum (with the affine/stress term) to the grid."""
-        if ti.static(self.serial):
+        if ti.static(self.serial_ad):
             ti.loop_config(serialize=True)
         for p in range(self.n_particles[None]):
             self._scatter(l, p, self.affine[p])
