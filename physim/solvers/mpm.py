@@ -110,7 +110,7 @@ RIGID_MIN_SPAN = 1e-6
 #: ``+=`` on fields as a plain add instead of an atomic compare-and-swap loop; on the 2-core
 #: CPU a 2D scatter of 10k particles took 16x less CPU time serial than threaded (atomics),
 #: and a P2G adjoint's shared parameter gradients are contended by every thread. The loops
-#: of per-particle work without shared writes (SVD, stress, G2P) stay threaded. On a CPU with
+#: of per-particle work without shared writes (the SVD and its adjoint, G2P) stay threaded. On a CPU with
 #: many idle cores the threaded atomics may win for large scenes: ``PHYSIM_SERIAL_SCATTER=0``
 #: (read when an engine is built) turns this off. In f32 the Taichi-generated adjoints stay
 #: threaded (``MPMEngine.serial_ad``: Taichi miscompiled a serialized one).
