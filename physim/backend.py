@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
-__all__ = ["init", "ensure_init", "config", "BackendConfig", "real"]
+__all__ = ["init", "ensure_init", "config", "BackendConfig", "real", "grad"]
 
 _ARCHES = {
     "cpu": ti.cpu,
@@ -109,11 +109,14 @@ def init(
             were measured no faster on small scenes. Defaults to ``$PHYSIM_PRECISION`` or ``"auto"``.
         seed: seeds Taichi's, NumPy's and Python's random generators.
         debug: Taichi debug mode (bounds checks; slow).
-        fast_compile: turn off Taichi's advanced IR optimizations: reverse-mode
-            kernels compile 3-5x faster, run somewhat slower. Good for tests and
-            short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``. Ignored for f32:
-            without those passes Taichi 1.7.4's reverse mode drops the gradient through a
-            local variable updated in place in an unrolled loop (MPM's P2G weights: no
+        fast_compile: compile kernels without Taichi's advanced IR optimizations: a cold start
+            is much shorter, the kernels run somewhat slower (measured on this 2-core CPU: the
+            push_duck demo's fused f32 substep compiles in 17 s instead of 279 s; 3D MPM steps
+            16-21 % slower, explicit FEM 46 % faster; benchmarks/README.md, "Compile time").
+            Good for tests, demos and short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``.
+            In f32 the reverse-mode kernels that Taichi generates still compile with those
+            passes (:func:`grad`): without them Taichi 1.7.4's reverse mode drops the gradient
+            through a local variable updated in place in an unrolled loop (MPM's P2G weights: no
             d loss / d x from P2G at all), so f32 gradients drifted from f64 by 3 % after 30
             substeps and by 10^12 x after 1,000 (benchmarks/README.md, "Precision").
         verbose: print which arch was chosen.
@@ -161,7 +164,7 @@ def init(
         default_fp=_PRECISIONS[precision],
         random_seed=int(seed),
         debug=bool(debug),
-        advanced_optimization=not fast_compile or precision == "f32",  # see fast_compile above
+        advanced_optimization=not fast_compile,  # f32 adjoints: see grad()
         offline_cache=os.environ.get("PHYSIM_OFFLINE_CACHE", "1") == "1",
         **_cache_limit(),
         fast_math=os.environ.get("PHYSIM_FAST_MATH", _fast_math_default(arch, precision)) == "1",
@@ -202,3 +205,23 @@ def config() -> BackendConfig | None:
 def real():
     """The Taichi float type in use (initializes with defaults if needed)."""
     return ensure_init().real
+
+
+def grad(kernel, *args):
+    """Launch the reverse-mode kernel Taichi generates for ``kernel`` (``kernel.grad(*args)``).
+
+    Every physim part launches Taichi-generated adjoints through here. With ``fast_compile``
+    in f32 the adjoint is compiled with Taichi's advanced optimizations switched on for its
+    compile only (see :func:`init`'s ``fast_compile``: f32 adjoints are wrong without them);
+    Taichi reads that setting when a kernel is first compiled and keys its offline cache on
+    it, so the forward kernels keep their fast compile and the cache never mixes the two."""
+    cfg = _config
+    if cfg is None or not cfg.fast_compile or cfg.precision != "f32":
+        return kernel.grad(*args)
+    compile_config = ti.lang.impl.current_cfg()
+    before = compile_config.advanced_optimization
+    compile_config.advanced_optimization = True
+    try:
+        return kernel.grad(*args)
+    finally:
+        compile_config.advanced_optimization = before

@@ -47,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import backend
+
 __all__ = ["Launch", "Tape", "TapeContractError"]
 
 AUTO = "auto"
@@ -76,7 +78,7 @@ class Launch:
         if _TRACE:
             print("[tape] grad of", getattr(self.kernel, "__name__", self.kernel), self.args, flush=True)
         if self.grad == AUTO:
-            self.kernel.grad(*self.args)
+            backend.grad(self.kernel, *self.args)
         else:
             self.grad(*self.args)
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
+from .. import backend
 from ..materials import Material
 from ..solvers._linalg import rotation_matrix
 from .base import Part
@@ -539,7 +540,7 @@ class EmitterPart(Part):
             self.clock[l + 1, 0] = self.clock[l, 0] + 1.0
 
     def _emit_grad(self, l: int, t: int) -> None:
-        self.emit_rows.grad(l, t)
+        backend.grad(self.emit_rows, l, t)
 
     def substep(self, tape, l: int, t: int) -> None:
         # one launch forward (Taichi launches cost ~40 us each on the CPU: as much as a small MPM substep)

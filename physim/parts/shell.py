@@ -118,6 +118,7 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
+from .. import backend
 from ..contact.sdf import tool_sdf
 from ..solvers._linalg import rotation_matrix
 from .base import BAD_NONFINITE, BAD_OUTSIDE, Part
@@ -901,9 +902,9 @@ class ShellPart(Part):
         self._residual_vjp_elements()
 
     def _residual_vjp_elements(self) -> None:
-        self.residual_bending.grad()
-        self.residual_membrane.grad()
-        self.residual_vertices.grad()
+        backend.grad(self.residual_bending)
+        backend.grad(self.residual_membrane)
+        backend.grad(self.residual_vertices)
 
     @ti.kernel
     def residual_vertices(self):
@@ -1574,7 +1575,7 @@ class ShellPart(Part):
                 self.contact.carry_grad(l)
             self.contact.scatter_obstacle_grads(l)
         self._kinematic_grads()
-        self.place_kinematic.grad()
+        backend.grad(self.place_kinematic)
         self._scatter_work_grads(l)
 
     def substep(self, tape, l: int, t: int) -> None:

@@ -133,6 +133,7 @@ import math
 import numpy as np
 import taichi as ti
 
+from .. import backend
 from .shell import MARGIN as PAD_MARGIN
 from .shell import V_SMOOTH
 
@@ -690,8 +691,8 @@ class ShellContact:
             return
         self.gather()
         self._seed_reaction(l)
-        self.forces.grad()
-        self.gather.grad()
+        backend.grad(self.forces)
+        backend.grad(self.gather)
 
     @ti.func
     def _pad_phi(self, x0, x1, x2, x3, toff):
@@ -971,9 +972,9 @@ class ShellContact:
             return
         self.gather()  # the reverse of ``forces`` reads the pair-local copies of this iterate
         self.zero_grads()
-        self.scatter.grad()
-        self.forces.grad()
-        self.gather.grad()
+        backend.grad(self.scatter)
+        backend.grad(self.forces)
+        backend.grad(self.gather)
 
     def energy(self) -> float:
         """The pairs' energy at the iterate (J); inf where a barrier pair is at or past contact."""
@@ -1009,7 +1010,7 @@ class ShellContact:
         for a in range(4):
             for d in range(3):
                 self._seed(a, d)
-                self.forces.grad()
+                backend.grad(self.forces)
                 Q[a, d] = self.xp.grad.to_numpy()[:n]
         Hb = Q.transpose(2, 3, 4, 0, 1).reshape(n, 12, 12).astype(np.float64)  # [p, (a, i), (b, j)]
         Hb = 0.5 * (Hb + Hb.transpose(0, 2, 1))
