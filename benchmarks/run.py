@@ -231,6 +231,8 @@ def make_cases(quick: bool) -> list[Case]:
     if not quick:
         cases.append(_compile_case("compile_3d_f32", "f32"))
         cases.append(_compile_case("compile_3d_f64_fast", "f64", fast_compile=True))
+        # f32 with fast_compile: forward kernels fast, Taichi's adjoints optimized (backend.grad)
+        cases.append(_compile_case("compile_3d_f32_fast", "f32", fast_compile=True))
     cases.append(Case("grad_2d", "gradient", _gradient_spec(2, 200 if quick else 1000, 50, 1 if quick else 2)))
     # gradient cost and memory versus horizon, 3D, with (K = 50) and without (K = T) checkpointing
     # (quick: checkpointed T = 100 and 400, unchecked T = 200, whose 256 slots match full T = 250)
