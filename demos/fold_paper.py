@@ -233,10 +233,11 @@ class CreaseView:
 
 
 def start_runtime(arch: str | None):
-    """Start physim in f64 for this demo unless a runtime is already running (then keep it)."""
+    """Start physim in f64 with fast compilation (as :func:`physim.render.interactive.ensure_runtime`
+    does for the other demos) unless a runtime is already running (then keep it)."""
     cfg = ps.backend.config()
     if cfg is None:
-        return ps.init(arch=arch, precision="f64")
+        return ps.init(arch=arch, precision="f64", fast_compile=True)
     if arch is not None and arch != "auto" and arch != cfg.arch:
         warnings.warn(f"physim is already running on {cfg.arch!r}; ignoring arch={arch!r}", stacklevel=2)
     return cfg

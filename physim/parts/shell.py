@@ -815,7 +815,20 @@ class ShellPart(Part):
 
     @ti.func
     def _contact(self, i, b):
-        """(force, energy, stiffness estimate) of vertex ``i``'s contacts (module docstring)."""
+        """(force, energy, stiffness estimate) of vertex ``i``'s contacts (module docstring): the
+        domain's walls and every tool it is not attached to."""
+        f, en, kd = self._wall_contact(i, b)
+        for e in ti.static(range(self.tools.capacity)):
+            if e < self.tools.rows[None] and self.attached[b, e] == 0:
+                ft, et, kt = self._tool_contact(i, b, e)
+                f += ft
+                en += et
+                kd += kt
+        return f, en, kd
+
+    @ti.func
+    def _wall_contact(self, i, b):
+        """:meth:`_contact`'s part from the domain's six walls."""
         x = self.xk[i]
         x0 = self.xn[i]
         k = self.bp[b, C_KC] * self.node_area[i]
@@ -841,26 +854,32 @@ class ShellPart(Part):
                     f += ff
                     en += ef
                     kd += kf
-        for e in ti.static(range(self.tools.capacity)):
-            if e < self.tools.rows[None] and self.attached[b, e] == 0:
-                R1 = rotation_matrix(self.tq[1, e], 3)
-                phi, nl = tool_sdf(self.tools.shape[e], self.tools.size[e], R1.transpose() @ (x - self.tp[1, e]), 3)
-                fp, ep, kp = self._plane(x, x0, R1 @ nl, phi, phi, k, eps, 0.0, eps_u)
-                f += fp
-                en += ep
-                kd += kp
-                R0 = rotation_matrix(self.tq[0, e], 3)
-                p0 = R0.transpose() @ (x0 - self.tp[0, e])
-                phi0, nl0 = tool_sdf(self.tools.shape[e], self.tools.size[e], p0, 3)
-                if phi0 < eps:
-                    n0 = R0 @ nl0
-                    y = R1 @ p0 + self.tp[1, e]  # where the tool's material point at x0 goes
-                    u = x - y
-                    u -= u.dot(n0) * n0
-                    ff, ef, kf = self._friction(u, k * (eps - phi0), self.tmu[e], eps_u)
-                    f += ff
-                    en += ef
-                    kd += kf
+        return f, en, kd
+
+    @ti.func
+    def _tool_contact(self, i, b, e):
+        """:meth:`_contact`'s part from tool ``e``: penalty at the end-of-step distance, friction
+        lagged from the start of the step."""
+        x = self.xk[i]
+        x0 = self.xn[i]
+        k = self.bp[b, C_KC] * self.node_area[i]
+        eps = 0.5 * self.bp[b, C_T] + MARGIN
+        eps_u = V_SMOOTH * self.dt[None]
+        R1 = rotation_matrix(self.tq[1, e], 3)
+        phi, nl = tool_sdf(self.tools.shape[e], self.tools.size[e], R1.transpose() @ (x - self.tp[1, e]), 3)
+        f, en, kd = self._plane(x, x0, R1 @ nl, phi, phi, k, eps, 0.0, eps_u)
+        R0 = rotation_matrix(self.tq[0, e], 3)
+        p0 = R0.transpose() @ (x0 - self.tp[0, e])
+        phi0, nl0 = tool_sdf(self.tools.shape[e], self.tools.size[e], p0, 3)
+        if phi0 < eps:
+            n0 = R0 @ nl0
+            y = R1 @ p0 + self.tp[1, e]  # where the tool's material point at x0 goes
+            u = x - y
+            u -= u.dot(n0) * n0
+            ff, ef, kf = self._friction(u, k * (eps - phi0), self.tmu[e], eps_u)
+            f += ff
+            en += ef
+            kd += kf
         return f, en, kd
 
     @ti.func
@@ -916,9 +935,19 @@ class ShellPart(Part):
                 b = self.node_body[i]
                 m = self._mass(i, b)
                 xh = self.xn[i] + h * self.vn[i] + h * h * self.gravity[None]
-                f, _en, _kd = self._contact(i, b)
+                f, _en, _kd = self._wall_contact(i, b)
                 r = m * (self.xk[i] - xh) / (h * h) + self.bp[b, C_ALPHA] * m * (self.xk[i] - self.xn[i]) / h - f
             self.r[i] = r
+        # the tools: one (vertex, tool) pair per iteration, so that Taichi's reverse mode
+        # differentiates one copy of the tool code (unrolled over fold_paper's four tools in the
+        # loop above, the adjoint took 219 s to compile; a dynamic loop over the tools there
+        # crashes Taichi 1.7.4's reverse-mode code generation)
+        for i, e in ti.ndrange(self.rows[None], self.tools.rows[None]):
+            if self.kind[i] == FREE:
+                b = self.node_body[i]
+                if self.attached[b, e] == 0:
+                    f, _en, _kd = self._tool_contact(i, b, e)
+                    self.r[i] -= f
 
     @ti.kernel
     def residual_membrane(self):
