@@ -112,7 +112,8 @@ def init(
         fast_compile: compile kernels without Taichi's advanced IR optimizations: a cold start
             is much shorter, the kernels run somewhat slower (measured on this 2-core CPU: the
             push_duck demo's fused f32 substep compiles in 17 s instead of 279 s; 3D MPM steps
-            16-21 % slower, explicit FEM 46 % faster; benchmarks/README.md, "Compile time").
+            16-21 % slower, explicit FEM 46 % faster; benchmarks/README.md, "Cold compile of a 3D
+            differentiable scene").
             Good for tests, demos and short scripts. Defaults to ``$PHYSIM_FAST_COMPILE == "1"``.
             In f32 the reverse-mode kernels that Taichi generates still compile with those
             passes (:func:`grad`): without them Taichi 1.7.4's reverse mode drops the gradient
