@@ -165,8 +165,9 @@ SPECS = {
 # tests/test_gradients.py compile; one scene of all eight materials (n_mat 8) compiled a 3D layout
 # of its own, forward and reverse. Rigid bodies in 3D are FD-checked in tests/test_rigid.py
 # (test_gradients_match_finite_differences[3]: tool velocity, initial velocities, density):
-# compiling the 3D rigid wall-contact adjoint here as well would cost 34 s of CPU (measured,
-# rigid_contact_impulse.grad, cold).
+# compiling the rigid variants of the 3D kernels here as well would cost ~35 s of CPU (measured
+# in that test, cold: the rigid fused forward 9 s, its replay 10 s, the wall contact's per-wall
+# adjoint 6 s, rigid_grid_reduce's 6 s, rigid_project's 3 s).
 ELSEWHERE_3D = {"Rigid": "tests/test_rigid.py::test_gradients_match_finite_differences[3]"}
 
 

@@ -48,9 +48,9 @@ whole (the grid's walls stop only the nodes in the wall band, which the projecti
 the whole body, so without this a resting body sinks into the band): ``rigid_motion`` (the
 body's c, V, w), then ``RIGID_CONTACT_PASSES`` passes of ``rigid_contact_select`` (count and
 centroid of the body's particles in each wall's band moving into it; atomics) and
-``rigid_contact_impulse`` (per wall, a normal impulse at that centroid through the body's
-mass and inverse inertia that stops its normal velocity, and a Coulomb-bounded tangential
-one), all with Taichi's adjoints (the selection is piecewise constant); ``rigid_project``
+``rigid_contact_impulse`` (one launch per wall, in turn: a normal impulse at that centroid
+through the body's mass and inverse inertia that stops its normal velocity, and a
+Coulomb-bounded tangential one), all with Taichi's adjoints (the selection is piecewise constant); ``rigid_project``
 then sets v = V + w x r, C = skew(w) and advances x with the contact's velocity change
 (x = c + dt dV + turn(dt dw) R X, an exact rotation). Before all that, the bodies are coupled to
 the other materials on the grid: ``rigid_grid_reduce`` sums, per body, the updated mass and
@@ -336,10 +336,13 @@ class MPMEngine(Part):
         # velocity w before (pass 0) and after each contact pass, and per pass, body and wall
         # (2 * dim: low / high side of each axis) the count and the summed arms R X of the
         # particles in that wall's band moving into it
+        # (V, w are kept after every wall of every pass: slot k W + j holds them before wall j of
+        # pass k, so each wall is one launch of rigid_contact_impulse and its adjoint compiles
+        # one wall's code, not 2 * dim unrolled copies)
         P, W = RIGID_CONTACT_PASSES, 2 * dim
         self.body_c = self.scratch_field((dim,), B)
-        self.body_lv = self.scratch_field((dim,), (P + 1, B))
-        self.body_av = self.scratch_field((ad,), (P + 1, B))
+        self.body_lv = self.scratch_field((dim,), (P * W + 1, B))
+        self.body_av = self.scratch_field((ad,), (P * W + 1, B))
         self.contact_n = self.scratch_field((), (P, B, W), grad=False)
         self.contact_r = self.scratch_field((dim,), (P, B, W))
         self.body_scratch.append(self.body_c)
@@ -1124,9 +1127,9 @@ class MPMEngine(Part):
     def _rigid_clear(self, b):
         for f in ti.static(self.body_scratch):
             f[b] = ti.zero(f[b])
-        for k in ti.static(range(RIGID_CONTACT_PASSES + 1)):
-            self.body_lv[k, b] = ti.zero(self.body_lv[k, b])
-            self.body_av[k, b] = ti.zero(self.body_av[k, b])
+        for s in ti.static(range(RIGID_CONTACT_PASSES * 2 * self.dim + 1)):
+            self.body_lv[s, b] = ti.zero(self.body_lv[s, b])
+            self.body_av[s, b] = ti.zero(self.body_av[s, b])
         for k, j in ti.static(ti.ndrange(RIGID_CONTACT_PASSES, 2 * self.dim)):
             self.contact_n[k, b, j] = 0.0
             self.contact_r[k, b, j] = ti.zero(self.contact_r[k, b, j])
@@ -1185,7 +1188,8 @@ class MPMEngine(Part):
         b = self.material[p]
         r = self.body_R[b] @ self.rest[p]
         x = self.body_c[b] + r
-        v = self.body_lv[k, b] + self._spin(self.body_av[k, b], r)
+        s = k * ti.static(2 * self.dim)
+        v = self.body_lv[s, b] + self._spin(self.body_av[s, b], r)
         for d in ti.static(range(self.dim)):
             if x[d] < ti.static(BOUND * self.dx) and v[d] < 0:
                 self.contact_n[k, b, 2 * d] += 1.0
@@ -1195,41 +1199,46 @@ class MPMEngine(Part):
                 self.contact_r[k, b, 2 * d + 1] += r
 
     @ti.func
-    def _rigid_impulse(self, k, b):
-        """Contact pass ``k`` of body ``b``: for each wall in turn, the impulse at the centroid
-        a of the body's particles in its band moving into it that stops a's normal velocity
-        (through the body's mass and inverse inertia), then a tangential impulse that stops a's
-        sliding, bounded by the wall's Coulomb friction times the normal impulse (slip walls:
-        none; sticky walls: unbounded). Writes V, w of pass ``k + 1``. Branch-free."""
+    def _rigid_impulse(self, k, j, b):
+        """Wall ``j`` (axis j // 2; low side for even j, high for odd) in contact pass ``k`` of
+        body ``b``: the impulse at the centroid a of the body's particles in its band moving
+        into it that stops a's normal velocity (through the body's mass and inverse inertia),
+        then a tangential impulse that stops a's sliding, bounded by the wall's Coulomb friction
+        times the normal impulse (slip walls: none; sticky walls: unbounded). Reads V, w of slot
+        s = k W + j, writes slot s + 1 (W = 2 dim walls per pass, in turn). Branch-free; ``j``
+        may be a runtime index."""
         n = self.body_count[b]
         R = self.body_R[b]
-        V = self.body_lv[k, b]
-        w = self.body_av[k, b]
+        s = k * ti.static(2 * self.dim) + j
+        V = self.body_lv[s, b]
+        w = self.body_av[s, b]
         kind = self.boundary[None]
         mu = ti.select(kind == BOUNDARY_IDS["friction"] or kind == BOUNDARY_IDS["rough"], self.wall_friction[None],
                        0.0)
         sticky = kind == BOUNDARY_IDS["sticky"]
-        for d, side in ti.static(ti.ndrange(self.dim, 2)):
-            cnt = self.contact_n[k, b, 2 * d + side]
-            a = self.contact_r[k, b, 2 * d + side] / ti.max(cnt, 1.0)
-            normal = ti.Vector.unit(self.dim, d, self.real) * ti.static(1.0 - 2.0 * side)
-            u = V + self._spin(w, a)
-            an = self._cross(a, normal)
-            jn = ti.select(cnt > 0, ti.max(-u.dot(normal), 0.0) / (1.0 / n + an.dot(self._inertia_inv(b, R, an))),
-                           0.0)
-            V += (jn / n) * normal
-            w += self._inertia_inv(b, R, jn * an)
-            u = V + self._spin(w, a)
-            ut = u - u.dot(normal) * normal
-            speed = safe_norm(ut)
-            tangent = ut / speed
-            at = self._cross(a, tangent)
-            stop = speed / (1.0 / n + at.dot(self._inertia_inv(b, R, at)))
-            jt = ti.select(sticky, ti.select(jn > 0, stop, 0.0), ti.min(stop, mu * jn))
-            V -= (jt / n) * tangent
-            w -= self._inertia_inv(b, R, jt * at)
-        self.body_lv[k + 1, b] = V
-        self.body_av[k + 1, b] = w
+        cnt = self.contact_n[k, b, j]
+        a = self.contact_r[k, b, j] / ti.max(cnt, 1.0)
+        sign = 1.0 - 2.0 * (j % 2)
+        normal = ti.Vector.zero(self.real, self.dim)
+        for e in ti.static(range(self.dim)):
+            normal[e] = ti.select(j // 2 == e, sign, 0.0)
+        u = V + self._spin(w, a)
+        an = self._cross(a, normal)
+        jn = ti.select(cnt > 0, ti.max(-u.dot(normal), 0.0) / (1.0 / n + an.dot(self._inertia_inv(b, R, an))),
+                       0.0)
+        V += (jn / n) * normal
+        w += self._inertia_inv(b, R, jn * an)
+        u = V + self._spin(w, a)
+        ut = u - u.dot(normal) * normal
+        speed = safe_norm(ut)
+        tangent = ut / speed
+        at = self._cross(a, tangent)
+        stop = speed / (1.0 / n + at.dot(self._inertia_inv(b, R, at)))
+        jt = ti.select(sticky, ti.select(jn > 0, stop, 0.0), ti.min(stop, mu * jn))
+        V -= (jt / n) * tangent
+        w -= self._inertia_inv(b, R, jt * at)
+        self.body_lv[s + 1, b] = V
+        self.body_av[s + 1, b] = w
 
     @ti.func
     def _turn(self, a):
@@ -1253,8 +1262,8 @@ class MPMEngine(Part):
         position advanced with the contact's velocity change dV, dw, as g2p advanced it with the
         gathered velocity; without contact x = c + R X)."""
         b = self.material[p]
-        P = ti.static(RIGID_CONTACT_PASSES)
-        V, w = self.body_lv[P, b], self.body_av[P, b]
+        last = ti.static(RIGID_CONTACT_PASSES * 2 * self.dim)
+        V, w = self.body_lv[last, b], self.body_av[last, b]
         dt = self.dt[None]
         r = self._turn(dt * (w - self.body_av[0, b])) @ (self.body_R[b] @ self.rest[p])
         self.x[l + 1, p] = self.body_c[b] + dt * (V - self.body_lv[0, b]) + r
@@ -1318,10 +1327,11 @@ class MPMEngine(Part):
                 self._contact_select(k, p)
 
     @ti.kernel
-    def rigid_contact_impulse(self, k: ti.i32):
+    def rigid_contact_impulse(self, k: ti.i32, j: ti.i32):
+        """Wall ``j``'s impulses in contact pass ``k`` (one launch per wall, in order)."""
         for b in range(self.n_mat):
             if self.body_rigid[b] != 0:
-                self._rigid_impulse(k, b)
+                self._rigid_impulse(k, j, b)
 
     @ti.kernel
     def rigid_project(self, l: ti.i32):
@@ -1480,7 +1490,8 @@ class MPMEngine(Part):
                     self._contact_select(k, p)
             for b in range(self.n_mat):
                 if self.body_rigid[b] != 0:
-                    self._rigid_impulse(k, b)
+                    for j in range(2 * self.dim):  # the walls in turn (a serial loop per body)
+                        self._rigid_impulse(k, j, b)
 
     @ti.kernel
     def substep_scratch(self, l: ti.i32, t: ti.i32, svd: ti.template(), rigid: ti.template()):
@@ -1576,9 +1587,9 @@ class MPMEngine(Part):
             for b in range(self.n_mat):
                 for f in ti.static(self.body_scratch + self.body_grid_scratch):
                     f.grad[b] = ti.zero(f.grad[b])
-                for k in ti.static(range(RIGID_CONTACT_PASSES + 1)):
-                    self.body_lv.grad[k, b] = ti.zero(self.body_lv.grad[k, b])
-                    self.body_av.grad[k, b] = ti.zero(self.body_av.grad[k, b])
+                for s in ti.static(range(RIGID_CONTACT_PASSES * 2 * self.dim + 1)):
+                    self.body_lv.grad[s, b] = ti.zero(self.body_lv.grad[s, b])
+                    self.body_av.grad[s, b] = ti.zero(self.body_av.grad[s, b])
                 for k, j in ti.static(ti.ndrange(RIGID_CONTACT_PASSES, 2 * self.dim)):
                     self.contact_r.grad[k, b, j] = ti.zero(self.contact_r.grad[k, b, j])
 
@@ -1659,5 +1670,6 @@ class MPMEngine(Part):
             tape.record(self.rigid_motion)
             for k in range(RIGID_CONTACT_PASSES):
                 tape.record(self.rigid_contact_select, k)
-                tape.record(self.rigid_contact_impulse, k)
+                for j in range(2 * self.dim):
+                    tape.record(self.rigid_contact_impulse, k, j)
             tape.record(self.rigid_project, l)
