@@ -119,6 +119,9 @@ SERIAL_SCATTER_CPU = True
 #: of a chunk's K substeps) an engine keeps so reverse mode can skip recomputing it (see
 #: :meth:`MPMEngine.substep`); a layout whose K x capacity needs more replays it instead
 KEEP_SCRATCH_MAX_BYTES = 2**30
+#: the material models grouped by stress law (:meth:`MPMEngine._family_stress`); the rigid family last
+STRESS_FAMILIES = (("corotated", "von_mises", "bingham", "snow"), ("drucker_prager",), ("fluid",), ("neohookean",),
+                   ("rigid",))
 #: passes of the rigid bodies' wall contact (each: find the body's particles in a wall band
 #: moving into the wall, one impulse per wall at their centroid; see MPMEngine._rigid_impulse)
 RIGID_CONTACT_PASSES = 2
@@ -734,41 +737,72 @@ class MPMEngine(Part):
         return n * K * ti.exp((n - 1.0) * u - n * log_dt) + 2 * mu
 
     @ti.func
-    def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
-        """Kirchhoff stress tau = P F^T of every model present, branch-free (``ti.select``)."""
+    def _family_stress(self, f: ti.template(), model, m, U, V, F, sig, jp, C, mu, la):
+        """Kirchhoff stress tau = P F^T of the models of :data:`STRESS_FAMILIES` ``[f]`` (unselected:
+        the caller picks the family of the particle's model; the rigid family's is 0)."""
         dim = ti.static(self.dim)
         identity = ti.Matrix.identity(self.real, dim)
-        J = F.determinant()
         tau = F * 0.0
-        if ti.static(self.has("corotated", "von_mises", "bingham", "snow")):
+        if ti.static(f == 0):
             # fixed-corotated family (corotated, von Mises, Bingham, snow with hardening)
+            J = F.determinant()
             h = 1.0
             if ti.static(self.has("snow")):
                 h = ti.select(model == MODEL_IDS["snow"],
                               ti.exp(self.mat_params[m, COL["hardening"]] * (1.0 - jp)), 1.0)
             R = U @ V.transpose()
             tau = 2 * mu * h * (F - R) @ F.transpose() + la * h * (J - 1) * J * identity
-        if ti.static(self.has("drucker_prager")):
+        elif ti.static(f == 1):
             # Drucker-Prager: St. Venant-Kirchhoff in Hencky strain
             eps = ti.log(ti.max(sig, 1e-6))
-            tau_dp = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
-            tau = ti.select(model == MODEL_IDS["drucker_prager"], tau_dp, tau)
-        if ti.static(self.has("fluid")):
+            tau = U @ diag_matrix(2 * mu * eps + la * eps.sum(), F) @ U.transpose()
+        elif ti.static(f == 2):
             # weakly compressible Newtonian fluid: E column holds the bulk modulus
+            J = F.determinant()
             eta = self.mat_params[m, COL["viscosity"]]
-            tau_fluid = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
-            tau = ti.select(model == MODEL_IDS["fluid"], tau_fluid, tau)
-        if ti.static(self.has("neohookean")):
-            tau_nh = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
-            tau = ti.select(model == MODEL_IDS["neohookean"], tau_nh, tau)
+            tau = self.mat_params[m, COL["E"]] * J * (J - 1) * identity + eta * J * (C + C.transpose())
+        elif ti.static(f == 3):
+            J = F.determinant()
+            tau = mu * (F @ F.transpose() - identity) + la * ti.log(ti.max(J, 1e-6)) * identity
+        return tau
+
+    @ti.func
+    def _active_stress(self, m, p, t, F):
+        """The muscle groups' active stress along the fiber (group -1: passive; 0 without actuators)."""
+        tau = F * 0.0
         if ti.static(self.has_actuators):
-            # active stress along the fiber (muscle groups; group -1 means passive)
             g = self.act_group[p]
             a = ti.select(g >= 0, self.action[t, self.act_offset[None] + ti.max(g, 0)], 0.0)
             d = F @ self.fiber[p]
-            tau += a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
+            tau = a * self.mat_params[m, COL["actuation_strength"]] * d.outer_product(d)
+        return tau
+
+    @ti.func
+    def _in_family(self, f: ti.template(), model):
+        """Whether material model id ``model`` is one of :data:`STRESS_FAMILIES` ``[f]``."""
+        out = False
+        for name in ti.static(STRESS_FAMILIES[f]):
+            out = out or model == ti.static(MODEL_IDS[name])
+        return out
+
+    def _stress_families(self) -> list[int]:
+        """Indices of the :data:`STRESS_FAMILIES` with a model in this engine's kernels."""
+        return [f for f, names in enumerate(STRESS_FAMILIES) if self.has(*names)]
+
+    @ti.func
+    def _kirchhoff_stress(self, model, m, p, t, U, V, F, sig, jp, C, mu, la):
+        """Kirchhoff stress tau = P F^T of every model present, branch-free (``ti.select``; the
+        fused forward pass). Reverse mode differentiates :meth:`stress`, one loop per family."""
+        tau = F * 0.0
+        for f in ti.static(self._stress_families()):
+            if ti.static(f == 0):  # the default: every model's stress unless another family's
+                tau = self._family_stress(f, model, m, U, V, F, sig, jp, C, mu, la)
+            elif ti.static(f < len(STRESS_FAMILIES) - 1):
+                tau = ti.select(self._in_family(f, model), self._family_stress(f, model, m, U, V, F, sig, jp, C, mu,
+                                                                                la), tau)
+        tau += self._active_stress(m, p, t, F)
         if ti.static(self.has("rigid")):
-            tau = ti.select(model == MODEL_IDS["rigid"], identity * 0.0, tau)
+            tau = ti.select(model == MODEL_IDS["rigid"], F * 0.0, tau)
         return tau
 
     @ti.func
@@ -795,15 +829,24 @@ class MPMEngine(Part):
     @ti.kernel
     def stress(self, l: ti.i32, t: ti.i32):
         """Kirchhoff stress of F[l+1]; stores each particle's MLS affine matrix."""
-        if ti.static(self.serial_ad):
-            ti.loop_config(serialize=True)
-        for p in range(self.n_particles[None]):
-            m = self.material[p]
-            mu, la = self._lame(m)
-            C = self.C[l, p]
-            tau = self._kirchhoff_stress(self.mat_model[m], m, p, t, self.U[p], self.V[p], self.F[l + 1, p],
-                                         self.sig_elastic[p], self.Jp[l + 1, p], C, mu, la)
-            self.affine[p] = self._affine(m, tau, C)
+        # one loop per family of models (each particle's in the loop of its family): the
+        # adjoint of one loop of all the families' stresses (ti.select) took 57 s to compile
+        # in 3D, every family's code in one block
+        for f in ti.static(self._stress_families()):
+            if ti.static(self.serial_ad):
+                ti.loop_config(serialize=True)
+            for p in range(self.n_particles[None]):
+                m = self.material[p]
+                model = self.mat_model[m]
+                if self._in_family(f, model):
+                    mu, la = self._lame(m)
+                    C = self.C[l, p]
+                    F = self.F[l + 1, p]
+                    tau = F * 0.0
+                    if ti.static(f < len(STRESS_FAMILIES) - 1):  # the rigid family: no stress
+                        tau = self._family_stress(f, model, m, self.U[p], self.V[p], F, self.sig_elastic[p],
+                                                  self.Jp[l + 1, p], C, mu, la) + self._active_stress(m, p, t, F)
+                    self.affine[p] = self._affine(m, tau, C)
 
     @ti.func
     def _affine(self, m, tau, C):
