@@ -130,7 +130,9 @@ class CirculationEnv(PhysimEnv):
         target = self.scene.get_state()["smoke.temperature"].copy()
         self.scene.reset()
         self._target = torch.as_tensor(target)
-        self._target_norm = float((target**2).sum())
+        # the same torch sum as _loss's, so a room at ambient (T = 0) has loss exactly 1 (numpy's
+        # pairwise sum and torch's differ in the last bit)
+        self._target_norm = float((self._target**2).sum())
 
     # ------------------------------------------------------------------ loss & metrics
     def _loss(self, state):
